@@ -1,0 +1,644 @@
+// Normalization family, CPU kernels (float32 and float64).
+//
+// Every kernel is memory bound, so each is arranged to read its input from DRAM as few times as
+// possible: a row (layer/rms norm) or a group slab is reduced and then normalized while it is still
+// in L1/L2, and batch norm handles one channel at a time for the same reason. Statistics and every
+// reduction accumulate in double whatever the input dtype, with `omp simd reduction` so the
+// compiler may vectorize the sums (it may not reassociate a plain floating-point loop). Batch and
+// group statistics use one pass over shifted data, Σ(x−K) and Σ(x−K)² with K the slab's first
+// element, which avoids the cancellation of the naive E[x²] − E[x]² when |mean| ≫ std.
+//
+// The formulas (x̂ = (x − μ)·rstd, g = dy·γ, n values per statistic):
+//   layer norm  dx = rstd · (g − mean(g) − x̂ · mean(g·x̂))
+//   rms norm    dx = rstd · (g − x̂ · mean(g·x̂))               with x̂ = x·rstd
+//   batch/group norm: as layer norm over the values that share a statistic
+//   dγ = Σ dy·x̂,  dβ = Σ dy  over the values that share a parameter.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "core/dispatch.h"
+#include "core/parallel.h"
+#include "norm/norm.h"
+
+namespace replearn::norm {
+
+namespace {
+
+// Rows per parallel chunk below which threading costs more than it saves (~32 KiB of float32).
+constexpr int64_t kGrainElements = 1 << 13;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cols)); }
+
+template <class T>
+T* ptr_or_null(const OptView& v) {
+  return v ? v->data_as<T>() : nullptr;
+}
+
+// Σ x and Σ (x − K)² style sums of one contiguous span, in double.
+template <class T>
+void shifted_sums(const T* __restrict__ x, int64_t n, double shift, double& sum, double& sum_sq) {
+  double s = 0, q = 0;
+#pragma omp simd reduction(+ : s, q)
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(x[i]) - shift;
+    s += d;
+    q += d * d;
+  }
+  sum += s;
+  sum_sq += q;
+}
+
+// Mean and 1/√(var + ε) from shifted sums over `count` values; var is the biased variance.
+struct Moments {
+  double mean, var, rstd;
+};
+Moments moments_from_shifted(double shift, double sum, double sum_sq, double count, double eps) {
+  const double centered_mean = sum / count;
+  const double var = std::max(0.0, sum_sq / count - centered_mean * centered_mean);
+  return {shift + centered_mean, var, 1.0 / std::sqrt(var + eps)};
+}
+
+// y = (x − m)·a + b over a span: every normalization once its statistics are known. Subtracting
+// the mean first (rather than folding it into b) keeps float32 exact-ish when |mean| ≫ std.
+template <class T>
+void center_scale_shift(const T* __restrict__ x, int64_t n, T m, T a, T b, T* __restrict__ y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - m) * a + b;
+}
+
+// ------------------------------------------------------------------------------- layer/rms norm
+
+template <class T>
+void layer_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                               double eps, RowDims d, T* __restrict__ y, T* __restrict__ mean_out,
+                               T* __restrict__ rstd_out) {
+  const int64_t N = d.cols;
+  parallel_for(d.rows, row_grain(N), [&](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * N;  // (N)
+      T* yr = y + r * N;
+      double sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < N; ++j) sum += xr[j];
+      const double mean = sum / N;
+      double sq = 0;  // second pass: the row is in L1, and (x − μ)² has no cancellation
+#pragma omp simd reduction(+ : sq)
+      for (int64_t j = 0; j < N; ++j) {
+        const double c = xr[j] - mean;
+        sq += c * c;
+      }
+      const double rstd = 1.0 / std::sqrt(sq / N + eps);
+      mean_out[r] = static_cast<T>(mean);
+      rstd_out[r] = static_cast<T>(rstd);
+      const T a = static_cast<T>(rstd), m = static_cast<T>(mean);
+      if (w && b) {
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * a * w[j] + b[j];
+      } else if (w) {
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * a * w[j];
+      } else if (b) {
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * a + b[j];
+      } else {
+        center_scale_shift(xr, N, m, a, T(0), yr);
+      }
+    }
+  });
+}
+
+template <class T>
+void rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, double eps, RowDims d,
+                             T* __restrict__ y, T* __restrict__ rstd_out) {
+  const int64_t N = d.cols;
+  parallel_for(d.rows, row_grain(N), [&](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * N;
+      T* yr = y + r * N;
+      double sq = 0;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t j = 0; j < N; ++j) sq += static_cast<double>(xr[j]) * xr[j];
+      const double rstd = 1.0 / std::sqrt(sq / N + eps);
+      rstd_out[r] = static_cast<T>(rstd);
+      const T a = static_cast<T>(rstd);
+      if (w) {
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) yr[j] = xr[j] * a * w[j];
+      } else {
+        center_scale_shift(xr, N, T(0), a, T(0), yr);
+      }
+    }
+  });
+}
+
+// Scratch for the parameter gradients of a row norm: one (2, cols) double block of partial sums per
+// parallel chunk, summed after the parallel region. Deterministic for a fixed thread count.
+int row_partials(int64_t rows, int64_t cols) { return parallel_chunk_count(rows, row_grain(cols)); }
+
+// Bytes of one chunk's partial sums; 0 for a normalized_ndim that validation will reject.
+int64_t row_partial_bytes(const TensorView& x, int normalized_ndim) {
+  if (normalized_ndim < 1 || normalized_ndim > x.ndim) return 0;
+  return 2 * x.numel_between(x.ndim - normalized_ndim, x.ndim) * static_cast<int64_t>(sizeof(double));
+}
+
+// The kernel splits rows into as many chunks as the workspace holds partials for (at least one),
+// so a workspace sized under another thread count is still used correctly.
+int64_t row_workspace_bytes(const TensorView& x, int normalized_ndim) {
+  const int64_t one = row_partial_bytes(x, normalized_ndim);
+  if (one == 0) return 0;
+  const int64_t rows = x.numel_between(0, x.ndim - normalized_ndim);
+  return std::max(1, row_partials(rows, one / (2 * sizeof(double)))) * one;
+}
+
+// Sum the per-chunk partials into the (cols) outputs.
+template <class T>
+void reduce_partials(const double* partials, int chunks, int64_t cols, int64_t offset, T* out) {
+  if (!out) return;
+  parallel_for(cols, 1 << 12, [&](int, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      double s = 0;
+      for (int c = 0; c < chunks; ++c) s += partials[(c * 2 + offset) * cols + j];
+      out[j] = static_cast<T>(s);
+    }
+  });
+}
+
+// Shared by layer norm (centered = true) and rms norm (centered = false, mean ≡ 0).
+template <class T, bool centered>
+void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ mean,
+                              const T* __restrict__ rstd, const T* __restrict__ w, RowDims d, T* __restrict__ dx,
+                              T* dw, T* db, double* workspace, int64_t workspace_bytes) {
+  const int64_t N = d.cols;
+  if (N == 0) return;  // empty normalized shape: nothing to differentiate
+  const bool need_params = dw || db;
+  const int max_chunks = need_params ? static_cast<int>(workspace_bytes / (2 * N * sizeof(double))) : 1 << 30;
+  const int chunks = std::min(parallel_chunk_count(d.rows, row_grain(N)), max_chunks);
+  if (need_params) std::memset(workspace, 0, sizeof(double) * 2 * N * std::max(chunks, 1));
+  parallel_for(
+      d.rows, row_grain(N),
+      [&](int chunk, int64_t r0, int64_t r1) {
+        double* __restrict__ pw = need_params ? workspace + (2 * chunk) * N : nullptr;  // Σ dy·x̂
+        double* __restrict__ pb = need_params ? workspace + (2 * chunk + 1) * N : nullptr;  // Σ dy
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* xr = x + r * N;
+          const T* dyr = dy + r * N;
+          const double mu = centered ? static_cast<double>(mean[r]) : 0.0;
+          const double rs = rstd[r];
+          double sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+          for (int64_t j = 0; j < N; ++j) {
+            const double xhat = (xr[j] - mu) * rs;
+            const double g = w ? static_cast<double>(dyr[j]) * w[j] : static_cast<double>(dyr[j]);
+            sum_g += g;
+            sum_gx += g * xhat;
+          }
+          if (need_params) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) {
+              const double xhat = (xr[j] - mu) * rs;
+              pw[j] += dyr[j] * xhat;
+              pb[j] += dyr[j];
+            }
+          }
+          if (dx) {
+            // dx = rstd·g − rstd·mean(g) − x̂·rstd·mean(g·x̂), written as dx = a·g + b·(x − μ) + c.
+            const double mean_gx = sum_gx / N;
+            const T a = static_cast<T>(rs);
+            const T bx = static_cast<T>(-rs * rs * mean_gx);
+            const T c = static_cast<T>(centered ? -rs * sum_g / N : 0.0);
+            const T m = static_cast<T>(mu);
+            T* dxr = dx + r * N;
+            if (w) {
+#pragma omp simd
+              for (int64_t j = 0; j < N; ++j) dxr[j] = a * (dyr[j] * w[j]) + bx * (xr[j] - m) + c;
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < N; ++j) dxr[j] = a * dyr[j] + bx * (xr[j] - m) + c;
+            }
+          }
+        }
+      },
+      max_chunks);
+  if (need_params) {
+    reduce_partials(workspace, std::max(chunks, 1), N, 0, dw);
+    reduce_partials(workspace, std::max(chunks, 1), N, 1, db);
+  }
+}
+
+// ------------------------------------------------------------------------------------ batch norm
+
+template <class T>
+void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, T* running_mean, T* running_var,
+                               bool training, double momentum, double eps, ChannelDims d, T* __restrict__ y,
+                               T* save_mean, T* save_rstd) {
+  const int64_t C = d.channels, S = d.spatial;
+  const double count = static_cast<double>(d.batch * S);
+  // One channel per task: its statistics pass leaves the channel's values in L2 for the apply pass.
+  parallel_for(C, 1, [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double mean, rstd;
+      if (training) {
+        const double shift = x[c * S];
+        double sum = 0, sum_sq = 0;
+        for (int64_t n = 0; n < d.batch; ++n) shifted_sums(x + (n * C + c) * S, S, shift, sum, sum_sq);
+        const Moments m = moments_from_shifted(shift, sum, sum_sq, count, eps);
+        mean = m.mean;
+        rstd = m.rstd;
+        if (running_mean) {
+          // PyTorch's convention: the running variance is the unbiased one.
+          running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * m.mean);
+          running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * m.var * count / (count - 1));
+        }
+      } else {
+        mean = running_mean[c];
+        rstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+      }
+      save_mean[c] = static_cast<T>(mean);
+      save_rstd[c] = static_cast<T>(rstd);
+      const T a = static_cast<T>(rstd * (w ? static_cast<double>(w[c]) : 1.0));
+      const T m = static_cast<T>(mean), shift_out = b ? b[c] : T(0);
+      for (int64_t n = 0; n < d.batch; ++n)
+        center_scale_shift(x + (n * C + c) * S, S, m, a, shift_out, y + (n * C + c) * S);
+    }
+  });
+}
+
+template <class T>
+void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* save_mean,
+                                const T* save_rstd, const T* w, bool training, ChannelDims d, T* dx, T* dw, T* db) {
+  const int64_t C = d.channels, S = d.spatial;
+  const double count = static_cast<double>(d.batch * S);
+  parallel_for(C, 1, [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double mu = save_mean[c], rs = save_rstd[c];
+      double sum_dy = 0, sum_dy_xc = 0;  // Σ dy, Σ dy·(x − μ)
+      for (int64_t n = 0; n < d.batch; ++n) {
+        const T* xs = x + (n * C + c) * S;
+        const T* dys = dy + (n * C + c) * S;
+        double s = 0, sx = 0;
+#pragma omp simd reduction(+ : s, sx)
+        for (int64_t i = 0; i < S; ++i) {
+          s += dys[i];
+          sx += dys[i] * (xs[i] - mu);
+        }
+        sum_dy += s;
+        sum_dy_xc += sx;
+      }
+      if (db) db[c] = static_cast<T>(sum_dy);
+      if (dw) dw[c] = static_cast<T>(sum_dy_xc * rs);
+      if (!dx) continue;
+      const double gamma = w ? static_cast<double>(w[c]) : 1.0;
+      // training: dx = γ·rstd·(dy − mean(dy) − (x − μ)·rstd²·mean(dy·(x − μ)));
+      // evaluation: the statistics are constants, dx = γ·rstd·dy.
+      const double a = gamma * rs;
+      const T ta = static_cast<T>(a);
+      const T tb = static_cast<T>(training ? -a * rs * rs * sum_dy_xc / count : 0.0);
+      const T tc = static_cast<T>(training ? -a * sum_dy / count : 0.0);
+      const T m = static_cast<T>(mu);
+      for (int64_t n = 0; n < d.batch; ++n) {
+        const T* xs = x + (n * C + c) * S;
+        const T* dys = dy + (n * C + c) * S;
+        T* dxs = dx + (n * C + c) * S;
+#pragma omp simd
+        for (int64_t i = 0; i < S; ++i) dxs[i] = ta * dys[i] + tb * (xs[i] - m) + tc;
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------ group norm
+
+template <class T>
+void group_norm_forward_kernel(const T* __restrict__ x, int64_t G, const T* w, const T* b, double eps,
+                               ChannelDims d, T* __restrict__ y, T* mean_out, T* rstd_out) {
+  const int64_t C = d.channels, S = d.spatial, Cg = C / G;
+  const int64_t slab = Cg * S;  // one (sample, group) is contiguous
+  parallel_for(d.batch * G, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, slab)),
+               [&](int, int64_t s0, int64_t s1) {
+                 for (int64_t ng = s0; ng < s1; ++ng) {
+                   const T* xs = x + ng * slab;
+                   double sum = 0, sum_sq = 0;
+                   const double shift = slab > 0 ? static_cast<double>(xs[0]) : 0.0;
+                   shifted_sums(xs, slab, shift, sum, sum_sq);
+                   const Moments m = moments_from_shifted(shift, sum, sum_sq, static_cast<double>(slab), eps);
+                   mean_out[ng] = static_cast<T>(m.mean);
+                   rstd_out[ng] = static_cast<T>(m.rstd);
+                   const int64_t c_first = (ng % G) * Cg;
+                   for (int64_t k = 0; k < Cg; ++k) {
+                     const int64_t c = c_first + k;
+                     const T a = static_cast<T>(m.rstd * (w ? static_cast<double>(w[c]) : 1.0));
+                     center_scale_shift(xs + k * S, S, static_cast<T>(m.mean), a, b ? b[c] : T(0),
+                                        y + ng * slab + k * S);
+                   }
+                 }
+               });
+}
+
+int64_t group_workspace_bytes(const TensorView& x) {
+  if (x.ndim < 2) return 0;  // validation reports it
+  return x.size(0) * x.size(1) * 2 * static_cast<int64_t>(sizeof(double));
+}
+
+template <class T>
+void group_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, int64_t G, const T* mean,
+                                const T* rstd, const T* w, ChannelDims d, T* dx, T* dw, T* db, double* workspace) {
+  const int64_t N = d.batch, C = d.channels, S = d.spatial, Cg = C / G;
+  const int64_t slab = Cg * S;
+  const double count = static_cast<double>(slab);
+  // workspace: (N, C, 2) sums Σ_s dy·x and Σ_s dy of each (sample, channel)
+  parallel_for(N * G, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, slab)),
+               [&](int, int64_t s0, int64_t s1) {
+                 for (int64_t ng = s0; ng < s1; ++ng) {
+                   const int64_t n = ng / G, c_first = (ng % G) * Cg;
+                   const double mu = mean[ng], rs = rstd[ng];
+                   double sum_g = 0, sum_g_xc = 0;  // Σ γ·dy and Σ γ·dy·(x − μ) over the slab
+                   for (int64_t k = 0; k < Cg; ++k) {
+                     const int64_t c = c_first + k;
+                     const T* xs = x + ng * slab + k * S;
+                     const T* dys = dy + ng * slab + k * S;
+                     double s = 0, sx = 0;
+#pragma omp simd reduction(+ : s, sx)
+                     for (int64_t i = 0; i < S; ++i) {
+                       s += dys[i];
+                       sx += dys[i] * (xs[i] - mu);
+                     }
+                     workspace[(n * C + c) * 2] = sx * rs;  // Σ dy·x̂
+                     workspace[(n * C + c) * 2 + 1] = s;    // Σ dy
+                     const double gamma = w ? static_cast<double>(w[c]) : 1.0;
+                     sum_g += gamma * s;
+                     sum_g_xc += gamma * sx;
+                   }
+                   if (!dx) continue;
+                   for (int64_t k = 0; k < Cg; ++k) {
+                     const int64_t c = c_first + k;
+                     const double gamma = w ? static_cast<double>(w[c]) : 1.0;
+                     // dx = rstd·(γ·dy − mean(g) − (x − μ)·rstd²·mean(g·(x − μ))) with g = γ·dy
+                     const T ta = static_cast<T>(gamma * rs);
+                     const T tb = static_cast<T>(-rs * rs * rs * sum_g_xc / count);
+                     const T tc = static_cast<T>(-rs * sum_g / count);
+                     const T m = static_cast<T>(mu);
+                     const T* xs = x + ng * slab + k * S;
+                     const T* dys = dy + ng * slab + k * S;
+                     T* dxs = dx + ng * slab + k * S;
+#pragma omp simd
+                     for (int64_t i = 0; i < S; ++i) dxs[i] = ta * dys[i] + tb * (xs[i] - m) + tc;
+                   }
+                 }
+               });
+  if (!dw && !db) return;
+  parallel_for(C, 64, [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double sw = 0, sb = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        sw += workspace[(n * C + c) * 2];
+        sb += workspace[(n * C + c) * 2 + 1];
+      }
+      if (dw) dw[c] = static_cast<T>(sw);
+      if (db) db[c] = static_cast<T>(sb);
+    }
+  });
+}
+
+template <class T>
+void running_stats_update_kernel(const T* mean, const T* rstd, ChannelDims d, double momentum, double eps,
+                                 T* running_mean, T* running_var) {
+  const double S = static_cast<double>(d.spatial);
+  for (int64_t c = 0; c < d.channels; ++c) {
+    double sum_mean = 0, sum_var = 0;
+    for (int64_t n = 0; n < d.batch; ++n) {
+      const double rs = rstd[n * d.channels + c];
+      sum_mean += mean[n * d.channels + c];
+      sum_var += std::max(0.0, 1.0 / (rs * rs) - eps) * S / (S - 1);
+    }
+    running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * sum_mean / d.batch);
+    running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * sum_var / d.batch);
+  }
+}
+
+// ----------------------------------------------------------------------------------- weight norm
+
+// ‖v‖ of every slice d of v viewed as (outer, slices, inner); or, with `other`, Σ v·other per slice.
+template <class T>
+void slice_dot(const T* __restrict__ a, const T* __restrict__ b, SliceDims d, double* out) {
+  parallel_for(d.slices, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.outer * d.inner)),
+               [&](int, int64_t k0, int64_t k1) {
+                 for (int64_t k = k0; k < k1; ++k) out[k] = 0;
+                 for (int64_t o = 0; o < d.outer; ++o) {
+                   for (int64_t k = k0; k < k1; ++k) {
+                     const T* as = a + (o * d.slices + k) * d.inner;
+                     const T* bs = b + (o * d.slices + k) * d.inner;
+                     double s = 0;
+#pragma omp simd reduction(+ : s)
+                     for (int64_t i = 0; i < d.inner; ++i) s += static_cast<double>(as[i]) * bs[i];
+                     out[k] += s;
+                   }
+                 }
+               });
+}
+
+// out[o, k, i] = α_k·p[o, k, i] + β_k·q[o, k, i]  (q optional)
+template <class T>
+void slice_combine(const T* __restrict__ p, const double* alpha, const T* __restrict__ q, const double* beta,
+                   SliceDims d, T* __restrict__ out) {
+  parallel_for(d.outer * d.slices, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.inner)),
+               [&](int, int64_t r0, int64_t r1) {
+                 for (int64_t r = r0; r < r1; ++r) {
+                   const int64_t k = r % d.slices;
+                   const T a = static_cast<T>(alpha[k]);
+                   const T* ps = p + r * d.inner;
+                   T* os = out + r * d.inner;
+                   if (q) {
+                     const T b = static_cast<T>(beta[k]);
+                     const T* qs = q + r * d.inner;
+#pragma omp simd
+                     for (int64_t i = 0; i < d.inner; ++i) os[i] = a * ps[i] + b * qs[i];
+                   } else {
+#pragma omp simd
+                     for (int64_t i = 0; i < d.inner; ++i) os[i] = a * ps[i];
+                   }
+                 }
+               });
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- entry points
+
+template <>
+void layer_norm_forward<DeviceType::CPU>(const TensorView& x, int normalized_ndim, const OptView& weight, const OptView& bias,
+                        double eps, const TensorView& y, const TensorView& mean, const TensorView& rstd, std::uintptr_t) {
+  const RowDims d = check_layer_norm_forward(DeviceType::CPU, x, normalized_ndim, weight, bias, eps, y, mean, rstd);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    layer_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, d,
+                                 y.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>());
+  });
+}
+
+template <>
+int64_t layer_norm_backward_workspace_size<DeviceType::CPU>(const TensorView& x, int normalized_ndim) {
+  return row_workspace_bytes(x, normalized_ndim);
+}
+
+template <>
+void layer_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, int normalized_ndim, const TensorView& mean,
+                         const TensorView& rstd, const OptView& weight, const OptView& dx, const OptView& dweight,
+                         const OptView& dbias, const OptView& workspace, std::uintptr_t) {
+  const bool need_params = dweight || dbias;
+  const RowDims d = check_layer_norm_backward(DeviceType::CPU, dy, x, normalized_ndim, mean, rstd, weight, dx,
+                                              dweight, dbias, workspace,
+                                              need_params ? row_partial_bytes(x, normalized_ndim) : 0);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    row_norm_backward_kernel<T, true>(dy.data_as<T>(), x.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>(),
+                                      ptr_or_null<T>(weight), d, dx ? dx->data_as<T>() : nullptr,
+                                      ptr_or_null<T>(dweight), ptr_or_null<T>(dbias),
+                                      need_params ? workspace->data_as<double>() : nullptr,
+                                      need_params ? workspace->numel() : 0);
+  });
+}
+
+template <>
+void rms_norm_forward<DeviceType::CPU>(const TensorView& x, int normalized_ndim, const OptView& weight, double eps, const TensorView& y,
+                      const TensorView& rstd, std::uintptr_t) {
+  const RowDims d = check_rms_norm_forward(DeviceType::CPU, x, normalized_ndim, weight, eps, y, rstd);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    rms_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), eps, d, y.data_as<T>(), rstd.data_as<T>());
+  });
+}
+
+template <>
+int64_t rms_norm_backward_workspace_size<DeviceType::CPU>(const TensorView& x, int normalized_ndim) {
+  return row_workspace_bytes(x, normalized_ndim);
+}
+
+template <>
+void rms_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, int normalized_ndim, const TensorView& rstd,
+                       const OptView& weight, const OptView& dx, const OptView& dweight, const OptView& workspace, std::uintptr_t) {
+  const bool need_params = dweight.has_value();
+  const RowDims d = check_rms_norm_backward(DeviceType::CPU, dy, x, normalized_ndim, rstd, weight, dx, dweight,
+                                            workspace, need_params ? row_partial_bytes(x, normalized_ndim) : 0);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    row_norm_backward_kernel<T, false>(dy.data_as<T>(), x.data_as<T>(), nullptr, rstd.data_as<T>(),
+                                       ptr_or_null<T>(weight), d, dx ? dx->data_as<T>() : nullptr,
+                                       ptr_or_null<T>(dweight), nullptr,
+                                       need_params ? workspace->data_as<double>() : nullptr,
+                                       need_params ? workspace->numel() : 0);
+  });
+}
+
+template <>
+void batch_norm_forward<DeviceType::CPU>(const TensorView& x, const OptView& weight, const OptView& bias, const OptView& running_mean,
+                        const OptView& running_var, bool training, double momentum, double eps, const TensorView& y,
+                        const TensorView& save_mean, const TensorView& save_rstd, std::uintptr_t) {
+  const ChannelDims d = check_batch_norm_forward(DeviceType::CPU, x, weight, bias, running_mean, running_var, training,
+                                                 momentum, eps, y, save_mean, save_rstd);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    batch_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias),
+                                 running_mean ? running_mean->data_as<T>() : nullptr,
+                                 running_var ? running_var->data_as<T>() : nullptr, training, momentum, eps, d,
+                                 y.data_as<T>(), save_mean.data_as<T>(), save_rstd.data_as<T>());
+  });
+}
+
+template <>
+void batch_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, const TensorView& save_mean,
+                         const TensorView& save_rstd, const OptView& weight, bool training, const OptView& dx,
+                         const OptView& dweight, const OptView& dbias, std::uintptr_t) {
+  const ChannelDims d =
+      check_batch_norm_backward(DeviceType::CPU, dy, x, save_mean, save_rstd, weight, dx, dweight, dbias);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    batch_norm_backward_kernel<T>(dy.data_as<T>(), x.data_as<T>(), save_mean.data_as<T>(), save_rstd.data_as<T>(),
+                                  ptr_or_null<T>(weight), training, d, dx ? dx->data_as<T>() : nullptr,
+                                  ptr_or_null<T>(dweight), ptr_or_null<T>(dbias));
+  });
+}
+
+template <>
+void group_norm_forward<DeviceType::CPU>(const TensorView& x, int64_t groups, const OptView& weight, const OptView& bias, double eps,
+                        const TensorView& y, const TensorView& mean, const TensorView& rstd, std::uintptr_t) {
+  const ChannelDims d = check_group_norm_forward(DeviceType::CPU, x, groups, weight, bias, eps, y, mean, rstd);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    group_norm_forward_kernel<T>(x.data_as<T>(), groups, ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, d,
+                                 y.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>());
+  });
+}
+
+template <>
+int64_t group_norm_backward_workspace_size<DeviceType::CPU>(const TensorView& x, int64_t) { return group_workspace_bytes(x); }
+
+template <>
+void group_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, int64_t groups, const TensorView& mean,
+                         const TensorView& rstd, const OptView& weight, const OptView& dx, const OptView& dweight,
+                         const OptView& dbias, const OptView& workspace, std::uintptr_t) {
+  const ChannelDims d = check_group_norm_backward(DeviceType::CPU, dy, x, groups, mean, rstd, weight, dx, dweight,
+                                                  dbias, workspace, group_workspace_bytes(x));
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    group_norm_backward_kernel<T>(dy.data_as<T>(), x.data_as<T>(), groups, mean.data_as<T>(), rstd.data_as<T>(),
+                                  ptr_or_null<T>(weight), d, dx ? dx->data_as<T>() : nullptr,
+                                  ptr_or_null<T>(dweight), ptr_or_null<T>(dbias), workspace->data_as<double>());
+  });
+}
+
+template <>
+void running_stats_update<DeviceType::CPU>(const TensorView& mean, const TensorView& rstd, int64_t batch, int64_t channels,
+                          int64_t spatial, double momentum, double eps, const TensorView& running_mean,
+                          const TensorView& running_var, std::uintptr_t) {
+  const ChannelDims d = check_running_stats_update(DeviceType::CPU, mean, rstd, batch, channels, spatial, momentum,
+                                                   eps, running_mean, running_var);
+  dispatch_cpu_floating(running_mean.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    running_stats_update_kernel<T>(mean.data_as<T>(), rstd.data_as<T>(), d, momentum, eps,
+                                   running_mean.data_as<T>(), running_var.data_as<T>());
+  });
+}
+
+template <>
+void weight_norm_forward<DeviceType::CPU>(const TensorView& v, const TensorView& g, int dim, const TensorView& w,
+                         const TensorView& norm, std::uintptr_t) {
+  const SliceDims d = check_weight_norm_forward(DeviceType::CPU, v, g, dim, w, norm);
+  dispatch_cpu_floating(v.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<double> sq(d.slices), alpha(d.slices);
+    slice_dot<T>(v.data_as<T>(), v.data_as<T>(), d, sq.data());
+    T* norm_out = norm.data_as<T>();
+    const T* gp = g.data_as<T>();
+    for (int64_t k = 0; k < d.slices; ++k) {
+      const double n = std::sqrt(sq[k]);
+      norm_out[k] = static_cast<T>(n);
+      alpha[k] = gp[k] / n;
+    }
+    slice_combine<T>(v.data_as<T>(), alpha.data(), nullptr, nullptr, d, w.data_as<T>());
+  });
+}
+
+template <>
+void weight_norm_backward<DeviceType::CPU>(const TensorView& dw, const TensorView& v, const TensorView& g, const TensorView& norm,
+                          int dim, const OptView& dv, const OptView& dg, std::uintptr_t) {
+  const SliceDims d = check_weight_norm_backward(DeviceType::CPU, dw, v, g, norm, dim, dv, dg);
+  dispatch_cpu_floating(v.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    // s = Σ dw·v per slice; dg = s/‖v‖; dv = (g/‖v‖)·dw − (g·s/‖v‖³)·v
+    std::vector<double> s(d.slices), alpha(d.slices), beta(d.slices);
+    slice_dot<T>(dw.data_as<T>(), v.data_as<T>(), d, s.data());
+    const T* gp = g.data_as<T>();
+    const T* np = norm.data_as<T>();
+    for (int64_t k = 0; k < d.slices; ++k) {
+      const double n = np[k];
+      if (dg) dg->data_as<T>()[k] = static_cast<T>(s[k] / n);
+      alpha[k] = gp[k] / n;
+      beta[k] = -gp[k] * s[k] / (n * n * n);
+    }
+    if (dv) slice_combine<T>(dw.data_as<T>(), alpha.data(), v.data_as<T>(), beta.data(), d, dv->data_as<T>());
+  });
+}
+
+}  // namespace replearn::norm

@@ -1,0 +1,286 @@
+// Argument validation for the normalization family, shared by the CPU and CUDA entry points.
+// Each check_* function throws replearn::Error naming the argument, or returns the geometry.
+#include "core/check.h"
+#include "norm/norm.h"
+
+namespace replearn::norm {
+
+namespace {
+
+// The optional affine parameters and gradients of a family: same dtype and device as x, the given
+// element count, contiguous.
+void check_param(Checker& check, const char* arg, const OptView& p, const TensorView& x, int64_t count) {
+  if (!p) return;
+  check.floating(arg, *p);
+  check.same_dtype(arg, *p, "x", x);
+  check.numel(arg, *p, count);
+  check.contiguous(arg, *p);
+}
+
+void check_like(Checker& check, const char* arg, const TensorView& t, const TensorView& x) {
+  check.floating(arg, t);
+  check.same_dtype(arg, t, "x", x);
+  check.same_shape(arg, t, "x", x);
+  check.contiguous(arg, t);
+}
+
+void check_optional_like(Checker& check, const char* arg, const OptView& t, const TensorView& x) {
+  if (t) check_like(check, arg, *t, x);
+}
+
+void check_workspace(Checker& check, const OptView& workspace, int64_t bytes) {
+  if (bytes == 0) return;
+  REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
+                 bytes, " bytes but got none");
+  check.dtype("workspace", *workspace, DType::UInt8);
+  check.contiguous("workspace", *workspace);
+  REPLEARN_CHECK(workspace->numel() >= bytes, Value, check.function(), ": argument 'workspace' expected at least ",
+                 bytes, " bytes but got ", workspace->numel());
+}
+
+void check_eps(const Checker& check, double eps) { check.value(eps >= 0, "eps", "a non-negative number", eps); }
+
+RowDims row_dims(Checker& check, const TensorView& x, int normalized_ndim) {
+  check.floating("x", x);
+  check.contiguous("x", x);
+  REPLEARN_CHECK(normalized_ndim >= 1 && normalized_ndim <= x.ndim, Value, check.function(),
+                 ": argument 'normalized_shape' expected between 1 and ", x.ndim,
+                 " trailing dimensions of x (shape ", x.shape_string(), ") but got ", normalized_ndim);
+  return {x.numel_between(0, x.ndim - normalized_ndim), x.numel_between(x.ndim - normalized_ndim, x.ndim)};
+}
+
+// Affine parameters of a row norm must have the shape of x's normalized (trailing) dims.
+void check_row_param(Checker& check, const char* arg, const OptView& p, const TensorView& x, int normalized_ndim) {
+  if (!p) return;
+  check.floating(arg, *p);
+  check.same_dtype(arg, *p, "x", x);
+  check.contiguous(arg, *p);
+  bool ok = p->ndim == normalized_ndim;
+  for (int d = 0; ok && d < normalized_ndim; ++d) ok = p->sizes[d] == x.sizes[x.ndim - normalized_ndim + d];
+  std::string expected = "(";
+  for (int d = 0; d < normalized_ndim; ++d)
+    expected += (d ? ", " : "") + std::to_string(x.sizes[x.ndim - normalized_ndim + d]);
+  REPLEARN_CHECK(ok, Value, check.function(), ": argument '", arg, "' expected shape ", expected + ")",
+                 " (the normalized shape) but got ", p->shape_string());
+}
+
+ChannelDims channel_dims(Checker& check, const TensorView& x) {
+  check.floating("x", x);
+  check.contiguous("x", x);
+  check.min_dim("x", x, 2);
+  return {x.size(0), x.size(1), x.numel_between(2, x.ndim)};
+}
+
+}  // namespace
+
+
+RowDims check_layer_norm_forward(DeviceType device, const TensorView& x, int normalized_ndim, const OptView& weight,
+                                 const OptView& bias, double eps, const TensorView& y, const TensorView& mean,
+                                 const TensorView& rstd) {
+  Checker check("layer_norm_forward", device);
+  RowDims dims = row_dims(check, x, normalized_ndim);
+  check_row_param(check, "weight", weight, x, normalized_ndim);
+  check_row_param(check, "bias", bias, x, normalized_ndim);
+  check_eps(check, eps);
+  check_like(check, "y", y, x);
+  check.buffer("mean", mean, stats_dtype(x.dtype), dims.rows);
+  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.rows);
+  return dims;
+}
+
+RowDims check_layer_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x, int normalized_ndim,
+                                  const TensorView& mean, const TensorView& rstd, const OptView& weight,
+                                  const OptView& dx, const OptView& dweight, const OptView& dbias,
+                                  const OptView& workspace, int64_t workspace_bytes) {
+  Checker check("layer_norm_backward", device);
+  RowDims dims = row_dims(check, x, normalized_ndim);
+  check_like(check, "grad_y", dy, x);
+  check.buffer("mean", mean, stats_dtype(x.dtype), dims.rows);
+  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.rows);
+  check_row_param(check, "weight", weight, x, normalized_ndim);
+  check_optional_like(check, "grad_x", dx, x);
+  check_param(check, "grad_weight", dweight, x, dims.cols);
+  check_param(check, "grad_bias", dbias, x, dims.cols);
+  check_workspace(check, workspace, workspace_bytes);
+  return dims;
+}
+
+RowDims check_rms_norm_forward(DeviceType device, const TensorView& x, int normalized_ndim, const OptView& weight,
+                               double eps, const TensorView& y, const TensorView& rstd) {
+  Checker check("rms_norm_forward", device);
+  RowDims dims = row_dims(check, x, normalized_ndim);
+  check_row_param(check, "weight", weight, x, normalized_ndim);
+  check_eps(check, eps);
+  check_like(check, "y", y, x);
+  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.rows);
+  return dims;
+}
+
+RowDims check_rms_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x, int normalized_ndim,
+                                const TensorView& rstd, const OptView& weight, const OptView& dx,
+                                const OptView& dweight, const OptView& workspace, int64_t workspace_bytes) {
+  Checker check("rms_norm_backward", device);
+  RowDims dims = row_dims(check, x, normalized_ndim);
+  check_like(check, "grad_y", dy, x);
+  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.rows);
+  check_row_param(check, "weight", weight, x, normalized_ndim);
+  check_optional_like(check, "grad_x", dx, x);
+  check_param(check, "grad_weight", dweight, x, dims.cols);
+  check_workspace(check, workspace, workspace_bytes);
+  return dims;
+}
+
+ChannelDims check_batch_norm_forward(DeviceType device, const TensorView& x, const OptView& weight,
+                                     const OptView& bias, const OptView& running_mean, const OptView& running_var,
+                                     bool training, double momentum, double eps, const TensorView& y,
+                                     const TensorView& save_mean, const TensorView& save_rstd) {
+  Checker check("batch_norm_forward", device);
+  ChannelDims dims = channel_dims(check, x);
+  check_param(check, "weight", weight, x, dims.channels);
+  check_param(check, "bias", bias, x, dims.channels);
+  check_param(check, "running_mean", running_mean, x, dims.channels);
+  check_param(check, "running_var", running_var, x, dims.channels);
+  REPLEARN_CHECK(running_mean.has_value() == running_var.has_value(), Value,
+                 "batch_norm_forward: arguments 'running_mean' and 'running_var' expected both or neither but got ",
+                 running_mean ? "only running_mean" : "only running_var");
+  REPLEARN_CHECK(training || running_mean.has_value(), Value,
+                 "batch_norm_forward: argument 'running_mean' expected a tensor in evaluation mode "
+                 "(training=False) but got none");
+  const int64_t per_channel = dims.batch * dims.spatial;
+  REPLEARN_CHECK(!training || per_channel > 1, Value, "batch_norm_forward: argument 'x' expected more than 1 value "
+                 "per channel when training but got shape ", x.shape_string());
+  check.value(momentum >= 0 && momentum <= 1, "momentum", "a number in [0, 1]", momentum);
+  check_eps(check, eps);
+  check_like(check, "y", y, x);
+  check.buffer("save_mean", save_mean, stats_dtype(x.dtype), dims.channels);
+  check.buffer("save_rstd", save_rstd, stats_dtype(x.dtype), dims.channels);
+  return dims;
+}
+
+ChannelDims check_batch_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x,
+                                      const TensorView& save_mean, const TensorView& save_rstd,
+                                      const OptView& weight, const OptView& dx, const OptView& dweight,
+                                      const OptView& dbias) {
+  Checker check("batch_norm_backward", device);
+  ChannelDims dims = channel_dims(check, x);
+  check_like(check, "grad_y", dy, x);
+  check.buffer("save_mean", save_mean, stats_dtype(x.dtype), dims.channels);
+  check.buffer("save_rstd", save_rstd, stats_dtype(x.dtype), dims.channels);
+  check_param(check, "weight", weight, x, dims.channels);
+  check_optional_like(check, "grad_x", dx, x);
+  check_param(check, "grad_weight", dweight, x, dims.channels);
+  check_param(check, "grad_bias", dbias, x, dims.channels);
+  return dims;
+}
+
+ChannelDims check_group_norm_forward(DeviceType device, const TensorView& x, int64_t groups, const OptView& weight,
+                                     const OptView& bias, double eps, const TensorView& y, const TensorView& mean,
+                                     const TensorView& rstd) {
+  Checker check("group_norm_forward", device);
+  ChannelDims dims = channel_dims(check, x);
+  REPLEARN_CHECK(groups >= 1 && dims.channels % groups == 0, Value,
+                 "group_norm_forward: argument 'num_groups' expected a positive divisor of the ", dims.channels,
+                 " channels of x but got ", groups);
+  check_param(check, "weight", weight, x, dims.channels);
+  check_param(check, "bias", bias, x, dims.channels);
+  check_eps(check, eps);
+  check_like(check, "y", y, x);
+  check.buffer("mean", mean, stats_dtype(x.dtype), dims.batch * groups);
+  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.batch * groups);
+  return dims;
+}
+
+ChannelDims check_group_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x, int64_t groups,
+                                      const TensorView& mean, const TensorView& rstd, const OptView& weight,
+                                      const OptView& dx, const OptView& dweight, const OptView& dbias,
+                                      const OptView& workspace, int64_t workspace_bytes) {
+  Checker check("group_norm_backward", device);
+  ChannelDims dims = channel_dims(check, x);
+  REPLEARN_CHECK(groups >= 1 && dims.channels % groups == 0, Value,
+                 "group_norm_backward: argument 'num_groups' expected a positive divisor of the ", dims.channels,
+                 " channels of x but got ", groups);
+  check_like(check, "grad_y", dy, x);
+  check.buffer("mean", mean, stats_dtype(x.dtype), dims.batch * groups);
+  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.batch * groups);
+  check_param(check, "weight", weight, x, dims.channels);
+  check_optional_like(check, "grad_x", dx, x);
+  check_param(check, "grad_weight", dweight, x, dims.channels);
+  check_param(check, "grad_bias", dbias, x, dims.channels);
+  check_workspace(check, workspace, workspace_bytes);
+  return dims;
+}
+
+ChannelDims check_running_stats_update(DeviceType device, const TensorView& mean, const TensorView& rstd,
+                                       int64_t batch, int64_t channels, int64_t spatial, double momentum, double eps,
+                                       const TensorView& running_mean, const TensorView& running_var) {
+  Checker check("running_stats_update", device);
+  check.floating("running_mean", running_mean);
+  check.contiguous("running_mean", running_mean);
+  check.numel("running_mean", running_mean, channels);
+  check.floating("running_var", running_var);
+  check.same_dtype("running_var", running_var, "running_mean", running_mean);
+  check.contiguous("running_var", running_var);
+  check.numel("running_var", running_var, channels);
+  check.value(batch >= 1 && channels >= 1, "batch, channels", "positive sizes", batch * channels);
+  check.value(spatial >= 2, "spatial", "at least 2 values per channel", spatial);
+  check.buffer("mean", mean, stats_dtype(running_mean.dtype), batch * channels);
+  check.buffer("rstd", rstd, stats_dtype(running_mean.dtype), batch * channels);
+  check.value(momentum >= 0 && momentum <= 1, "momentum", "a number in [0, 1]", momentum);
+  check_eps(check, eps);
+  return {batch, channels, spatial};
+}
+
+namespace {
+SliceDims slice_dims(Checker& check, const TensorView& v, const TensorView& g, int dim) {
+  check.floating("v", v);
+  check.contiguous("v", v);
+  check.floating("g", g);
+  check.same_dtype("g", g, "v", v);
+  check.contiguous("g", g);
+  REPLEARN_CHECK(dim == -1 || (dim >= 0 && dim < v.ndim), Value, check.function(),
+                 ": argument 'dim' expected -1 (the whole tensor) or a dimension in [0, ", v.ndim, ") but got ", dim);
+  SliceDims dims = dim == -1 ? SliceDims{1, 1, v.numel()}
+                             : SliceDims{v.numel_between(0, dim), v.sizes[dim], v.numel_between(dim + 1, v.ndim)};
+  check.numel("g", g, dims.slices);
+  return dims;
+}
+}  // namespace
+
+SliceDims check_weight_norm_forward(DeviceType device, const TensorView& v, const TensorView& g, int dim,
+                                    const TensorView& w, const TensorView& norm) {
+  Checker check("weight_norm_forward", device);
+  SliceDims dims = slice_dims(check, v, g, dim);
+  check.floating("w", w);
+  check.same_dtype("w", w, "v", v);
+  check.same_shape("w", w, "v", v);
+  check.contiguous("w", w);
+  check.buffer("norm", norm, stats_dtype(v.dtype), dims.slices);
+  return dims;
+}
+
+SliceDims check_weight_norm_backward(DeviceType device, const TensorView& dw, const TensorView& v,
+                                     const TensorView& g, const TensorView& norm, int dim, const OptView& dv,
+                                     const OptView& dg) {
+  Checker check("weight_norm_backward", device);
+  SliceDims dims = slice_dims(check, v, g, dim);
+  check.floating("grad_w", dw);
+  check.same_dtype("grad_w", dw, "v", v);
+  check.same_shape("grad_w", dw, "v", v);
+  check.contiguous("grad_w", dw);
+  check.buffer("norm", norm, stats_dtype(v.dtype), dims.slices);
+  if (dv) {
+    check.floating("grad_v", *dv);
+    check.same_dtype("grad_v", *dv, "v", v);
+    check.same_shape("grad_v", *dv, "v", v);
+    check.contiguous("grad_v", *dv);
+  }
+  if (dg) {
+    check.floating("grad_g", *dg);
+    check.same_dtype("grad_g", *dg, "g", g);
+    check.numel("grad_g", *dg, dims.slices);
+    check.contiguous("grad_g", *dg);
+  }
+  return dims;
+}
+
+}  // namespace replearn::norm

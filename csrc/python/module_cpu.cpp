@@ -1,0 +1,31 @@
+// replearn._C: the CPU kernels.
+#include <pybind11/pybind11.h>
+
+#include "core/parallel.h"
+#include "python/bind_norm.h"
+#include "python/tensor_caster.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "replearn native CPU kernels (torch-free core, bound with pybind11)";
+  replearn::python::register_error_translator();
+
+  m.def("set_num_threads", &replearn::set_num_threads, py::arg("n"),
+        "Threads used by CPU kernels (the op layer keeps it equal to torch.get_num_threads()).");
+  m.def("num_threads", &replearn::num_threads);
+  m.def("describe", [](const replearn::TensorView& t) {
+    // What the bindings see of a tensor: used by the DLPack tests and for debugging.
+    py::list sizes, strides;
+    for (int d = 0; d < t.ndim; ++d) {
+      sizes.append(t.sizes[d]);
+      strides.append(t.strides[d]);
+    }
+    return py::dict(py::arg("data_ptr") = reinterpret_cast<std::uintptr_t>(t.data),
+                    py::arg("dtype") = replearn::dtype_name(t.dtype),
+                    py::arg("device") = replearn::device_name(t.device), py::arg("shape") = py::tuple(sizes),
+                    py::arg("strides") = py::tuple(strides));
+  }, py::arg("tensor"));
+
+  replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
+}

@@ -1,0 +1,171 @@
+#include "python/tensor_caster.h"
+
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "python/dlpack.h"
+
+namespace py = pybind11;
+
+namespace replearn::python {
+
+namespace {
+
+DType dtype_from_name(const std::string& name) {
+  // torch spells dtypes "torch.float32"; numpy-style names are accepted too.
+  static const std::unordered_map<std::string, DType> names = {
+      {"float32", DType::Float32}, {"float64", DType::Float64},   {"float16", DType::Float16},
+      {"bfloat16", DType::BFloat16}, {"int8", DType::Int8},       {"int16", DType::Int16},
+      {"int32", DType::Int32},     {"int64", DType::Int64},       {"uint8", DType::UInt8},
+      {"bool", DType::Bool},       {"complex64", DType::Complex64}, {"complex128", DType::Complex128},
+  };
+  const auto dot = name.rfind('.');
+  auto it = names.find(dot == std::string::npos ? name : name.substr(dot + 1));
+  return it == names.end() ? DType::Other : it->second;
+}
+
+// torch.dtype objects are immortal singletons, so their identity is a safe cache key.
+DType dtype_of_object(PyObject* dtype_obj) {
+  static std::unordered_map<PyObject*, DType> cache;  // guarded by the GIL
+  auto it = cache.find(dtype_obj);
+  if (it != cache.end()) return it->second;
+  const DType dt = dtype_from_name(py::str(py::handle(dtype_obj)).cast<std::string>());
+  cache.emplace(dtype_obj, dt);
+  Py_INCREF(dtype_obj);  // keep the key alive for the life of the process
+  return dt;
+}
+
+DType dtype_from_dlpack(const DLDataType& t) {
+  if (t.lanes != 1) return DType::Other;
+  switch (t.code) {
+    case kDLFloat:
+      return t.bits == 32 ? DType::Float32 : t.bits == 64 ? DType::Float64 : t.bits == 16 ? DType::Float16 : DType::Other;
+    case kDLBfloat: return t.bits == 16 ? DType::BFloat16 : DType::Other;
+    case kDLInt:
+      return t.bits == 8 ? DType::Int8 : t.bits == 16 ? DType::Int16 : t.bits == 32 ? DType::Int32
+             : t.bits == 64 ? DType::Int64 : DType::Other;
+    case kDLUInt: return t.bits == 8 ? DType::UInt8 : DType::Other;
+    case kDLBool: return DType::Bool;
+    case kDLComplex: return t.bits == 64 ? DType::Complex64 : t.bits == 128 ? DType::Complex128 : DType::Other;
+    default: return DType::Other;
+  }
+}
+
+void fill_sizes(TensorView& view, const py::handle& sizes, const py::handle& strides) {
+  const auto ndim = PyTuple_Size(sizes.ptr());
+  if (ndim < 0) throw py::error_already_set();
+  if (ndim > TensorView::kMaxDims)
+    throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
+                                      " dimensions, got " + std::to_string(ndim));
+  view.ndim = static_cast<int>(ndim);
+  for (int d = 0; d < view.ndim; ++d) {
+    view.sizes[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes.ptr(), d));
+    view.strides[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), d));
+  }
+  if (PyErr_Occurred()) throw py::error_already_set();
+}
+
+// torch.Tensor and anything shaped like it. Returns false when `obj` lacks the attributes.
+bool from_torch_like(py::handle obj, TensorView& view) {
+  static PyObject* const data_ptr_name = PyUnicode_InternFromString("data_ptr");
+  py::object data_ptr = py::reinterpret_steal<py::object>(PyObject_GetAttr(obj.ptr(), data_ptr_name));
+  if (!data_ptr) {
+    PyErr_Clear();
+    return false;
+  }
+  static PyObject* const shape_name = PyUnicode_InternFromString("shape");
+  static PyObject* const stride_name = PyUnicode_InternFromString("stride");
+  static PyObject* const dtype_name_ = PyUnicode_InternFromString("dtype");
+  static PyObject* const get_device_name = PyUnicode_InternFromString("get_device");
+  static PyObject* const is_cuda_name = PyUnicode_InternFromString("is_cuda");
+  static PyObject* const is_cpu_name = PyUnicode_InternFromString("is_cpu");
+
+  auto attr = [&](PyObject* name) {
+    PyObject* r = PyObject_GetAttr(obj.ptr(), name);
+    if (!r) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(r);
+  };
+  auto call = [&](PyObject* name) {
+    PyObject* r = PyObject_CallMethodNoArgs(obj.ptr(), name);
+    if (!r) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(r);
+  };
+
+  py::object ptr = data_ptr();
+  view.data = reinterpret_cast<void*>(static_cast<std::uintptr_t>(PyLong_AsUnsignedLongLong(ptr.ptr())));
+  if (PyErr_Occurred()) throw py::error_already_set();
+  py::object shape = attr(shape_name);
+  py::object strides = call(stride_name);
+  if (!PyTuple_Check(shape.ptr()) || !PyTuple_Check(strides.ptr())) return false;
+  fill_sizes(view, shape, strides);
+  view.dtype = dtype_of_object(attr(dtype_name_).ptr());
+
+  if (PyObject_IsTrue(attr(is_cuda_name).ptr()) == 1) {
+    view.device = {DeviceType::CUDA, static_cast<int>(PyLong_AsLong(call(get_device_name).ptr()))};
+  } else if (PyObject_IsTrue(attr(is_cpu_name).ptr()) == 1) {
+    view.device = {DeviceType::CPU, 0};
+  } else {
+    view.device = {DeviceType::Other, 0};  // meta, mps, xpu, ...: validation names it
+  }
+  return true;
+}
+
+bool from_dlpack_capsule(py::handle capsule, TensorView& view) {
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (!managed) {
+    PyErr_Clear();
+    throw py::value_error("replearn: this DLPack capsule was already consumed (its name is not 'dltensor')");
+  }
+  const DLTensor& t = managed->dl_tensor;
+  if (t.ndim > TensorView::kMaxDims)
+    throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
+                                      " dimensions, got " + std::to_string(t.ndim));
+  view.data = static_cast<char*>(t.data) + t.byte_offset;
+  view.dtype = dtype_from_dlpack(t.dtype);
+  switch (t.device.device_type) {
+    case kDLCPU: case kDLCUDAHost: view.device = {DeviceType::CPU, 0}; break;
+    case kDLCUDA: case kDLCUDAManaged: view.device = {DeviceType::CUDA, t.device.device_id}; break;
+    default: view.device = {DeviceType::Other, 0};
+  }
+  view.ndim = t.ndim;
+  int64_t stride = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    view.sizes[d] = t.shape[d];
+    view.strides[d] = t.strides ? t.strides[d] : stride;
+    stride *= t.shape[d];
+  }
+  return true;
+}
+
+}  // namespace
+
+bool to_tensor_view(py::handle obj, TensorView& view, py::object& keep_alive) {
+  if (PyCapsule_CheckExact(obj.ptr())) {
+    keep_alive = py::reinterpret_borrow<py::object>(obj);
+    return from_dlpack_capsule(obj, view);
+  }
+  if (from_torch_like(obj, view)) return true;
+  if (!py::hasattr(obj, "__dlpack__")) return false;
+  // The capsule stays unconsumed: its destructor returns the memory to the producer when the
+  // caster (and so keep_alive) goes away after the call.
+  keep_alive = obj.attr("__dlpack__")();
+  return from_dlpack_capsule(keep_alive, view);
+}
+
+void register_error_translator() {
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      switch (e.kind()) {
+        case ErrorKind::Type: PyErr_SetString(PyExc_TypeError, e.what()); return;
+        case ErrorKind::Value: PyErr_SetString(PyExc_ValueError, e.what()); return;
+        case ErrorKind::Runtime: PyErr_SetString(PyExc_RuntimeError, e.what()); return;
+      }
+    }
+  });
+}
+
+}  // namespace replearn::python
