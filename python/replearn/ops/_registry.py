@@ -1,0 +1,164 @@
+"""The op registry: every native op is a torch library op `torch.ops.replearn.<name>`.
+
+`define()` registers one op in a single place, in the order a reader expects (STYLE.md, "schemas are
+the API"): its schema, its device implementation (which allocates with torch and calls the native
+kernel), its fake implementation for torch.compile/export, its autograd formula, and the test
+description (`OpInfo`) that the registry-driven test-suite reads. `list_ops()` names them all, so an
+op is tested the moment it is registered.
+
+Registration goes through `torch.library.Library.define/impl` (cheaper per call than
+`torch.library.custom_op`, ARCHITECTURE.md), and public wrappers skip the dispatcher altogether
+when nothing needs it (`direct_call_ok`): see docs/design.md, "per-call overhead".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+LIBRARY = torch.library.Library("replearn", "DEF")
+
+_OPS: dict[str, "OpInfo"] = {}
+
+
+@dataclasses.dataclass
+class Sample:
+    """One call of a public op: `public(*args, **kwargs)`."""
+
+    args: tuple
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    name: str = ""
+
+    def __repr__(self) -> str:
+        shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in self.args]
+        return f"Sample({self.name or ''} {shapes} {self.kwargs})"
+
+
+@dataclasses.dataclass
+class BadInput:
+    """A call that must raise `error` with `match` in its message, touching no tensor in `untouched`."""
+
+    args: tuple
+    kwargs: dict
+    error: type
+    match: str
+    name: str = ""
+
+
+@dataclasses.dataclass
+class OpInfo:
+    """What the tests need to know of a public op (PyTorch's OpInfo, reduced to our rules).
+
+    Attributes:
+        name: the op's name in `torch.ops.replearn`.
+        public: the user-facing function `replearn.ops.<name>`; returns a Tensor or tuple of Tensors.
+        reference: the same computation written from the math in plain PyTorch; the tests run it in
+            float64 as the ground truth.
+        torch_counterpart: PyTorch's own op for the same computation, run at the test dtype: the
+            parity rule bounds our error by twice its error (ARCHITECTURE.md).
+        samples: `samples(device, dtype, generator)` yields `Sample`s covering odd shapes, batch 1,
+            optional arguments; the harness adds non-contiguous variants itself.
+        bad_inputs: `bad_inputs(device)` yields `BadInput`s.
+        differentiable_args: positions of the tensor arguments that take gradients.
+        gradcheck_samples: small float64 samples for torch.autograd.gradcheck (default: samples).
+        mutated_args: positions of tensor arguments the public op updates in place (running stats),
+            compared after each call like outputs.
+    """
+
+    name: str
+    public: Callable
+    reference: Callable
+    torch_counterpart: Callable | None
+    samples: Callable[[torch.device, torch.dtype, torch.Generator], Iterable[Sample]]
+    bad_inputs: Callable[[torch.device], Iterable[BadInput]]
+    differentiable_args: Sequence[int] = ()
+    gradcheck_samples: Callable[[torch.device, torch.Generator], Iterable[Sample]] | None = None
+    mutated_args: Sequence[int] = ()
+    backward_ops: Sequence[str] = ()
+
+    @property
+    def overload(self) -> torch._ops.OpOverload:
+        return getattr(torch.ops.replearn, self.name).default
+
+
+def define(
+    schema: str,
+    impl: Callable,
+    fake: Callable,
+    *,
+    backward: Callable | None = None,
+    setup_context: Callable | None = None,
+) -> torch._ops.OpOverload:
+    """Registers `replearn::<schema>` with one implementation for CPU and CUDA, a fake, and autograd.
+
+    `impl` is device-generic: it allocates outputs with torch on the input's device and calls the
+    native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`.
+    """
+    name = schema.split("(", 1)[0]
+    LIBRARY.define(schema)
+    LIBRARY.impl(name, impl, "CPU")
+    LIBRARY.impl(name, impl, "CUDA")
+    torch.library.register_fake(f"replearn::{name}", fake, lib=LIBRARY)
+    if backward is not None:
+        torch.library.register_autograd(f"replearn::{name}", backward, setup_context=setup_context, lib=LIBRARY)
+    return getattr(torch.ops.replearn, name).default
+
+
+def register_info(info: OpInfo) -> None:
+    if info.name in _OPS:
+        raise ValueError(f"replearn op {info.name!r} is registered twice")
+    _OPS[info.name] = info
+
+
+def list_ops() -> list[str]:
+    """Names of every public native op, as in `torch.ops.replearn.<name>` and `replearn.ops.<name>`."""
+    return sorted(_OPS)
+
+
+def op_info(name: str) -> OpInfo:
+    """The test description of op `name` (see `OpInfo`)."""
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise ValueError(f"no replearn op named {name!r}; registered: {', '.join(list_ops())}") from None
+
+
+_Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+_function_mode_on = torch._C._is_torch_function_mode_enabled
+_functorch_on = torch._C._are_functorch_transforms_active
+
+
+def direct_call_ok(*tensors: Any) -> bool:
+    """True when a public op may call its implementation directly instead of through the dispatcher.
+
+    That is the common eager inference call: not being traced by torch.compile, no gradient needed,
+    plain tensors (no subclasses, fake tensors or functorch wrappers) and no dispatch or
+    torch-function mode active. The direct call runs the same native kernel the dispatcher would;
+    it only skips ~6 µs of dispatch (docs/design.md). Everything else goes through
+    `torch.ops.replearn`, which handles autograd, tracing and modes.
+    """
+    if torch.compiler.is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        kind = type(t)
+        if kind is not _Tensor and kind is not _Parameter:
+            return False
+        if grad and t.requires_grad:
+            return False
+    return True
+
+
+def check_tensor(fn: str, arg: str, value: Any, optional: bool = False) -> None:
+    """TypeError naming the argument unless `value` is a Tensor (or None when optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, torch.Tensor):
+        expected = "a Tensor or None" if optional else "a Tensor"
+        raise TypeError(f"{fn}: argument '{arg}' expected {expected} but got {type(value).__name__}")

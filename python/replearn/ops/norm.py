@@ -1,0 +1,1076 @@
+"""Normalization ops: layer, RMS, batch, group and instance normalization, and weight normalization.
+
+Every op here is a torch library op (`torch.ops.replearn.<name>`) whose forward and backward both run
+native kernels (csrc/norm), with a fake implementation for torch.compile and a plain-PyTorch
+`reference` written from the formulas of the course notes (§3.2) that the tests treat as ground truth:
+
+    x̂ = (x − μ) / √(σ² + ε),   y = γ·x̂ + β
+
+where μ, σ² are taken over the last dims (layer norm; Ba et al. 2016), per channel over the batch
+and spatial dims (batch norm; Ioffe & Szegedy 2015), per sample and channel (instance norm; Ulyanov
+et al. 2016) or per sample and group of channels (group norm; Wu & He 2018). RMS norm divides by
+√(mean(x²) + ε) without centering (Zhang & Sennrich 2019). Weight normalization reparameterizes a
+weight as w = g·v/‖v‖ (Salimans & Kingma 2016).
+
+The public functions mirror `torch.nn.functional`'s signatures and return what they return. The
+torch ops return the saved statistics as extra outputs, which backward reuses; ops that update
+running averages are functional (they return the new averages, which the public function copies
+into the caller's buffers), because torch only accepts autograd formulas for functional ops.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+from .. import _native
+from ._registry import BadInput, OpInfo, Sample, check_tensor, define, direct_call_ok, register_info
+
+__all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "weight_norm"]
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    # Statistics are float64 for float64 inputs and float32 otherwise (csrc/core/check.h).
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _normalized_ndim(fn: str, x: torch.Tensor, normalized_shape: Sequence[int]) -> int:
+    shape = tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or k > x.dim() or tuple(x.shape[x.dim() - k :]) != shape:
+        raise ValueError(
+            f"{fn}: argument 'normalized_shape' expected the trailing dimensions of x "
+            f"(shape {tuple(x.shape)}) but got {list(shape)}"
+        )
+    return k
+
+
+def _check_devices(fn: str, x: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Fake implementations run where no kernel validates devices (torch.compile, meta): check here."""
+    for arg, t in others.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{fn}: argument '{arg}' expected a tensor on {x.device} like 'x' but got one on {t.device}")
+
+
+def _as_shape(normalized_shape: int | Sequence[int]) -> list[int]:
+    return [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+
+
+def _empty_or_none(need: bool, like: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+    if not need:
+        return None
+    return like.new_empty(like.shape if shape is None else shape)
+
+
+def _randn(shape, dtype, device, generator, scale=1.0, offset=0.0) -> torch.Tensor:
+    return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset).to(dtype).to(device)
+
+
+# ==================================================================================== layer_norm
+
+
+def _layer_norm_impl(x, normalized_shape, weight, bias, eps):
+    k = _normalized_ndim("layer_norm", x, normalized_shape)
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    stats_shape = x.shape[: x.dim() - k]
+    mean = x.new_empty(stats_shape, dtype=_stats_dtype(x))
+    rstd = x.new_empty(stats_shape, dtype=_stats_dtype(x))
+    _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+def _layer_norm_fake(x, normalized_shape, weight, bias, eps):
+    _check_devices("layer_norm", x, weight=weight, bias=bias)
+    k = _normalized_ndim("layer_norm", x, normalized_shape)
+    stats_shape = x.shape[: x.dim() - k]
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(stats_shape, dtype=_stats_dtype(x)),
+        x.new_empty(stats_shape, dtype=_stats_dtype(x)),
+    )
+
+
+def _row_norm_backward_impl(kernel, grad_y, x, k, stats, weight, mask):
+    """layer_norm_backward and rms_norm_backward: dx (x's shape), dweight/dbias (normalized shape)."""
+    x = x.contiguous()
+    grad_y = grad_y.contiguous()
+    param_shape = x.shape[x.dim() - k :]
+    grads = [_empty_or_none(mask[0], x)] + [_empty_or_none(m, x, param_shape) for m in mask[1:]]
+    ws = _native.workspace(kernel, x, x, k) if any(mask[1:]) else None
+    _native.launch(kernel, x, grad_y, x, k, *stats, _contiguous(weight), *grads, ws)
+    return tuple(grads)
+
+
+def _row_norm_backward_fake(x, k, mask):
+    param_shape = x.shape[x.dim() - k :]
+    return (_empty_or_none(mask[0], x),) + tuple(_empty_or_none(m, x, param_shape) for m in mask[1:])
+
+
+_layer_norm_backward = define(
+    "layer_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor mean, Tensor rstd, Tensor? weight, "
+    "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
+    lambda grad_y, x, k, mean, rstd, weight, mask: _row_norm_backward_impl(
+        "layer_norm_backward", grad_y, x, k, (mean, rstd), weight, mask
+    ),
+    lambda grad_y, x, k, mean, rstd, weight, mask: _row_norm_backward_fake(x, k, mask),
+)
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, normalized_shape, weight, _bias, _eps = inputs
+    _y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.normalized_ndim = len(normalized_shape)
+    ctx.save_for_backward(x, weight, mean, rstd)
+
+
+def _layer_norm_grad(ctx, grad_y, _grad_mean, _grad_rstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad  # (x, normalized_shape, weight, bias, eps)
+    dx, dw, db = _layer_norm_backward(grad_y, x, ctx.normalized_ndim, mean, rstd, weight, [need[0], need[2], need[3]])
+    return dx, None, dw, db, None
+
+
+_layer_norm = define(
+    "layer_norm(Tensor x, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)",
+    _layer_norm_impl,
+    _layer_norm_fake,
+    backward=_layer_norm_grad,
+    setup_context=_layer_norm_setup,
+)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Layer normalization over the trailing `normalized_shape` dims (Ba et al. 2016).
+
+    y = (x − μ) / √(σ² + ε) · weight + bias, with μ and the biased σ² over the normalized dims.
+    Same signature and result as `torch.nn.functional.layer_norm`.
+
+    Args:
+        x: input of shape (*, *normalized_shape); float32/float64 on CPU, float32/16/bfloat16 on CUDA.
+        normalized_shape: the trailing shape to normalize over (an int for the last dim).
+        weight: optional scale γ of shape normalized_shape.
+        bias: optional shift β of shape normalized_shape.
+        eps: added to the variance.
+
+    Returns:
+        The normalized tensor, shaped like x.
+    """
+    check_tensor("layer_norm", "x", x)
+    check_tensor("layer_norm", "weight", weight, optional=True)
+    check_tensor("layer_norm", "bias", bias, optional=True)
+    shape = _as_shape(normalized_shape)
+    if direct_call_ok(x, weight, bias):
+        return _layer_norm_impl(x, shape, weight, bias, eps)[0]
+    return _layer_norm(x, shape, weight, bias, eps)[0]
+
+
+def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalization written from the formula, in plain PyTorch."""
+    dims = tuple(range(x.dim() - len(_as_shape(normalized_shape)), x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+# Shapes for the row norms: (x shape, number of normalized trailing dims); odd sizes, a batch of one,
+# a single feature, a long row, and more than one normalized dim.
+_ROW_SHAPES = [((1, 1), 1), ((1, 5), 1), ((7, 33), 1), ((3, 4, 17), 1), ((2, 3, 5, 7), 2), ((5, 1031), 1), ((6,), 1)]
+
+
+def _row_samples(device, dtype, gen, with_bias: bool) -> Iterable[Sample]:
+    for shape, k in _ROW_SHAPES:
+        norm_shape = list(shape[len(shape) - k :])
+        x = _randn(shape, dtype, device, gen, scale=2.0, offset=0.5)
+        w = _randn(norm_shape, dtype, device, gen, offset=1.0)
+        b = _randn(norm_shape, dtype, device, gen)
+        yield Sample((x, norm_shape, w, b) if with_bias else (x, norm_shape, w), name="affine")
+        yield Sample((x, norm_shape), name="plain")
+    # Large offset relative to the spread: catches statistics computed with cancellation.
+    x = _randn((4, 64), dtype, device, gen, scale=1.0, offset=300.0)
+    yield Sample((x, [64]), {"eps": 1e-3}, name="offset")
+
+
+def _row_gradcheck_samples(device, gen, with_bias: bool) -> Iterable[Sample]:
+    for shape, k in [((3, 5), 1), ((2, 3, 4), 2), ((1, 1), 1)]:
+        norm_shape = list(shape[len(shape) - k :])
+        x = _randn(shape, torch.float64, device, gen)
+        w = _randn(norm_shape, torch.float64, device, gen, offset=1.0)
+        b = _randn(norm_shape, torch.float64, device, gen)
+        yield Sample((x, norm_shape, w, b) if with_bias else (x, norm_shape, w))
+        yield Sample((x, norm_shape))
+
+
+def _row_bad_inputs(fn, device, with_bias: bool) -> Iterable[BadInput]:
+    x = torch.randn(4, 8, device=device)
+    w = torch.ones(8, device=device)
+    extra = (torch.zeros(8, device=device),) if with_bias else ()
+    yield BadInput((x.long(), [8]), {}, TypeError, "'x'", "integer x")
+    yield BadInput(([[1.0] * 8] * 4, [8]), {}, TypeError, "'x'", "x not a tensor")
+    yield BadInput((x, [7]), {}, ValueError, "'normalized_shape'", "normalized_shape not trailing")
+    yield BadInput((x, [8], torch.ones(7, device=device)) + extra, {}, ValueError, "'weight'", "weight shape")
+    yield BadInput((x, [8], w.double()) + extra, {}, TypeError, "'weight'", "weight dtype")
+    yield BadInput((x, [8], torch.ones(8, device="meta")) + extra, {}, ValueError, "'weight'", "weight device")
+    yield BadInput((x, [8], w) + extra, {"eps": -1.0}, ValueError, "'eps'", "negative eps")
+    if with_bias:
+        yield BadInput((x, [8], w, torch.zeros(2, 4, device=device)), {}, ValueError, "'bias'", "bias shape")
+
+
+register_info(
+    OpInfo(
+        name="layer_norm",
+        public=layer_norm,
+        reference=layer_norm_reference,
+        torch_counterpart=torch.nn.functional.layer_norm,
+        samples=lambda device, dtype, gen: _row_samples(device, dtype, gen, with_bias=True),
+        bad_inputs=lambda device: _row_bad_inputs("layer_norm", device, with_bias=True),
+        differentiable_args=(0, 2, 3),
+        gradcheck_samples=lambda device, gen: _row_gradcheck_samples(device, gen, with_bias=True),
+        backward_ops=("layer_norm_backward",),
+    )
+)
+
+
+# ====================================================================================== rms_norm
+
+
+def _rms_eps(x: torch.Tensor, eps: float | None) -> float:
+    # torch.nn.functional.rms_norm's convention: eps=None means the dtype's machine epsilon.
+    if eps is not None:
+        return eps
+    # A non-floating x gets no epsilon here: the kernel's validation rejects it, naming 'x'.
+    return torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
+
+
+def _rms_norm_impl(x, normalized_shape, weight, eps):
+    k = _normalized_ndim("rms_norm", x, normalized_shape)
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    rstd = x.new_empty(x.shape[: x.dim() - k], dtype=_stats_dtype(x))
+    _native.launch("rms_norm_forward", x, x, k, _contiguous(weight), _rms_eps(x, eps), y, rstd)
+    return y, rstd
+
+
+def _rms_norm_fake(x, normalized_shape, weight, eps):
+    _check_devices("rms_norm", x, weight=weight)
+    k = _normalized_ndim("rms_norm", x, normalized_shape)
+    return x.new_empty(x.shape), x.new_empty(x.shape[: x.dim() - k], dtype=_stats_dtype(x))
+
+
+_rms_norm_backward = define(
+    "rms_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor rstd, Tensor? weight, "
+    "bool[2] output_mask) -> (Tensor?, Tensor?)",
+    lambda grad_y, x, k, rstd, weight, mask: _row_norm_backward_impl(
+        "rms_norm_backward", grad_y, x, k, (rstd,), weight, mask
+    ),
+    lambda grad_y, x, k, rstd, weight, mask: _row_norm_backward_fake(x, k, mask),
+)
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, normalized_shape, weight, _eps = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.normalized_ndim = len(normalized_shape)
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_grad(ctx, grad_y, _grad_rstd):
+    x, weight, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad  # (x, normalized_shape, weight, eps)
+    dx, dw = _rms_norm_backward(grad_y, x, ctx.normalized_ndim, rstd, weight, [need[0], need[2]])
+    return dx, None, dw, None
+
+
+_rms_norm = define(
+    "rms_norm(Tensor x, SymInt[] normalized_shape, Tensor? weight, float? eps) -> (Tensor, Tensor)",
+    _rms_norm_impl,
+    _rms_norm_fake,
+    backward=_rms_norm_grad,
+    setup_context=_rms_norm_setup,
+)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """RMS normalization over the trailing `normalized_shape` dims (Zhang & Sennrich 2019).
+
+    y = x / √(mean(x²) + ε) · weight: no centering. Same signature and result as
+    `torch.nn.functional.rms_norm`; eps=None uses `torch.finfo(x.dtype).eps`.
+
+    Args:
+        x: input of shape (*, *normalized_shape).
+        normalized_shape: the trailing shape to normalize over.
+        weight: optional scale of shape normalized_shape.
+        eps: added to the mean square; None for the dtype's machine epsilon.
+
+    Returns:
+        The normalized tensor, shaped like x.
+    """
+    check_tensor("rms_norm", "x", x)
+    check_tensor("rms_norm", "weight", weight, optional=True)
+    shape = _as_shape(normalized_shape)
+    if direct_call_ok(x, weight):
+        return _rms_norm_impl(x, shape, weight, eps)[0]
+    return _rms_norm(x, shape, weight, eps)[0]
+
+
+def rms_norm_reference(x, normalized_shape, weight=None, eps=None):
+    """RMS normalization written from the formula, in plain PyTorch."""
+    dims = tuple(range(x.dim() - len(_as_shape(normalized_shape)), x.dim()))
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    y = x / torch.sqrt((x * x).mean(dims, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+register_info(
+    OpInfo(
+        name="rms_norm",
+        public=rms_norm,
+        reference=rms_norm_reference,
+        torch_counterpart=torch.nn.functional.rms_norm,
+        samples=lambda device, dtype, gen: _row_samples(device, dtype, gen, with_bias=False),
+        bad_inputs=lambda device: _row_bad_inputs("rms_norm", device, with_bias=False),
+        differentiable_args=(0, 2),
+        gradcheck_samples=lambda device, gen: _row_gradcheck_samples(device, gen, with_bias=False),
+        backward_ops=("rms_norm_backward",),
+    )
+)
+
+
+# ==================================================================================== batch_norm
+
+
+def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Runs the kernel; updates running_mean/running_var in place when training."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    channels = x.shape[1] if x.dim() >= 2 else 0
+    save_mean = x.new_empty((channels,), dtype=_stats_dtype(x))
+    save_rstd = x.new_empty((channels,), dtype=_stats_dtype(x))
+    _native.launch(
+        "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
+        training, momentum, eps, y, save_mean, save_rstd,
+    )  # fmt: skip
+    return y, save_mean, save_rstd
+
+
+def _batch_norm_impl(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    # Functional: the kernel updates copies of the running averages, returned as outputs.
+    update = training and running_mean is not None
+    new_mean = running_mean.clone() if update else None
+    new_var = running_var.clone() if update and running_var is not None else None
+    y, save_mean, save_rstd = _batch_norm_launch(
+        x, weight, bias, new_mean if update else running_mean, new_var if update else running_var,
+        training, momentum, eps,
+    )  # fmt: skip
+    return y, save_mean, save_rstd, new_mean, new_var
+
+
+def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    _check_devices("batch_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    channels = x.shape[1]
+    update = training and running_mean is not None
+    return (
+        x.new_empty(x.shape),
+        x.new_empty((channels,), dtype=_stats_dtype(x)),
+        x.new_empty((channels,), dtype=_stats_dtype(x)),
+        running_mean.new_empty(running_mean.shape) if update else None,
+        running_var.new_empty(running_var.shape) if update and running_var is not None else None,
+    )
+
+
+def _batch_norm_backward_impl(grad_y, x, save_mean, save_rstd, weight, training, mask):
+    x = x.contiguous()
+    grad_y = grad_y.contiguous()
+    channels = (x.shape[1],)
+    grads = [_empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)]
+    _native.launch("batch_norm_backward", x, grad_y, x, save_mean, save_rstd, _contiguous(weight), training, *grads)
+    return tuple(grads)
+
+
+def _batch_norm_backward_fake(grad_y, x, save_mean, save_rstd, weight, training, mask):
+    channels = (x.shape[1],)
+    return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
+
+
+_batch_norm_backward = define(
+    "batch_norm_backward(Tensor grad_y, Tensor x, Tensor save_mean, Tensor save_rstd, Tensor? weight, "
+    "bool training, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
+    _batch_norm_backward_impl,
+    _batch_norm_backward_fake,
+)
+
+
+def _mark_stats(ctx, output):
+    ctx.mark_non_differentiable(*[t for t in output[1:] if t is not None])
+
+
+def _batch_norm_setup(ctx, inputs, output):
+    x, weight, _bias, _rm, _rv, training, _momentum, _eps = inputs
+    _mark_stats(ctx, output)
+    ctx.training = training
+    ctx.save_for_backward(x, weight, output[1], output[2])
+
+
+def _batch_norm_grad(ctx, grad_y, *_stat_grads):
+    x, weight, save_mean, save_rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad  # (x, weight, bias, running_mean, running_var, ...)
+    dx, dw, db = _batch_norm_backward(grad_y, x, save_mean, save_rstd, weight, ctx.training, [need[0], need[1], need[2]])
+    return dx, dw, db, None, None, None, None, None
+
+
+_batch_norm = define(
+    "batch_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, bool training, "
+    "float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor?, Tensor?)",
+    _batch_norm_impl,
+    _batch_norm_fake,
+    backward=_batch_norm_grad,
+    setup_context=_batch_norm_setup,
+)
+
+
+def _copy_running(running: torch.Tensor | None, new: torch.Tensor | None) -> None:
+    if running is not None and new is not None:
+        with torch.no_grad():
+            running.copy_(new)
+
+
+def batch_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Batch normalization of x (N, C, *) per channel (Ioffe & Szegedy 2015).
+
+    Training uses the batch statistics (biased variance) and, when running averages are given,
+    updates them in place: r ← (1 − momentum)·r + momentum·s, with the unbiased variance for
+    running_var. Evaluation normalizes with the running averages. Same signature and result as
+    `torch.nn.functional.batch_norm`.
+
+    Args:
+        x: input of shape (N, C, *).
+        running_mean, running_var: running averages of shape (C), or None (training only).
+        weight, bias: optional affine parameters of shape (C).
+        training: use batch statistics (True) or the running averages (False).
+        momentum: weight of the new statistic in the running averages.
+        eps: added to the variance.
+
+    Returns:
+        The normalized tensor, shaped like x.
+    """
+    for arg, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        check_tensor("batch_norm", arg, value, optional=True)
+    check_tensor("batch_norm", "x", x)
+    momentum = 0.0 if momentum is None else momentum
+    if direct_call_ok(x, weight, bias, running_mean, running_var):
+        return _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+    y, _, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+    _copy_running(running_mean, new_mean)
+    _copy_running(running_var, new_var)
+    return y
+
+
+def batch_norm_reference(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalization written from the formula, in plain PyTorch (updates running stats too)."""
+    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    dims = [0] + list(range(2, x.dim()))
+    if training:
+        mean = x.mean(dims)
+        var = ((x - mean.view(shape)) ** 2).mean(dims)
+        if running_mean is not None:
+            count = x.numel() // x.shape[1]
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                running_var.mul_(1 - momentum).add_(momentum * var.detach() * count / (count - 1))
+    else:
+        mean, var = running_mean, running_var
+    y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+_CHANNEL_SHAPES = [(1, 3, 5), (4, 1, 7), (2, 5, 3, 3), (3, 4, 1, 9), (6, 2), (2, 3, 2, 2, 3), (3, 16, 33)]
+
+
+def _batch_norm_samples(device, dtype, gen) -> Iterable[Sample]:
+    for shape in _CHANNEL_SHAPES:
+        c = shape[1]
+        x = _randn(shape, dtype, device, gen, scale=1.5, offset=0.3)
+        w = _randn((c,), dtype, device, gen, offset=1.0)
+        b = _randn((c,), dtype, device, gen)
+        rm = _randn((c,), dtype, device, gen, scale=0.1)
+        rv = _randn((c,), dtype, device, gen, scale=0.1).abs() + 0.5
+        yield Sample((x, rm, rv, w, b), {"training": True, "momentum": 0.2}, name="train")
+        yield Sample((x, None, None), {"training": True}, name="train-no-running")
+        yield Sample((x, rm, rv, w, b), {"training": False}, name="eval")
+        yield Sample((x, rm, rv), {"training": False, "eps": 1e-3}, name="eval-plain")
+    x = _randn((8, 3, 10), dtype, device, gen, offset=200.0)
+    yield Sample((x, None, None), {"training": True}, name="offset")
+
+
+def _batch_norm_gradcheck_samples(device, gen) -> Iterable[Sample]:
+    for shape in [(3, 2, 4), (2, 3), (1, 2, 5)]:
+        c = shape[1]
+        x = _randn(shape, torch.float64, device, gen)
+        w = _randn((c,), torch.float64, device, gen, offset=1.0)
+        b = _randn((c,), torch.float64, device, gen)
+        rv = torch.rand(c, dtype=torch.float64, generator=gen).to(device) + 0.5
+        yield Sample((x, None, None, w, b), {"training": True})
+        yield Sample((x, torch.zeros(c, dtype=torch.float64, device=device), rv, w, b), {"training": False})
+
+
+def _batch_norm_bad_inputs(device) -> Iterable[BadInput]:
+    x = torch.randn(4, 3, 5, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    yield BadInput((x.long(), rm, rv), {}, TypeError, "'x'", "integer x")
+    yield BadInput((x, rm, rv, torch.ones(4, device=device)), {"training": True}, ValueError, "'weight'", "weight size")
+    yield BadInput((x, torch.zeros(2, device=device), rv), {"training": True}, ValueError, "'running_mean'", "stats size")
+    yield BadInput((x, rm, rv.double()), {"training": True}, TypeError, "'running_var'", "stats dtype")
+    yield BadInput((x, None, None), {"training": False}, ValueError, "'running_mean'", "eval without stats")
+    yield BadInput((x[:1, :, :1], rm, rv), {"training": True}, ValueError, "'x'", "one value per channel")
+    yield BadInput((x, rm, rv), {"training": True, "momentum": 1.5}, ValueError, "'momentum'", "momentum range")
+    yield BadInput((torch.randn(5, device=device), None, None), {"training": True}, ValueError, "'x'", "1-d x")
+    yield BadInput((x, rm, rv, None, "zeros"), {}, TypeError, "'bias'", "bias not a tensor")
+
+
+register_info(
+    OpInfo(
+        name="batch_norm",
+        public=batch_norm,
+        reference=batch_norm_reference,
+        torch_counterpart=torch.nn.functional.batch_norm,
+        samples=_batch_norm_samples,
+        bad_inputs=_batch_norm_bad_inputs,
+        differentiable_args=(0, 3, 4),
+        gradcheck_samples=_batch_norm_gradcheck_samples,
+        mutated_args=(1, 2),
+        backward_ops=("batch_norm_backward",),
+    )
+)
+
+
+# ==================================================================================== group_norm
+
+
+def _group_norm_impl(x, num_groups, weight, bias, eps):
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    batch = x.shape[0] if x.dim() >= 1 else 0
+    mean = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
+    rstd = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
+    _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+def _group_norm_fake(x, num_groups, weight, bias, eps):
+    _check_devices("group_norm", x, weight=weight, bias=bias)
+    stats = (x.shape[0], num_groups)
+    return x.new_empty(x.shape), x.new_empty(stats, dtype=_stats_dtype(x)), x.new_empty(stats, dtype=_stats_dtype(x))
+
+
+def _group_norm_backward_impl(grad_y, x, num_groups, mean, rstd, weight, mask):
+    x = x.contiguous()
+    grad_y = grad_y.contiguous()
+    channels = (x.shape[1],)
+    grads = [_empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)]
+    ws = _native.workspace("group_norm_backward", x, x, num_groups)
+    _native.launch("group_norm_backward", x, grad_y, x, num_groups, mean, rstd, _contiguous(weight), *grads, ws)
+    return tuple(grads)
+
+
+def _group_norm_backward_fake(grad_y, x, num_groups, mean, rstd, weight, mask):
+    channels = (x.shape[1],)
+    return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
+
+
+_group_norm_backward = define(
+    "group_norm_backward(Tensor grad_y, Tensor x, int num_groups, Tensor mean, Tensor rstd, Tensor? weight, "
+    "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
+    _group_norm_backward_impl,
+    _group_norm_backward_fake,
+)
+
+
+def _group_norm_setup(ctx, inputs, output):
+    x, num_groups, weight, _bias, _eps = inputs
+    _mark_stats(ctx, output)
+    ctx.num_groups = num_groups
+    ctx.save_for_backward(x, weight, output[1], output[2])
+
+
+def _group_norm_grad(ctx, grad_y, _grad_mean, _grad_rstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad  # (x, num_groups, weight, bias, eps)
+    dx, dw, db = _group_norm_backward(grad_y, x, ctx.num_groups, mean, rstd, weight, [need[0], need[2], need[3]])
+    return dx, None, dw, db, None
+
+
+_group_norm = define(
+    "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)",
+    _group_norm_impl,
+    _group_norm_fake,
+    backward=_group_norm_grad,
+    setup_context=_group_norm_setup,
+)
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Group normalization (Wu & He 2018): statistics per sample over each group of C/G channels.
+
+    Same signature and result as `torch.nn.functional.group_norm`.
+
+    Args:
+        x: input of shape (N, C, *), C divisible by num_groups.
+        num_groups: number of groups G.
+        weight, bias: optional per-channel affine parameters of shape (C).
+        eps: added to the variance.
+
+    Returns:
+        The normalized tensor, shaped like x.
+    """
+    check_tensor("group_norm", "x", x)
+    check_tensor("group_norm", "weight", weight, optional=True)
+    check_tensor("group_norm", "bias", bias, optional=True)
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool):
+        raise TypeError(f"group_norm: argument 'num_groups' expected an int but got {type(num_groups).__name__}")
+    if direct_call_ok(x, weight, bias):
+        return _group_norm_impl(x, num_groups, weight, bias, eps)[0]
+    return _group_norm(x, num_groups, weight, bias, eps)[0]
+
+
+def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalization written from the formula, in plain PyTorch."""
+    n, c = x.shape[:2]
+    g = x.reshape(n, num_groups, -1)
+    mean = g.mean(-1, keepdim=True)
+    var = ((g - mean) ** 2).mean(-1, keepdim=True)
+    y = ((g - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    shape = [1, c] + [1] * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+def _group_norm_samples(device, dtype, gen) -> Iterable[Sample]:
+    for shape, groups in [((1, 4, 5), 2), ((3, 6, 7), 3), ((2, 6, 3, 5), 6), ((2, 8, 4, 4), 1), ((5, 3), 3), ((2, 32, 9), 8)]:
+        c = shape[1]
+        x = _randn(shape, dtype, device, gen, scale=1.5, offset=-0.4)
+        w = _randn((c,), dtype, device, gen, offset=1.0)
+        b = _randn((c,), dtype, device, gen)
+        yield Sample((x, groups, w, b), name="affine")
+        yield Sample((x, groups), {"eps": 1e-3}, name="plain")
+    x = _randn((2, 4, 16), dtype, device, gen, offset=-500.0)
+    yield Sample((x, 2), name="offset")
+
+
+def _group_norm_gradcheck_samples(device, gen) -> Iterable[Sample]:
+    for shape, groups in [((2, 4, 3), 2), ((1, 3, 2, 2), 3), ((3, 2), 1)]:
+        c = shape[1]
+        yield Sample(
+            (
+                _randn(shape, torch.float64, device, gen),
+                groups,
+                _randn((c,), torch.float64, device, gen, offset=1.0),
+                _randn((c,), torch.float64, device, gen),
+            )
+        )
+
+
+def _group_norm_bad_inputs(device) -> Iterable[BadInput]:
+    x = torch.randn(2, 6, 5, device=device)
+    yield BadInput((x, 4), {}, ValueError, "'num_groups'", "groups not dividing channels")
+    yield BadInput((x, 0), {}, ValueError, "'num_groups'", "zero groups")
+    yield BadInput((x, 2.0), {}, TypeError, "'num_groups'", "float groups")
+    yield BadInput((x.int(), 2), {}, TypeError, "'x'", "integer x")
+    yield BadInput((x, 2, torch.ones(5, device=device)), {}, ValueError, "'weight'", "weight size")
+    yield BadInput((x, 2, torch.ones(6, device=device), torch.zeros(6, device=device).double()), {}, TypeError,
+                   "'bias'", "bias dtype")  # fmt: skip
+    yield BadInput((x, 2), {"eps": -1e-5}, ValueError, "'eps'", "negative eps")
+
+
+register_info(
+    OpInfo(
+        name="group_norm",
+        public=group_norm,
+        reference=group_norm_reference,
+        torch_counterpart=torch.nn.functional.group_norm,
+        samples=_group_norm_samples,
+        bad_inputs=_group_norm_bad_inputs,
+        differentiable_args=(0, 2, 3),
+        gradcheck_samples=_group_norm_gradcheck_samples,
+        backward_ops=("group_norm_backward",),
+    )
+)
+
+
+# ================================================================================= instance_norm
+# Instance normalization is group normalization with one channel per group; in evaluation with
+# running averages it is batch normalization in evaluation mode. It reuses those kernels.
+
+
+def _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+    """Runs the kernels; updates running_mean/running_var in place when using input statistics."""
+    if x.dim() < 2:
+        raise ValueError(f"instance_norm: argument 'x' expected at least 2 dimensions (N, C, *) but got shape {tuple(x.shape)}")
+    if not use_input_stats:
+        return _batch_norm_launch(x, weight, bias, running_mean, running_var, False, momentum, eps)
+    spatial = x[0, 0].numel() if x.shape[0] * x.shape[1] > 0 else 0
+    if spatial <= 1 and x.numel() > 0:
+        raise ValueError(
+            f"instance_norm: argument 'x' expected more than 1 spatial element per channel but got shape {tuple(x.shape)}"
+        )
+    y, mean, rstd = _group_norm_impl(x, x.shape[1], weight, bias, eps)
+    if running_mean is not None or running_var is not None:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: arguments 'running_mean' and 'running_var' expected both or neither")
+        _native.launch(
+            "running_stats_update", x, mean, rstd, x.shape[0], x.shape[1], spatial, momentum, eps,
+            running_mean, running_var,
+        )  # fmt: skip
+    return y, mean, rstd
+
+
+def _instance_norm_impl(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+    update = use_input_stats and running_mean is not None
+    new_mean = running_mean.clone() if update else running_mean
+    new_var = running_var.clone() if update and running_var is not None else running_var
+    y, mean, rstd = _instance_norm_launch(x, weight, bias, new_mean, new_var, use_input_stats, momentum, eps)
+    return y, mean, rstd, (new_mean if update else None), (new_var if update else None)
+
+
+def _instance_norm_fake(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+    _check_devices("instance_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    stats = (x.shape[0], x.shape[1]) if use_input_stats else (x.shape[1],)
+    update = use_input_stats and running_mean is not None
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(stats, dtype=_stats_dtype(x)),
+        x.new_empty(stats, dtype=_stats_dtype(x)),
+        running_mean.new_empty(running_mean.shape) if update else None,
+        running_var.new_empty(running_var.shape) if update and running_var is not None else None,
+    )
+
+
+def _instance_norm_setup(ctx, inputs, output):
+    x, weight, _bias, _rm, _rv, use_input_stats, _momentum, _eps = inputs
+    _mark_stats(ctx, output)
+    ctx.use_input_stats = use_input_stats
+    ctx.save_for_backward(x, weight, output[1], output[2])
+
+
+def _instance_norm_grad(ctx, grad_y, *_stat_grads):
+    x, weight, mean, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad  # (x, weight, bias, running_mean, running_var, ...)
+    mask = [need[0], need[1], need[2]]
+    if ctx.use_input_stats:
+        dx, dw, db = _group_norm_backward(grad_y, x, x.shape[1], mean, rstd, weight, mask)
+    else:
+        dx, dw, db = _batch_norm_backward(grad_y, x, mean, rstd, weight, False, mask)
+    return dx, dw, db, None, None, None, None, None
+
+
+_instance_norm = define(
+    "instance_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+    "bool use_input_stats, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor?, Tensor?)",
+    _instance_norm_impl,
+    _instance_norm_fake,
+    backward=_instance_norm_grad,
+    setup_context=_instance_norm_setup,
+)
+
+
+def instance_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Instance normalization (Ulyanov et al. 2016): statistics per sample and channel.
+
+    With use_input_stats, running averages (when given) are updated in place with the batch mean
+    of the per-instance statistics (unbiased variance); without, x is normalized with them. Same
+    signature and result as `torch.nn.functional.instance_norm`.
+
+    Args:
+        x: input of shape (N, C, *) with more than one spatial element.
+        running_mean, running_var: optional running averages of shape (C).
+        weight, bias: optional per-channel affine parameters of shape (C).
+        use_input_stats: normalize with the instance statistics (True) or the running averages.
+        momentum: weight of the new statistic in the running averages.
+        eps: added to the variance.
+
+    Returns:
+        The normalized tensor, shaped like x.
+    """
+    for arg, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        check_tensor("instance_norm", arg, value, optional=True)
+    check_tensor("instance_norm", "x", x)
+    momentum = 0.0 if momentum is None else momentum
+    if direct_call_ok(x, weight, bias, running_mean, running_var):
+        return _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)[0]
+    y, _, _, new_mean, new_var = _instance_norm(
+        x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
+    )
+    _copy_running(running_mean, new_mean)
+    _copy_running(running_var, new_var)
+    return y
+
+
+def instance_norm_reference(
+    x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True, momentum=0.1, eps=1e-5
+):
+    """Instance normalization written from the formula, in plain PyTorch (updates running stats too)."""
+    n, c = x.shape[:2]
+    shape = [1, c] + [1] * (x.dim() - 2)
+    if use_input_stats:
+        flat = x.reshape(n, c, -1)
+        mean = flat.mean(-1, keepdim=True)
+        var = ((flat - mean) ** 2).mean(-1, keepdim=True)
+        y = ((flat - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+        if running_mean is not None:
+            s = flat.shape[-1]
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(momentum * mean.detach().mean(0).flatten())
+                running_var.mul_(1 - momentum).add_(momentum * (var.detach() * s / (s - 1)).mean(0).flatten())
+    else:
+        y = (x - running_mean.view(shape)) / torch.sqrt(running_var.view(shape) + eps)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+def _instance_norm_samples(device, dtype, gen) -> Iterable[Sample]:
+    for shape in [(1, 3, 5), (4, 2, 7), (2, 3, 4, 5), (3, 1, 2, 2), (2, 5, 33)]:
+        c = shape[1]
+        x = _randn(shape, dtype, device, gen, scale=1.2, offset=0.7)
+        w = _randn((c,), dtype, device, gen, offset=1.0)
+        b = _randn((c,), dtype, device, gen)
+        rm = _randn((c,), dtype, device, gen, scale=0.1)
+        rv = _randn((c,), dtype, device, gen, scale=0.1).abs() + 0.5
+        yield Sample((x,), name="plain")
+        yield Sample((x, rm, rv, w, b), {"use_input_stats": True, "momentum": 0.3}, name="running")
+        yield Sample((x, rm, rv, w, b), {"use_input_stats": False}, name="eval")
+
+
+def _instance_norm_gradcheck_samples(device, gen) -> Iterable[Sample]:
+    for shape in [(2, 3, 4), (1, 2, 2, 3)]:
+        c = shape[1]
+        x = _randn(shape, torch.float64, device, gen)
+        w = _randn((c,), torch.float64, device, gen, offset=1.0)
+        b = _randn((c,), torch.float64, device, gen)
+        rv = torch.rand(c, dtype=torch.float64, generator=gen).to(device) + 0.5
+        yield Sample((x, None, None, w, b))
+        yield Sample((x, torch.zeros(c, dtype=torch.float64, device=device), rv, w, b), {"use_input_stats": False})
+
+
+def _instance_norm_bad_inputs(device) -> Iterable[BadInput]:
+    x = torch.randn(2, 3, 6, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    yield BadInput((x[:, :, :1],), {}, ValueError, "'x'", "one spatial element")
+    yield BadInput((x.long(),), {}, TypeError, "'x'", "integer x")
+    yield BadInput((x, rm, rv, torch.ones(2, device=device)), {}, ValueError, "'weight'", "weight size")
+    yield BadInput((x, torch.zeros(4, device=device), rv), {}, ValueError, "'running_mean'", "stats size")
+    yield BadInput((x, None, None), {"use_input_stats": False}, ValueError, "'running_mean'", "eval without stats")
+    yield BadInput((x, rm, rv), {"momentum": -0.5}, ValueError, "'momentum'", "momentum range")
+
+
+register_info(
+    OpInfo(
+        name="instance_norm",
+        public=instance_norm,
+        reference=instance_norm_reference,
+        torch_counterpart=torch.nn.functional.instance_norm,
+        samples=_instance_norm_samples,
+        bad_inputs=_instance_norm_bad_inputs,
+        differentiable_args=(0, 3, 4),
+        gradcheck_samples=_instance_norm_gradcheck_samples,
+        mutated_args=(1, 2),
+        backward_ops=("group_norm_backward", "batch_norm_backward"),
+    )
+)
+
+
+# =================================================================================== weight_norm
+
+
+def _weight_norm_dim(v: torch.Tensor, dim: int | None) -> int:
+    # torch's convention (torch.nn.utils.weight_norm): None or -1 normalize over the whole tensor.
+    if dim is None or dim == -1:
+        return -1
+    if not -v.dim() <= dim < v.dim():
+        raise ValueError(f"weight_norm: argument 'dim' expected None, -1 or a dimension of v (rank {v.dim()}) but got {dim}")
+    return dim + v.dim() if dim < 0 else dim
+
+
+def _weight_norm_impl(v, g, dim):
+    dim = _weight_norm_dim(v, dim)
+    v = v.contiguous()
+    w = torch.empty_like(v)
+    norm = g.new_empty(g.shape, dtype=_stats_dtype(v))
+    _native.launch("weight_norm_forward", v, v, g.contiguous(), dim, w, norm)
+    return w, norm
+
+
+def _weight_norm_fake(v, g, dim):
+    _check_devices("weight_norm", v, g=g)
+    return v.new_empty(v.shape), g.new_empty(g.shape, dtype=_stats_dtype(v))
+
+
+def _weight_norm_backward_impl(grad_w, v, g, norm, dim, mask):
+    v = v.contiguous()
+    dv, dg = _empty_or_none(mask[0], v), _empty_or_none(mask[1], g)
+    _native.launch("weight_norm_backward", v, grad_w.contiguous(), v, g.contiguous(), norm, dim, dv, dg)
+    return dv, dg
+
+
+_weight_norm_backward = define(
+    "weight_norm_backward(Tensor grad_w, Tensor v, Tensor g, Tensor norm, int dim, bool[2] output_mask) "
+    "-> (Tensor?, Tensor?)",
+    _weight_norm_backward_impl,
+    lambda grad_w, v, g, norm, dim, mask: (_empty_or_none(mask[0], v), _empty_or_none(mask[1], g)),
+)
+
+
+def _weight_norm_setup(ctx, inputs, output):
+    v, g, dim = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.dim = _weight_norm_dim(v, dim)
+    ctx.save_for_backward(v, g, output[1])
+
+
+def _weight_norm_grad(ctx, grad_w, _grad_norm):
+    v, g, norm = ctx.saved_tensors
+    dv, dg = _weight_norm_backward(grad_w, v, g, norm, ctx.dim, [ctx.needs_input_grad[0], ctx.needs_input_grad[1]])
+    return dv, dg, None
+
+
+_weight_norm = define(
+    "weight_norm(Tensor v, Tensor g, int dim) -> (Tensor, Tensor)",
+    _weight_norm_impl,
+    _weight_norm_fake,
+    backward=_weight_norm_grad,
+    setup_context=_weight_norm_setup,
+)
+
+
+def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.Tensor:
+    """Weight normalization w = g · v / ‖v‖ (Salimans & Kingma 2016).
+
+    ‖v‖ is the L2 norm over every dim of v except `dim`; dim=None or -1 takes it over the whole
+    tensor (torch's convention). Same result as `torch._weight_norm(v, g, dim)`.
+
+    Args:
+        v: the direction, any shape.
+        g: the magnitude, with v.size(dim) elements (one element for dim=None/-1), e.g. shaped
+            (out, 1, 1, 1) for a conv weight and dim=0.
+        dim: the dim whose slices are normalized separately.
+
+    Returns:
+        w, shaped like v.
+    """
+    check_tensor("weight_norm", "v", v)
+    check_tensor("weight_norm", "g", g)
+    dim = _weight_norm_dim(v, dim)
+    if direct_call_ok(v, g):
+        return _weight_norm_impl(v, g, dim)[0]
+    return _weight_norm(v, g, dim)[0]
+
+
+def weight_norm_reference(v, g, dim=0):
+    """Weight normalization written from the formula, in plain PyTorch."""
+    dim = _weight_norm_dim(v, dim)
+    if dim == -1:
+        return v * (g.reshape(()) / torch.sqrt((v * v).sum()))
+    dims = [d for d in range(v.dim()) if d != dim]
+    shape = [1] * v.dim()
+    shape[dim] = v.shape[dim]
+    return v * (g.reshape(shape) / torch.sqrt((v * v).sum(dims, keepdim=True)))
+
+
+def _g_shape(v_shape, dim):
+    if dim is None or dim == -1:
+        return ()
+    shape = [1] * len(v_shape)
+    shape[dim] = v_shape[dim]
+    return tuple(shape)
+
+
+def _weight_norm_samples(device, dtype, gen) -> Iterable[Sample]:
+    for shape, dim in [((5, 3), 0), ((5, 3), 1), ((4, 3, 3, 3), 0), ((2, 7, 5), 1), ((6, 4), None), ((1, 1), 0), ((3, 1000), 0)]:
+        v = _randn(shape, dtype, device, gen)
+        g = _randn(_g_shape(shape, dim), dtype, device, gen, offset=1.0)
+        yield Sample((v, g, -1 if dim is None else dim))
+
+
+def _weight_norm_gradcheck_samples(device, gen) -> Iterable[Sample]:
+    for shape, dim in [((4, 3), 0), ((2, 3, 2), 1), ((3, 2), None), ((3, 4), 1)]:
+        v = _randn(shape, torch.float64, device, gen)
+        g = _randn(_g_shape(shape, dim), torch.float64, device, gen, offset=1.0)
+        yield Sample((v, g, -1 if dim is None else dim))
+
+
+def _weight_norm_bad_inputs(device) -> Iterable[BadInput]:
+    v = torch.randn(4, 3, device=device)
+    yield BadInput((v, torch.ones(3, 1, device=device), 0), {}, ValueError, "'g'", "g size")
+    yield BadInput((v, torch.ones(4, 1, device=device).double(), 0), {}, TypeError, "'g'", "g dtype")
+    yield BadInput((v.long(), torch.ones(4, 1, device=device), 0), {}, TypeError, "'v'", "integer v")
+    yield BadInput((v, torch.ones(4, 1, device=device), 2), {}, ValueError, "'dim'", "dim out of range")
+    yield BadInput((v, [1.0] * 4, 0), {}, TypeError, "'g'", "g not a tensor")
+
+
+register_info(
+    OpInfo(
+        name="weight_norm",
+        public=weight_norm,
+        reference=weight_norm_reference,
+        torch_counterpart=torch._weight_norm,
+        samples=_weight_norm_samples,
+        bad_inputs=_weight_norm_bad_inputs,
+        differentiable_args=(0, 1),
+        gradcheck_samples=_weight_norm_gradcheck_samples,
+        backward_ops=("weight_norm_backward",),
+    )
+)

@@ -1,0 +1,197 @@
+"""Registry-driven tests of every native op (replearn.ops.list_ops()).
+
+For each registered op, on every device and dtype it supports:
+- parity: forward outputs, in-place updated buffers and every gradient against the float64
+  reference; our error must be at most twice PyTorch's own error at the same dtype plus a floor
+  (ARCHITECTURE.md), on contiguous and non-contiguous inputs;
+- gradcheck in float64; opcheck on the recorded torch.ops.replearn calls (forward and backward);
+- torch.compile(fullgraph=True) forward and backward equal to eager;
+- bad inputs raise TypeError/ValueError naming the argument and leave every tensor untouched, both
+  on the direct path and through the dispatcher.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import replearn
+from conftest import device_dtype_params, device_params
+from op_harness import (
+    RecordReplearnOps,
+    as_tuple,
+    clone_args,
+    map_tensors,
+    max_error,
+    non_contiguous,
+    parity_bound,
+)
+
+OPS = replearn.ops.list_ops()
+
+
+def _present(args, positions):
+    """The positions among `positions` where args holds a tensor."""
+    return [i for i in positions if i < len(args) and args[i] is not None]
+
+
+def _samples(info, device, dtype, gen, contiguous):
+    for sample in info.samples(torch.device(device), dtype, gen):
+        if contiguous:
+            yield sample
+        else:
+            yield type(sample)(map_tensors(non_contiguous, sample.args), sample.kwargs, sample.name + "-noncontig")
+
+
+def _run(fn, args, kwargs, info, grad_positions, cotangent_gen):
+    """Calls fn, returns (outputs, mutated buffers, gradients of Σ out·r w.r.t. grad_positions)."""
+    args = list(args)
+    for i in grad_positions:
+        args[i] = args[i].detach().requires_grad_(True)
+    outputs = as_tuple(fn(*args, **kwargs))
+    mutated = [args[i] for i in _present(args, info.mutated_args)]
+    grads = []
+    if grad_positions:
+        loss = sum((o * cot.to(o.dtype)).sum() for o, cot in zip(outputs, cotangent_gen(outputs)))
+        grads = torch.autograd.grad(loss, [args[i] for i in grad_positions])
+    return [o.detach() for o in outputs], [m.detach() for m in mutated], list(grads)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "noncontiguous"])
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("name", OPS)
+def test_parity(name, device, dtype, contiguous, gen):
+    info = replearn.ops.op_info(name)
+    for sample in _samples(info, device, dtype, gen, contiguous):
+        grad_positions = _present(sample.args, info.differentiable_args)
+        cot_seed = torch.Generator().manual_seed(7)
+
+        def cotangents(outputs):
+            return [torch.randn(o.shape, generator=cot_seed, dtype=torch.float64).to(o.device) for o in outputs]
+
+        def run(fn, cast=None):
+            cot_seed.manual_seed(7)
+            args, kwargs = clone_args(sample.args, sample.kwargs, cast)
+            return _run(fn, args, kwargs, info, grad_positions, cotangents)
+
+        ours = run(info.public)
+        theirs = run(info.torch_counterpart)
+        reference = run(info.reference, torch.float64)
+        for kind, mine, torch_values, ref_values in zip(("output", "running", "grad"), ours, theirs, reference):
+            assert len(mine) == len(ref_values), f"{name} {sample}: {kind} count"
+            for k, (m, t, r) in enumerate(zip(mine, torch_values, ref_values)):
+                assert m.shape == r.shape and m.dtype == t.dtype, f"{name} {sample}: {kind} {k} shape/dtype"
+                err, torch_err = max_error(m, r), max_error(t, r)
+                bound = parity_bound(torch_err, r, dtype)
+                assert err <= bound, (
+                    f"{name} {sample}: {kind} {k} error {err:.3g} > bound {bound:.3g} (torch's error {torch_err:.3g})"
+                )
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("name", OPS)
+def test_gradcheck(name, device, gen):
+    if device == "cuda":
+        pytest.skip("CUDA kernels take no float64; gradcheck runs on the CPU")
+    info = replearn.ops.op_info(name)
+    for sample in info.gradcheck_samples(torch.device(device), gen):
+        positions = _present(sample.args, info.differentiable_args)
+        args, kwargs = clone_args(sample.args, sample.kwargs)
+
+        def fn(*diff):
+            call = list(args)
+            for i, t in zip(positions, diff):
+                call[i] = t
+            # Running buffers are updated in place: hand every evaluation fresh copies.
+            for i in _present(call, info.mutated_args):
+                call[i] = call[i].clone()
+            return info.public(*call, **kwargs)
+
+        inputs = [args[i].detach().requires_grad_(True) for i in positions]
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5), f"{name} {sample}"
+
+
+def _recorded_calls(info, device, dtype, gen):
+    """Every torch.ops.replearn call the public op makes, forward and backward, on its samples."""
+    recorder = RecordReplearnOps()
+    for sample in info.samples(torch.device(device), dtype, gen):
+        args, kwargs = clone_args(sample.args, sample.kwargs)
+        positions = _present(args, info.differentiable_args)
+        for i in positions:
+            args = args[:i] + (args[i].requires_grad_(True),) + args[i + 1 :]
+        with recorder:
+            out = as_tuple(info.public(*args, **kwargs))
+            if positions:
+                sum(o.sum() for o in out).backward()
+    return recorder.calls
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("name", OPS)
+def test_opcheck(name, device, gen):
+    info = replearn.ops.op_info(name)
+    calls = _recorded_calls(info, device, torch.float32 if device == "cuda" else torch.float64, gen)
+    seen = {func.name() for func, _, _ in calls}
+    assert f"replearn::{name}" in seen, f"{name} never reached torch.ops.replearn.{name}"
+    checked = set()
+    for func, args, kwargs in calls:
+        key = (func.name(), str([tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args]))
+        if key in checked:
+            continue
+        checked.add(key)
+        if func.name() == f"replearn::{name}":  # the forward op: exercise its autograd registration
+            args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        torch.library.opcheck(func, args, kwargs)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("name", OPS)
+def test_compile(name, device, gen):
+    info = replearn.ops.op_info(name)
+    torch._dynamo.reset()
+    compiled = torch.compile(info.public, fullgraph=True, backend="aot_eager", dynamic=False)
+    for sample in list(info.samples(torch.device(device), torch.float32, gen))[:4]:
+        positions = _present(sample.args, info.differentiable_args)
+        results = []
+        for fn in (info.public, compiled):
+            args, kwargs = clone_args(sample.args, sample.kwargs)
+            args = list(args)
+            for i in positions:
+                args[i].requires_grad_(True)
+            out = as_tuple(fn(*args, **kwargs))
+            sum((o * o).sum() for o in out).backward()
+            results.append([o.detach() for o in out] + [args[i].grad for i in positions]
+                           + [args[i] for i in _present(args, info.mutated_args)])  # fmt: skip
+        for eager, comp in zip(*results):
+            torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6, msg=f"{name} {sample}")
+
+
+@pytest.mark.parametrize("through_dispatcher", [False, True], ids=["direct", "dispatcher"])
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("name", OPS)
+def test_bad_inputs(name, device, through_dispatcher):
+    info = replearn.ops.op_info(name)
+    cases = list(info.bad_inputs(torch.device(device)))
+    assert cases, f"{name} declares no bad inputs"
+    for case in cases:
+        args, kwargs = case.args, case.kwargs
+        if through_dispatcher:
+            # Requiring a gradient routes the call through torch.ops.replearn and autograd.
+            args = tuple(a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                         and a.device.type != "meta" else a for a in args)  # fmt: skip
+        before = [a.detach().clone() for a in args if isinstance(a, torch.Tensor) and a.device.type != "meta"]
+        with pytest.raises(case.error, match=re.escape(case.match)):
+            info.public(*args, **kwargs)
+        after = [a.detach() for a in args if isinstance(a, torch.Tensor) and a.device.type != "meta"]
+        for b, a in zip(before, after):
+            assert torch.equal(a, b), f"{name} {case.name}: an input was modified by a failing call"
+
+
+def test_list_ops_names_every_public_op():
+    for name in OPS:
+        assert callable(getattr(replearn.ops, name)), name
+        assert hasattr(torch.ops.replearn, name), name
+        for backward in replearn.ops.op_info(name).backward_ops:
+            assert hasattr(torch.ops.replearn, backward), backward
