@@ -102,10 +102,10 @@ bool from_torch_like(py::handle obj, TensorView& view) {
   fill_sizes(view, shape, strides);
   view.dtype = dtype_of_object(attr(dtype_name_).ptr());
 
-  if (PyObject_IsTrue(attr(is_cuda_name).ptr()) == 1) {
-    view.device = {DeviceType::CUDA, static_cast<int>(PyLong_AsLong(call(get_device_name).ptr()))};
-  } else if (PyObject_IsTrue(attr(is_cpu_name).ptr()) == 1) {
+  if (PyObject_IsTrue(attr(is_cpu_name).ptr()) == 1) {  // the common case first: one attribute read
     view.device = {DeviceType::CPU, 0};
+  } else if (PyObject_IsTrue(attr(is_cuda_name).ptr()) == 1) {
+    view.device = {DeviceType::CUDA, static_cast<int>(PyLong_AsLong(call(get_device_name).ptr()))};
   } else {
     view.device = {DeviceType::Other, 0};  // meta, mps, xpu, ...: validation names it
   }

@@ -1,0 +1,30 @@
+# Task runner. `make demo` and `make test` do their own set-up (scripts/setup.sh) on a fresh machine.
+VENV := .venv
+PY := $(VENV)/bin/python
+JOBS ?= 2
+
+.PHONY: setup demo test test-cpp test-python bench clean
+
+setup:
+	bash scripts/setup.sh
+
+# The main job: train a small classifier built from replearn's norm layers on the bundled digits.
+demo: setup
+	$(VENV)/bin/replearn train
+
+# Every test: the C++ suite (GoogleTest via ctest) and the Python suite (pytest).
+test: setup test-cpp test-python
+
+test-cpp:
+	cmake -S . -B build/cpp-tests -G Ninja -DREPLEARN_PYTHON=OFF -DREPLEARN_CUDA=OFF -DREPLEARN_BUILD_TESTS=ON >/dev/null
+	cmake --build build/cpp-tests -j $(JOBS)
+	ctest --test-dir build/cpp-tests --output-on-failure -j $(JOBS)
+
+test-python:
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build .venv python/replearn/*.so

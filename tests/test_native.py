@@ -1,0 +1,112 @@
+"""The bindings: zero-copy tensor views from torch tensors, numpy arrays and DLPack capsules, the
+error translation, and the build's CUDA module."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import replearn
+from replearn import _C, _native
+
+
+@pytest.mark.parametrize(
+    "dtype,name",
+    [(torch.float32, "float32"), (torch.float64, "float64"), (torch.float16, "float16"), (torch.bfloat16, "bfloat16"),
+     (torch.int64, "int64"), (torch.int32, "int32"), (torch.uint8, "uint8"), (torch.bool, "bool"),
+     (torch.complex64, "complex64")],  # fmt: skip
+)
+def test_torch_tensor_view_is_zero_copy(dtype, name):
+    t = torch.zeros(3, 4, 5, dtype=dtype)[:, 1:, ::2]
+    d = _C.describe(t)
+    assert d["data_ptr"] == t.data_ptr()
+    assert d["dtype"] == name
+    assert d["device"] == "cpu"
+    assert d["shape"] == tuple(t.shape)
+    assert d["strides"] == t.stride()
+
+
+def test_tensor_requiring_grad_is_viewed_without_copy():
+    t = torch.randn(4, 3, requires_grad=True)
+    assert _C.describe(t)["data_ptr"] == t.data_ptr()
+
+
+def test_numpy_array_through_dlpack():
+    a = np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2]
+    d = _C.describe(a)
+    assert d["data_ptr"] == a.ctypes.data
+    assert d["dtype"] == "float64"
+    assert d["shape"] == (4, 3)
+    assert d["strides"] == tuple(s // a.itemsize for s in a.strides)
+
+
+def test_dlpack_capsule():
+    t = torch.randn(2, 3)
+    d = _C.describe(torch.utils.dlpack.to_dlpack(t))
+    assert d["data_ptr"] == t.data_ptr() and d["shape"] == (2, 3) and d["strides"] == (3, 1)
+
+
+def test_kernel_runs_on_numpy_arrays_in_place():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 7))
+    y, mean, rstd = np.empty_like(x), np.empty(5), np.empty(5)
+    _C.layer_norm_forward(x, 1, None, None, 1e-5, y, mean, rstd)
+    expected = torch.nn.functional.layer_norm(torch.from_numpy(x), [7]).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean, x.mean(1), rtol=1e-12, atol=1e-15)
+
+
+def test_errors_name_the_argument_and_map_to_python_types():
+    x = np.zeros((4, 6), dtype=np.float32)
+    y, stats = np.empty_like(x), np.empty(4, dtype=np.float32)
+    with pytest.raises(TypeError, match="'x' expected float32 or float64 .* got int64"):
+        _C.layer_norm_forward(x.astype(np.int64), 1, None, None, 1e-5, y, stats, stats.copy())
+    with pytest.raises(ValueError, match="'x' expected contiguous"):
+        _C.layer_norm_forward(np.zeros((4, 12), dtype=np.float32)[:, ::2], 1, None, None, 1e-5, y, stats, stats.copy())
+    with pytest.raises(ValueError, match="'mean' expected 4 elements but got 3"):
+        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, np.empty(3, dtype=np.float32), stats)
+    with pytest.raises(TypeError, match="'rstd' expected float32 but got float64"):
+        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, stats, np.empty(4))
+    with pytest.raises(TypeError):  # not a tensor at all: pybind11's argument error
+        _C.layer_norm_forward([1.0, 2.0], 1, None, None, 1e-5, y, stats, stats.copy())
+
+
+def test_too_many_dimensions_is_a_clear_error():
+    t = torch.zeros([1] * 17)
+    with pytest.raises(ValueError, match="at most 16 dimensions"):
+        _C.describe(t)
+
+
+def test_meta_tensor_is_reported_as_an_unsupported_device():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="'weight' expected a cpu tensor"):
+        replearn.ops.layer_norm(x, [3], torch.ones(3, device="meta"))
+
+
+def test_thread_count_follows_torch():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        replearn.ops.layer_norm(torch.randn(4, 4), [4])
+        assert _C.num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    replearn.ops.layer_norm(torch.randn(4, 4), [4])
+    assert _C.num_threads() == before
+
+
+@pytest.mark.skipif(os.environ.get("REPLEARN_CUDA", "").upper() != "ON", reason="only when the build was asked for CUDA")
+def test_cuda_module_was_built_when_asked():
+    assert _native.has_cuda_kernels(), "REPLEARN_CUDA=ON but replearn._C_cuda is missing"
+    assert _native._C_cuda.device_count() >= 0  # imports and runs without a GPU (static runtime)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _native.has_cuda_kernels(), reason="needs a CUDA device")
+def test_cuda_tensor_view():
+    t = torch.zeros(2, 3, device="cuda")
+    d = _native._C_cuda.describe(t) if hasattr(_native._C_cuda, "describe") else _C.describe(t)
+    assert d["device"] == "cuda:0" and d["data_ptr"] == t.data_ptr()
