@@ -195,3 +195,26 @@ def test_list_ops_names_every_public_op():
         assert hasattr(torch.ops.replearn, name), name
         for backward in replearn.ops.op_info(name).backward_ops:
             assert hasattr(torch.ops.replearn, backward), backward
+
+
+@pytest.mark.slow
+def test_inductor_compiles_a_training_step_through_native_ops():
+    """The default torch.compile backend: fake impls and backward ops let inductor trace around them."""
+    torch._dynamo.reset()
+    linear = torch.nn.Linear(16, 16).double()
+
+    def step(x, weight, bias):
+        h = replearn.ops.layer_norm(linear(x), [16], weight, bias).relu()
+        return replearn.ops.rms_norm(h, [16], weight).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        x = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+        weight = torch.linspace(0.5, 1.5, 16, dtype=torch.float64).requires_grad_(True)
+        bias = torch.zeros(16, dtype=torch.float64, requires_grad=True)
+        loss = fn(x, weight, bias)
+        loss.backward()
+        results.append([loss.detach(), x.grad, weight.grad, bias.grad])
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(comp, eager, rtol=1e-10, atol=1e-12)
