@@ -57,8 +57,11 @@ struct TensorView {
     return n;
   }
 
-  // Row-major contiguous; size-1 dimensions may carry any stride (as torch allows).
+  // Row-major contiguous; size-1 dimensions may carry any stride, and a tensor without elements is
+  // contiguous whatever its strides (both as torch has it: x[:, :0] of a (4, 5) tensor keeps strides
+  // (5, 1), and its .contiguous() returns it unchanged).
   bool is_contiguous() const {
+    if (numel() == 0) return true;
     int64_t expected = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       if (sizes[d] != 1 && strides[d] != expected) return false;

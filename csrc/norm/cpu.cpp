@@ -495,8 +495,8 @@ void layer_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
     row_norm_backward_kernel<T, true>(dy.data_as<T>(), x.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>(),
                                       ptr_or_null<T>(weight), d, dx ? dx->data_as<T>() : nullptr,
                                       ptr_or_null<T>(dweight), ptr_or_null<T>(dbias),
-                                      need_params ? workspace->data_as<double>() : nullptr,
-                                      need_params ? workspace->numel() : 0);
+                                      need_params ? ptr_or_null<double>(workspace) : nullptr,
+                                      need_params && workspace ? workspace->numel() : 0);
   });
 }
 
@@ -526,8 +526,8 @@ void rms_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& 
     row_norm_backward_kernel<T, false>(dy.data_as<T>(), x.data_as<T>(), nullptr, rstd.data_as<T>(),
                                        ptr_or_null<T>(weight), d, dx ? dx->data_as<T>() : nullptr,
                                        ptr_or_null<T>(dweight), nullptr,
-                                       need_params ? workspace->data_as<double>() : nullptr,
-                                       need_params ? workspace->numel() : 0);
+                                       need_params ? ptr_or_null<double>(workspace) : nullptr,
+                                       need_params && workspace ? workspace->numel() : 0);
   });
 }
 
@@ -584,7 +584,7 @@ void group_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
     using T = typename decltype(tag)::type;
     group_norm_backward_kernel<T>(dy.data_as<T>(), x.data_as<T>(), groups, mean.data_as<T>(), rstd.data_as<T>(),
                                   ptr_or_null<T>(weight), d, dx ? dx->data_as<T>() : nullptr,
-                                  ptr_or_null<T>(dweight), ptr_or_null<T>(dbias), workspace->data_as<double>());
+                                  ptr_or_null<T>(dweight), ptr_or_null<T>(dbias), ptr_or_null<double>(workspace));
   });
 }
 

@@ -28,11 +28,15 @@ void check_optional_like(Checker& check, const char* arg, const OptView& t, cons
   if (t) check_like(check, arg, *t, x);
 }
 
-void check_workspace(Checker& check, const OptView& workspace, int64_t bytes) {
+// x has passed check.floating(), so its device is the one the kernels run on: the workspace must be
+// there too (a CUDA buffer handed to the CPU kernel would be dereferenced on the host).
+void check_workspace(Checker& check, const OptView& workspace, int64_t bytes, const TensorView& x) {
   if (bytes == 0) return;
   REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
                  bytes, " bytes but got none");
   check.dtype("workspace", *workspace, DType::UInt8);
+  REPLEARN_CHECK(workspace->device == x.device, Value, check.function(), ": argument 'workspace' expected to be on ",
+                 device_name(x.device), " like 'x' but got ", device_name(workspace->device));
   check.contiguous("workspace", *workspace);
   REPLEARN_CHECK(workspace->numel() >= bytes, Value, check.function(), ": argument 'workspace' expected at least ",
                  bytes, " bytes but got ", workspace->numel());
@@ -101,7 +105,7 @@ RowDims check_layer_norm_backward(DeviceType device, const TensorView& dy, const
   check_optional_like(check, "grad_x", dx, x);
   check_param(check, "grad_weight", dweight, x, dims.cols);
   check_param(check, "grad_bias", dbias, x, dims.cols);
-  check_workspace(check, workspace, workspace_bytes);
+  check_workspace(check, workspace, workspace_bytes, x);
   return dims;
 }
 
@@ -126,7 +130,7 @@ RowDims check_rms_norm_backward(DeviceType device, const TensorView& dy, const T
   check_row_param(check, "weight", weight, x, normalized_ndim);
   check_optional_like(check, "grad_x", dx, x);
   check_param(check, "grad_weight", dweight, x, dims.cols);
-  check_workspace(check, workspace, workspace_bytes);
+  check_workspace(check, workspace, workspace_bytes, x);
   return dims;
 }
 
@@ -206,7 +210,7 @@ ChannelDims check_group_norm_backward(DeviceType device, const TensorView& dy, c
   check_optional_like(check, "grad_x", dx, x);
   check_param(check, "grad_weight", dweight, x, dims.channels);
   check_param(check, "grad_bias", dbias, x, dims.channels);
-  check_workspace(check, workspace, workspace_bytes);
+  check_workspace(check, workspace, workspace_bytes, x);
   return dims;
 }
 

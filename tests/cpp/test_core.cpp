@@ -1,0 +1,281 @@
+// The core's building blocks: TensorView geometry, dtype and device names, errors and the check
+// macro, dtype support per device, and parallel_for's promise that every index is covered exactly
+// once by at most num_threads() chunks of at least `grain` items.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/tensor_view.h"
+#include "test_helpers.h"
+
+namespace replearn {
+namespace {
+
+using test::ScopedThreads;
+
+TensorView strided(std::initializer_list<int64_t> sizes, std::initializer_list<int64_t> strides) {
+  TensorView v;
+  v.ndim = static_cast<int>(sizes.size());
+  int d = 0;
+  for (int64_t s : sizes) v.sizes[d++] = s;
+  d = 0;
+  for (int64_t s : strides) v.strides[d++] = s;
+  return v;
+}
+
+// ------------------------------------------------------------------------------------ TensorView
+
+TEST(TensorView, NumelAndNegativeIndexing) {
+  EXPECT_EQ(strided({}, {}).numel(), 1);  // a 0-dim tensor holds one value
+  EXPECT_EQ(strided({7}, {1}).numel(), 7);
+  EXPECT_EQ(strided({2, 3, 5}, {15, 5, 1}).numel(), 30);
+  EXPECT_EQ(strided({2, 0, 5}, {5, 5, 1}).numel(), 0);
+  const TensorView v = strided({2, 3, 5}, {15, 5, 1});
+  EXPECT_EQ(v.numel_between(1, 3), 15);
+  EXPECT_EQ(v.numel_between(0, 1), 2);
+  EXPECT_EQ(v.numel_between(2, 2), 1);
+  EXPECT_EQ(v.size(-1), 5);
+  EXPECT_EQ(v.size(-3), 2);
+  EXPECT_EQ(v.stride(-2), 5);
+}
+
+TEST(TensorView, ContiguousFactoryAndShapeString) {
+  float storage[60];
+  const TensorView v = TensorView::contiguous(storage, DType::Float32, test::kCpu, {3, 4, 5});
+  EXPECT_EQ(v.ndim, 3);
+  EXPECT_EQ(v.strides[0], 20);
+  EXPECT_EQ(v.strides[1], 5);
+  EXPECT_EQ(v.strides[2], 1);
+  EXPECT_TRUE(v.is_contiguous());
+  EXPECT_EQ(v.data_as<float>(), storage);
+  EXPECT_EQ(v.shape_string(), "(3, 4, 5)");
+  EXPECT_EQ(strided({}, {}).shape_string(), "()");
+  EXPECT_EQ(strided({7}, {1}).shape_string(), "(7)");
+}
+
+TEST(TensorView, IsContiguous) {
+  EXPECT_TRUE(strided({}, {}).is_contiguous());
+  EXPECT_TRUE(strided({5}, {1}).is_contiguous());
+  EXPECT_TRUE(strided({2, 3}, {3, 1}).is_contiguous());
+  EXPECT_TRUE(strided({2, 3, 4}, {12, 4, 1}).is_contiguous());
+
+  EXPECT_FALSE(strided({5}, {2}).is_contiguous());            // every other element
+  EXPECT_FALSE(strided({2, 3}, {1, 2}).is_contiguous());      // a transpose
+  EXPECT_FALSE(strided({2, 3}, {4, 1}).is_contiguous());      // padded rows
+  EXPECT_FALSE(strided({2, 3, 4}, {12, 1, 3}).is_contiguous());
+  EXPECT_FALSE(strided({3, 2}, {0, 1}).is_contiguous());      // an expanded (broadcast) dim
+}
+
+TEST(TensorView, SizeOneDimsMayCarryAnyStride) {
+  // torch gives size-1 dims arbitrary strides (unsqueeze, slicing to one element, DLPack producers).
+  EXPECT_TRUE(strided({1}, {7}).is_contiguous());
+  EXPECT_TRUE(strided({1, 3}, {99, 1}).is_contiguous());
+  EXPECT_TRUE(strided({3, 1}, {1, 42}).is_contiguous());
+  EXPECT_TRUE(strided({2, 1, 3}, {3, -5, 1}).is_contiguous());
+  EXPECT_TRUE(strided({1, 1, 1}, {0, 0, 0}).is_contiguous());
+  EXPECT_TRUE(strided({2, 1, 3, 1}, {3, 1, 1, 1000}).is_contiguous());
+  // A size-1 dim does not excuse the others.
+  EXPECT_FALSE(strided({2, 1, 3}, {4, 3, 1}).is_contiguous());
+  EXPECT_FALSE(strided({1, 3}, {99, 2}).is_contiguous());
+}
+
+TEST(TensorView, EmptyTensorsAreContiguousWhateverTheirStrides) {
+  // torch calls every tensor without elements contiguous: x[:, :0] of a (4, 5) tensor has sizes
+  // (4, 0), strides (5, 1), and .contiguous() returns it unchanged, so rejecting it would leave the
+  // Python layer no way to satisfy the check.
+  EXPECT_TRUE(strided({4, 0}, {5, 1}).is_contiguous());
+  EXPECT_TRUE(strided({0, 3}, {3, 1}).is_contiguous());
+  EXPECT_TRUE(strided({2, 0, 3}, {17, 3, 1}).is_contiguous());
+}
+
+TEST(DType, Names) {
+  EXPECT_STREQ(dtype_name(DType::Float32), "float32");
+  EXPECT_STREQ(dtype_name(DType::Float64), "float64");
+  EXPECT_STREQ(dtype_name(DType::Float16), "float16");
+  EXPECT_STREQ(dtype_name(DType::BFloat16), "bfloat16");
+  EXPECT_STREQ(dtype_name(DType::Int8), "int8");
+  EXPECT_STREQ(dtype_name(DType::Int16), "int16");
+  EXPECT_STREQ(dtype_name(DType::Int32), "int32");
+  EXPECT_STREQ(dtype_name(DType::Int64), "int64");
+  EXPECT_STREQ(dtype_name(DType::UInt8), "uint8");
+  EXPECT_STREQ(dtype_name(DType::Bool), "bool");
+  EXPECT_STREQ(dtype_name(DType::Complex64), "complex64");
+  EXPECT_STREQ(dtype_name(DType::Complex128), "complex128");
+  EXPECT_STREQ(dtype_name(DType::Other), "an unsupported dtype");
+}
+
+TEST(DType, Sizes) {
+  EXPECT_EQ(dtype_size(DType::Float32), 4);
+  EXPECT_EQ(dtype_size(DType::Float64), 8);
+  EXPECT_EQ(dtype_size(DType::Float16), 2);
+  EXPECT_EQ(dtype_size(DType::BFloat16), 2);
+  EXPECT_EQ(dtype_size(DType::Int64), 8);
+  EXPECT_EQ(dtype_size(DType::UInt8), 1);
+  EXPECT_EQ(dtype_size(DType::Complex64), 8);
+  EXPECT_EQ(dtype_size(DType::Complex128), 16);
+}
+
+TEST(DType, SupportAndStatistics) {
+  EXPECT_TRUE(dtype_supported(DeviceType::CPU, DType::Float32));
+  EXPECT_TRUE(dtype_supported(DeviceType::CPU, DType::Float64));
+  EXPECT_FALSE(dtype_supported(DeviceType::CPU, DType::Float16));
+  EXPECT_FALSE(dtype_supported(DeviceType::CPU, DType::BFloat16));
+  EXPECT_FALSE(dtype_supported(DeviceType::CPU, DType::Int64));
+  EXPECT_TRUE(dtype_supported(DeviceType::CUDA, DType::Float16));
+  EXPECT_TRUE(dtype_supported(DeviceType::CUDA, DType::BFloat16));
+  EXPECT_FALSE(dtype_supported(DeviceType::CUDA, DType::Float64));
+  EXPECT_FALSE(dtype_supported(DeviceType::Other, DType::Float32));
+  EXPECT_EQ(stats_dtype(DType::Float64), DType::Float64);
+  EXPECT_EQ(stats_dtype(DType::Float32), DType::Float32);
+  EXPECT_EQ(stats_dtype(DType::Float16), DType::Float32);
+  EXPECT_EQ(stats_dtype(DType::BFloat16), DType::Float32);
+}
+
+TEST(Device, NamesAndEquality) {
+  EXPECT_EQ(device_name({DeviceType::CPU, 0}), "cpu");
+  EXPECT_EQ(device_name({DeviceType::CUDA, 3}), "cuda:3");
+  EXPECT_EQ(device_name({DeviceType::Other, 0}), "an unsupported device");
+  EXPECT_EQ((Device{DeviceType::CPU, 0}), (Device{DeviceType::CPU, 5}));  // the CPU has no ordinal
+  EXPECT_NE((Device{DeviceType::CUDA, 0}), (Device{DeviceType::CUDA, 1}));
+  EXPECT_NE((Device{DeviceType::CPU, 0}), (Device{DeviceType::CUDA, 0}));
+}
+
+// ---------------------------------------------------------------------------------- errors
+
+TEST(Error, CheckMacroThrowsTheKindWithTheConcatenatedMessage) {
+  EXPECT_NO_THROW(REPLEARN_CHECK(true, Value, "never built"));
+  try {
+    REPLEARN_CHECK(1 + 1 == 3, Type, "f: argument '", "x", "' expected ", 3, " but got ", 2.5);
+    FAIL() << "REPLEARN_CHECK did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Type);
+    EXPECT_STREQ(e.what(), "f: argument 'x' expected 3 but got 2.5");
+  }
+}
+
+TEST(Error, CheckerNamesFunctionAndArgument) {
+  Checker check("some_op", DeviceType::CPU);
+  float storage[6];
+  const TensorView ok = TensorView::contiguous(storage, DType::Float32, test::kCpu, {2, 3});
+  EXPECT_NO_THROW(check.floating("x", ok));
+  try {
+    check.shape("weight", ok, {3, 2});
+    FAIL() << "shape check did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Value);
+    EXPECT_STREQ(e.what(), "some_op: argument 'weight' expected shape (3, 2) but got (2, 3)");
+  }
+}
+
+// ----------------------------------------------------------------------------- parallel_for
+
+TEST(Parallel, SetNumThreads) {
+  {
+    ScopedThreads threads(3);
+    EXPECT_EQ(num_threads(), 3);
+  }
+  set_num_threads(0);  // 0 (or less) restores the default, OpenMP's maximum
+  EXPECT_EQ(num_threads(), omp_get_max_threads());
+  set_num_threads(-4);
+  EXPECT_EQ(num_threads(), omp_get_max_threads());
+}
+
+TEST(Parallel, ChunkCount) {
+  ScopedThreads threads(4);
+  EXPECT_EQ(parallel_chunk_count(0, 1), 0);
+  EXPECT_EQ(parallel_chunk_count(-3, 1), 0);
+  EXPECT_EQ(parallel_chunk_count(1, 1), 1);
+  EXPECT_EQ(parallel_chunk_count(3, 1), 3);
+  EXPECT_EQ(parallel_chunk_count(100, 1), 4);
+  EXPECT_EQ(parallel_chunk_count(100, 30), 3);
+  EXPECT_EQ(parallel_chunk_count(100, 1000), 1);
+  EXPECT_EQ(parallel_chunk_count(100, 0), 4);  // grain below 1 counts as 1
+}
+
+// Runs parallel_for(n, grain, ·, max_chunks) and checks its contract.
+void check_parallel_for(int64_t n, int64_t grain, int max_chunks) {
+  const int expected_chunks = std::min(parallel_chunk_count(n, grain), max_chunks);
+  const int64_t slots = std::max<int64_t>(n, 0);
+  std::unique_ptr<std::atomic<int>[]> hits(new std::atomic<int>[slots]);
+  for (int64_t i = 0; i < slots; ++i) hits[i] = 0;
+  std::vector<int64_t> begins(std::max(expected_chunks, 1), -1), ends(std::max(expected_chunks, 1), -1);
+  std::atomic<int> calls{0}, bad_chunk{0};
+  parallel_for(
+      n, grain,
+      [&](int chunk, int64_t begin, int64_t end) {
+        ++calls;
+        if (chunk < 0 || chunk >= expected_chunks || begins[chunk] != -1 || begin >= end) {
+          ++bad_chunk;
+          return;
+        }
+        begins[chunk] = begin;  // each chunk index is owned by one call, so no race
+        ends[chunk] = end;
+        for (int64_t i = begin; i < end; ++i) ++hits[i];
+      },
+      max_chunks);
+  ASSERT_EQ(bad_chunk, 0) << "a chunk index out of range, repeated, or an empty range";
+  ASSERT_EQ(calls, n > 0 ? expected_chunks : 0);
+  for (int64_t i = 0; i < slots; ++i) {
+    ASSERT_EQ(hits[i], 1) << "index " << i;
+  }
+  // Chunks are contiguous, in order, and hold at least `grain` items when there is more than one.
+  for (int c = 0; n > 0 && c < expected_chunks; ++c) {
+    EXPECT_EQ(begins[c], c == 0 ? 0 : ends[c - 1]);
+    if (expected_chunks > 1) {
+      EXPECT_GE(ends[c] - begins[c], grain);
+    }
+  }
+  if (n > 0) {
+    EXPECT_EQ(ends[expected_chunks - 1], n);
+  }
+}
+
+TEST(Parallel, EveryIndexExactlyOnce) {
+  for (int threads : {1, 2, 3, 8}) {
+    ScopedThreads scoped(threads);
+    for (int64_t n : {-1, 0, 1, 2, 3, 7, 64, 1000, 4097}) {
+      for (int64_t grain : {1, 3, 64, 1 << 13}) {
+        for (int max_chunks : {1 << 30, 1, 3}) {
+          SCOPED_TRACE("threads " + std::to_string(threads) + ", n " + std::to_string(n) + ", grain " +
+                       std::to_string(grain) + ", max_chunks " + std::to_string(max_chunks));
+          check_parallel_for(n, grain, max_chunks);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+TEST(Parallel, EveryIndexExactlyOnceWhenTheRuntimeGrantsFewerThreads) {
+  // Inside another parallel region with nesting off, OpenMP gives a team of one thread where
+  // parallel_for asks for four: it must still run every chunk.
+  ScopedThreads scoped(4);
+  const int saved_levels = omp_get_max_active_levels();
+  omp_set_max_active_levels(1);
+  std::atomic<int> failures{0};
+#pragma omp parallel num_threads(2)
+  {
+    std::vector<int> hits(1000, 0);
+    std::vector<int> chunk_calls(4, 0);
+    parallel_for(1000, 1, [&](int chunk, int64_t begin, int64_t end) {
+      ++chunk_calls[chunk];  // a team of one: no race
+      for (int64_t i = begin; i < end; ++i) ++hits[i];
+    });
+    for (int h : hits)
+      if (h != 1) ++failures;
+    for (int c : chunk_calls)
+      if (c != 1) ++failures;
+  }
+  omp_set_max_active_levels(saved_levels);
+  EXPECT_EQ(failures, 0);
+}
+
+}  // namespace
+}  // namespace replearn
