@@ -3,10 +3,13 @@
 Each layer takes the same constructor arguments and has the same state_dict keys as the torch.nn
 layer of the same name, so `torch.nn.LayerNorm` can be swapped for `replearn.nn.LayerNorm` and the
 same checkpoint loaded; forward runs replearn's native ops. `replearn.nn.utils` holds
-`weight_norm` / `remove_weight_norm`.
+`weight_norm` / `remove_weight_norm`; `create_norm` builds a norm layer by name and `MLP` stacks
+Linear → Norm → ReLU blocks.
 """
 
 from . import utils
+from .create_norm import NORM_KINDS, create_norm
+from .mlp import MLP
 from .norm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -28,6 +31,9 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "MLP",
+    "NORM_KINDS",
     "RMSNorm",
+    "create_norm",
     "utils",
 ]
