@@ -229,6 +229,11 @@ void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
 
 // ------------------------------------------------------------------------------------ batch norm
 
+// Channels per parallel chunk: enough that a chunk holds kGrainElements values.
+int64_t channel_grain(const ChannelDims& d) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.batch * d.spatial));
+}
+
 template <class T>
 void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, T* running_mean, T* running_var,
                                bool training, double momentum, double eps, ChannelDims d, T* __restrict__ y,
@@ -236,7 +241,7 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
   const int64_t C = d.channels, S = d.spatial;
   const double count = static_cast<double>(d.batch * S);
   // One channel per task: its statistics pass leaves the channel's values in L2 for the apply pass.
-  parallel_for(C, 1, [&](int, int64_t c0, int64_t c1) {
+  parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       double mean, rstd;
       if (training) {
@@ -270,7 +275,7 @@ void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
                                 const T* save_rstd, const T* w, bool training, ChannelDims d, T* dx, T* dw, T* db) {
   const int64_t C = d.channels, S = d.spatial;
   const double count = static_cast<double>(d.batch * S);
-  parallel_for(C, 1, [&](int, int64_t c0, int64_t c1) {
+  parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const double mu = save_mean[c], rs = save_rstd[c];
       double sum_dy = 0, sum_dy_xc = 0;  // Σ dy, Σ dy·(x − μ)

@@ -256,7 +256,12 @@ def _rms_eps(x: torch.Tensor, eps: float | None) -> float:
     if eps is not None:
         return eps
     # A non-floating x gets no epsilon here: the kernel's validation rejects it, naming 'x'.
-    return torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
+    return _default_rms_eps(x.dtype) if x.is_floating_point() else 0.0
+
+
+def _default_rms_eps(dtype: torch.dtype) -> float:
+    # torch.nn.functional.rms_norm computes float16/bfloat16 in float32 and takes float32's epsilon.
+    return torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype).eps
 
 
 def _rms_norm_impl(x, normalized_shape, weight, eps):
@@ -338,7 +343,7 @@ def rms_norm(
 def rms_norm_reference(x, normalized_shape, weight=None, eps=None):
     """RMS normalization written from the formula, in plain PyTorch."""
     dims = tuple(range(x.dim() - len(_as_shape(normalized_shape)), x.dim()))
-    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    eps = _default_rms_eps(x.dtype) if eps is None else eps
     y = x / torch.sqrt((x * x).mean(dims, keepdim=True) + eps)
     return y if weight is None else y * weight
 
