@@ -7,8 +7,8 @@ description (`OpInfo`) that the registry-driven test-suite reads. `list_ops()` n
 op is tested the moment it is registered.
 
 Registration goes through `torch.library.Library.define/impl` (cheaper per call than
-`torch.library.custom_op`, ARCHITECTURE.md), and public wrappers skip the dispatcher altogether
-when nothing needs it (`direct_call_ok`): see docs/design.md, "per-call overhead".
+`torch.library.custom_op`, ARCHITECTURE.md), and `NativeOp` skips the dispatcher in plain eager
+calls: see docs/design.md, "per-call overhead".
 """
 
 from __future__ import annotations
@@ -83,6 +83,63 @@ class OpInfo:
         return getattr(torch.ops.replearn, self.name).default
 
 
+_Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+_function_mode_on = torch._C._is_torch_function_mode_enabled
+_functorch_on = torch._C._are_functorch_transforms_active
+
+
+class NativeOp:
+    """A registered op and the three ways of calling it, chosen per call (docs/design.md).
+
+    - `torch.ops.replearn.<name>` (the dispatcher) whenever torch.compile is tracing, a dispatch
+      or torch-function mode or a functorch transform is active, or an argument is not a plain
+      cpu/cuda Tensor (subclasses, fake and meta tensors): torch then sees a real op, with its fake
+      implementation and autograd formula.
+    - In plain eager mode, the implementation directly when no argument needs a gradient, and an
+      `autograd.Function` built from the same `setup_context` and `backward` otherwise. The
+      dispatcher adds ~6 µs to every call and torch's `register_autograd` path ~15 µs more, which
+      would dominate small ops; these paths skip both and run the same native kernels.
+    """
+
+    def __init__(self, name, overload, impl, setup_context=None, backward=None):
+        self.name = name
+        self.overload = overload
+        self.impl = impl
+        self.function = None
+        if backward is not None:
+
+            def forward(ctx, *args):
+                output = impl(*args)
+                setup_context(ctx, args, output)
+                return output
+
+            self.function = type(
+                f"{name}_function",
+                (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+            )
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
+            return self.overload(*args)
+        grad = torch.is_grad_enabled()
+        needs_grad = False
+        for a in args:
+            if isinstance(a, _Tensor):
+                kind = type(a)
+                if (kind is not _Tensor and kind is not _Parameter) or not (a.is_cpu or a.is_cuda):
+                    return self.overload(*args)
+                if grad and a.requires_grad:
+                    needs_grad = True
+        if not needs_grad:
+            return self.impl(*args)
+        if self.function is None:  # no formula: the dispatcher raises torch's own error
+            return self.overload(*args)
+        return self.function.apply(*args)
+
+
 def define(
     schema: str,
     impl: Callable,
@@ -90,11 +147,12 @@ def define(
     *,
     backward: Callable | None = None,
     setup_context: Callable | None = None,
-) -> torch._ops.OpOverload:
+) -> NativeOp:
     """Registers `replearn::<schema>` with one implementation for CPU and CUDA, a fake, and autograd.
 
     `impl` is device-generic: it allocates outputs with torch on the input's device and calls the
-    native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`.
+    native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`. Returns the
+    `NativeOp` that public functions and backward formulas call.
     """
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
@@ -103,7 +161,7 @@ def define(
     torch.library.register_fake(f"replearn::{name}", fake, lib=LIBRARY)
     if backward is not None:
         torch.library.register_autograd(f"replearn::{name}", backward, setup_context=setup_context, lib=LIBRARY)
-    return getattr(torch.ops.replearn, name).default
+    return NativeOp(name, getattr(torch.ops.replearn, name).default, impl, setup_context, backward)
 
 
 def register_info(info: OpInfo) -> None:
@@ -123,36 +181,6 @@ def op_info(name: str) -> OpInfo:
         return _OPS[name]
     except KeyError:
         raise ValueError(f"no replearn op named {name!r}; registered: {', '.join(list_ops())}") from None
-
-
-_Tensor = torch.Tensor
-_Parameter = torch.nn.Parameter
-_dispatch_stack_len = torch._C._len_torch_dispatch_stack
-_function_mode_on = torch._C._is_torch_function_mode_enabled
-_functorch_on = torch._C._are_functorch_transforms_active
-
-
-def direct_call_ok(*tensors: Any) -> bool:
-    """True when a public op may call its implementation directly instead of through the dispatcher.
-
-    That is the common eager inference call: not being traced by torch.compile, no gradient needed,
-    plain tensors (no subclasses, fake tensors or functorch wrappers) and no dispatch or
-    torch-function mode active. The direct call runs the same native kernel the dispatcher would;
-    it only skips ~6 µs of dispatch (docs/design.md). Everything else goes through
-    `torch.ops.replearn`, which handles autograd, tracing and modes.
-    """
-    if torch.compiler.is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        kind = type(t)
-        if kind is not _Tensor and kind is not _Parameter:
-            return False
-        if grad and t.requires_grad:
-            return False
-    return True
 
 
 def check_tensor(fn: str, arg: str, value: Any, optional: bool = False) -> None:

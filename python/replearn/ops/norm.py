@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .. import _native
-from ._registry import BadInput, OpInfo, Sample, check_tensor, define, direct_call_ok, register_info
+from ._registry import BadInput, OpInfo, Sample, check_tensor, define, register_info
 
 __all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "weight_norm"]
 
@@ -171,10 +171,7 @@ def layer_norm(
     check_tensor("layer_norm", "x", x)
     check_tensor("layer_norm", "weight", weight, optional=True)
     check_tensor("layer_norm", "bias", bias, optional=True)
-    shape = _as_shape(normalized_shape)
-    if direct_call_ok(x, weight, bias):
-        return _layer_norm_impl(x, shape, weight, bias, eps)[0]
-    return _layer_norm(x, shape, weight, bias, eps)[0]
+    return _layer_norm(x, _as_shape(normalized_shape), weight, bias, eps)[0]
 
 
 def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -334,10 +331,7 @@ def rms_norm(
     """
     check_tensor("rms_norm", "x", x)
     check_tensor("rms_norm", "weight", weight, optional=True)
-    shape = _as_shape(normalized_shape)
-    if direct_call_ok(x, weight):
-        return _rms_norm_impl(x, shape, weight, eps)[0]
-    return _rms_norm(x, shape, weight, eps)[0]
+    return _rms_norm(x, _as_shape(normalized_shape), weight, eps)[0]
 
 
 def rms_norm_reference(x, normalized_shape, weight=None, eps=None):
@@ -493,8 +487,6 @@ def batch_norm(
         check_tensor("batch_norm", arg, value, optional=True)
     check_tensor("batch_norm", "x", x)
     momentum = 0.0 if momentum is None else momentum
-    if direct_call_ok(x, weight, bias, running_mean, running_var):
-        return _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps)[0]
     y, _, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     _copy_running(running_mean, new_mean)
     _copy_running(running_var, new_var)
@@ -673,8 +665,6 @@ def group_norm(
     check_tensor("group_norm", "bias", bias, optional=True)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool):
         raise TypeError(f"group_norm: argument 'num_groups' expected an int but got {type(num_groups).__name__}")
-    if direct_call_ok(x, weight, bias):
-        return _group_norm_impl(x, num_groups, weight, bias, eps)[0]
     return _group_norm(x, num_groups, weight, bias, eps)[0]
 
 
@@ -852,8 +842,6 @@ def instance_norm(
         check_tensor("instance_norm", arg, value, optional=True)
     check_tensor("instance_norm", "x", x)
     momentum = 0.0 if momentum is None else momentum
-    if direct_call_ok(x, weight, bias, running_mean, running_var):
-        return _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)[0]
     y, _, _, new_mean, new_var = _instance_norm(
         x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
     )
@@ -1019,8 +1007,6 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.
     check_tensor("weight_norm", "v", v)
     check_tensor("weight_norm", "g", g)
     dim = _weight_norm_dim(v, dim)
-    if direct_call_ok(v, g):
-        return _weight_norm_impl(v, g, dim)[0]
     return _weight_norm(v, g, dim)[0]
 
 
