@@ -90,8 +90,8 @@ void layer_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
         sq += c * c;
       }
       const double rstd = 1.0 / std::sqrt(sq / N + eps);
-      mean_out[r] = static_cast<T>(mean);
-      rstd_out[r] = static_cast<T>(rstd);
+      if (mean_out) mean_out[r] = static_cast<T>(mean);
+      if (rstd_out) rstd_out[r] = static_cast<T>(rstd);
       const T a = static_cast<T>(rstd), m = static_cast<T>(mean);
       if (w && b) {
 #pragma omp simd
@@ -121,7 +121,7 @@ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, d
 #pragma omp simd reduction(+ : sq)
       for (int64_t j = 0; j < N; ++j) sq += static_cast<double>(xr[j]) * xr[j];
       const double rstd = 1.0 / std::sqrt(sq / N + eps);
-      rstd_out[r] = static_cast<T>(rstd);
+      if (rstd_out) rstd_out[r] = static_cast<T>(rstd);
       const T a = static_cast<T>(rstd);
       if (w) {
 #pragma omp simd
@@ -328,8 +328,8 @@ void group_norm_forward_kernel(const T* __restrict__ x, int64_t G, const T* w, c
                    const double shift = slab > 0 ? static_cast<double>(xs[0]) : 0.0;
                    shifted_sums(xs, slab, shift, sum, sum_sq);
                    const Moments m = moments_from_shifted(shift, sum, sum_sq, static_cast<double>(slab), eps);
-                   mean_out[ng] = static_cast<T>(m.mean);
-                   rstd_out[ng] = static_cast<T>(m.rstd);
+                   if (mean_out) mean_out[ng] = static_cast<T>(m.mean);
+                   if (rstd_out) rstd_out[ng] = static_cast<T>(m.rstd);
                    const int64_t c_first = (ng % G) * Cg;
                    for (int64_t k = 0; k < Cg; ++k) {
                      const int64_t c = c_first + k;
@@ -473,12 +473,12 @@ void slice_combine(const T* __restrict__ p, const double* alpha, const T* __rest
 
 template <>
 void layer_norm_forward<DeviceType::CPU>(const TensorView& x, int normalized_ndim, const OptView& weight, const OptView& bias,
-                        double eps, const TensorView& y, const TensorView& mean, const TensorView& rstd, std::uintptr_t) {
+                        double eps, const TensorView& y, const OptView& mean, const OptView& rstd, std::uintptr_t) {
   const RowDims d = check_layer_norm_forward(DeviceType::CPU, x, normalized_ndim, weight, bias, eps, y, mean, rstd);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     layer_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, d,
-                                 y.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>());
+                                 y.data_as<T>(), ptr_or_null<T>(mean), ptr_or_null<T>(rstd));
   });
 }
 
@@ -507,11 +507,11 @@ void layer_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
 
 template <>
 void rms_norm_forward<DeviceType::CPU>(const TensorView& x, int normalized_ndim, const OptView& weight, double eps, const TensorView& y,
-                      const TensorView& rstd, std::uintptr_t) {
+                      const OptView& rstd, std::uintptr_t) {
   const RowDims d = check_rms_norm_forward(DeviceType::CPU, x, normalized_ndim, weight, eps, y, rstd);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    rms_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), eps, d, y.data_as<T>(), rstd.data_as<T>());
+    rms_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), eps, d, y.data_as<T>(), ptr_or_null<T>(rstd));
   });
 }
 
@@ -567,12 +567,12 @@ void batch_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
 
 template <>
 void group_norm_forward<DeviceType::CPU>(const TensorView& x, int64_t groups, const OptView& weight, const OptView& bias, double eps,
-                        const TensorView& y, const TensorView& mean, const TensorView& rstd, std::uintptr_t) {
+                        const TensorView& y, const OptView& mean, const OptView& rstd, std::uintptr_t) {
   const ChannelDims d = check_group_norm_forward(DeviceType::CPU, x, groups, weight, bias, eps, y, mean, rstd);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     group_norm_forward_kernel<T>(x.data_as<T>(), groups, ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, d,
-                                 y.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>());
+                                 y.data_as<T>(), ptr_or_null<T>(mean), ptr_or_null<T>(rstd));
   });
 }
 

@@ -120,15 +120,15 @@ struct ParamMap {
 
 // ------------------------------------------------------------------------ row norms (+ group norm)
 
-// mean_out == nullptr: rms norm (μ ≡ 0, no bias); otherwise layer/group norm. mean, rstd: (rows) float.
+// centered = false: rms norm (μ ≡ 0, no bias); otherwise layer/group norm. mean_out, rstd_out: (rows)
+// float, each optional (inference needs only y).
 template <class T>
 __global__ void __launch_bounds__(kMaxBlockThreads, 1)
     row_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, RowDims d,
-        ParamMap pm, float inv_cols, float eps, bool warp_per_row, T* __restrict__ y, float* __restrict__ mean_out,
-        float* __restrict__ rstd_out) {
+        ParamMap pm, float inv_cols, float eps, bool warp_per_row, bool centered, T* __restrict__ y,
+        float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   __shared__ float scratch[32];
   const RowTeam team = row_team(warp_per_row);
-  const bool centered = mean_out != nullptr;
   for (int64_t r = team.first_row; r < d.rows; r += team.row_stride) {
     const T* xr = x + r * d.cols;  // (cols)
     float mean = 0.f;
@@ -144,8 +144,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
     }
     const float rstd = rsqrtf(team_sum(team, sq, scratch) * inv_cols + eps);
     if (team.lane == 0) {
-      if (centered) mean_out[r] = mean;
-      rstd_out[r] = rstd;
+      if (mean_out) mean_out[r] = mean;
+      if (rstd_out) rstd_out[r] = rstd;
     }
     T* yr = y + r * d.cols;
     const int64_t param_first = (r % pm.groups) * pm.channels_per_group;
@@ -533,12 +533,12 @@ void check_cuda_workspace(const char* function, const OptView& workspace, int64_
 }
 
 template <class T>
-void launch_row_norm_forward(const T* x, const T* w, const T* b, RowDims d, ParamMap pm, double eps, T* y,
-                             float* mean, float* rstd, cudaStream_t stream) {
+void launch_row_norm_forward(const T* x, const T* w, const T* b, RowDims d, ParamMap pm, double eps, bool centered,
+                             T* y, float* mean, float* rstd, cudaStream_t stream) {
   if (d.rows == 0) return;
   const RowLaunch l = row_launch(d);
   row_norm_forward_kernel<T><<<l.blocks, l.threads, 0, stream>>>(
-      x, w, b, d, pm, inverse(d.cols), static_cast<float>(eps), l.warp_per_row, y, mean, rstd);
+      x, w, b, d, pm, inverse(d.cols), static_cast<float>(eps), l.warp_per_row, centered, y, mean, rstd);
   REPLEARN_CUDA_LAUNCH_CHECK();
 }
 
@@ -585,13 +585,13 @@ void launch_row_norm_backward(const T* dy, const T* x, const float* mean, const 
 template <>
 void layer_norm_forward<DeviceType::CUDA>(const TensorView& x, int normalized_ndim, const OptView& weight,
                                           const OptView& bias, double eps, const TensorView& y,
-                                          const TensorView& mean, const TensorView& rstd, std::uintptr_t stream) {
+                                          const OptView& mean, const OptView& rstd, std::uintptr_t stream) {
   const RowDims d = check_layer_norm_forward(DeviceType::CUDA, x, normalized_ndim, weight, bias, eps, y, mean, rstd);
   dispatch_cuda_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch_row_norm_forward<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), d,
-                               ParamMap{1, d.cols, 1}, eps, y.data_as<T>(), mean.data_as<float>(),
-                               rstd.data_as<float>(), as_stream(stream));
+                               ParamMap{1, d.cols, 1}, eps, /*centered=*/true, y.data_as<T>(),
+                               ptr_or_null<float>(mean), ptr_or_null<float>(rstd), as_stream(stream));
   });
 }
 
@@ -620,12 +620,13 @@ void layer_norm_backward<DeviceType::CUDA>(const TensorView& dy, const TensorVie
 
 template <>
 void rms_norm_forward<DeviceType::CUDA>(const TensorView& x, int normalized_ndim, const OptView& weight, double eps,
-                                        const TensorView& y, const TensorView& rstd, std::uintptr_t stream) {
+                                        const TensorView& y, const OptView& rstd, std::uintptr_t stream) {
   const RowDims d = check_rms_norm_forward(DeviceType::CUDA, x, normalized_ndim, weight, eps, y, rstd);
   dispatch_cuda_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch_row_norm_forward<T>(x.data_as<T>(), ptr_or_null<T>(weight), nullptr, d, ParamMap{1, d.cols, 1}, eps,
-                               y.data_as<T>(), nullptr, rstd.data_as<float>(), as_stream(stream));
+                               /*centered=*/false, y.data_as<T>(), nullptr, ptr_or_null<float>(rstd),
+                               as_stream(stream));
   });
 }
 
@@ -710,15 +711,16 @@ void batch_norm_backward<DeviceType::CUDA>(const TensorView& dy, const TensorVie
 template <>
 void group_norm_forward<DeviceType::CUDA>(const TensorView& x, int64_t groups, const OptView& weight,
                                           const OptView& bias, double eps, const TensorView& y,
-                                          const TensorView& mean, const TensorView& rstd, std::uintptr_t stream) {
+                                          const OptView& mean, const OptView& rstd, std::uintptr_t stream) {
   const ChannelDims d = check_group_norm_forward(DeviceType::CUDA, x, groups, weight, bias, eps, y, mean, rstd);
   const int64_t channels_per_group = d.channels / groups;
   const RowDims slabs{d.batch * groups, channels_per_group * d.spatial};  // (sample, group) slabs are contiguous
   dispatch_cuda_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch_row_norm_forward<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), slabs,
-                               ParamMap{groups, channels_per_group, d.spatial}, eps, y.data_as<T>(),
-                               mean.data_as<float>(), rstd.data_as<float>(), as_stream(stream));
+                               ParamMap{groups, channels_per_group, d.spatial}, eps, /*centered=*/true,
+                               y.data_as<T>(), ptr_or_null<float>(mean), ptr_or_null<float>(rstd),
+                               as_stream(stream));
   });
 }
 

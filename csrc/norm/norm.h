@@ -12,7 +12,8 @@
 //   contiguous; x, y, dy, dx, weight, bias (and running stats) share one dtype; per-row statistics
 //   (mean, rstd, norm) are float64 for float64 inputs and float32 otherwise (stats_dtype()).
 // - `rstd` is 1/√(σ² + ε): forward saves it so backward never recomputes a square root.
-// - Optional gradients (dx, dweight, dbias) are computed only when given.
+// - Optional gradients (dx, dweight, dbias) are computed only when given. So are the statistics
+//   a forward saves for backward (mean, rstd): inference needs only y.
 // - Workspaces are UInt8 buffers of at least *_workspace_size() bytes; size 0 means none is needed.
 // - Every function validates all of its arguments before it touches memory and throws
 //   replearn::Error naming the argument otherwise.
@@ -40,14 +41,14 @@ struct SliceDims {    // weight_norm: v viewed as (outer, slices, inner); ‖·�
 
 // Validation, shared by the CPU and CUDA entry points: throws replearn::Error or returns the geometry.
 RowDims check_layer_norm_forward(DeviceType device, const TensorView& x, int normalized_ndim, const OptView& weight,
-                                 const OptView& bias, double eps, const TensorView& y, const TensorView& mean,
-                                 const TensorView& rstd);
+                                 const OptView& bias, double eps, const TensorView& y, const OptView& mean,
+                                 const OptView& rstd);
 RowDims check_layer_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x, int normalized_ndim,
                                   const TensorView& mean, const TensorView& rstd, const OptView& weight,
                                   const OptView& dx, const OptView& dweight, const OptView& dbias,
                                   const OptView& workspace, int64_t workspace_bytes);
 RowDims check_rms_norm_forward(DeviceType device, const TensorView& x, int normalized_ndim, const OptView& weight,
-                               double eps, const TensorView& y, const TensorView& rstd);
+                               double eps, const TensorView& y, const OptView& rstd);
 RowDims check_rms_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x, int normalized_ndim,
                                 const TensorView& rstd, const OptView& weight, const OptView& dx,
                                 const OptView& dweight, const OptView& workspace, int64_t workspace_bytes);
@@ -60,8 +61,8 @@ ChannelDims check_batch_norm_backward(DeviceType device, const TensorView& dy, c
                                       const OptView& weight, const OptView& dx, const OptView& dweight,
                                       const OptView& dbias);
 ChannelDims check_group_norm_forward(DeviceType device, const TensorView& x, int64_t groups, const OptView& weight,
-                                     const OptView& bias, double eps, const TensorView& y, const TensorView& mean,
-                                     const TensorView& rstd);
+                                     const OptView& bias, double eps, const TensorView& y, const OptView& mean,
+                                     const OptView& rstd);
 ChannelDims check_group_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x, int64_t groups,
                                       const TensorView& mean, const TensorView& rstd, const OptView& weight,
                                       const OptView& dx, const OptView& dweight, const OptView& dbias,
@@ -79,10 +80,10 @@ SliceDims check_weight_norm_backward(DeviceType device, const TensorView& dw, co
 // specializations, cuda.cu the DeviceType::CUDA ones, so bindings and tests are written once.
 // `stream` is a cudaStream_t passed as an integer (0: the default stream); the CPU ignores it.
 
-// y = layer_norm(x) over the last normalized_ndim dims; mean, rstd: (rows)
+// y = layer_norm(x) over the last normalized_ndim dims; mean, rstd: (rows), optional
 template <DeviceType D>
 void layer_norm_forward(const TensorView& x, int normalized_ndim, const OptView& weight, const OptView& bias,
-                        double eps, const TensorView& y, const TensorView& mean, const TensorView& rstd,
+                        double eps, const TensorView& y, const OptView& mean, const OptView& rstd,
                         std::uintptr_t stream = 0);
 template <DeviceType D>
 int64_t layer_norm_backward_workspace_size(const TensorView& x, int normalized_ndim);
@@ -91,10 +92,10 @@ void layer_norm_backward(const TensorView& dy, const TensorView& x, int normaliz
                          const TensorView& rstd, const OptView& weight, const OptView& dx, const OptView& dweight,
                          const OptView& dbias, const OptView& workspace, std::uintptr_t stream = 0);
 
-// y = rms_norm(x) over the last normalized_ndim dims; rstd: (rows)
+// y = rms_norm(x) over the last normalized_ndim dims; rstd: (rows), optional
 template <DeviceType D>
 void rms_norm_forward(const TensorView& x, int normalized_ndim, const OptView& weight, double eps,
-                      const TensorView& y, const TensorView& rstd, std::uintptr_t stream = 0);
+                      const TensorView& y, const OptView& rstd, std::uintptr_t stream = 0);
 template <DeviceType D>
 int64_t rms_norm_backward_workspace_size(const TensorView& x, int normalized_ndim);
 template <DeviceType D>
@@ -116,10 +117,10 @@ void batch_norm_backward(const TensorView& dy, const TensorView& x, const Tensor
                          const TensorView& save_rstd, const OptView& weight, bool training, const OptView& dx,
                          const OptView& dweight, const OptView& dbias, std::uintptr_t stream = 0);
 
-// x (N, C, *), C divisible by groups; mean, rstd: (N·groups); weight, bias: (C)
+// x (N, C, *), C divisible by groups; mean, rstd: (N·groups), optional; weight, bias: (C)
 template <DeviceType D>
 void group_norm_forward(const TensorView& x, int64_t groups, const OptView& weight, const OptView& bias, double eps,
-                        const TensorView& y, const TensorView& mean, const TensorView& rstd,
+                        const TensorView& y, const OptView& mean, const OptView& rstd,
                         std::uintptr_t stream = 0);
 template <DeviceType D>
 int64_t group_norm_backward_workspace_size(const TensorView& x, int64_t groups);

@@ -42,6 +42,11 @@ void check_workspace(Checker& check, const OptView& workspace, int64_t bytes, co
                  bytes, " bytes but got ", workspace->numel());
 }
 
+// An optional statistics output: stats_dtype(x), `count` elements, contiguous, on x's device.
+void check_stats(Checker& check, const char* arg, const OptView& stats, const TensorView& x, int64_t count) {
+  if (stats) check.buffer(arg, *stats, stats_dtype(x.dtype), count);
+}
+
 void check_eps(const Checker& check, double eps) { check.value(eps >= 0, "eps", "a non-negative number", eps); }
 
 RowDims row_dims(Checker& check, const TensorView& x, int normalized_ndim) {
@@ -79,16 +84,16 @@ ChannelDims channel_dims(Checker& check, const TensorView& x) {
 
 
 RowDims check_layer_norm_forward(DeviceType device, const TensorView& x, int normalized_ndim, const OptView& weight,
-                                 const OptView& bias, double eps, const TensorView& y, const TensorView& mean,
-                                 const TensorView& rstd) {
+                                 const OptView& bias, double eps, const TensorView& y, const OptView& mean,
+                                 const OptView& rstd) {
   Checker check("layer_norm_forward", device);
   RowDims dims = row_dims(check, x, normalized_ndim);
   check_row_param(check, "weight", weight, x, normalized_ndim);
   check_row_param(check, "bias", bias, x, normalized_ndim);
   check_eps(check, eps);
   check_like(check, "y", y, x);
-  check.buffer("mean", mean, stats_dtype(x.dtype), dims.rows);
-  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.rows);
+  check_stats(check, "mean", mean, x, dims.rows);
+  check_stats(check, "rstd", rstd, x, dims.rows);
   return dims;
 }
 
@@ -110,13 +115,13 @@ RowDims check_layer_norm_backward(DeviceType device, const TensorView& dy, const
 }
 
 RowDims check_rms_norm_forward(DeviceType device, const TensorView& x, int normalized_ndim, const OptView& weight,
-                               double eps, const TensorView& y, const TensorView& rstd) {
+                               double eps, const TensorView& y, const OptView& rstd) {
   Checker check("rms_norm_forward", device);
   RowDims dims = row_dims(check, x, normalized_ndim);
   check_row_param(check, "weight", weight, x, normalized_ndim);
   check_eps(check, eps);
   check_like(check, "y", y, x);
-  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.rows);
+  check_stats(check, "rstd", rstd, x, dims.rows);
   return dims;
 }
 
@@ -178,8 +183,8 @@ ChannelDims check_batch_norm_backward(DeviceType device, const TensorView& dy, c
 }
 
 ChannelDims check_group_norm_forward(DeviceType device, const TensorView& x, int64_t groups, const OptView& weight,
-                                     const OptView& bias, double eps, const TensorView& y, const TensorView& mean,
-                                     const TensorView& rstd) {
+                                     const OptView& bias, double eps, const TensorView& y, const OptView& mean,
+                                     const OptView& rstd) {
   Checker check("group_norm_forward", device);
   ChannelDims dims = channel_dims(check, x);
   REPLEARN_CHECK(groups >= 1 && dims.channels % groups == 0, Value,
@@ -189,8 +194,8 @@ ChannelDims check_group_norm_forward(DeviceType device, const TensorView& x, int
   check_param(check, "bias", bias, x, dims.channels);
   check_eps(check, eps);
   check_like(check, "y", y, x);
-  check.buffer("mean", mean, stats_dtype(x.dtype), dims.batch * groups);
-  check.buffer("rstd", rstd, stats_dtype(x.dtype), dims.batch * groups);
+  check_stats(check, "mean", mean, x, dims.batch * groups);
+  check_stats(check, "rstd", rstd, x, dims.batch * groups);
   return dims;
 }
 

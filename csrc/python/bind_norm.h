@@ -20,7 +20,7 @@ void bind_norm(pybind11::module_& m) {
   const auto stream = arg("stream") = std::uintptr_t{0};
 
   m.def("layer_norm_forward", &layer_norm_forward<D>, arg("x"), arg("normalized_ndim"), arg("weight").none(true),
-        arg("bias").none(true), arg("eps"), arg("y"), arg("mean"), arg("rstd"), stream, nogil);
+        arg("bias").none(true), arg("eps"), arg("y"), arg("mean").none(true), arg("rstd").none(true), stream, nogil);
   m.def("layer_norm_backward_workspace_size", &layer_norm_backward_workspace_size<D>, arg("x"),
         arg("normalized_ndim"));
   m.def("layer_norm_backward", &layer_norm_backward<D>, arg("grad_y"), arg("x"), arg("normalized_ndim"), arg("mean"),
@@ -28,7 +28,7 @@ void bind_norm(pybind11::module_& m) {
         arg("grad_bias").none(true), arg("workspace").none(true), stream, nogil);
 
   m.def("rms_norm_forward", &rms_norm_forward<D>, arg("x"), arg("normalized_ndim"), arg("weight").none(true),
-        arg("eps"), arg("y"), arg("rstd"), stream, nogil);
+        arg("eps"), arg("y"), arg("rstd").none(true), stream, nogil);
   m.def("rms_norm_backward_workspace_size", &rms_norm_backward_workspace_size<D>, arg("x"), arg("normalized_ndim"));
   m.def("rms_norm_backward", &rms_norm_backward<D>, arg("grad_y"), arg("x"), arg("normalized_ndim"), arg("rstd"),
         arg("weight").none(true), arg("grad_x").none(true), arg("grad_weight").none(true),
@@ -42,7 +42,8 @@ void bind_norm(pybind11::module_& m) {
         arg("grad_bias").none(true), stream, nogil);
 
   m.def("group_norm_forward", &group_norm_forward<D>, arg("x"), arg("num_groups"), arg("weight").none(true),
-        arg("bias").none(true), arg("eps"), arg("y"), arg("mean"), arg("rstd"), stream, nogil);
+        arg("bias").none(true), arg("eps"), arg("y"), arg("mean").none(true), arg("rstd").none(true), stream,
+        nogil);
   m.def("group_norm_backward_workspace_size", &group_norm_backward_workspace_size<D>, arg("x"), arg("num_groups"));
   m.def("group_norm_backward", &group_norm_backward<D>, arg("grad_y"), arg("x"), arg("num_groups"), arg("mean"),
         arg("rstd"), arg("weight").none(true), arg("grad_x").none(true), arg("grad_weight").none(true),

@@ -103,10 +103,11 @@ class NativeOp:
       would dominate small ops; these paths skip both and run the same native kernels.
     """
 
-    def __init__(self, name, overload, impl, setup_context=None, backward=None):
+    def __init__(self, name, overload, impl, setup_context=None, backward=None, inference=None):
         self.name = name
         self.overload = overload
         self.impl = impl
+        self.inference = inference or impl
         self.function = None
         if backward is not None:
 
@@ -134,7 +135,7 @@ class NativeOp:
                 if grad and a.requires_grad:
                     needs_grad = True
         if not needs_grad:
-            return self.impl(*args)
+            return self.inference(*args)
         if self.function is None:  # no formula: the dispatcher raises torch's own error
             return self.overload(*args)
         return self.function.apply(*args)
@@ -147,12 +148,15 @@ def define(
     *,
     backward: Callable | None = None,
     setup_context: Callable | None = None,
+    inference: Callable | None = None,
 ) -> NativeOp:
     """Registers `replearn::<schema>` with one implementation for CPU and CUDA, a fake, and autograd.
 
     `impl` is device-generic: it allocates outputs with torch on the input's device and calls the
-    native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`. Returns the
-    `NativeOp` that public functions and backward formulas call.
+    native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`. `inference`,
+    when given, replaces `impl` in eager calls that need no gradient: it may leave outputs that only
+    backward uses (saved statistics) as None. Returns the `NativeOp` that public functions and
+    backward formulas call.
     """
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
@@ -161,7 +165,7 @@ def define(
     torch.library.register_fake(f"replearn::{name}", fake, lib=LIBRARY)
     if backward is not None:
         torch.library.register_autograd(f"replearn::{name}", backward, setup_context=setup_context, lib=LIBRARY)
-    return NativeOp(name, getattr(torch.ops.replearn, name).default, impl, setup_context, backward)
+    return NativeOp(name, getattr(torch.ops.replearn, name).default, impl, setup_context, backward, inference)
 
 
 def register_info(info: OpInfo) -> None:

@@ -20,6 +20,7 @@ into the caller's buffers), because torch only accepts autograd formulas for fun
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Sequence
 
 import torch
@@ -74,13 +75,15 @@ def _randn(shape, dtype, device, generator, scale=1.0, offset=0.0) -> torch.Tens
 # ==================================================================================== layer_norm
 
 
-def _layer_norm_impl(x, normalized_shape, weight, bias, eps):
+def _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=True):
     k = _normalized_ndim("layer_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    stats_shape = x.shape[: x.dim() - k]
-    mean = x.new_empty(stats_shape, dtype=_stats_dtype(x))
-    rstd = x.new_empty(stats_shape, dtype=_stats_dtype(x))
+    mean = rstd = None
+    if stats:  # saved for backward; inference skips them
+        stats_shape = x.shape[: x.dim() - k]
+        mean = x.new_empty(stats_shape, dtype=_stats_dtype(x))
+        rstd = x.new_empty(stats_shape, dtype=_stats_dtype(x))
     _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
     return y, mean, rstd
 
@@ -143,6 +146,7 @@ _layer_norm = define(
     _layer_norm_fake,
     backward=_layer_norm_grad,
     setup_context=_layer_norm_setup,
+    inference=functools.partial(_layer_norm_impl, stats=False),
 )
 
 
@@ -261,11 +265,11 @@ def _default_rms_eps(dtype: torch.dtype) -> float:
     return torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype).eps
 
 
-def _rms_norm_impl(x, normalized_shape, weight, eps):
+def _rms_norm_impl(x, normalized_shape, weight, eps, stats=True):
     k = _normalized_ndim("rms_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    rstd = x.new_empty(x.shape[: x.dim() - k], dtype=_stats_dtype(x))
+    rstd = x.new_empty(x.shape[: x.dim() - k], dtype=_stats_dtype(x)) if stats else None
     _native.launch("rms_norm_forward", x, x, k, _contiguous(weight), _rms_eps(x, eps), y, rstd)
     return y, rstd
 
@@ -306,6 +310,7 @@ _rms_norm = define(
     _rms_norm_fake,
     backward=_rms_norm_grad,
     setup_context=_rms_norm_setup,
+    inference=functools.partial(_rms_norm_impl, stats=False),
 )
 
 
@@ -578,12 +583,14 @@ register_info(
 # ==================================================================================== group_norm
 
 
-def _group_norm_impl(x, num_groups, weight, bias, eps):
+def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True):
     x = x.contiguous()
     y = torch.empty_like(x)
-    batch = x.shape[0] if x.dim() >= 1 else 0
-    mean = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
-    rstd = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
+    mean = rstd = None
+    if stats:  # saved for backward; inference skips them
+        batch = x.shape[0] if x.dim() >= 1 else 0
+        mean = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
+        rstd = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
     _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
     return y, mean, rstd
 
@@ -637,6 +644,7 @@ _group_norm = define(
     _group_norm_fake,
     backward=_group_norm_grad,
     setup_context=_group_norm_setup,
+    inference=functools.partial(_group_norm_impl, stats=False),
 )
 
 
