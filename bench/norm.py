@@ -13,7 +13,7 @@ N is x's element count, P the parameters' (weight and bias; g for weight_norm). 
 statistics (mean, rstd, running averages) are left out: under 0.1% of the traffic at these shapes.
 A kernel that reads x twice (statistics, then normalization) only reaches this model's bandwidth when
 its second pass hits cache: a row of 1024 floats, a group of 2×56×56 or a batch-norm channel of
-64×56×56 (784 KiB) all fit in this machine's 2 MiB L2 per core.
+64×56×56 (784 KiB) all fit in this machine's 1 MiB L2 per core.
 
 Goals (issue 2, with memory reuse): every fwd+bwd at ≥ 70% of the copy bandwidth; ≥ 1× torch on
 layer_norm and group_norm, ≥ 2× on batch_norm, ≥ 4× on rms_norm; overhead ≤ 10 µs per call.

@@ -11,9 +11,9 @@ Method (bench/_harness.py has the details). Torch and replearn run in the same p
 inputs, alternating, after warm-up; each time is the median of --repeat samples (time.perf_counter,
 CUDA synchronized; CUDA cases only where a GPU and replearn's CUDA kernels are present). Each case's
 results are checked against torch's once before timing. The limit is the machine's copy bandwidth,
-measured here: the median rate of `dst.copy_(src)` on two 256 MiB float32 tensors, counting one read
-and one write per element. Achieved GB/s is the case's minimal byte count (its family documents the
-model) over replearn's time.
+measured here and within every case's alternation: the median rate of `dst.copy_(src)` on two
+256 MiB float32 tensors, counting one read and one write per element. Achieved GB/s is the case's
+minimal byte count (its family documents the model) over replearn's time.
 
 Memory reuse. glibc returns large freed blocks to the OS, so every fresh output pays first-touch page
 faults; ARCHITECTURE.md asks for numbers both with the defaults and with freed memory reused
@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,20 +103,54 @@ def preamble(args: argparse.Namespace, argv: list[str]) -> str:
         "# replearn benchmarks" + (" (quick: smoke-test shapes, not a measurement)" if args.quick else ""),
         "",
         f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-        f"- machine: {_cpu_model()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}{gpu}; "
-        f"load average at start {os.getloadavg()[0]:.2f}",
+        f"- machine: {_cpu_model()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}{gpu}",
         f"- software: torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `python bench/run.py {shlex.join(argv)}`",
         f"- method: median of {args.repeat or settings['repeat']} samples after {settings['warmup']} warm-up calls, "
-        "torch and replearn alternating in one process; limit = measured copy bandwidth (bench/_harness.py)",
+        "torch, replearn and a large copy alternating in one process; limit = that copy's rate (bench/_harness.py)",
         "",
     ])  # fmt: skip
 
 
+class ForeignLoad:
+    """The share of the machine's CPU time that other processes used while the benchmark ran.
+
+    A shared machine's neighbours slow both sides and the copy alike, but unevenly; this says how
+    much to trust a run (Linux only: busy time from /proc/stat minus this process tree's own).
+    """
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = ticks[3] + ticks[4]  # idle and iowait
+        t = os.times()
+        return (sum(ticks) - idle) / hz, sum(ticks) / hz, t.user + t.system + t.children_user + t.children_system
+
+    def share(self) -> float | None:
+        end = self._snapshot()
+        if self.start is None or end is None or end[1] <= self.start[1]:
+            return None
+        busy, total, ours = (e - s for e, s in zip(end, self.start))
+        return max(0.0, busy - ours) / total
+
+
 def section(mode: str, rows: list[dict]) -> str:
     setting = "glibc defaults" if mode == "default" else f"`GLIBC_TUNABLES={_harness.REUSE_TUNABLES}`"
-    limits = {row["device"]: row["limit_gbps"] for row in rows}
-    limit_text = ", ".join(f"{device} {gbps:.1f} GB/s" for device, gbps in limits.items())
+    limits: dict[str, list[float]] = {}
+    for row in rows:
+        limits.setdefault(row["device"], []).append(row["limit_gbps"])
+    limit_text = ", ".join(
+        f"{device} median {statistics.median(gbps):.1f} GB/s (from {min(gbps):.1f} to {max(gbps):.1f} beside the rows)"
+        for device, gbps in limits.items()
+    )
     return f"## malloc: {mode} ({setting})\n\nCopy bandwidth: {limit_text or 'not measured'}.\n\n{_harness.markdown_table(rows)}\n"
 
 
@@ -174,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(preamble(args, argv), flush=True)
+    foreign = ForeignLoad()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for mode in modes:
@@ -191,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         print("## Goals\n\nSpeedup and bandwidth goals with memory reuse; \"not slower\" with glibc defaults.\n")
         print(_harness.goals_table(rows, cases))
-    print(f"\nLoad average at end: {os.getloadavg()[0]:.2f} (other processes on the machine skew every number).")
+    share = foreign.share()
+    if share is not None:
+        print(f"\nOther processes used {100 * share:.0f}% of the machine's CPU time during this run "
+              "(near 0% on a quiet machine; more skews every number above).")  # fmt: skip
     if args.json:
         write_json(args.json, rows)
     return 0
