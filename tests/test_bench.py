@@ -1,0 +1,64 @@
+"""Smoke tests of the benchmark harness: bench/run.py runs and writes well-formed JSON rows.
+
+Benchmarks report; they never fail the suite on a number, so nothing here asserts a timing. (A run
+does fail when replearn's result differs from torch's: the harness checks that before timing.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import replearn
+import replearn.ops.norm
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+REQUIRED = {"family", "op", "shape", "dtype", "device", "torch_ms", "replearn_ms", "speedup", "achieved_gbps", "limit_gbps"}
+EXTRA = {"malloc"}
+
+
+def _run_bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
+    out = tmp_path / "rows.json"
+    env = dict(os.environ)
+    # The child must import the replearn under test, installed or from the source tree.
+    package_root = str(Path(replearn.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.pop("GLIBC_TUNABLES", None)  # glibc defaults: `--malloc default` measures in-process
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args, "--json", str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"bench/run.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_row(row: dict) -> None:
+    assert REQUIRED <= set(row) <= REQUIRED | EXTRA, sorted(row)
+    assert row["torch_ms"] > 0 and row["replearn_ms"] > 0 and row["limit_gbps"] > 0, row
+    assert abs(row["speedup"] - row["torch_ms"] / row["replearn_ms"]) <= 1e-9 * row["speedup"], row
+    assert row["achieved_gbps"] is None or row["achieved_gbps"] > 0, row
+    assert all(isinstance(s, int) and s > 0 for s in row["shape"]), row
+
+
+def test_quick_norm_rows(tmp_path):
+    rows, stdout = _run_bench(tmp_path, "norm", "--quick", "--malloc", "default")
+    for row in rows:
+        _check_row(row)
+        assert row["family"] == "norm" and row["malloc"] == "default"
+    # Every public norm op has a training-step row, and per-call overhead rows exist.
+    benchmarked = {row["op"].split()[0].split("(")[0] for row in rows if row["op"].endswith("fwd+bwd")}
+    assert set(replearn.ops.norm.__all__) <= benchmarked
+    assert any(row["achieved_gbps"] is None for row in rows)
+    assert "| norm | layer_norm fwd+bwd |" in stdout
+
+
+def test_reuse_setting_runs_in_a_child_process(tmp_path):
+    # The parent's environment has no tunables, so it must re-launch itself with them set.
+    rows, stdout = _run_bench(tmp_path, "norm", "--quick", "--malloc", "reuse", "--filter", "layer_norm fwd", "--repeat", "2")
+    assert [row["op"] for row in rows] == ["layer_norm fwd+bwd", "layer_norm fwd"]
+    for row in rows:
+        _check_row(row)
+        assert row["malloc"] == "reuse"
+    assert "glibc.malloc.mmap_threshold=2147483647" in stdout
