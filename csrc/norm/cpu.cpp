@@ -187,12 +187,21 @@ void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
           const double mu = centered ? static_cast<double>(mean[r]) : 0.0;
           const double rs = rstd[r];
           double sum_g = 0, sum_gx = 0;
+          // Two loops rather than `w ? dy·w : dy` inside one: the select made GCC gather (2.4x slower).
+          if (w) {
 #pragma omp simd reduction(+ : sum_g, sum_gx)
-          for (int64_t j = 0; j < N; ++j) {
-            const double xhat = (xr[j] - mu) * rs;
-            const double g = w ? static_cast<double>(dyr[j]) * w[j] : static_cast<double>(dyr[j]);
-            sum_g += g;
-            sum_gx += g * xhat;
+            for (int64_t j = 0; j < N; ++j) {
+              const double g = static_cast<double>(dyr[j]) * w[j];
+              sum_g += g;
+              sum_gx += g * ((xr[j] - mu) * rs);
+            }
+          } else {
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+            for (int64_t j = 0; j < N; ++j) {
+              const double g = dyr[j];
+              sum_g += g;
+              sum_gx += g * ((xr[j] - mu) * rs);
+            }
           }
           if (need_params) {
 #pragma omp simd
@@ -467,6 +476,42 @@ void slice_combine(const T* __restrict__ p, const double* alpha, const T* __rest
                });
 }
 
+// Weight norm with contiguous slices (dim = 0 or the whole tensor: outer = 1): each slice is reduced
+// and then scaled while it is still in cache, one pass over memory instead of two.
+// Forward: w = (g/‖v‖)·v. Backward (dw given): s = Σ dw·v, dg = s/‖v‖, dv = (g/‖v‖)·dw − (g·s/‖v‖³)·v.
+template <class T>
+void weight_norm_rows_kernel(const T* __restrict__ v, const T* __restrict__ g, const T* __restrict__ dw,
+                             SliceDims d, T* __restrict__ out, T* norm_out, T* dg) {
+  const int64_t n = d.inner;
+  parallel_for(d.slices, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, n)), [&](int, int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const T* vs = v + k * n;
+      T* os = out ? out + k * n : nullptr;
+      if (!dw) {  // forward
+        double sq = 0;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t i = 0; i < n; ++i) sq += static_cast<double>(vs[i]) * vs[i];
+        const double norm = std::sqrt(sq);
+        norm_out[k] = static_cast<T>(norm);
+        const T a = static_cast<T>(g[k] / norm);
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) os[i] = a * vs[i];
+        continue;
+      }
+      const T* dws = dw + k * n;
+      double dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t i = 0; i < n; ++i) dot += static_cast<double>(dws[i]) * vs[i];
+      const double norm = norm_out[k];
+      if (dg) dg[k] = static_cast<T>(dot / norm);
+      if (!os) continue;
+      const T a = static_cast<T>(g[k] / norm), b = static_cast<T>(-g[k] * dot / (norm * norm * norm));
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) os[i] = a * dws[i] + b * vs[i];
+    }
+  });
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------- entry points
@@ -612,6 +657,11 @@ void weight_norm_forward<DeviceType::CPU>(const TensorView& v, const TensorView&
   const SliceDims d = check_weight_norm_forward(DeviceType::CPU, v, g, dim, w, norm);
   dispatch_cpu_floating(v.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (d.outer == 1) {
+      weight_norm_rows_kernel<T>(v.data_as<T>(), g.data_as<T>(), nullptr, d, w.data_as<T>(), norm.data_as<T>(),
+                                 nullptr);
+      return;
+    }
     std::vector<double> sq(d.slices), alpha(d.slices);
     slice_dot<T>(v.data_as<T>(), v.data_as<T>(), d, sq.data());
     T* norm_out = norm.data_as<T>();
@@ -631,6 +681,11 @@ void weight_norm_backward<DeviceType::CPU>(const TensorView& dw, const TensorVie
   const SliceDims d = check_weight_norm_backward(DeviceType::CPU, dw, v, g, norm, dim, dv, dg);
   dispatch_cpu_floating(v.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (d.outer == 1) {
+      weight_norm_rows_kernel<T>(v.data_as<T>(), g.data_as<T>(), dw.data_as<T>(), d,
+                                 dv ? dv->data_as<T>() : nullptr, norm.data_as<T>(), ptr_or_null<T>(dg));
+      return;
+    }
     // s = Σ dw·v per slice; dg = s/‖v‖; dv = (g/‖v‖)·dw − (g·s/‖v‖³)·v
     std::vector<double> s(d.slices), alpha(d.slices), beta(d.slices);
     slice_dot<T>(dw.data_as<T>(), v.data_as<T>(), d, s.data());
