@@ -391,6 +391,11 @@ def _batch_norm_impl(x, weight, bias, running_mean, running_var, training, momen
     return y, save_mean, save_rstd, new_mean, new_var
 
 
+def _batch_norm_in_place(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    # Eager calls without autograd update the caller's running averages directly: no copies.
+    return (*_batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps), None, None)
+
+
 def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps):
     _check_devices("batch_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     channels = x.shape[1]
@@ -451,6 +456,7 @@ _batch_norm = define(
     _batch_norm_fake,
     backward=_batch_norm_grad,
     setup_context=_batch_norm_setup,
+    inference=_batch_norm_in_place,
 )
 
 
@@ -778,6 +784,12 @@ def _instance_norm_impl(x, weight, bias, running_mean, running_var, use_input_st
     return y, mean, rstd, (new_mean if update else None), (new_var if update else None)
 
 
+def _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+    # Eager calls without autograd update the caller's running averages directly: no copies.
+    launched = _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)
+    return (*launched, None, None)
+
+
 def _instance_norm_fake(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
     _check_devices("instance_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     stats = (x.shape[0], x.shape[1]) if use_input_stats else (x.shape[1],)
@@ -816,6 +828,7 @@ _instance_norm = define(
     _instance_norm_fake,
     backward=_instance_norm_grad,
     setup_context=_instance_norm_setup,
+    inference=_instance_norm_in_place,
 )
 
 
