@@ -238,6 +238,16 @@ void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
 
 // ------------------------------------------------------------------------------------ batch norm
 
+// A channel of x (N, C, S) is N runs of S values, C·S apart. The hardware prefetcher restarts at
+// every run, so each run asks for the head of the next one while it is being processed.
+constexpr int64_t kPrefetchBytes = 2048;
+
+template <class T>
+void prefetch_head(const T* run) {
+  const char* p = reinterpret_cast<const char*>(run);
+  for (int64_t offset = 0; offset < kPrefetchBytes; offset += 64) __builtin_prefetch(p + offset);
+}
+
 // Channels per parallel chunk: enough that a chunk holds kGrainElements values.
 int64_t channel_grain(const ChannelDims& d) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.batch * d.spatial));
@@ -256,7 +266,10 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
       if (training) {
         const double shift = x[c * S];
         double sum = 0, sum_sq = 0;
-        for (int64_t n = 0; n < d.batch; ++n) shifted_sums(x + (n * C + c) * S, S, shift, sum, sum_sq);
+        for (int64_t n = 0; n < d.batch; ++n) {
+          if (n + 1 < d.batch) prefetch_head(x + ((n + 1) * C + c) * S);
+          shifted_sums(x + (n * C + c) * S, S, shift, sum, sum_sq);
+        }
         const Moments m = moments_from_shifted(shift, sum, sum_sq, count, eps);
         mean = m.mean;
         rstd = m.rstd;
@@ -291,6 +304,10 @@ void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
       for (int64_t n = 0; n < d.batch; ++n) {
         const T* xs = x + (n * C + c) * S;
         const T* dys = dy + (n * C + c) * S;
+        if (n + 1 < d.batch) {
+          prefetch_head(xs + C * S);
+          prefetch_head(dys + C * S);
+        }
         double s = 0, sx = 0;
 #pragma omp simd reduction(+ : s, sx)
         for (int64_t i = 0; i < S; ++i) {
