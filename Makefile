@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: setup demo test test-cpp test-python bench clean
+.PHONY: setup demo test test-cpp test-python test-cuda-emu bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -22,6 +22,11 @@ test-cpp:
 
 test-python:
 	$(PY) -m pytest tests -q
+
+# The CUDA kernels checked on the CPU through an emulation of the CUDA runtime (minutes; for machines
+# without a GPU, not part of `make test`). Needs no set-up beyond g++.
+test-cuda-emu:
+	tests/cuda_emu/run.sh 0 quick
 
 bench: setup
 	$(PY) bench/run.py
