@@ -264,6 +264,13 @@ struct DTypeName {
   std::string operator()(const ::testing::TestParamInfo<DType>& info) const { return dtype_name(info.param); }
 };
 
+// Product of sizes[begin, end).
+inline int64_t product(const std::vector<int64_t>& sizes, size_t begin, size_t end) {
+  int64_t n = 1;
+  for (size_t d = begin; d < end; ++d) n *= sizes[d];
+  return n;
+}
+
 inline std::string shape_name(const std::vector<int64_t>& sizes) {
   std::string s = "(";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);

@@ -32,14 +32,9 @@ using test::kGradientTolerance;
 using test::kSentinel;
 using test::Random;
 using test::ScopedThreads;
+using test::product;
 using test::shape_name;
 constexpr auto CPU = DeviceType::CPU;
-
-int64_t product(const std::vector<int64_t>& sizes, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t d = begin; d < end; ++d) n *= sizes[d];
-  return n;
-}
 
 struct Affine {
   bool weight, bias;

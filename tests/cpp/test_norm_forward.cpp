@@ -26,16 +26,11 @@ using test::random_buffer;
 using test::ScopedThreads;
 using test::threads_for;
 using test::sentinel_buffer;
+using test::product;
 using test::shape_name;
 using test::Tolerance;
 using Values = std::vector<double>;
 constexpr auto CPU = DeviceType::CPU;
-
-int64_t product(const std::vector<int64_t>& sizes, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t d = begin; d < end; ++d) n *= sizes[d];
-  return n;
-}
 
 // Affine parameters of a test: none, weight only, bias only, or both.
 struct Affine {
