@@ -1,7 +1,5 @@
 #include "python/tensor_caster.h"
 
-#include <cstring>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 

@@ -65,6 +65,7 @@ class OpInfo:
         gradcheck_samples: small float64 samples for torch.autograd.gradcheck (default: samples).
         mutated_args: positions of tensor arguments the public op updates in place (running stats),
             compared after each call like outputs.
+        backward_ops: the `torch.ops.replearn` ops its autograd formula calls (checked to exist).
     """
 
     name: str
@@ -77,10 +78,6 @@ class OpInfo:
     gradcheck_samples: Callable[[torch.device, torch.Generator], Iterable[Sample]] | None = None
     mutated_args: Sequence[int] = ()
     backward_ops: Sequence[str] = ()
-
-    @property
-    def overload(self) -> torch._ops.OpOverload:
-        return getattr(torch.ops.replearn, self.name).default
 
 
 _Tensor = torch.Tensor
