@@ -26,7 +26,10 @@ test-python:
 # The CUDA kernels checked on the CPU through an emulation of the CUDA runtime (minutes; for machines
 # without a GPU, not part of `make test`). Needs no set-up beyond g++.
 test-cuda-emu:
-	tests/cuda_emu/run.sh 0 quick
+	for f in tests/cuda_emu/test_*_emulated.cpp; do \
+	  family=$$(basename $$f | sed 's/^test_//; s/_emulated.cpp$$//'); \
+	  tests/cuda_emu/run.sh $$family 0 quick || exit 1; \
+	done
 
 bench: setup
 	$(PY) bench/run.py

@@ -1,5 +1,5 @@
 // Emulated CUDA kernels (csrc/norm/cuda.cu compiled against include/cuda_runtime.h) against the CPU
-// float64 kernels; built and run by tests/cuda_emu/run.sh.
+// float64 kernels; built and run by tests/cuda_emu/run.sh norm.
 #include <cstring>
 #include <functional>
 #include <memory>
