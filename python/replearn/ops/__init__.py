@@ -8,6 +8,7 @@ tests the moment it is registered.
 
 from ._registry import list_ops, op_info
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
+from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 
 __all__ = [
     "list_ops",
@@ -18,4 +19,10 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "weight_norm",
+    "max_pool1d",
+    "max_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
 ]
