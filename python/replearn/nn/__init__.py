@@ -4,7 +4,7 @@ Each layer takes the same constructor arguments and has the same state_dict keys
 layer of the same name, so `torch.nn.LayerNorm` can be swapped for `replearn.nn.LayerNorm` and the
 same checkpoint loaded; forward runs replearn's native ops. `replearn.nn.utils` holds
 `weight_norm` / `remove_weight_norm`; `create_norm` builds a norm layer by name and `MLP` stacks
-Linear → Norm → ReLU blocks.
+Linear → Norm → ReLU blocks. Pooling layers (MaxPool, AvgPool, AdaptiveAvgPool) have no state.
 """
 
 from . import utils
@@ -21,8 +21,15 @@ from .norm import (
     LayerNorm,
     RMSNorm,
 )
+from .pool import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
 __all__ = [
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "MaxPool1d",
+    "MaxPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
