@@ -45,7 +45,9 @@ _IntOrInts = int | Sequence[int]
 
 def _ints(fn: str, arg: str, value, n: int, minimum: int) -> list[int]:
     """`value` as n ints (an int is repeated), each ≥ minimum; ValueError naming `arg` otherwise."""
-    values = [value] * n if isinstance(value, int) else list(value)
+    if type(value) is int and value >= minimum:  # the common case, first: this runs on every call
+        return [value] * n
+    values = [value] * n if isinstance(value, int) else list(value) if isinstance(value, (tuple, list)) else [None]
     if len(values) == 1 and n == 2:
         values = values * 2
     if len(values) != n or not all(isinstance(v, int) and v >= minimum for v in values):
