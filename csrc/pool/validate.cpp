@@ -87,10 +87,11 @@ void check_pooled(Checker& check, const char* arg, const TensorView& y, const Te
   for (int d = 0; ok && d < x.ndim - spatial_ndim; ++d) ok = y.sizes[d] == x.sizes[d];
   if (ok && spatial_ndim == 2) ok = y.sizes[x.ndim - 2] == g.h.out;
   if (ok) ok = y.sizes[x.ndim - 1] == g.w.out;
-  std::string expected = "(";
+  if (ok) return;
+  std::string expected = "(";  // built only for the message: this runs on every call
   for (int d = 0; d < x.ndim - spatial_ndim; ++d) expected += std::to_string(x.sizes[d]) + ", ";
   expected += (spatial_ndim == 2 ? std::to_string(g.h.out) + ", " : "") + std::to_string(g.w.out) + ")";
-  REPLEARN_CHECK(ok, Value, check.function(), ": argument '", arg, "' expected shape ", expected, " but got ",
+  REPLEARN_CHECK(false, Value, check.function(), ": argument '", arg, "' expected shape ", expected, " but got ",
                  y.shape_string());
 }
 

@@ -58,14 +58,16 @@ def _ints(fn: str, arg: str, value, n: int, minimum: int) -> list[int]:
 
 def _check_input(fn: str, x: torch.Tensor, n: int, channels_may_be_empty: bool = False) -> None:
     """x (N, C, *spatial) or (C, *spatial) with non-empty non-batch dims (only spatial for adaptive ops)."""
-    if x.dim() not in (n + 1, n + 2):
+    shape = x.shape
+    ndim = len(shape)
+    if ndim != n + 1 and ndim != n + 2:
         raise ValueError(
             f"{fn}: argument 'x' expected {n + 1} (unbatched) or {n + 2} (batched) dimensions "
-            f"but got shape {tuple(x.shape)}"
+            f"but got shape {tuple(shape)}"
         )
-    first = x.dim() - n if channels_may_be_empty else (1 if x.dim() == n + 2 else 0)
-    if any(s == 0 for s in x.shape[first:]):
-        raise ValueError(f"{fn}: argument 'x' expected non-empty non-batch dimensions but got shape {tuple(x.shape)}")
+    first = ndim - n if channels_may_be_empty else ndim - n - 1
+    if 0 in shape[first:]:
+        raise ValueError(f"{fn}: argument 'x' expected non-empty non-batch dimensions but got shape {tuple(shape)}")
 
 
 def _pooled_size(size, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool):
@@ -91,14 +93,14 @@ def _normalize(fn: str, n: int, kernel_size, stride, padding, dilation=1) -> tup
 def _output_shape(fn: str, x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode) -> list:
     n = len(kernel)
     _check_input(fn, x, n)
-    spatial = x.shape[x.dim() - n :]
-    out = [_pooled_size(*args, ceil_mode) for args in zip(spatial, kernel, stride, padding, dilation)]
-    if any(o < 1 for o in out):
+    lead = x.dim() - n
+    out = [_pooled_size(x.shape[lead + i], kernel[i], stride[i], padding[i], dilation[i], ceil_mode) for i in range(n)]
+    if min(out) < 1:
         raise ValueError(
             f"{fn}: input of shape {tuple(x.shape)} is too small for kernel_size {kernel}, padding {padding} "
             f"and dilation {dilation}: the output would be empty ({out})"
         )
-    return list(x.shape[: x.dim() - n]) + out
+    return list(x.shape[:lead]) + out
 
 
 def _randn(shape, dtype, device, generator, scale=1.0) -> torch.Tensor:
