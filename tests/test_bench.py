@@ -62,3 +62,12 @@ def test_reuse_setting_runs_in_a_child_process(tmp_path):
         _check_row(row)
         assert row["malloc"] == "reuse"
     assert "glibc.malloc.mmap_threshold=2147483647" in stdout
+
+
+def test_quick_pool_rows(tmp_path):
+    rows, stdout = _run_bench(tmp_path, "pool", "--quick", "--malloc", "default", "--filter", "fwd+bwd", "--repeat", "2")
+    for row in rows:
+        _check_row(row)
+        assert row["family"] == "pool" and row["achieved_gbps"] is not None
+    assert {row["op"].split("(")[0] for row in rows} == {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"}
+    assert "| pool | max_pool2d(3, 2, 1) fwd+bwd |" in stdout

@@ -177,7 +177,7 @@ def test_backward_is_deterministic(device):
         assert torch.equal(first, second)
 
 
-def test_python_and_native_output_sizes_agree_with_torch_on_errors():
+def test_errors_name_the_argument_in_python_and_in_the_native_core():
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises(ValueError, match="'padding'"):
         ops.max_pool2d(x, 3, padding=2)

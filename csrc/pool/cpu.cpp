@@ -12,7 +12,7 @@
 //   average  Σ taps in double, times 1/divisor (windows.h).
 //   backward per plane, in a fixed order (deterministic): max scatters grad_y[o] to x[indices[o]];
 //            average spreads grad_y[o]/divisor(o) over o's taps.
-// Global average pooling (adaptive, output 1×1) is a plain sum per plane.
+// Global average pooling (adaptive, output 1×1) is a sum per plane (plane_means).
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -279,11 +279,6 @@ void adaptive_avg_pool_backward_kernel(const T* __restrict__ dy, const Geometry&
       }
     }
   });
-}
-
-template <class T>
-T* ptr_or_null(const OptView& v) {
-  return v ? v->data_as<T>() : nullptr;
 }
 
 }  // namespace

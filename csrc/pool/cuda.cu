@@ -145,11 +145,6 @@ __global__ void global_avg_pool_forward_kernel(const T* __restrict__ x, int64_t 
   }
 }
 
-template <class T>
-T* ptr_or_null(const OptView& v) {
-  return v ? v->data_as<T>() : nullptr;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------- entry points
