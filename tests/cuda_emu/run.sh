@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks a family's csrc/<family>/cuda.cu without a GPU: the kernels are compiled for the CPU against
-# an emulation of the small part of the CUDA runtime they use (include/: one thread per CUDA thread,
+# an emulation of the small part of the CUDA runtime they use (include/: one fiber per CUDA thread,
 # block barriers, warp shuffles, launch-limit and barrier-uniformity checks) and compared by
 # tests/cuda_emu/test_<family>_emulated.cpp with the family's CPU kernels in float64.
 #
