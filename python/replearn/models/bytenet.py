@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.sequences import BOS_ID, EOS_ID, PAD_ID
 from ._common import ChannelsFirstLayerNorm
 from ._layers import CausalConv1d, Conv1d
 from ._registry import register_model
@@ -57,9 +58,9 @@ class ByteNetConfig:
     unfold_a: float = 1.20
     """|t̂| = a·|s| + b (§3.2)."""
     unfold_b: float = 0.0
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
 
     def __post_init__(self) -> None:
         self.encoder_dilations, self.decoder_dilations = tuple(self.encoder_dilations), tuple(self.decoder_dilations)

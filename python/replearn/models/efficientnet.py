@@ -93,6 +93,9 @@ class EfficientNetConfig:
     """2 in the paper; 1 keeps 8×8 inputs large enough for small variants."""
     se_ratio: float = 0.25
     """SE width as a share of the block's input channels."""
+    bn_momentum: float = 0.01
+    """BN running-average momentum (torch's convention): the reference's decay 0.99, made for
+    ImageNet's hundreds of thousands of steps; short runs need ~0.1 for usable running averages."""
 
     @classmethod
     def from_phi(cls, phi: float, **kwargs) -> "EfficientNetConfig":
@@ -107,10 +110,11 @@ class EfficientNetConfig:
         return int(math.ceil(base * self.depth_mult))
 
 
-def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True):
+def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True, *,
+                bn_momentum: float):
     layers = [
         Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False),
-        BatchNorm2d(out_channels, eps=1e-3, momentum=0.01),
+        BatchNorm2d(out_channels, eps=1e-3, momentum=bn_momentum),
     ]
     if act:
         layers.append(nn.SiLU())  # swish, x·σ(x)
@@ -120,14 +124,17 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, stride: i
 class MBConv(nn.Module):
     """Inverted residual: expand 1×1 → depthwise k×k → SE → project 1×1 (linear), + x if shapes match."""
 
-    def __init__(self, in_channels: int, out_channels: int, stage: MBConvStage, stride: int, se_ratio: float, drop_path: float):
+    def __init__(self, in_channels: int, out_channels: int, stage: MBConvStage, stride: int, drop_path: float,
+                 config: EfficientNetConfig):
         super().__init__()
         hidden = in_channels * stage.expand_ratio
-        layers = [] if stage.expand_ratio == 1 else [conv_bn_act(in_channels, hidden, 1)]
+        momentum = config.bn_momentum
+        layers = [] if stage.expand_ratio == 1 else [conv_bn_act(in_channels, hidden, 1, bn_momentum=momentum)]
         layers += [
-            conv_bn_act(hidden, hidden, stage.kernel_size, stride, groups=hidden),  # depthwise
-            SqueezeExcitation(hidden, max(1, int(in_channels * se_ratio)), activation=nn.SiLU),
-            conv_bn_act(hidden, out_channels, 1, act=False),  # linear bottleneck (Sandler et al. 2018 §3.2)
+            conv_bn_act(hidden, hidden, stage.kernel_size, stride, groups=hidden, bn_momentum=momentum),  # depthwise
+            SqueezeExcitation(hidden, max(1, int(in_channels * config.se_ratio)), activation=nn.SiLU),
+            # linear bottleneck: no activation after the projection (Sandler et al. 2018 §3.2)
+            conv_bn_act(hidden, out_channels, 1, act=False, bn_momentum=momentum),
         ]
         self.branch = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
@@ -143,7 +150,7 @@ class EfficientNet(ImageClassifier):
         super().__init__()
         self.config = config
         in_channels = config.channels(config.stem_channels)
-        self.stem = conv_bn_act(config.in_channels, in_channels, 3, stride=config.stem_stride)
+        self.stem = conv_bn_act(config.in_channels, in_channels, 3, stride=config.stem_stride, bn_momentum=config.bn_momentum)
         total_blocks = sum(config.repeats(stage.num_blocks) for stage in config.stages)
         stages, block_index = [], 0
         for stage in config.stages:
@@ -151,12 +158,12 @@ class EfficientNet(ImageClassifier):
             blocks = []
             for i in range(config.repeats(stage.num_blocks)):
                 drop_path = config.drop_path_rate * block_index / total_blocks
-                blocks.append(MBConv(in_channels, out_channels, stage, stage.stride if i == 0 else 1, config.se_ratio, drop_path))
+                blocks.append(MBConv(in_channels, out_channels, stage, stage.stride if i == 0 else 1, drop_path, config))
                 in_channels, block_index = out_channels, block_index + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         head_channels = config.channels(config.head_channels)
-        self.head_conv = conv_bn_act(in_channels, head_channels, 1)
+        self.head_conv = conv_bn_act(in_channels, head_channels, 1, bn_momentum=config.bn_momentum)
         self._init_weights()
         self._build_head(head_channels, config.num_classes, config.dropout)
 

@@ -86,12 +86,13 @@ class WaveNetConfig:
 class ResidualLayer(nn.Module):
     """One dilated gated layer of Fig. 4: returns (x + residual(z), skip(z))."""
 
-    def __init__(self, config: WaveNetConfig, dilation: int):
+    def __init__(self, config: WaveNetConfig, dilation: int, last: bool):
         super().__init__()
         self.dilation = dilation
         self.filter_gate = CausalConv1d(config.residual_channels, 2 * config.gate_channels, config.kernel_size, dilation)
         self.cond = Conv1d(config.cond_channels, 2 * config.gate_channels, 1) if config.cond_channels else None  # V_f, V_g
-        self.residual = Conv1d(config.gate_channels, config.residual_channels, 1)
+        # The last layer's residual output would feed nothing (only skips reach the output, Fig. 4).
+        self.residual = None if last else Conv1d(config.gate_channels, config.residual_channels, 1)
         self.skip = Conv1d(config.gate_channels, config.skip_channels, 1)
 
     def gate(self, pre: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +103,11 @@ class ResidualLayer(nn.Module):
         return torch.tanh(filter_) * torch.sigmoid(gate)  # eq. 2 / eq. 3, (B, G, T)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.gate(self.filter_gate(x), cond)
-        return x + self.residual(z), self.skip(z)
+        return self.combine(x, self.gate(self.filter_gate(x), cond))
+
+    def combine(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + residual(z), skip(z)) from the layer input x and the gated z."""
+        return (x if self.residual is None else x + self.residual(z)), self.skip(z)
 
 
 def causal_conv_step(conv: nn.Module, taps: torch.Tensor) -> torch.Tensor:
@@ -147,7 +151,8 @@ class WaveNet(nn.Module):
         self.config = config
         q = config.quantization_channels
         self.input_conv = CausalConv1d(q, config.residual_channels, config.kernel_size)  # on one-hot x
-        self.layers = nn.ModuleList(ResidualLayer(config, d) for d in config.dilations())
+        dilations = config.dilations()
+        self.layers = nn.ModuleList(ResidualLayer(config, d, last=i == len(dilations) - 1) for i, d in enumerate(dilations))
         if config.cond_channels and config.cond_upsample > 1:
             u = config.cond_upsample
             self.cond_upsample = ConvTranspose1d(config.cond_channels, config.cond_channels, u, stride=u)
@@ -252,9 +257,8 @@ class WaveNet(nn.Module):
             cond_t = None if cond is None else cond[:, :, t : t + 1]
             skips = 0
             for layer, queue in zip(self.layers, queues):
-                z = layer.gate(causal_conv_step(layer.filter_gate, queue.taps(x)), cond_t)
-                x = x + layer.residual(z)
-                skips = skips + layer.skip(z)
+                x, skip = layer.combine(x, layer.gate(causal_conv_step(layer.filter_gate, queue.taps(x)), cond_t))
+                skips = skips + skip
             return self.output(skips)[:, :, 0]  # (B, 256)
 
         return step
