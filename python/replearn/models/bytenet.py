@@ -83,14 +83,19 @@ class ResidualBlock(nn.Module):
         else:
             conv = Conv1d(d, d, kernel_size, dilation=dilation, padding=(kernel_size - 1) // 2 * dilation)
         self.dilation, self.kernel_size = dilation, kernel_size
-        self.branch = nn.Sequential(
-            ChannelsFirstLayerNorm(2 * d), nn.ReLU(), Conv1d(2 * d, d, 1),
-            ChannelsFirstLayerNorm(d), nn.ReLU(), conv,
-            ChannelsFirstLayerNorm(d), nn.ReLU(), Conv1d(d, 2 * d, 1),
-        )  # fmt: skip
+        self.norm_in, self.reduce = ChannelsFirstLayerNorm(2 * d), Conv1d(2 * d, d, 1)
+        self.norm_mid, self.conv = ChannelsFirstLayerNorm(d), conv
+        self.norm_out, self.expand = ChannelsFirstLayerNorm(d), Conv1d(d, 2 * d, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.branch(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 2d, T); mask: (B, 1, T), 0 past each sequence's end (the encoder's padding), which
+        the k-wide convolution must read as zeros, as it reads the padding past T."""
+        h = self.reduce(torch.relu(self.norm_in(x)))
+        h = torch.relu(self.norm_mid(h))
+        if mask is not None:
+            h = h * mask
+        h = self.expand(torch.relu(self.norm_out(self.conv(h))))
+        return x + h
 
 
 class ByteNet(nn.Module):
@@ -130,7 +135,7 @@ class ByteNet(nn.Module):
         mask = (torch.arange(length, device=source.device)[None, :] < unfolded[:, None])[:, None, :]  # (B, 1, T̂)
         x = self.source_embedding(source).transpose(1, 2) * mask  # (B, 2d, T̂)
         for block in self.encoder:
-            x = block(x) * mask
+            x = block(x, mask) * mask
         return x
 
     def decode(self, encoded: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
