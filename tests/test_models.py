@@ -353,15 +353,15 @@ def test_small_convnext_and_efficientnet_learn_digits(name):
 
 def test_wavenet_learns_a_periodic_signal():
     """Next-sample μ-law prediction of a 32-sample period: the mean loss of the last 10 steps must
-    fall below 0.5 nats (uniform guessing: ln 256 = 5.55)."""
+    fall below 0.1 nats (uniform guessing: ln 256 = 5.55; seeds 0–3 ended at 0.004–0.01)."""
     result = model_tasks.train_wavenet_signal(model_tasks.WaveNetTaskConfig())
     assert result.losses[0] > 4.0
-    assert result.metric < 0.5, result.metric
+    assert result.metric < 0.1, result.metric
 
 
 def test_bytenet_learns_to_reverse_strings():
     """Strings of 2–5 letters over 'abcdef': ≥ 90% of 100 held-out strings reversed exactly by greedy
-    dynamic unfolding."""
+    dynamic unfolding (seeds 0–2: 93–97%; copying, which needs no movement, reaches 100%)."""
     result = model_tasks.train_bytenet_reversal(model_tasks.ByteNetTaskConfig())
     assert result.metric >= 0.9, result.metric
 

@@ -148,7 +148,7 @@ class WaveNetTaskConfig:
     window: int = 128
     """Samples per training sequence (random crops of the signal)."""
     batch_size: int = 8
-    steps: int = 100
+    steps: int = 200
     lr: float = 1e-2
     weight_decay: float = 0.0
     seed: int = 0
