@@ -1,0 +1,186 @@
+"""Model zoo family: one training step of ResNet-18 on replearn's layers against the same network on
+torch.nn's, in the same run.
+
+Row: `resnet18 train step` — forward, cross-entropy, backward and an SGD-with-momentum step of
+ResNet-18 with the small-image stem (3×3/1, no max-pool) on a batch of 32 images of 3×32×32, 10
+classes (`--quick`: batch 4). Both sides are built by the same zoo code (replearn/models/resnet.py):
+the torch side with every layer of `replearn.models._layers` bound to its torch.nn counterpart while
+it is constructed, then loaded with the replearn side's weights, so the two differ only in the
+layers. The harness compares the first step's losses before timing.
+
+Byte model (the harness's GB/s column): the parameter traffic of a step, which no implementation
+can avoid — the forward and the backward read the weights, the backward writes their gradients,
+and SGD reads weight, gradient and momentum and writes weight and momentum: 7·P·itemsize. The step
+is compute-bound (about 1.7 GFLOP per image forward at this size), so that column is far below the
+copy limit by nature; the ratio to torch is the number to read.
+
+Goal (issue 10, with memory reuse): ≥ 0.9× torch. Only meaningful once `_layers.py` maps the
+convolution and pooling layers to replearn.nn (at the time of writing they are still torch.nn, and
+only the norms are replearn's): until then the two sides share most kernels.
+
+`python bench/models.py [--batch N] [--steps N]` prints where the time of a step goes, per layer
+type (convolution, normalization, activation, pooling, linear, loss, optimizer, other), from
+torch.profiler's self CPU time of each op, for both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+import replearn.models as models
+from replearn.models import _layers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Case  # noqa: E402
+
+NUM_CLASSES = 10
+LR, MOMENTUM = 0.05, 0.9
+
+# torch.nn counterparts of the zoo's layers (same constructor arguments and state_dict keys).
+TORCH_LAYERS = {
+    "BatchNorm1d": torch.nn.BatchNorm1d,
+    "BatchNorm2d": torch.nn.BatchNorm2d,
+    "LayerNorm": torch.nn.LayerNorm,
+    "GroupNorm": torch.nn.GroupNorm,
+    "Conv1d": torch.nn.Conv1d,
+    "Conv2d": torch.nn.Conv2d,
+    "MaxPool2d": torch.nn.MaxPool2d,
+    "AdaptiveAvgPool2d": torch.nn.AdaptiveAvgPool2d,
+}
+
+
+@contextlib.contextmanager
+def torch_layers() -> Iterator[None]:
+    """Binds the zoo's layer names to torch.nn's in every zoo module while a model is built."""
+    import replearn.models._common as common
+    import replearn.models.resnet as resnet
+    import replearn.models.squeeze_excitation as se
+
+    saved = []
+    for module in (_layers, common, resnet, se):
+        for name, layer in TORCH_LAYERS.items():
+            if hasattr(module, name):
+                saved.append((module, name, getattr(module, name)))
+                setattr(module, name, layer)
+    try:
+        yield
+    finally:
+        for module, name, layer in saved:
+            setattr(module, name, layer)
+
+
+def build_pair(batch: int) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+    torch.manual_seed(0)
+    ours = models.create("resnet18", num_classes=NUM_CLASSES, small_input=True)
+    with torch_layers():
+        theirs = models.create("resnet18", num_classes=NUM_CLASSES, small_input=True)
+    theirs.load_state_dict(ours.state_dict())
+    return {
+        side: (model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM))  # TODO(lead): replearn.optim.SGD
+        for side, model in (("torch", theirs), ("replearn", ours))
+    }
+
+
+def _step_runner(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    def step() -> torch.Tensor:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def train_step(shape, dtype, device):
+    batch = shape[0]
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(device)
+    pair = build_pair(batch)
+    runners = {}
+    for side, (model, optimizer) in pair.items():
+        model.to(device=device, dtype=dtype).train()
+        runners[side] = _step_runner(model, optimizer, x, y)
+    return runners["torch"], runners["replearn"]
+
+
+def _parameter_traffic(shape, itemsize: int) -> int:
+    parameters = 11_173_962  # ResNet-18 with 10 classes (the 1000-class count less 513·990)
+    return 7 * parameters * itemsize
+
+
+CASES = [
+    Case(
+        op="resnet18 train step",
+        shape=(32, 3, 32, 32),
+        quick_shape=(4, 3, 32, 32),
+        build=train_step,
+        bytes_moved=_parameter_traffic,
+        min_speedup=0.9,
+    )
+]
+
+# ------------------------------------------------------------------------------ breakdown
+
+CATEGORIES = (  # first match wins; op names are aten::*, replearn::* and autograd nodes
+    ("convolution", ("conv",)),
+    ("normalization", ("norm",)),
+    ("pooling", ("pool",)),
+    ("activation", ("relu", "threshold")),
+    ("linear", ("addmm", "linear", "::mm", "::t")),
+    ("loss", ("cross_entropy", "nll", "log_softmax")),
+    ("optimizer", ("sgd", "_foreach", "optimizer")),
+)
+
+
+def category(op_name: str) -> str:
+    lowered = op_name.lower()
+    for name, keys in CATEGORIES:
+        if any(key in lowered for key in keys):
+            return name
+    return "other"
+
+
+def breakdown(batch: int, steps: int) -> dict[str, dict[str, float]]:
+    """Milliseconds of self CPU time per layer type and side, averaged over `steps` steps."""
+    torch_step, replearn_step = train_step((batch, 3, 32, 32), torch.float32, "cpu")
+    result = {}
+    for side, step in (("torch", torch_step), ("replearn", replearn_step)):
+        step()  # warm-up
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            for _ in range(steps):
+                step()
+        totals: dict[str, float] = {}
+        for event in profiler.key_averages():
+            totals[category(event.key)] = totals.get(category(event.key), 0.0) + event.self_cpu_time_total / 1e3 / steps
+        result[side] = totals
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Per-layer-type time of a ResNet-18 training step, torch vs replearn.")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args(argv)
+    times = breakdown(args.batch, args.steps)
+    names = [name for name, _ in CATEGORIES] + ["other"]
+    print(f"ResNet-18 train step, batch {args.batch}, 3×32×32, {torch.get_num_threads()} threads (self CPU ms per step)\n")
+    print("| layer type | torch ms | replearn ms | torch / replearn |")
+    print("|---|---|---|---|")
+    for name in names + ["total"]:
+        t = sum(times["torch"].values()) if name == "total" else times["torch"].get(name, 0.0)
+        r = sum(times["replearn"].values()) if name == "total" else times["replearn"].get(name, 0.0)
+        ratio = f"{t / r:.2f}" if r > 0 else "—"
+        print(f"| {name} | {t:.2f} | {r:.2f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
