@@ -20,13 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from replearn.nn import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
+from replearn.nn import AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, MaxPool2d, RMSNorm
 
 Conv1d = torch.nn.Conv1d  # TODO(lead): replearn.nn.Conv1d
 Conv2d = torch.nn.Conv2d  # TODO(lead): replearn.nn.Conv2d
 ConvTranspose1d = torch.nn.ConvTranspose1d  # TODO(lead): replearn.nn.ConvTranspose1d
-MaxPool2d = torch.nn.MaxPool2d  # TODO(lead): replearn.nn.MaxPool2d
-AdaptiveAvgPool2d = torch.nn.AdaptiveAvgPool2d  # TODO(lead): replearn.nn.AdaptiveAvgPool2d
 
 
 class CausalConv1d(Conv1d):  # TODO(lead): replearn.nn.Conv1d's causal option (keep this name as an alias)
