@@ -9,6 +9,6 @@ See README.md for the op table and docs/design.md for the design decisions.
 
 __version__ = "0.1.0"
 
-from . import _native, nn, ops  # noqa: E402  (ops registers torch.ops.replearn.* on import)
+from . import _native, nn, ops, optim  # noqa: E402  (ops registers torch.ops.replearn.* on import)
 
-__all__ = ["nn", "ops", "__version__"]
+__all__ = ["nn", "ops", "optim", "__version__"]
