@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import replearn.optim as ro
+from replearn.optim.adabound import adabound_reference_step
 from conftest import device_dtype_params, device_params, has_gpu
 from op_harness import EPS
 
@@ -255,31 +256,16 @@ def test_closure_is_evaluated_with_grad():
 
 def adabound_reference(params, grads_seq, lr, betas, final_lr, gamma, eps, weight_decay, amsbound,
                        lr_at_step=None):
-    """AdaBound/AMSBound in plain torch, written from Luo et al. 2019 (Algorithms 2 and 3) as the
-    authors' implementation computes it (github.com/Luolc/AdaBound, adabound/adabound.py): Adam's bias
-    corrections in the base rate, ε added to √v̂, bounds η*(1 − 1/(γt + 1)) and η*(1 + 1/(γt)) with
-    η* = final_lr·lr/base_lr, the clipped rate times m."""
-    beta1, beta2 = betas
-    state = [dict(m=torch.zeros_like(p), v=torch.zeros_like(p), vmax=torch.zeros_like(p), t=0) for p in params]
-    base_lr = lr
+    """`replearn.optim.adabound_reference_step` (plain torch, the authors' update) over a gradient
+    sequence; a None gradient skips that parameter for the step."""
+    states = [{} for _ in params]
     for step, grads in enumerate(grads_seq):
-        current_lr = lr_at_step(step) if lr_at_step else lr
-        for p, g, s in zip(params, grads, state):
-            if g is None:
-                continue
-            s["t"] += 1
-            t = s["t"]
-            g = g + weight_decay * p if weight_decay else g
-            s["m"] = beta1 * s["m"] + (1 - beta1) * g
-            s["v"] = beta2 * s["v"] + (1 - beta2) * g * g
-            if amsbound:
-                s["vmax"] = torch.maximum(s["vmax"], s["v"])
-            second = s["vmax"] if amsbound else s["v"]
-            rate = current_lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t) / (second.sqrt() + eps)
-            eta = final_lr * current_lr / base_lr
-            rate = rate.clamp(eta * (1 - 1 / (gamma * t + 1)), eta * (1 + 1 / (gamma * t)))
-            p -= rate * s["m"]
-    return params
+        for p, g in zip(params, grads):
+            p.grad = g
+        adabound_reference_step(params, states, lr=lr_at_step(step) if lr_at_step else lr, betas=betas,
+                                final_lr=final_lr, base_lr=lr, gamma=gamma, eps=eps, weight_decay=weight_decay,
+                                amsbound=amsbound)
+    return [p.detach() for p in params]
 
 
 @pytest.mark.parametrize("cls,amsbound", [(ro.AdaBound, False), (ro.AMSBound, True), (ro.AdaBound, True)])

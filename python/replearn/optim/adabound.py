@@ -18,6 +18,7 @@ trips, which the authors' optimizer attribute does not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from ._native_step import NativeCall, NativeStep, as_float, host_step
 from .adam import adam_states
 
-__all__ = ["AdaBound", "AMSBound"]
+__all__ = ["AdaBound", "AMSBound", "adabound_reference_step"]
 
 
 class AdaBound(NativeStep, torch.optim.Optimizer):
@@ -94,3 +95,37 @@ class AMSBound(AdaBound):
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0,
                  amsbound: bool = True, *, maximize: bool = False) -> None:
         super().__init__(params, lr, betas, final_lr, gamma, eps, weight_decay, amsbound, maximize=maximize)
+
+
+@torch.no_grad()
+def adabound_reference_step(params: list[torch.Tensor], states: list[dict], *, lr: float, betas: tuple[float, float],
+                            final_lr: float, base_lr: float, gamma: float, eps: float, weight_decay: float,
+                            amsbound: bool) -> None:
+    """One AdaBound/AMSBound step in plain torch, tensor by tensor: the reference the tests and the
+    benchmark compare the native step with.
+
+    Written from Luo et al. 2019 (Algorithms 2 and 3) as the authors' implementation computes the
+    update (github.com/Luolc/AdaBound): Adam's bias corrections in the base rate, ε added to √v̂,
+    bounds η*(1 − 1/(γt + 1)) and η*(1 + 1/(γt)) with η* = final_lr·lr/base_lr, the clipped rate
+    times m. `states[i]` starts empty and holds 't', 'm', 'v', 'v_max'; parameters without a
+    gradient are skipped.
+    """
+    beta1, beta2 = betas
+    for p, state in zip(params, states):
+        if p.grad is None:
+            continue
+        if not state:
+            state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p), v_max=torch.zeros_like(p))
+        state["t"] += 1
+        t = state["t"]
+        g = p.grad + weight_decay * p if weight_decay else p.grad
+        state["m"].mul_(beta1).add_(g, alpha=1 - beta1)
+        state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if amsbound:
+            torch.maximum(state["v_max"], state["v"], out=state["v_max"])
+        denom = (state["v_max"] if amsbound else state["v"]).sqrt().add_(eps)
+        eta = final_lr * lr / base_lr
+        rate = torch.full_like(denom, lr * math.sqrt(1 - beta2**t) / (1 - beta1**t))
+        rate.div_(denom).clamp_(eta * (1 - 1 / (gamma * t + 1)), eta * (1 + 1 / (gamma * t))).mul_(state["m"])
+        p.sub_(rate)
+
