@@ -81,6 +81,16 @@ class NativeStep:
     def _prepare(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> NativeCall:
         raise NotImplementedError
 
+    # torch's constructors set this for fused=True, which makes torch.amp.GradScaler pass grad_scale
+    # and found_inf to step(); the native step does not take them, so the scaler must unscale first.
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        return False
+
+    @_step_supports_amp_scaling.setter
+    def _step_supports_amp_scaling(self, value: bool) -> None:
+        pass
+
     def _check_group_options(self, group: dict) -> None:
         name = type(self).__name__
         if group.get("differentiable", False):
