@@ -563,6 +563,8 @@ def test_unsupported_options_are_refused():
         ro.RMSprop([w], capturable=True).step()
     with pytest.raises(ValueError, match="gamma"):
         ro.AdaBound([w], gamma=1.5)
+    # torch.amp.GradScaler must unscale before a native step, even when fused=True was asked for
+    assert ro.Adam([w], fused=True)._step_supports_amp_scaling is False
 
 
 # ------------------------------------------------------------------------------- GPU
@@ -605,3 +607,15 @@ def test_many_tensors_one_group(device):
         results.append([p.detach().cpu() for p in params])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_family_runs(tmp_path):
+    """bench/optim.py is found by bench/run.py and its rows are well formed (a smoke test: --quick)."""
+    from test_bench import _check_row, _run_bench
+
+    rows, stdout = _run_bench(tmp_path, "optim", "--quick", "--malloc", "default", "--filter", "SGD momentum",
+                              "--repeat", "1")
+    assert [row["op"] for row in rows] == ["SGD momentum step vs fused"]
+    for row in rows:
+        _check_row(row)
+    assert "| optim | SGD momentum step vs fused |" in stdout

@@ -3,7 +3,7 @@
 // tests/cuda_emu/run.sh optim. Covers tensors that span several chunks, empty tensors, groups that
 // need several launches (more tensors than a batch holds), every rule variant, the norms and clipping.
 #include <cstring>
-#include <functional>
+#include <type_traits>
 #include <random>
 #include <string>
 #include <vector>
@@ -182,11 +182,15 @@ void test_sgd(DType dt, bool many, bool nesterov, bool with_momentum) {
   g.check(tag, dt);
 }
 
-// Runs `step(D, params, grads, states, steps)` on both devices and compares.
-void both(Group& g, const std::string& tag, DType dt,
-          const std::function<void(bool, TensorList, TensorList, TensorList)>& step) {
-  step(true, g.params.dev_views(), g.grads.dev_views(), g.steps.views(g.steps.dev));
-  step(false, g.params.ref_views(), g.grads.ref_views(), g.steps.views(g.steps.ref));
+template <DeviceType D>
+using On = std::integral_constant<DeviceType, D>;
+
+// Runs step(On<D>{}, params, grads, steps) on the emulated device, then on the CPU, and compares
+// parameters, state and step counters.
+template <class Step>
+void both(Group& g, const std::string& tag, DType dt, const Step& step) {
+  step(On<DeviceType::CUDA>{}, g.params.dev_views(), g.grads.dev_views(), g.steps.views(g.steps.dev));
+  step(On<DeviceType::CPU>{}, g.params.ref_views(), g.grads.ref_views(), g.steps.views(g.steps.ref));
   g.check(tag, dt);
   for (size_t i = 0; i < g.steps.dev.size(); ++i) {
     ++checks;
@@ -195,11 +199,15 @@ void both(Group& g, const std::string& tag, DType dt,
   }
 }
 
+template <class Device>
+constexpr bool on_cuda(Device) {
+  return Device::value == DeviceType::CUDA;
+}
+
 void test_adagrad(DType dt, bool many) {
   Group g(dt, group_shapes(many), 1, 0);
-  both(g, std::string("adagrad ") + name(dt), dt, [&](bool dev, TensorList p, TensorList gr, TensorList s) {
-    if (dev) adagrad_step<DeviceType::CUDA>(p, gr, g.state(0, true), s, 0.1, 0.01, 0.01, 1e-10, false);
-    else adagrad_step<DeviceType::CPU>(p, gr, g.state(0, false), s, 0.1, 0.01, 0.01, 1e-10, false);
+  both(g, std::string("adagrad ") + name(dt), dt, [&](auto device, TensorList p, TensorList gr, TensorList s) {
+    adagrad_step<decltype(device)::value>(p, gr, g.state(0, on_cuda(device)), s, 0.1, 0.01, 0.01, 1e-10, false);
   });
 }
 
@@ -210,23 +218,25 @@ void test_rmsprop(DType dt, bool many, bool centered, bool with_momentum) {
   g.states.push_back(random_list(dt, group_shapes(many), -1, 1));
   const std::string tag = std::string("rmsprop ") + name(dt) + (centered ? " centered" : "") +
                           (with_momentum ? " momentum" : "");
-  both(g, tag, dt, [&](bool dev, TensorList p, TensorList gr, TensorList s) {
+  both(g, tag, dt, [&](auto device, TensorList p, TensorList gr, TensorList s) {
+    const bool dev = on_cuda(device);
     const TensorList avg = centered ? g.state(1, dev) : TensorList{};
     const TensorList buf = with_momentum ? g.state(2, dev) : TensorList{};
-    const double momentum = with_momentum ? 0.9 : 0;
-    if (dev) rmsprop_step<DeviceType::CUDA>(p, gr, g.state(0, true), avg, buf, s, 0.01, 0.99, 1e-8, 0.01, momentum, centered, true);
-    else rmsprop_step<DeviceType::CPU>(p, gr, g.state(0, false), avg, buf, s, 0.01, 0.99, 1e-8, 0.01, momentum, centered, true);
+    rmsprop_step<decltype(device)::value>(p, gr, g.state(0, dev), avg, buf, s, 0.01, 0.99, 1e-8, 0.01,
+                                          with_momentum ? 0.9 : 0, centered, true);
   });
 }
 
 void test_adam(DType dt, bool many, bool amsgrad, bool decoupled) {
   Group g(dt, group_shapes(many), 2, 0);
   g.states.push_back(random_list(dt, group_shapes(many), 0, 1));
-  const std::string tag = std::string("adam ") + name(dt) + (amsgrad ? " amsgrad" : "") + (decoupled ? " decoupled" : "");
-  both(g, tag, dt, [&](bool dev, TensorList p, TensorList gr, TensorList s) {
+  const std::string tag =
+      std::string("adam ") + name(dt) + (amsgrad ? " amsgrad" : "") + (decoupled ? " decoupled" : "");
+  both(g, tag, dt, [&](auto device, TensorList p, TensorList gr, TensorList s) {
+    const bool dev = on_cuda(device);
     const TensorList vmax = amsgrad ? g.state(2, dev) : TensorList{};
-    if (dev) adam_step<DeviceType::CUDA>(p, gr, g.state(0, true), g.state(1, true), vmax, s, 1e-2, 0.9, 0.999, 1e-8, 0.1, amsgrad, decoupled, false);
-    else adam_step<DeviceType::CPU>(p, gr, g.state(0, false), g.state(1, false), vmax, s, 1e-2, 0.9, 0.999, 1e-8, 0.1, amsgrad, decoupled, false);
+    adam_step<decltype(device)::value>(p, gr, g.state(0, dev), g.state(1, dev), vmax, s, 1e-2, 0.9, 0.999, 1e-8, 0.1,
+                                       amsgrad, decoupled, false);
   });
 }
 
@@ -234,10 +244,11 @@ void test_adabound(DType dt, bool many, bool amsbound) {
   Group g(dt, group_shapes(many), 2, 0);
   g.states.push_back(random_list(dt, group_shapes(many), 0, 1));
   const std::string tag = std::string("adabound ") + name(dt) + (amsbound ? " amsbound" : "");
-  both(g, tag, dt, [&](bool dev, TensorList p, TensorList gr, TensorList s) {
+  both(g, tag, dt, [&](auto device, TensorList p, TensorList gr, TensorList s) {
+    const bool dev = on_cuda(device);
     const TensorList vmax = amsbound ? g.state(2, dev) : TensorList{};
-    if (dev) adabound_step<DeviceType::CUDA>(p, gr, g.state(0, true), g.state(1, true), vmax, s, 1e-2, 0.9, 0.999, 0.1, 2e-2, 1e-3, 1e-8, 0.01, amsbound, false);
-    else adabound_step<DeviceType::CPU>(p, gr, g.state(0, false), g.state(1, false), vmax, s, 1e-2, 0.9, 0.999, 0.1, 2e-2, 1e-3, 1e-8, 0.01, amsbound, false);
+    adabound_step<decltype(device)::value>(p, gr, g.state(0, dev), g.state(1, dev), vmax, s, 1e-2, 0.9, 0.999, 0.1,
+                                           2e-2, 1e-3, 1e-8, 0.01, amsbound, false);
   });
 }
 
@@ -250,7 +261,8 @@ void test_clipping(DType dt, bool many) {
     Tensor workspace(DType::UInt8, DeviceType::CUDA, {grad_norm_workspace_size<DeviceType::CUDA>(dev_grads)});
     std::memset(workspace.bytes.data(), 0xff, workspace.bytes.size());  // garbage: must be overwritten
     grad_norm<DeviceType::CUDA>(dev_grads, norm_type, dev_norm.view(), workspace.view());
-    grad_norm<DeviceType::CPU>(grads.ref_views(), norm_type, ref_norm.view(), Tensor(DType::UInt8, DeviceType::CPU, {0}).view());
+    Tensor no_workspace(DType::UInt8, DeviceType::CPU, {0});
+    grad_norm<DeviceType::CPU>(grads.ref_views(), norm_type, ref_norm.view(), no_workspace.view());
     ++checks;
     if (std::abs(dev_norm.get(0) - ref_norm.get(0)) > 1e-5 * ref_norm.get(0))
       ++failures, std::printf("FAIL %s: %.9g vs %.9g\n", tag.c_str(), dev_norm.get(0), ref_norm.get(0));

@@ -24,8 +24,8 @@ class Adagrad(NativeStep, torch.optim.Adagrad):
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
             if "sum" not in state:  # a parameter added without going through the constructor's loop
-                state["sum"] = torch.full_like(p, as_float(group["initial_accumulator_value"], "initial_accumulator_value"),
-                                               memory_format=torch.preserve_format)
+                initial = as_float(group["initial_accumulator_value"], "initial_accumulator_value")
+                state["sum"] = torch.full_like(p, initial, memory_format=torch.preserve_format)
             if "step" not in state:
                 state["step"] = new_step()
         return NativeCall(
