@@ -4,6 +4,7 @@
 #include "core/parallel.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
+#include "python/bind_optim.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -30,4 +31,5 @@ PYBIND11_MODULE(_C, m) {
 
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_pool<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_optim<replearn::DeviceType::CPU>(m);
 }

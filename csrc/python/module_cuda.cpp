@@ -5,6 +5,7 @@
 
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
+#include "python/bind_optim.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_C_cuda, m) {
   });
   replearn::python::bind_norm<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_pool<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_optim<replearn::DeviceType::CUDA>(m);
 }

@@ -9,7 +9,7 @@ See README.md for the op table and docs/design.md for the design decisions.
 
 __version__ = "0.1.0"
 
-from . import _native, nn, ops  # noqa: E402  (ops registers torch.ops.replearn.* on import)
+from . import _native, nn, ops, optim  # noqa: E402  (ops registers torch.ops.replearn.* on import)
 from . import models  # noqa: E402  (after nn: the zoo is built from replearn.nn's layers)
 
-__all__ = ["models", "nn", "ops", "__version__"]
+__all__ = ["models", "nn", "ops", "optim", "__version__"]
