@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import replearn.models as models
+import replearn.optim
 from replearn.models import _layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,9 +83,10 @@ def build_pair(batch: int) -> dict[str, tuple[torch.nn.Module, torch.optim.Optim
     with torch_layers():
         theirs = models.create("resnet18", num_classes=NUM_CLASSES, small_input=True)
     theirs.load_state_dict(ours.state_dict())
+    # Each side with its own library's optimizer: torch's SGD (its default foreach path) and replearn's.
     return {
-        side: (model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM))  # TODO(lead): replearn.optim.SGD
-        for side, model in (("torch", theirs), ("replearn", ours))
+        "torch": (theirs, torch.optim.SGD(theirs.parameters(), lr=LR, momentum=MOMENTUM)),
+        "replearn": (ours, replearn.optim.SGD(ours.parameters(), lr=LR, momentum=MOMENTUM)),
     }
 
 

@@ -26,6 +26,7 @@ from ..data.digits import load_digits
 from ..data.sequences import decode_bytes, encode_bytes, periodic_signal, reversal_pairs
 from ..models.efficientnet import MBConvStage
 from ..models.wavenet import mu_law_encode
+from ..optim import AdamW
 from .classifier import accuracy
 
 __all__ = [
@@ -63,7 +64,7 @@ def _threads(count: int) -> Iterator[None]:
 
 def _optimize(model: nn.Module, steps: int, lr: float, weight_decay: float, loss_of_step: Callable[[int], torch.Tensor]) -> list[float]:
     """`steps` AdamW steps on loss_of_step(step), the learning rate decayed to 0 along a cosine."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)  # TODO(lead): replearn.optim
+    optimizer = AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     losses = []
     model.train()
