@@ -7,11 +7,14 @@ tests the moment it is registered.
 """
 
 from ._registry import list_ops, op_info
+from .attention import attention, attention_dropout_mask
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
 
 __all__ = [
     "list_ops",
     "op_info",
+    "attention",
+    "attention_dropout_mask",
     "batch_norm",
     "group_norm",
     "instance_norm",
