@@ -15,7 +15,7 @@
 // deterministic, no atomics.
 //
 // The tile products all have one form, C[M×N] += A[M×K]·B[K×N] with B packed row-major and N
-// padded to a multiple of the register block (gemm_acc): a register-blocked micro-kernel the
+// padded to a multiple of the register block (gemm): a register-blocked micro-kernel the
 // compiler vectorizes (kMicroRows rows × kMicroCols columns of accumulators). exp() is a vectorizable
 // polynomial for float32 (Cephes' expf: Cody–Waite range reduction and a degree-6 polynomial, ~1 ulp);
 // float64 uses std::exp.
@@ -55,8 +55,10 @@ constexpr T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
-// C[rows × N] += A[rows × K] · B[K × N], rows = R (compile time), N a multiple of micro_cols<T>().
-template <class T, int R>
+// C[rows × N] (+)= A[rows × K] · B[K × N], rows = R (compile time), N a multiple of micro_cols<T>().
+// A is read as A[r·lda + k], or as A[k·lda + r] when kTransA (Aᵀ stored row-major: the products
+// Pᵀ·dO and dSᵀ·Q of the backward then need no transposed copy). kAccumulate = false overwrites C.
+template <class T, int R, bool kTransA, bool kAccumulate>
 inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
                       int64_t ldb, T* __restrict__ C, int64_t ldc) {
   constexpr int64_t W = micro_cols<T>();
@@ -64,11 +66,11 @@ inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda
     T acc[R][W];
     for (int r = 0; r < R; ++r)
 #pragma omp simd
-      for (int64_t n = 0; n < W; ++n) acc[r][n] = C[r * ldc + n0 + n];
+      for (int64_t n = 0; n < W; ++n) acc[r][n] = kAccumulate ? C[r * ldc + n0 + n] : T(0);
     for (int64_t k = 0; k < K; ++k) {
       const T* __restrict__ b = B + k * ldb + n0;
       for (int r = 0; r < R; ++r) {
-        const T a = A[r * lda + k];
+        const T a = kTransA ? A[k * lda + r] : A[r * lda + k];
 #pragma omp simd
         for (int64_t n = 0; n < W; ++n) acc[r][n] += a * b[n];
       }
@@ -79,12 +81,13 @@ inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda
   }
 }
 
-template <class T>
-void gemm_acc(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+template <class T, bool kTransA = false, bool kAccumulate = true>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  const int64_t row_step = kTransA ? 1 : lda;  // distance between consecutive rows of A
   int64_t m = 0;
   for (; m + kMicroRows <= M; m += kMicroRows)
-    gemm_rows<T, kMicroRows>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
-  for (; m < M; ++m) gemm_rows<T, 1>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
+    gemm_rows<T, kMicroRows, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
+  for (; m < M; ++m) gemm_rows<T, 1, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
 }
 
 // e^x for float32, vectorizable; exactly 0 below the smallest normal result (so masked = -inf → 0).
@@ -164,12 +167,12 @@ void pack_transposed(const T* src, int64_t r0, int64_t rows, int64_t dim, T* dst
 }
 
 // Score tile S (rows × kColBlock, ld kColBlock) for queries [i0, i0 + rows) and keys [j0, j0 + cols):
-// Q̃·Kᵀ (Q̃ = c·Q, packed) + bias, -inf where the key padding or causal mask hides a key.
+// Q̃·Kᵀ (Q̃ = c·Q, packed; Kᵀ packed (d × ≥ kColBlock columns from the tile's first key, row stride
+// ldk) + bias, -inf where the key padding or causal mask hides a key.
 template <class T>
 void score_tile(const Problem<T>& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
-                const T* q_packed, int64_t ldq, const T* kt_packed, T* S) {
-  for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kColBlock, S + (r + 1) * kColBlock, T(0));
-  gemm_acc<T>(rows, kColBlock, p.d.head_dim, q_packed, ldq, kt_packed, kColBlock, S, kColBlock);
+                const T* q_packed, int64_t ldq, const T* kt_packed, int64_t ldk, T* S) {
+  gemm<T, false, false>(rows, kColBlock, p.d.head_dim, q_packed, ldq, kt_packed, ldk, S, kColBlock);
   if (p.bias) {
     const T* bias = p.bias + p.bias_offset(b, h);
     const int64_t si = p.d.bias_stride[2], sj = p.d.bias_stride[3];
@@ -223,9 +226,14 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
   const int64_t row_blocks = (d.q_len + kRowBlock - 1) / kRowBlock;
   const int64_t dpad = padded<T>(d.head_dim), vpad = padded<T>(d.value_dim);
   parallel_for(d.batch * d.heads * row_blocks, 1, [&](int, int64_t t0, int64_t t1) {
-    std::vector<T> q_tile(kRowBlock * dpad, T(0)), kt_tile(d.head_dim * kColBlock, T(0)),
-        v_tile(kColBlock * vpad, T(0)), S(kRowBlock * kColBlock), acc(kRowBlock * vpad);
+    // The key/value head in use, packed once (Kᵀ: d × Tk padded to whole tiles; V: Tk × vpad) and
+    // reused by every query block of this chunk that reads it; tasks of a chunk are consecutive, so
+    // a head is packed about once per chunk.
+    const int64_t kt_ld = (d.k_len + kColBlock - 1) / kColBlock * kColBlock;
+    std::vector<T> q_tile(kRowBlock * dpad, T(0)), kt_head(d.head_dim * kt_ld, T(0)), v_head(d.k_len * vpad, T(0)),
+        S(kRowBlock * kColBlock), acc(kRowBlock * vpad);
     std::vector<T> row_max(kRowBlock), row_sum(kRowBlock);
+    const T* packed_k = nullptr;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / row_blocks, b = bh / d.heads, h = bh % d.heads;
       const int64_t i0 = (task % row_blocks) * kRowBlock, rows = std::min(kRowBlock, d.q_len - i0);
@@ -233,14 +241,15 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(row_max.begin(), row_max.end(), neg_inf<T>());
       std::fill(row_sum.begin(), row_sum.end(), T(0));
-      const T* kh = p.k_head(b, h);
-      const T* vh = p.v_head(b, h);
+      if (packed_k != p.k_head(b, h)) {
+        packed_k = p.k_head(b, h);
+        pack_transposed(packed_k, 0, d.k_len, d.head_dim, kt_head.data(), kt_ld);
+        pack_rows(p.v_head(b, h), 0, d.k_len, d.value_dim, T(1), v_head.data(), vpad);
+      }
       const int64_t key_end = p.key_end(i0 + rows - 1);
       for (int64_t j0 = 0; j0 < key_end; j0 += kColBlock) {
         const int64_t cols = std::min(kColBlock, key_end - j0);
-        pack_transposed(kh, j0, cols, d.head_dim, kt_tile.data(), kColBlock);
-        pack_rows(vh, j0, cols, d.value_dim, T(1), v_tile.data(), vpad);
-        score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_tile.data(), S.data());
+        score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_head.data() + j0, kt_ld, S.data());
         // Online softmax: m ← max(m, max_j s), l ← l·e^{m_old − m} + Σ e^{s − m}, O ← O·e^{m_old − m}.
         for (int64_t r = 0; r < rows; ++r) {
           T* __restrict__ s = S.data() + r * kColBlock;
@@ -268,7 +277,7 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
           }
         }
         if (p.drop_threshold) apply_dropout(p, b, h, i0, rows, j0, cols, S.data(), kColBlock);
-        gemm_acc<T>(rows, vpad, cols, S.data(), kColBlock, v_tile.data(), vpad, acc.data(), vpad);
+        gemm<T>(rows, vpad, cols, S.data(), kColBlock, v_head.data() + j0 * vpad, vpad, acc.data(), vpad);
       }
       T* o = out + ((b * d.heads + h) * d.q_len + i0) * d.value_dim;
       T* l = lse + (b * d.heads + h) * d.q_len + i0;
@@ -340,7 +349,7 @@ void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* d
         std::vector<T> dq_acc(d.q_len * dpad), delta(d.q_len), lse_row(d.q_len);
         std::vector<T> kt_tile(d.head_dim * kColBlock, T(0)), k_tile(kColBlock * dpad, T(0)),
             vt_tile(d.value_dim * kColBlock, T(0)), q_tile(kRowBlock * dpad, T(0)), do_tile(kRowBlock * vpad, T(0)),
-            P(kRowBlock * kColBlock), dP(kRowBlock * kColBlock), Pt(kColBlock * kRowBlock),
+            P(kRowBlock * kColBlock), dP(kRowBlock * kColBlock), P_dropped(kRowBlock * kColBlock),
             dk_acc(kColBlock * dpad), dv_acc(kColBlock * vpad);
         for (int64_t task = t0; task < t1; ++task) {
           const int64_t b = task / d.heads, h = task % d.heads;
@@ -374,30 +383,24 @@ void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* d
               const int64_t rows = std::min(kRowBlock, d.q_len - i0);
               pack_rows(qh, i0, rows, d.head_dim, p.scale, q_tile.data(), dpad);
               pack_rows(doh, i0, rows, d.value_dim, T(1), do_tile.data(), vpad);
-              score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_tile.data(), P.data());
+              score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_tile.data(), kColBlock, P.data());
               for (int64_t r = 0; r < rows; ++r) {
                 T* __restrict__ s = P.data() + r * kColBlock;
                 const T m = lse_row[i0 + r];
 #pragma omp simd
                 for (int64_t j = 0; j < cols; ++j) s[j] = exp_approx(s[j] - m);
-                std::fill(dP.data() + r * kColBlock, dP.data() + (r + 1) * kColBlock, T(0));
               }
-              gemm_acc<T>(rows, kColBlock, d.value_dim, do_tile.data(), vpad, vt_tile.data(), kColBlock, dP.data(),
-                          kColBlock);
+              gemm<T, false, false>(rows, kColBlock, d.value_dim, do_tile.data(), vpad, vt_tile.data(), kColBlock,
+                                    dP.data(), kColBlock);
               // P̃ = P ∘ Z/(1−p) feeds dV; dP ← dP̃ ∘ Z/(1−p) is the gradient w.r.t. P.
-              for (int64_t r = 0; r < rows; ++r)
-                for (int64_t j = 0; j < cols; ++j) Pt[j * kRowBlock + r] = P[r * kColBlock + j];
+              const T* p_used = P.data();
               if (p.drop_threshold) {
+                std::copy(P.begin(), P.begin() + rows * kColBlock, P_dropped.begin());
+                apply_dropout(p, b, h, i0, rows, j0, cols, P_dropped.data(), kColBlock);
                 apply_dropout(p, b, h, i0, rows, j0, cols, dP.data(), kColBlock);
-                for (int64_t j = 0; j < cols; ++j) {
-                  const uint64_t base = ((static_cast<uint64_t>(b) * d.heads + h) * d.q_len + i0) * d.k_len + j0 + j;
-                  for (int64_t r = 0; r < rows; ++r) {
-                    T& pt = Pt[j * kRowBlock + r];
-                    pt = dropout_keep(p.drop_key, base + r * d.k_len, p.drop_threshold) ? pt * p.keep_scale : T(0);
-                  }
-                }
+                p_used = P_dropped.data();
               }
-              gemm_acc<T>(cols, vpad, rows, Pt.data(), kRowBlock, do_tile.data(), vpad, dv_acc.data(), vpad);
+              if (dv) gemm<T, true>(cols, vpad, rows, p_used, kColBlock, do_tile.data(), vpad, dv_acc.data(), vpad);
               // dS = P ∘ (dP − D), written over dP.
               for (int64_t r = 0; r < rows; ++r) {
                 const T* __restrict__ pr = P.data() + r * kColBlock;
@@ -423,13 +426,9 @@ void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* d
                   }
                 }
               }
-              if (dq) gemm_acc<T>(rows, dpad, cols, dP.data(), kColBlock, k_tile.data(), dpad,
-                                  dq_acc.data() + i0 * dpad, dpad);
-              if (need_kv) {
-                for (int64_t r = 0; r < rows; ++r)
-                  for (int64_t j = 0; j < cols; ++j) Pt[j * kRowBlock + r] = dP[r * kColBlock + j];
-                gemm_acc<T>(cols, dpad, rows, Pt.data(), kRowBlock, q_tile.data(), dpad, dk_acc.data(), dpad);
-              }
+              if (dq) gemm<T>(rows, dpad, cols, dP.data(), kColBlock, k_tile.data(), dpad, dq_acc.data() + i0 * dpad,
+                              dpad);
+              if (dk) gemm<T, true>(cols, dpad, rows, dP.data(), kColBlock, q_tile.data(), dpad, dk_acc.data(), dpad);
             }
             if (need_kv) {
               const int64_t head = layout.grad_kv_bytes ? h : h / d.group();
