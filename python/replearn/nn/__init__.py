@@ -8,6 +8,7 @@ Linear → Norm → ReLU blocks.
 """
 
 from . import utils
+from .attention import KVCache, MultiheadAttention
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
 from .norm import (
@@ -30,8 +31,10 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "KVCache",
     "LayerNorm",
     "MLP",
+    "MultiheadAttention",
     "NORM_KINDS",
     "RMSNorm",
     "create_norm",

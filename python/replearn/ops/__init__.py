@@ -7,7 +7,7 @@ tests the moment it is registered.
 """
 
 from ._registry import list_ops, op_info
-from .attention import attention, attention_dropout_mask
+from .attention import attention, attention_dropout_mask, attention_weights
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "op_info",
     "attention",
     "attention_dropout_mask",
+    "attention_weights",
     "batch_norm",
     "group_norm",
     "instance_norm",

@@ -27,7 +27,7 @@ import torch
 from .. import _native
 from ._registry import BadInput, OpInfo, Sample, check_tensor, define, register_info
 
-__all__ = ["attention", "attention_dropout_mask"]
+__all__ = ["attention", "attention_dropout_mask", "attention_weights"]
 
 MAX_HEAD_DIM = 256  # csrc/attention/attention.h: kMaxHeadDim
 
@@ -217,40 +217,64 @@ def attention_dropout_mask(shape, dropout_p: float, seed: int, device: torch.dev
 # ================================================================================ the reference
 
 
+def _visible(B, Tq, Tk, causal, key_padding_mask, device):
+    """Bool (B, 1, Tq, Tk): which key each query may see under the causal and key-padding masks."""
+    visible = torch.ones(B, 1, Tq, Tk, dtype=torch.bool, device=device)
+    if causal:
+        rows = torch.arange(Tq, device=device)[:, None] + (Tk - Tq)
+        visible = visible & (torch.arange(Tk, device=device)[None, :] <= rows)
+    if key_padding_mask is not None:
+        visible = visible & ~key_padding_mask[:, None, None, :]
+    return visible
+
+
+def _softmax_rows(q, k, scale, temperature, causal, key_padding_mask, attn_bias):
+    """P (B, H, Tq, Tk) before dropout, the row sums of e^{s − m}, the row maxima m, and which rows see a key."""
+    B, H, Tq, _ = q.shape
+    Tk = k.shape[2]
+    k = k.repeat_interleave(H // k.shape[1], dim=1)
+    s = q @ k.transpose(-1, -2) * _logit_scale("attention", q, scale, temperature)
+    if attn_bias is not None:
+        s = s + attn_bias
+    s = s.masked_fill(~_visible(B, Tq, Tk, causal, key_padding_mask, q.device), -math.inf)
+    m = s.amax(-1, keepdim=True)
+    seen = m > -math.inf  # rows that see at least one key
+    m = torch.where(seen, m, torch.zeros_like(m))
+    e = torch.exp(s - m)
+    total = e.sum(-1, keepdim=True)
+    return e / torch.where(seen, total, torch.ones_like(total)), total, m, seen
+
+
+def attention_weights(q, k, *, scale=None, temperature=1.0, causal=False, key_padding_mask=None, attn_bias=None,
+                      dropout_p=0.0, seed=None):  # fmt: skip
+    """The attention probabilities (B, H, Tq, Tk), in plain PyTorch: what `attention` never materializes.
+
+    For callers that must return the weights (nn.MultiheadAttention with need_weights=True). With
+    dropout and the same seed, they are the dropped and rescaled probabilities `attention` applied.
+    Rows that see no key are zero.
+    """
+    p, _, _, _ = _softmax_rows(q, k, scale, temperature, causal, key_padding_mask, attn_bias)
+    if dropout_p > 0:
+        keep = attention_dropout_mask(p.shape, dropout_p, _draw_seed(dropout_p, seed, None), q.device)
+        p = p * keep / (1.0 - dropout_p) if dropout_p < 1 else p * 0
+    return p
+
+
 def attention_reference(q, k, v, *, scale=None, temperature=1.0, causal=False, key_padding_mask=None, attn_bias=None,
                         dropout_p=0.0, seed=None, generator=None, return_lse=False):  # fmt: skip
     """Softmax attention written from the formula in plain PyTorch (materializes the score matrix).
 
     Dropout uses `attention_dropout_mask` with the same seed, so it agrees with the native op.
     """
-    B, H, Tq, _ = q.shape
-    Tk = k.shape[2]
-    group = H // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    s = q @ k.transpose(-1, -2) * _logit_scale("attention", q, scale, temperature)
-    if attn_bias is not None:
-        s = s + attn_bias
-    visible = torch.ones(B, H, Tq, Tk, dtype=torch.bool, device=q.device)
-    if causal:
-        visible = visible & (torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tq, device=q.device)[:, None] + (Tk - Tq))
-    if key_padding_mask is not None:
-        visible = visible & ~key_padding_mask[:, None, None, :]
-    s = s.masked_fill(~visible, -math.inf)
-    m = s.amax(-1, keepdim=True)
-    seen = m > -math.inf  # rows that see at least one key
-    m = torch.where(seen, m, torch.zeros_like(m))
-    e = torch.exp(s - m)
-    total = e.sum(-1, keepdim=True)
-    p = e / torch.where(seen, total, torch.ones_like(total))
-    if dropout_p > 0:
-        keep = attention_dropout_mask(p.shape, dropout_p, _draw_seed(dropout_p, seed, generator), q.device)
-        p = p * keep / (1.0 - dropout_p) if dropout_p < 1 else p * 0
-    out = p @ v
+    seed = _draw_seed(dropout_p, seed, generator)
+    p = attention_weights(q, k, scale=scale, temperature=temperature, causal=causal, key_padding_mask=key_padding_mask,
+                          attn_bias=attn_bias, dropout_p=dropout_p, seed=seed)  # fmt: skip
+    out = p @ v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     if not return_lse:
         return out
+    _, total, m, seen = _softmax_rows(q, k, scale, temperature, causal, key_padding_mask, attn_bias)
     lse = torch.where(seen, torch.log(total) + m, torch.full_like(m, -math.inf)).squeeze(-1)
-    return out, lse.to(_stats_dtype(q) if q.dtype != torch.float64 else q.dtype)
+    return out, lse.to(_stats_dtype(q))
 
 
 def _torch_attention(q, k, v, *, scale=None, temperature=1.0, causal=False, key_padding_mask=None, attn_bias=None,
@@ -269,11 +293,7 @@ def _torch_attention(q, k, v, *, scale=None, temperature=1.0, causal=False, key_
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
     c = _logit_scale("attention", q, scale, temperature)
-    visible = torch.ones(B, 1, Tq, Tk, dtype=torch.bool, device=q.device)
-    if causal:
-        visible = visible & (torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tq, device=q.device)[:, None] + (Tk - Tq))
-    if key_padding_mask is not None:
-        visible = visible & ~key_padding_mask[:, None, None, :]
+    visible = _visible(B, Tq, Tk, causal, key_padding_mask, q.device)
     seen = visible.any(-1, keepdim=True)
     mask = (visible | ~seen).to(q.dtype).log()  # 0 where visible, -inf where hidden; empty rows opened
     if attn_bias is not None:
