@@ -17,7 +17,7 @@ import replearn.ops.norm
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 REQUIRED = {"family", "op", "shape", "dtype", "device", "torch_ms", "replearn_ms", "speedup", "achieved_gbps", "limit_gbps"}
-EXTRA = {"malloc"}
+EXTRA = {"malloc", "achieved_gflops", "torch_gflops"}
 
 
 def _run_bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
@@ -62,3 +62,13 @@ def test_reuse_setting_runs_in_a_child_process(tmp_path):
         _check_row(row)
         assert row["malloc"] == "reuse"
     assert "glibc.malloc.mmap_threshold=2147483647" in stdout
+
+
+def test_quick_attention_rows_report_gflops(tmp_path):
+    rows, stdout = _run_bench(tmp_path, "attention", "--quick", "--malloc", "default", "--filter", "causal fwd vs",
+                              "--repeat", "1")  # fmt: skip
+    assert {row["op"] for row in rows} == {"attention causal fwd vs sdpa", "attention causal fwd vs math"}
+    for row in rows:
+        _check_row(row)
+        assert row["achieved_gflops"] > 0 and row["torch_gflops"] > 0
+    assert "GFLOP/s" in stdout
