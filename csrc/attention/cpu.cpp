@@ -36,7 +36,7 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;  // query rows per tile
 constexpr int64_t kColBlock = 64;  // keys per tile
-constexpr int kMicroRows = 4;
+constexpr int kMicroRows = 8;
 
 // Register block width: two vectors of 64 bytes.
 template <class T>
@@ -58,26 +58,39 @@ constexpr T neg_inf() {
 // C[rows × N] (+)= A[rows × K] · B[K × N], rows = R (compile time), N a multiple of micro_cols<T>().
 // A is read as A[r·lda + k], or as A[k·lda + r] when kTransA (Aᵀ stored row-major: the products
 // Pᵀ·dO and dSᵀ·Q of the backward then need no transposed copy). kAccumulate = false overwrites C.
+// Written with 64-byte vector types (GCC/Clang extensions) so that the R × 2 accumulators and the
+// two vectors of B stay in registers: per k, 2 loads of B and R broadcasts feed 2R FMAs, which keeps
+// the FMA units rather than the load ports busy (the compiler's own version reloaded B per row).
 template <class T, int R, bool kTransA, bool kAccumulate>
 inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
                       int64_t ldb, T* __restrict__ C, int64_t ldc) {
-  constexpr int64_t W = micro_cols<T>();
-  for (int64_t n0 = 0; n0 < N; n0 += W) {
-    T acc[R][W];
-    for (int r = 0; r < R; ++r)
-#pragma omp simd
-      for (int64_t n = 0; n < W; ++n) acc[r][n] = kAccumulate ? C[r * ldc + n0 + n] : T(0);
-    for (int64_t k = 0; k < K; ++k) {
-      const T* __restrict__ b = B + k * ldb + n0;
-      for (int r = 0; r < R; ++r) {
-        const T a = kTransA ? A[k * lda + r] : A[r * lda + k];
-#pragma omp simd
-        for (int64_t n = 0; n < W; ++n) acc[r][n] += a * b[n];
+  typedef T Vec __attribute__((vector_size(64)));
+  constexpr int64_t L = 64 / sizeof(T);  // lanes per vector; micro_cols<T>() == 2·L
+  for (int64_t n0 = 0; n0 < N; n0 += 2 * L) {
+    Vec acc0[R], acc1[R];
+    for (int r = 0; r < R; ++r) {
+      if (kAccumulate) {
+        std::memcpy(&acc0[r], C + r * ldc + n0, sizeof(Vec));
+        std::memcpy(&acc1[r], C + r * ldc + n0 + L, sizeof(Vec));
+      } else {
+        acc0[r] = Vec{};
+        acc1[r] = Vec{};
       }
     }
-    for (int r = 0; r < R; ++r)
-#pragma omp simd
-      for (int64_t n = 0; n < W; ++n) C[r * ldc + n0 + n] = acc[r][n];
+    for (int64_t k = 0; k < K; ++k) {
+      Vec b0, b1;
+      std::memcpy(&b0, B + k * ldb + n0, sizeof(Vec));
+      std::memcpy(&b1, B + k * ldb + n0 + L, sizeof(Vec));
+      for (int r = 0; r < R; ++r) {
+        const T a = kTransA ? A[k * lda + r] : A[r * lda + k];
+        acc0[r] += a * b0;
+        acc1[r] += a * b1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(C + r * ldc + n0, &acc0[r], sizeof(Vec));
+      std::memcpy(C + r * ldc + n0 + L, &acc1[r], sizeof(Vec));
+    }
   }
 }
 
@@ -226,11 +239,14 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
   const int64_t row_blocks = (d.q_len + kRowBlock - 1) / kRowBlock;
   const int64_t dpad = padded<T>(d.head_dim), vpad = padded<T>(d.value_dim);
   parallel_for(d.batch * d.heads * row_blocks, 1, [&](int, int64_t t0, int64_t t1) {
-    // The key/value head in use, packed once (Kᵀ: d × Tk padded to whole tiles; V: Tk × vpad) and
-    // reused by every query block of this chunk that reads it; tasks of a chunk are consecutive, so
-    // a head is packed about once per chunk.
-    const int64_t kt_ld = (d.k_len + kColBlock - 1) / kColBlock * kColBlock;
-    std::vector<T> q_tile(kRowBlock * dpad, T(0)), kt_head(d.head_dim * kt_ld, T(0)), v_head(d.k_len * vpad, T(0)),
+    // The key/value head in use, packed once and reused by every query block of this chunk that
+    // reads it (tasks of a chunk are consecutive, so a head is packed about once per chunk): Kᵀ as
+    // one contiguous (d × kColBlock) tile per key block, so that a score tile reads 16 KiB of
+    // consecutive memory rather than d rows a whole head apart (a power-of-two stride that maps
+    // every row to the same few L1 sets); V as (Tk × vpad).
+    const int64_t key_blocks = (d.k_len + kColBlock - 1) / kColBlock;
+    const int64_t kt_block = d.head_dim * kColBlock;
+    std::vector<T> q_tile(kRowBlock * dpad, T(0)), kt_head(key_blocks * kt_block, T(0)), v_head(d.k_len * vpad, T(0)),
         S(kRowBlock * kColBlock), acc(kRowBlock * vpad);
     std::vector<T> row_max(kRowBlock), row_sum(kRowBlock);
     const T* packed_k = nullptr;
@@ -243,13 +259,16 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
       std::fill(row_sum.begin(), row_sum.end(), T(0));
       if (packed_k != p.k_head(b, h)) {
         packed_k = p.k_head(b, h);
-        pack_transposed(packed_k, 0, d.k_len, d.head_dim, kt_head.data(), kt_ld);
+        for (int64_t jb = 0; jb < key_blocks; ++jb)
+          pack_transposed(packed_k, jb * kColBlock, std::min(kColBlock, d.k_len - jb * kColBlock), d.head_dim,
+                          kt_head.data() + jb * kt_block, kColBlock);
         pack_rows(p.v_head(b, h), 0, d.k_len, d.value_dim, T(1), v_head.data(), vpad);
       }
       const int64_t key_end = p.key_end(i0 + rows - 1);
       for (int64_t j0 = 0; j0 < key_end; j0 += kColBlock) {
         const int64_t cols = std::min(kColBlock, key_end - j0);
-        score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_head.data() + j0, kt_ld, S.data());
+        score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_head.data() + j0 / kColBlock * kt_block,
+                   kColBlock, S.data());
         // Online softmax: m ← max(m, max_j s), l ← l·e^{m_old − m} + Σ e^{s − m}, O ← O·e^{m_old − m}.
         for (int64_t r = 0; r < rows; ++r) {
           T* __restrict__ s = S.data() + r * kColBlock;
