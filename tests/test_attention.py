@@ -21,6 +21,7 @@ import torch
 
 import replearn
 from conftest import device_params, has_gpu
+from replearn.ops.attention import attention_reference
 
 ops = replearn.ops
 
@@ -100,6 +101,38 @@ def test_dropout_is_unbiased():
     probs = ops.attention_weights(q, k)
     std = ((probs**2) @ (v**2) * p / (1 - p) / n).sqrt()
     assert ((mean - ops.attention(q, k, v)).abs() <= 5 * std).all()
+
+
+# ---------------------------------------------------------------------------- every mask combination
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("padding", [False, True], ids=["", "kpm"])
+@pytest.mark.parametrize("bias_shape", [None, (2, 1, 1, 19), (3, 11, 19)], ids=["", "bias-keys", "bias-heads"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25], ids=["", "dropout"])
+def test_every_mask_combination_against_the_reference(causal, padding, bias_shape, dropout_p):
+    """Forward, log-sum-exp and every gradient in float64, GQA, Tq = 11 < Tk = 19 (causal is bottom-right)."""
+    gen = torch.Generator().manual_seed(8)
+    f64 = torch.float64
+    q = torch.randn(2, 3, 11, 10, generator=gen, dtype=f64)
+    k = torch.randn(2, 1, 19, 10, generator=gen, dtype=f64)
+    v = torch.randn(2, 1, 19, 7, generator=gen, dtype=f64)
+    kwargs = {"causal": causal, "dropout_p": dropout_p, "seed": 31, "return_lse": True, "temperature": 1.5}
+    if padding:
+        kwargs["key_padding_mask"] = torch.rand(2, 19, generator=gen) < 0.4
+    tensors = [q, k, v]
+    if bias_shape is not None:
+        tensors.append(torch.randn(bias_shape, generator=gen, dtype=f64))
+    results = []
+    for fn in (ops.attention, attention_reference):
+        inputs = [t.clone().requires_grad_(True) for t in tensors]
+        bias = {"attn_bias": inputs[3]} if bias_shape is not None else {}
+        out, lse = fn(*inputs[:3], **kwargs, **bias)
+        seen = torch.isfinite(lse)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=f64).reshape(out.shape)).sum() + lse[seen].sum()
+        results.append([out, lse.masked_fill(~seen, 0), *torch.autograd.grad(loss, inputs)])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------- fully masked rows
