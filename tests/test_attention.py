@@ -304,3 +304,18 @@ def test_kv_cache_decoding_equals_one_causal_pass():
         steps.append(mha(token, token, token, need_weights=False, kv_cache=cache)[0])
     assert cache.length == 9
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-12, atol=1e-12)
+
+
+def test_multihead_attention_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    mha = replearn.nn.MultiheadAttention(16, 4, batch_first=True, dtype=torch.float64)
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    compiled = torch.compile(lambda t: mha(t, t, t, need_weights=False, is_causal=True)[0], fullgraph=True,
+                             backend="aot_eager")  # fmt: skip
+    results = []
+    for fn in (lambda t: mha(t, t, t, need_weights=False, is_causal=True)[0], compiled):
+        inp = x.clone().requires_grad_(True)
+        out = fn(inp)
+        results.append([out.detach(), *torch.autograd.grad(out.square().sum(), [inp, mha.in_proj_weight])])
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(comp, eager, rtol=1e-12, atol=1e-12)
