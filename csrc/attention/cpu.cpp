@@ -120,6 +120,55 @@ inline float exp_approx(float x) {
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
+// max(init, s[0..n)). GCC does not vectorize a float max reduction without -ffast-math (it keeps
+// std::max's NaN ordering), and this loop ran scalar at a quarter of the forward's softmax time;
+// scores are never NaN here, so a vector select is exact.
+template <class T>
+inline T row_max(const T* s, int64_t n, T init) {
+  typedef T Vec __attribute__((vector_size(64)));
+  constexpr int64_t L = 64 / sizeof(T);
+  T mx = init;
+  int64_t j = 0;
+  if (n >= L) {
+    Vec m;
+    std::memcpy(&m, s, sizeof(Vec));
+    for (j = L; j + L <= n; j += L) {
+      Vec v;
+      std::memcpy(&v, s + j, sizeof(Vec));
+      m = v > m ? v : m;
+    }
+    for (int64_t l = 0; l < L; ++l) mx = std::max(mx, m[l]);
+  }
+  for (; j < n; ++j) mx = std::max(mx, s[j]);
+  return mx;
+}
+
+// A running sum kept as one 64-byte vector of per-lane partial sums (summed across lanes by total()).
+template <class T>
+struct SumVec {
+  typedef T Vec __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(T);
+  Vec v;
+  static SumVec load(const T* p) {
+    SumVec s;
+    std::memcpy(&s.v, p, sizeof(Vec));
+    return s;
+  }
+  SumVec& operator+=(const SumVec& o) {
+    v += o.v;
+    return *this;
+  }
+  SumVec operator*(T a) const { return {v * a}; }
+  SumVec operator+(const SumVec& o) const { return {v + o.v}; }
+  T total() const {
+    T lanes[kLanes];
+    std::memcpy(lanes, &v, sizeof(Vec));
+    for (int64_t w = kLanes / 2; w > 0; w /= 2)
+      for (int64_t l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+    return lanes[0];
+  }
+};
+
 // Read-only description of one call, shared by the kernels.
 template <class T>
 struct Problem {
@@ -248,15 +297,16 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
     const int64_t kt_block = d.head_dim * kColBlock;
     std::vector<T> q_tile(kRowBlock * dpad, T(0)), kt_head(key_blocks * kt_block, T(0)), v_head(d.k_len * vpad, T(0)),
         S(kRowBlock * kColBlock), acc(kRowBlock * vpad);
-    std::vector<T> row_max(kRowBlock), row_sum(kRowBlock);
+    std::vector<T> running_max(kRowBlock);
+    std::vector<SumVec<T>> row_sum(kRowBlock);
     const T* packed_k = nullptr;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / row_blocks, b = bh / d.heads, h = bh % d.heads;
       const int64_t i0 = (task % row_blocks) * kRowBlock, rows = std::min(kRowBlock, d.q_len - i0);
       pack_rows(p.q_head(b, h), i0, rows, d.head_dim, p.scale, q_tile.data(), dpad);
       std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(row_max.begin(), row_max.end(), neg_inf<T>());
-      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      std::fill(running_max.begin(), running_max.end(), neg_inf<T>());
+      std::fill(row_sum.begin(), row_sum.end(), SumVec<T>{});
       if (packed_k != p.k_head(b, h)) {
         packed_k = p.k_head(b, h);
         for (int64_t jb = 0; jb < key_blocks; ++jb)
@@ -272,23 +322,21 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
         // Online softmax: m ← max(m, max_j s), l ← l·e^{m_old − m} + Σ e^{s − m}, O ← O·e^{m_old − m}.
         for (int64_t r = 0; r < rows; ++r) {
           T* __restrict__ s = S.data() + r * kColBlock;
-          T mx = row_max[r];
-#pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, s[j]);
+          const T mx = row_max(s, cols, running_max[r]);
           if (mx == neg_inf<T>()) {  // nothing visible yet in this row: P = 0
             std::fill(s, s + cols, T(0));
             continue;
           }
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < cols; ++j) {
-            const T e = exp_approx(s[j] - mx);
-            s[j] = e;
-            sum += e;
-          }
-          const T alpha = exp_approx(row_max[r] - mx);
-          row_sum[r] = row_sum[r] * alpha + sum;
-          row_max[r] = mx;
+#pragma omp simd
+          for (int64_t j = 0; j < cols; ++j) s[j] = exp_approx(s[j] - mx);
+          std::fill(s + cols, s + kColBlock, T(0));  // a last, partial key block
+          // l stays a vector of per-lane partial sums until the end: the horizontal sum of an
+          // `omp simd reduction` cost 16 dependent scalar adds per row and tile.
+          SumVec<T> tile_sum{};
+          for (int64_t j = 0; j < kColBlock; j += SumVec<T>::kLanes) tile_sum += SumVec<T>::load(s + j);
+          const T alpha = exp_approx(running_max[r] - mx);
+          row_sum[r] = row_sum[r] * alpha + tile_sum;
+          running_max[r] = mx;
           if (alpha != T(1)) {
             T* __restrict__ o = acc.data() + r * vpad;
 #pragma omp simd
@@ -301,10 +349,11 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
       T* o = out + ((b * d.heads + h) * d.q_len + i0) * d.value_dim;
       T* l = lse + (b * d.heads + h) * d.q_len + i0;
       for (int64_t r = 0; r < rows; ++r) {
-        const bool empty = row_sum[r] == T(0);
-        const T inv = empty ? T(0) : T(1) / row_sum[r];
+        const T total = row_sum[r].total();
+        const bool empty = total == T(0);
+        const T inv = empty ? T(0) : T(1) / total;
         for (int64_t c = 0; c < d.value_dim; ++c) o[r * d.value_dim + c] = acc[r * vpad + c] * inv;
-        l[r] = empty ? neg_inf<T>() : row_max[r] + std::log(row_sum[r]);
+        l[r] = empty ? neg_inf<T>() : running_max[r] + std::log(total);
       }
     }
   });
