@@ -14,11 +14,13 @@
 // per-head / per-chunk partial buffers in the workspace and are summed afterwards in a fixed order:
 // deterministic, no atomics.
 //
-// The tile products all have one form, C[M×N] += A[M×K]·B[K×N] with B packed row-major and N
-// padded to a multiple of the register block (gemm): a register-blocked micro-kernel the
-// compiler vectorizes (kMicroRows rows × kMicroCols columns of accumulators). exp() is a vectorizable
-// polynomial for float32 (Cephes' expf: Cody–Waite range reduction and a degree-6 polynomial, ~1 ulp);
-// float64 uses std::exp.
+// The tile products all have one form, C[M×N] (+)= A[M×K]·B[K×N] (or Aᵀ read in place) with B
+// packed row-major and N padded to whole register blocks (gemm): kMicroRows rows × two 64-byte
+// vectors of accumulators held in registers. exp() is a vectorizable polynomial for float32 (Cephes'
+// expf: Cody–Waite range reduction and a degree-6 polynomial, ~1 ulp); float64 uses std::exp.
+// Measured variants and their GFLOP/s are in bench/RESULTS.md (attention section). There is no
+// core/gemm.h yet; these tiles (64×64×d) are small enough that a BLAS call per tile would cost more
+// in call overhead and packing than it saves.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
