@@ -72,6 +72,8 @@ class Case:
         min_fraction_of_limit: goal, with memory reuse: achieved GB/s at least this fraction of the
             measured copy bandwidth.
         max_overhead_us: goal for overhead rows: replearn microseconds per call at most this.
+        flops: `flops(shape)`, the arithmetic of the call for compute-bound ops (attention); the row
+            then also reports achieved GFLOP/s (`achieved_gflops` in the JSON).
     """
 
     op: str
@@ -84,6 +86,7 @@ class Case:
     min_speedup: float | None = None
     min_fraction_of_limit: float | None = None
     max_overhead_us: float | None = None
+    flops: Callable[[tuple[int, ...]], float] | None = None
 
     @property
     def overhead(self) -> bool:
@@ -259,6 +262,8 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
         "speedup": torch_s / replearn_s,
         "achieved_gbps": achieved,
         "limit_gbps": reference.bytes_moved / copy_s / 1e9,
+        "achieved_gflops": case.flops(shape) / replearn_s / 1e9 if case.flops is not None else None,
+        "torch_gflops": case.flops(shape) / torch_s / 1e9 if case.flops is not None else None,
         "malloc": malloc,
     }
 
@@ -283,6 +288,8 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         overhead = row["achieved_gbps"] is None
         gbps = "—" if overhead else f"{row['achieved_gbps']:.1f}"
+        if row.get("achieved_gflops") is not None:  # compute-bound rows: GFLOP/s of replearn (torch)
+            gbps += f" ({row['achieved_gflops']:.1f} ({row['torch_gflops']:.1f}) GFLOP/s)"
         fraction = "—" if overhead else f"{100 * row['achieved_gbps'] / row['limit_gbps']:.0f}%"
         lines.append(
             f"| {row['family']} | {row['op']} | {shape_text(row['shape'])} | {row['dtype']} | {row['device']} "

@@ -24,7 +24,8 @@ default, runs both; a single setting runs here when the environment already matc
 Output. A markdown table per malloc setting on stdout (progress on stderr); then, in full runs, the
 goals each case declares, met or not. `--json PATH` writes one JSON row per measurement with the
 fields family, op, shape, dtype, device, torch_ms, replearn_ms, speedup (torch_ms / replearn_ms),
-achieved_gbps (null on per-call overhead rows), limit_gbps, and malloc ("default" or "reuse").
+achieved_gbps (null on per-call overhead rows), limit_gbps, achieved_gflops and torch_gflops (null
+except on compute-bound rows that declare their arithmetic), and malloc ("default" or "reuse").
 Benchmarks report; they never fail on a slow number (only on a wrong result).
 """
 

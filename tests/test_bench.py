@@ -17,7 +17,7 @@ import replearn.ops.norm
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 REQUIRED = {"family", "op", "shape", "dtype", "device", "torch_ms", "replearn_ms", "speedup", "achieved_gbps", "limit_gbps"}
-EXTRA = {"malloc"}
+EXTRA = {"malloc", "achieved_gflops", "torch_gflops"}
 
 
 def _run_bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
@@ -71,3 +71,12 @@ def test_quick_pool_rows(tmp_path):
         assert row["family"] == "pool" and row["achieved_gbps"] is not None
     assert {row["op"].split("(")[0] for row in rows} == {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"}
     assert "| pool | max_pool2d(3, 2, 1) fwd+bwd |" in stdout
+
+def test_quick_attention_rows_report_gflops(tmp_path):
+    rows, stdout = _run_bench(tmp_path, "attention", "--quick", "--malloc", "default", "--filter", "causal fwd vs",
+                              "--repeat", "1")  # fmt: skip
+    assert {row["op"] for row in rows} == {"attention causal fwd vs sdpa", "attention causal fwd vs math"}
+    for row in rows:
+        _check_row(row)
+        assert row["achieved_gflops"] > 0 and row["torch_gflops"] > 0
+    assert "GFLOP/s" in stdout

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "core/parallel.h"
+#include "python/bind_attention.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
@@ -28,8 +29,8 @@ PYBIND11_MODULE(_C, m) {
                     py::arg("device") = replearn::device_name(t.device), py::arg("shape") = py::tuple(sizes),
                     py::arg("strides") = py::tuple(strides));
   }, py::arg("tensor"));
-
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_pool<replearn::DeviceType::CPU>(m);
   replearn::python::bind_optim<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_attention<replearn::DeviceType::CPU>(m);
 }

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
 
+#include "python/bind_attention.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_C_cuda, m) {
   replearn::python::bind_norm<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_pool<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_optim<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_attention<replearn::DeviceType::CUDA>(m);
 }

@@ -8,6 +8,7 @@ Linear → Norm → ReLU blocks. Pooling layers (MaxPool, AvgPool, AdaptiveAvgPo
 """
 
 from . import utils
+from .attention import KVCache, MultiheadAttention
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
 from .norm import (
@@ -37,8 +38,10 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "KVCache",
     "LayerNorm",
     "MLP",
+    "MultiheadAttention",
     "NORM_KINDS",
     "RMSNorm",
     "create_norm",

@@ -7,12 +7,16 @@ tests the moment it is registered.
 """
 
 from ._registry import list_ops, op_info
+from .attention import attention, attention_dropout_mask, attention_weights
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
 from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 
 __all__ = [
     "list_ops",
     "op_info",
+    "attention",
+    "attention_dropout_mask",
+    "attention_weights",
     "batch_norm",
     "group_norm",
     "instance_norm",
