@@ -11,6 +11,7 @@
 #include "emu_test_helpers.h"
 
 using namespace replearn::attention;
+using namespace replearn;
 using namespace replearn::emu_test;
 
 struct Case {
