@@ -3,6 +3,7 @@
 
 #include "core/parallel.h"
 #include "python/bind_norm.h"
+#include "python/bind_ssm.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -28,4 +29,5 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("tensor"));
 
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_ssm<replearn::DeviceType::CPU>(m);
 }
