@@ -42,7 +42,7 @@ constexpr int64_t kScanChunk = 64;
 // The CUDA scan keeps a channel's states in registers: at most this many per channel.
 constexpr int64_t kCudaMaxStates = 64;
 
-inline int64_t scan_chunks(int64_t length) { return (length + kScanChunk - 1) / kScanChunk; }
+constexpr int64_t scan_chunks(int64_t length) { return (length + kScanChunk - 1) / kScanChunk; }
 
 // Geometry of a selective scan, derived from the argument shapes by validation.
 struct ScanDims {
