@@ -10,6 +10,7 @@ Linear → Norm → ReLU blocks.
 from . import utils
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
+from .ssm import MambaBlock, S4Layer, SelectiveSSM, hippo_legs, nplr_legs, s4d_init
 from .norm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -31,9 +32,15 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "MambaBlock",
     "MLP",
     "NORM_KINDS",
     "RMSNorm",
+    "S4Layer",
+    "SelectiveSSM",
     "create_norm",
+    "hippo_legs",
+    "nplr_legs",
+    "s4d_init",
     "utils",
 ]
