@@ -86,3 +86,29 @@ def test_mamba_block_and_s4_layer_shapes_and_gradients():
         layer = replearn.nn.S4Layer(16, d_state=8, init=init)
         out, _ = layer(x)
         assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def _dplr_reference(log_dt, Lambda, P, B, C, length):
+    """K_l = C̄*·Ā^l·B̄ by dense matrix powers, bilinear discretization, C̄* = C̃*(I − Ā^L)⁻¹ (S4, App. C)."""
+    out = []
+    for h in range(Lambda.shape[0]):
+        N = Lambda.shape[1]
+        eye = torch.eye(N, dtype=torch.complex128)
+        A = torch.diag(Lambda[h]) - P[h][:, None] * P[h].conj()[None, :]
+        dt = log_dt[h].exp()
+        back = torch.linalg.inv(eye - dt / 2 * A)
+        A_bar, B_bar = back @ (eye + dt / 2 * A), back @ (dt * B[h])
+        C_bar_star = C[h].conj() @ torch.linalg.inv(eye - torch.linalg.matrix_power(A_bar, length))
+        out.append(torch.stack([(C_bar_star @ torch.linalg.matrix_power(A_bar, l) @ B_bar).real for l in range(length)]))
+    return torch.stack(out)
+
+
+def test_s4_dplr_kernel_from_cauchy_products_equals_matrix_powers(gen):
+    Lambda, P, B, _ = replearn.nn.nplr_legs(6)
+    H = 2
+    Lambda, P, B = (t.repeat(H, 1) for t in (Lambda, P, B))
+    C = torch.complex(*torch.randn(2, H, 6, generator=gen, dtype=torch.float64))
+    log_dt = torch.tensor([-2.0, -1.0], dtype=torch.float64)
+    for length in (7, 16):  # odd and even L (ω = −1 is a root of unity for even L)
+        K = replearn.ops.s4_dplr_kernel(log_dt, Lambda, P, B, C, length)
+        torch.testing.assert_close(K, _dplr_reference(log_dt, Lambda, P, B, C, length), rtol=1e-7, atol=1e-8)

@@ -44,6 +44,12 @@ void bind_ssm(pybind11::module_& m) {
   m.def("s4d_kernel_backward", &s4d_kernel_backward<D>, arg("grad_K"), arg("log_dt"), arg("A_real"), arg("A_imag"),
         arg("C_real"), arg("C_imag"), arg("grad_log_dt"), arg("grad_A_real"), arg("grad_A_imag"), arg("grad_C_real"),
         arg("grad_C_imag"), stream, nogil);
+
+  m.def("cauchy_forward", &cauchy_forward<D>, arg("v_real"), arg("v_imag"), arg("z_real"), arg("z_imag"),
+        arg("w_real"), arg("w_imag"), arg("out_real"), arg("out_imag"), stream, nogil);
+  m.def("cauchy_backward", &cauchy_backward<D>, arg("grad_real"), arg("grad_imag"), arg("v_real"), arg("v_imag"),
+        arg("z_real"), arg("z_imag"), arg("w_real"), arg("w_imag"), arg("grad_v_real"), arg("grad_v_imag"),
+        arg("grad_w_real"), arg("grad_w_imag"), stream, nogil);
 }
 
 }  // namespace replearn::python

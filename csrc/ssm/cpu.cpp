@@ -566,9 +566,100 @@ void s4d_backward(const T* gK, const T* log_dt, const T* Ar, const T* Ai, const 
   });
 }
 
+// ---------------------------------------------------------------------------------------- Cauchy
+//
+// out_l = Σ_n v_n/(z_l − w_n). With G_l = g_re + i·g_im the output gradient, dL = Re Σ_l conj(G_l)·d out_l,
+// so (∂/∂Re + i·∂/∂Im) of L is  dv_n = Σ_l G_l / conj(z_l − w_n),  dw_n = Σ_l G_l·conj(v_n/(z_l − w_n)²).
+
+template <class T>
+void cauchy_forward_kernel(const T* vr, const T* vi, const T* zr, const T* zi, const T* wr, const T* wi, CauchyDims d,
+                           T* out_r, T* out_i) {
+  const int64_t N = d.poles, L = d.nodes;
+  parallel_for(d.rows * L, 256, [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t h = i / L, l = i % L;
+      const T* a = vr + h * N;
+      const T* b = vi + h * N;
+      const T* pr = wr + h * N;
+      const T* pi = wi + h * N;
+      const T x = zr[l], y = zi[l];
+      T sr = 0, si = 0;
+#pragma omp simd reduction(+ : sr, si)
+      for (int64_t n = 0; n < N; ++n) {
+        const T dr = x - pr[n], di = y - pi[n], inv = T(1) / (dr * dr + di * di);
+        // v / d = v·conj(d)/|d|²
+        sr += (a[n] * dr + b[n] * di) * inv;
+        si += (b[n] * dr - a[n] * di) * inv;
+      }
+      out_r[i] = sr;
+      out_i[i] = si;
+    }
+  });
+}
+
+template <class T>
+void cauchy_backward_kernel(const T* gr, const T* gi, const T* vr, const T* vi, const T* zr, const T* zi, const T* wr,
+                            const T* wi, CauchyDims d, T* dvr, T* dvi, T* dwr, T* dwi) {
+  const int64_t N = d.poles, L = d.nodes;
+  parallel_for(d.rows * N, 16, [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t h = i / N;
+      const T* g_re = gr + h * L;
+      const T* g_im = gi + h * L;
+      const T pr = wr[i], pi = wi[i];
+      T s1r = 0, s1i = 0, s2r = 0, s2i = 0;  // Σ G/conj(d), Σ G/conj(d)²
+#pragma omp simd reduction(+ : s1r, s1i, s2r, s2i)
+      for (int64_t l = 0; l < L; ++l) {
+        const T dr = zr[l] - pr, di = zi[l] - pi, inv = T(1) / (dr * dr + di * di);
+        // 1/conj(d) = d/|d|²
+        const T qr = dr * inv, qi = di * inv;
+        const T q2r = qr * qr - qi * qi, q2i = 2 * qr * qi;
+        s1r += g_re[l] * qr - g_im[l] * qi;
+        s1i += g_re[l] * qi + g_im[l] * qr;
+        s2r += g_re[l] * q2r - g_im[l] * q2i;
+        s2i += g_re[l] * q2i + g_im[l] * q2r;
+      }
+      dvr[i] = s1r;
+      dvi[i] = s1i;
+      // dw = conj(v)·Σ G/conj(d)²
+      dwr[i] = vr[i] * s2r + vi[i] * s2i;
+      dwi[i] = vr[i] * s2i - vi[i] * s2r;
+    }
+  });
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------- entry points
+
+template <>
+void cauchy_forward<DeviceType::CPU>(const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                                     const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                                     const TensorView& out_real, const TensorView& out_imag, std::uintptr_t) {
+  const CauchyDims d =
+      check_cauchy_forward(DeviceType::CPU, v_real, v_imag, z_real, z_imag, w_real, w_imag, out_real, out_imag);
+  dispatch_cpu_floating(v_real.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    cauchy_forward_kernel(v_real.data_as<T>(), v_imag.data_as<T>(), z_real.data_as<T>(), z_imag.data_as<T>(),
+                          w_real.data_as<T>(), w_imag.data_as<T>(), d, out_real.data_as<T>(), out_imag.data_as<T>());
+  });
+}
+
+template <>
+void cauchy_backward<DeviceType::CPU>(const TensorView& grad_real, const TensorView& grad_imag,
+                                      const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                                      const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                                      const TensorView& dv_real, const TensorView& dv_imag,
+                                      const TensorView& dw_real, const TensorView& dw_imag, std::uintptr_t) {
+  const CauchyDims d = check_cauchy_backward(DeviceType::CPU, grad_real, grad_imag, v_real, v_imag, z_real, z_imag,
+                                             w_real, w_imag, dv_real, dv_imag, dw_real, dw_imag);
+  dispatch_cpu_floating(v_real.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    cauchy_backward_kernel(grad_real.data_as<T>(), grad_imag.data_as<T>(), v_real.data_as<T>(), v_imag.data_as<T>(),
+                           z_real.data_as<T>(), z_imag.data_as<T>(), w_real.data_as<T>(), w_imag.data_as<T>(), d,
+                           dv_real.data_as<T>(), dv_imag.data_as<T>(), dw_real.data_as<T>(), dw_imag.data_as<T>());
+  });
+}
 
 template <>
 void selective_scan_forward<DeviceType::CPU>(const TensorView& u, const TensorView& delta, const TensorView& A,

@@ -16,7 +16,8 @@
 //
 // causal_conv1d: elementwise kernels (one thread per output) for y, dx and the initial-state
 // gradient; dweight and dbias are per-row partials (one thread per row) summed over batch in order.
-// S4D kernel: one thread per (channel, l) forward; one thread per channel backward.
+// S4D kernel: one thread per (channel, l) forward; one thread per channel backward. Cauchy: one thread per
+// output forward, one per pole backward.
 #include <algorithm>
 #include <cstdint>
 
@@ -440,6 +441,54 @@ __global__ void s4d_backward_kernel(const T* gK, const T* log_dt, const T* Ar, c
   }
 }
 
+// ---------------------------------------------------------------------------------------- Cauchy
+// out_l = Σ_n v_n/(z_l − w_n); backward as in cpu.cpp. One thread per output (forward) or per pole.
+
+template <class T>
+__global__ void cauchy_forward_kernel(const T* vr, const T* vi, const T* zr, const T* zi, const T* wr, const T* wi,
+                                      int64_t H, int64_t N, int64_t L, T* out_r, T* out_i) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < H * L;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t h = i / L, l = i % L;
+    const float x = load(zr, l), y = load(zi, l);
+    float sr = 0.f, si = 0.f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float a = load(vr, h * N + n), b = load(vi, h * N + n);
+      const float dr = x - load(wr, h * N + n), di = y - load(wi, h * N + n), inv = 1.f / (dr * dr + di * di);
+      sr += (a * dr + b * di) * inv;
+      si += (b * dr - a * di) * inv;
+    }
+    out_r[i] = from_float<T>(sr);
+    out_i[i] = from_float<T>(si);
+  }
+}
+
+template <class T>
+__global__ void cauchy_backward_kernel(const T* gr, const T* gi, const T* vr, const T* vi, const T* zr, const T* zi,
+                                       const T* wr, const T* wi, int64_t H, int64_t N, int64_t L, T* dvr, T* dvi,
+                                       T* dwr, T* dwi) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < H * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t h = i / N;
+    const float pr = load(wr, i), pi = load(wi, i);
+    float s1r = 0.f, s1i = 0.f, s2r = 0.f, s2i = 0.f;
+    for (int64_t l = 0; l < L; ++l) {
+      const float dr = load(zr, l) - pr, di = load(zi, l) - pi, inv = 1.f / (dr * dr + di * di);
+      const float qr = dr * inv, qi = di * inv, q2r = qr * qr - qi * qi, q2i = 2.f * qr * qi;
+      const float g_re = load(gr, h * L + l), g_im = load(gi, h * L + l);
+      s1r += g_re * qr - g_im * qi;
+      s1i += g_re * qi + g_im * qr;
+      s2r += g_re * q2r - g_im * q2i;
+      s2i += g_re * q2i + g_im * q2r;
+    }
+    const float a = load(vr, i), b = load(vi, i);
+    dvr[i] = from_float<T>(s1r);
+    dvi[i] = from_float<T>(s1i);
+    dwr[i] = from_float<T>(a * s2r + b * s2i);
+    dwi[i] = from_float<T>(a * s2i - b * s2r);
+  }
+}
+
 template <class T>
 ScanParams<T> scan_params(const ScanDims& d, const TensorView& u, const TensorView& delta, const TensorView& A,
                           const TensorView& B, const TensorView& C, const OptView& D, const OptView& z,
@@ -630,6 +679,41 @@ void s4d_kernel_backward<DeviceType::CUDA>(const TensorView& grad_K, const Tenso
         grad_K.data_as<T>(), log_dt.data_as<T>(), A_real.data_as<T>(), A_imag.data_as<T>(), C_real.data_as<T>(),
         C_imag.data_as<T>(), d.channels, d.states, d.length, dlog_dt.data_as<T>(), dA_real.data_as<T>(),
         dA_imag.data_as<T>(), dC_real.data_as<T>(), dC_imag.data_as<T>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <>
+void cauchy_forward<DeviceType::CUDA>(const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                                      const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                                      const TensorView& out_real, const TensorView& out_imag, std::uintptr_t stream) {
+  const CauchyDims d =
+      check_cauchy_forward(DeviceType::CUDA, v_real, v_imag, z_real, z_imag, w_real, w_imag, out_real, out_imag);
+  if (d.rows * d.nodes == 0) return;
+  dispatch_cuda_floating(v_real.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    cauchy_forward_kernel<T><<<grid_for(d.rows * d.nodes), kThreads, 0, as_stream(stream)>>>(
+        v_real.data_as<T>(), v_imag.data_as<T>(), z_real.data_as<T>(), z_imag.data_as<T>(), w_real.data_as<T>(),
+        w_imag.data_as<T>(), d.rows, d.poles, d.nodes, out_real.data_as<T>(), out_imag.data_as<T>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <>
+void cauchy_backward<DeviceType::CUDA>(const TensorView& grad_real, const TensorView& grad_imag,
+                                       const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                                       const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                                       const TensorView& dv_real, const TensorView& dv_imag,
+                                       const TensorView& dw_real, const TensorView& dw_imag, std::uintptr_t stream) {
+  const CauchyDims d = check_cauchy_backward(DeviceType::CUDA, grad_real, grad_imag, v_real, v_imag, z_real, z_imag,
+                                             w_real, w_imag, dv_real, dv_imag, dw_real, dw_imag);
+  if (d.rows * d.poles == 0) return;
+  dispatch_cuda_floating(v_real.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    cauchy_backward_kernel<T><<<grid_for(d.rows * d.poles), kThreads, 0, as_stream(stream)>>>(
+        grad_real.data_as<T>(), grad_imag.data_as<T>(), v_real.data_as<T>(), v_imag.data_as<T>(), z_real.data_as<T>(),
+        z_imag.data_as<T>(), w_real.data_as<T>(), w_imag.data_as<T>(), d.rows, d.poles, d.nodes,
+        dv_real.data_as<T>(), dv_imag.data_as<T>(), dw_real.data_as<T>(), dw_imag.data_as<T>());
     REPLEARN_CUDA_LAUNCH_CHECK();
   });
 }

@@ -14,6 +14,8 @@
 //                      K[h, l] = 2·Re Σ_n C̃[h, n]·Ā[h, n]^l,  Ā = exp(Δ_h·A_n) (zero-order hold),
 //                      C̃ = C·(Ā − 1)/A·B  (B folded into C, as in the paper),
 //                    a Vandermonde product with complex A, C passed as separate real/imaginary tensors.
+//   cauchy           the Cauchy kernel of S4's DPLR generating function (Gu et al. 2021, §3.3, Algorithm 1):
+//                      out[h, l] = Σ_n v[h, n] / (z[l] − w[h, n])   (complex; nodes z shared by every row)
 //
 // Conventions shared by every function here:
 // - Callers allocate (ARCHITECTURE.md): outputs and workspaces are passed in. Every tensor is contiguous
@@ -58,6 +60,11 @@ struct VandermondeDims {
   int64_t channels, states, length;
 };
 
+// Geometry of a Cauchy product: H rows of N poles, L nodes.
+struct CauchyDims {
+  int64_t rows, poles, nodes;
+};
+
 ScanDims check_selective_scan_forward(DeviceType device, const TensorView& u, const TensorView& delta,
                                       const TensorView& A, const TensorView& B, const TensorView& C,
                                       const OptView& D, const OptView& z, const OptView& delta_bias,
@@ -87,6 +94,14 @@ VandermondeDims check_s4d_kernel_backward(DeviceType device, const TensorView& g
                                           const TensorView& dlog_dt, const TensorView& dA_real,
                                           const TensorView& dA_imag, const TensorView& dC_real,
                                           const TensorView& dC_imag);
+CauchyDims check_cauchy_forward(DeviceType device, const TensorView& v_real, const TensorView& v_imag,
+                                const TensorView& z_real, const TensorView& z_imag, const TensorView& w_real,
+                                const TensorView& w_imag, const TensorView& out_real, const TensorView& out_imag);
+CauchyDims check_cauchy_backward(DeviceType device, const TensorView& grad_real, const TensorView& grad_imag,
+                                 const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                                 const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                                 const TensorView& dv_real, const TensorView& dv_imag, const TensorView& dw_real,
+                                 const TensorView& dw_imag);
 
 // The entry points. One declaration serves both devices: cpu.cpp defines the DeviceType::CPU
 // specializations, cuda.cu the DeviceType::CUDA ones. `stream` is a cudaStream_t as an integer.
@@ -140,5 +155,19 @@ void s4d_kernel_backward(const TensorView& grad_K, const TensorView& log_dt, con
                          const TensorView& A_imag, const TensorView& C_real, const TensorView& C_imag,
                          const TensorView& dlog_dt, const TensorView& dA_real, const TensorView& dA_imag,
                          const TensorView& dC_real, const TensorView& dC_imag, std::uintptr_t stream = 0);
+
+// v, w: (H, N); z: (L); out: (H, L); complex numbers as (real, imaginary) tensor pairs.
+template <DeviceType D>
+void cauchy_forward(const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                    const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                    const TensorView& out_real, const TensorView& out_imag, std::uintptr_t stream = 0);
+// Gradients of Σ (grad_real·Re out + grad_imag·Im out) with respect to the real and imaginary parts of v
+// and w (the nodes z are constants: roots of unity mapped by the bilinear transform).
+template <DeviceType D>
+void cauchy_backward(const TensorView& grad_real, const TensorView& grad_imag, const TensorView& v_real,
+                     const TensorView& v_imag, const TensorView& z_real, const TensorView& z_imag,
+                     const TensorView& w_real, const TensorView& w_imag, const TensorView& dv_real,
+                     const TensorView& dv_imag, const TensorView& dw_real, const TensorView& dw_imag,
+                     std::uintptr_t stream = 0);
 
 }  // namespace replearn::ssm

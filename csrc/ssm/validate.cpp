@@ -141,7 +141,51 @@ VandermondeDims s4d_dims(Checker& check, const TensorView& log_dt, const TensorV
   return {A_real.size(0), A_real.size(1), 0};
 }
 
+CauchyDims cauchy_dims(Checker& check, const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                       const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag) {
+  check.floating("v_real", v_real);
+  check.contiguous("v_real", v_real);
+  REPLEARN_CHECK(v_real.ndim == 2, Value, check.function(), ": argument 'v_real' expected shape (H, N) but got ",
+                 v_real.shape_string());
+  check_like(check, "v_imag", v_imag, "v_real", v_real);
+  check_like(check, "w_real", w_real, "v_real", v_real);
+  check_like(check, "w_imag", w_imag, "v_real", v_real);
+  check_floating(check, "z_real", z_real, "v_real", v_real);
+  REPLEARN_CHECK(z_real.ndim == 1, Value, check.function(), ": argument 'z_real' expected shape (L) but got ",
+                 z_real.shape_string());
+  check_like(check, "z_imag", z_imag, "z_real", z_real);
+  return {v_real.size(0), v_real.size(1), z_real.size(0)};
+}
+
 }  // namespace
+
+CauchyDims check_cauchy_forward(DeviceType device, const TensorView& v_real, const TensorView& v_imag,
+                                const TensorView& z_real, const TensorView& z_imag, const TensorView& w_real,
+                                const TensorView& w_imag, const TensorView& out_real, const TensorView& out_imag) {
+  Checker check("cauchy_forward", device);
+  const CauchyDims d = cauchy_dims(check, v_real, v_imag, z_real, z_imag, w_real, w_imag);
+  check_floating(check, "out_real", out_real, "v_real", v_real);
+  check.shape("out_real", out_real, {d.rows, d.nodes});
+  check_like(check, "out_imag", out_imag, "out_real", out_real);
+  return d;
+}
+
+CauchyDims check_cauchy_backward(DeviceType device, const TensorView& grad_real, const TensorView& grad_imag,
+                                 const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
+                                 const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,
+                                 const TensorView& dv_real, const TensorView& dv_imag, const TensorView& dw_real,
+                                 const TensorView& dw_imag) {
+  Checker check("cauchy_backward", device);
+  const CauchyDims d = cauchy_dims(check, v_real, v_imag, z_real, z_imag, w_real, w_imag);
+  check_floating(check, "grad_real", grad_real, "v_real", v_real);
+  check.shape("grad_real", grad_real, {d.rows, d.nodes});
+  check_like(check, "grad_imag", grad_imag, "grad_real", grad_real);
+  check_like(check, "grad_v_real", dv_real, "v_real", v_real);
+  check_like(check, "grad_v_imag", dv_imag, "v_real", v_real);
+  check_like(check, "grad_w_real", dw_real, "v_real", v_real);
+  check_like(check, "grad_w_imag", dw_imag, "v_real", v_real);
+  return d;
+}
 
 ScanDims check_selective_scan_forward(DeviceType device, const TensorView& u, const TensorView& delta,
                                       const TensorView& A, const TensorView& B, const TensorView& C,

@@ -124,6 +124,30 @@ void test_s4d(DType dt, int64_t H, int64_t N, int64_t L) {
   CMP("dC_imag", g4, dt);
 }
 
+// -------------------------------------------------------------------------------------- Cauchy
+void test_cauchy(DType dt, int64_t H, int64_t N, int64_t L) {
+  const std::string tag = std::string("cauchy ") + dtype_name(dt) + " H" + std::to_string(H) + " N" +
+                          std::to_string(N) + " L" + std::to_string(L);
+  Pair vr = randn(dt, {H, N}), vi = randn(dt, {H, N}), zr = randn(dt, {L}, 0, 0.3), zi = randn(dt, {L}, 0, 2);
+  Pair wr = randn(dt, {H, N}, -1.0, 0.2), wi = randn(dt, {H, N}, 0, 3), gr = randn(dt, {H, L}), gi = randn(dt, {H, L});
+  Pair outr = outputs(dt, {H, L}), outi = outputs(dt, {H, L});
+  cauchy_forward<CUDA>(vr.dev.view(), vi.dev.view(), zr.dev.view(), zi.dev.view(), wr.dev.view(), wi.dev.view(),
+                       outr.dev.view(), outi.dev.view());
+  cauchy_forward<CPU>(vr.ref.view(), vi.ref.view(), zr.ref.view(), zi.ref.view(), wr.ref.view(), wi.ref.view(),
+                      outr.ref.view(), outi.ref.view());
+  CMP("out_real", outr, dt);
+  CMP("out_imag", outi, dt);
+  Pair a = outputs(dt, {H, N}), b = outputs(dt, {H, N}), c = outputs(dt, {H, N}), e = outputs(dt, {H, N});
+  cauchy_backward<CUDA>(gr.dev.view(), gi.dev.view(), vr.dev.view(), vi.dev.view(), zr.dev.view(), zi.dev.view(),
+                        wr.dev.view(), wi.dev.view(), a.dev.view(), b.dev.view(), c.dev.view(), e.dev.view());
+  cauchy_backward<CPU>(gr.ref.view(), gi.ref.view(), vr.ref.view(), vi.ref.view(), zr.ref.view(), zi.ref.view(),
+                       wr.ref.view(), wi.ref.view(), a.ref.view(), b.ref.view(), c.ref.view(), e.ref.view());
+  CMP("dv_real", a, dt);
+  CMP("dv_imag", b, dt);
+  CMP("dw_real", c, dt);
+  CMP("dw_imag", e, dt);
+}
+
 int main(int argc, char** argv) {
   emu::grid_x_cap = argc > 1 ? std::atoi(argv[1]) : 0;
   const bool quick = argc > 2;
@@ -144,6 +168,8 @@ int main(int argc, char** argv) {
       if (f32 || !quick) test_conv(dt, 3, 5, 300, W, false);
     }
     test_s4d(dt, 3, 4, 17);
+    test_cauchy(dt, 3, 5, 9);
+    if (f32 || !quick) test_cauchy(dt, 2, 33, 300);
     if (f32 || !quick) test_s4d(dt, 2, 8, 70);
   }
   std::printf("%d checks, %d failures\n", checks, failures);

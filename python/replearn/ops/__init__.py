@@ -8,7 +8,7 @@ tests the moment it is registered.
 
 from ._registry import list_ops, op_info
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
-from .ssm import causal_conv1d, fft_conv, s4d_kernel, selective_scan
+from .ssm import cauchy, causal_conv1d, fft_conv, s4_dplr_kernel, s4d_kernel, selective_scan
 
 __all__ = [
     "list_ops",
@@ -19,8 +19,10 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "weight_norm",
+    "cauchy",
     "causal_conv1d",
     "fft_conv",
+    "s4_dplr_kernel",
     "s4d_kernel",
     "selective_scan",
 ]

@@ -10,6 +10,8 @@ written from the equations, which the tests treat as ground truth:
     causal conv1d: y[t] = act(bias + Σ_k w[k]·x̃[t + k]),  x̃ = concat(initial_state, x)
     S4D kernel (Gu et al. 2022, "On the Parameterization and Initialization of Diagonal State Space
     Models", zero-order hold): K[h, l] = 2·Re Σ_n C_n·(e^{ΔA_n} − 1)/A_n · e^{lΔA_n}
+    Cauchy kernel (Gu et al. 2021, S4, §3.3): out[h, l] = Σ_n v[h, n]/(z[l] − w[h, n]), from which
+    `s4_dplr_kernel` builds S4's generating function at the roots of unity (then an inverse FFT)
 
 There is no PyTorch op for a scan or an SSM kernel, so the "PyTorch counterpart" that the parity rule
 compares against (twice its error at the same dtype, ARCHITECTURE.md) is the reference itself run at
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from .. import _native
 from ._registry import BadInput, OpInfo, Sample, check_tensor, define, register_info
 
-__all__ = ["selective_scan", "causal_conv1d", "s4d_kernel", "fft_conv"]
+__all__ = ["selective_scan", "causal_conv1d", "s4d_kernel", "cauchy", "s4_dplr_kernel", "fft_conv"]
 
 SCAN_CHUNK = 64  # csrc/ssm/ssm.h kScanChunk: the forward saves one state per chunk of this many steps
 
@@ -595,6 +597,187 @@ register_info(
         backward_ops=("s4d_kernel_backward",),
     )
 )
+
+
+# ======================================================================================== cauchy
+
+
+def _cauchy_impl(v_real, v_imag, z_real, z_imag, w_real, w_imag):
+    v_real = v_real.contiguous()
+    if v_real.dim() != 2 or z_real.dim() != 1:
+        raise ValueError(
+            f"cauchy: argument 'v_real' expected shape (H, N) and 'z_real' (L) but got {tuple(v_real.shape)} and "
+            f"{tuple(z_real.shape)}"
+        )
+    out_real = v_real.new_empty(v_real.shape[0], z_real.shape[0])
+    out_imag = torch.empty_like(out_real)
+    rest = [t.contiguous() for t in (v_imag, z_real, z_imag, w_real, w_imag)]
+    _native.launch("cauchy_forward", v_real, v_real, *rest, out_real, out_imag)
+    return out_real, out_imag
+
+
+def _cauchy_fake(v_real, v_imag, z_real, z_imag, w_real, w_imag):
+    _check_devices("cauchy", v_real, v_imag=v_imag, z_real=z_real, z_imag=z_imag, w_real=w_real, w_imag=w_imag)
+    if v_real.dim() != 2 or z_real.dim() != 1:
+        raise ValueError(
+            f"cauchy: argument 'v_real' expected shape (H, N) and 'z_real' (L) but got {tuple(v_real.shape)} and "
+            f"{tuple(z_real.shape)}"
+        )
+    shape = (v_real.shape[0], z_real.shape[0])
+    return v_real.new_empty(shape), v_real.new_empty(shape)
+
+
+def _cauchy_backward_impl(grad_real, grad_imag, v_real, v_imag, z_real, z_imag, w_real, w_imag):
+    inputs = [t.contiguous() for t in (v_real, v_imag, z_real, z_imag, w_real, w_imag)]
+    grads = [torch.empty_like(inputs[0]) for _ in range(4)]
+    _native.launch("cauchy_backward", inputs[0], grad_real.contiguous(), grad_imag.contiguous(), *inputs, *grads)
+    return tuple(grads)
+
+
+_cauchy_backward = define(
+    "cauchy_backward(Tensor grad_real, Tensor grad_imag, Tensor v_real, Tensor v_imag, Tensor z_real, "
+    "Tensor z_imag, Tensor w_real, Tensor w_imag) -> (Tensor, Tensor, Tensor, Tensor)",
+    _cauchy_backward_impl,
+    lambda grad_real, grad_imag, v_real, *rest: tuple(v_real.new_empty(v_real.shape) for _ in range(4)),
+)
+
+
+def _cauchy_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _cauchy_grad(ctx, grad_real, grad_imag):
+    v_real = ctx.saved_tensors[0]
+    shape = (v_real.shape[0], ctx.saved_tensors[2].shape[0])
+    grad_real = v_real.new_zeros(shape) if grad_real is None else grad_real
+    grad_imag = v_real.new_zeros(shape) if grad_imag is None else grad_imag
+    dvr, dvi, dwr, dwi = _cauchy_backward(grad_real, grad_imag, *ctx.saved_tensors)
+    return dvr, dvi, None, None, dwr, dwi  # the nodes z are constants
+
+
+_cauchy = define(
+    "cauchy(Tensor v_real, Tensor v_imag, Tensor z_real, Tensor z_imag, Tensor w_real, Tensor w_imag) "
+    "-> (Tensor, Tensor)",
+    _cauchy_impl,
+    _cauchy_fake,
+    backward=_cauchy_grad,
+    setup_context=_cauchy_setup,
+)
+
+
+def cauchy(
+    v_real: torch.Tensor,
+    v_imag: torch.Tensor,
+    z_real: torch.Tensor,
+    z_imag: torch.Tensor,
+    w_real: torch.Tensor,
+    w_imag: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Cauchy matrix-vector product of S4 (Gu et al. 2021, §3.3): out[h, l] = Σ_n v[h, n]/(z[l] − w[h, n]).
+
+    Complex numbers are passed as (real, imaginary) pairs of float tensors. Gradients flow to v and w;
+    the nodes z (roots of unity under the bilinear map) are treated as constants.
+
+    Args:
+        v_real, v_imag: (H, N) numerators.
+        z_real, z_imag: (L) nodes.
+        w_real, w_imag: (H, N) poles.
+
+    Returns:
+        (out_real, out_imag), each (H, L).
+    """
+    names = ("v_real", "v_imag", "z_real", "z_imag", "w_real", "w_imag")
+    for arg, value in zip(names, (v_real, v_imag, z_real, z_imag, w_real, w_imag)):
+        check_tensor("cauchy", arg, value)
+    return _cauchy(v_real, v_imag, z_real, z_imag, w_real, w_imag)
+
+
+def cauchy_reference(v_real, v_imag, z_real, z_imag, w_real, w_imag):
+    """Σ_n v_n/(z_l − w_n) in torch complex arithmetic (at the input's precision)."""
+    v = torch.complex(v_real, v_imag)
+    z = torch.complex(z_real, z_imag)
+    w = torch.complex(w_real, w_imag)
+    out = (v[:, None, :] / (z[None, :, None] - w[:, None, :])).sum(-1)
+    return out.real, out.imag
+
+
+def _cauchy_inputs(device, dtype, gen, rows, poles, nodes):
+    def r(*shape, scale=1.0, offset=0.0):
+        return _randn(shape, dtype, device, gen, scale, offset)
+
+    # Poles left of the imaginary axis, nodes near it: the regime of S4 (Re Λ < 0, nodes on iR).
+    return r(rows, poles), r(rows, poles), r(nodes, scale=0.2), r(nodes, scale=3.0), r(rows, poles, scale=0.2, offset=-0.7), r(rows, poles, scale=3.0)  # fmt: skip
+
+
+def _cauchy_samples(device, dtype, gen) -> Iterable[Sample]:
+    for rows, poles, nodes in [(1, 1, 1), (3, 5, 9), (2, 33, 64), (4, 16, 127)]:
+        yield Sample(_cauchy_inputs(device, dtype, gen, rows, poles, nodes))
+
+
+def _cauchy_gradcheck_samples(device, gen) -> Iterable[Sample]:
+    for rows, poles, nodes in [(1, 2, 3), (2, 3, 5)]:
+        yield Sample(_cauchy_inputs(device, torch.float64, gen, rows, poles, nodes))
+
+
+def _cauchy_bad_inputs(device) -> Iterable[BadInput]:
+    p = _cauchy_inputs(device, torch.float32, torch.Generator().manual_seed(0), 2, 3, 4)
+    yield BadInput((p[0].long(), *p[1:]), {}, TypeError, "'v_real'", "integer v_real")
+    yield BadInput((p[0], p[1][:, :2], *p[2:]), {}, ValueError, "'v_imag'", "v_imag shape")
+    yield BadInput((*p[:3], p[3][:2], *p[4:]), {}, ValueError, "'z_imag'", "z_imag shape")
+    yield BadInput((*p[:4], p[4].double(), p[5]), {}, TypeError, "'w_real'", "w_real dtype")
+    yield BadInput((p[0][0], *p[1:]), {}, ValueError, "'v_real'", "v_real rank")
+
+
+register_info(
+    OpInfo(
+        name="cauchy",
+        public=cauchy,
+        reference=cauchy_reference,
+        torch_counterpart=cauchy_reference,  # broadcasting complex torch ops at the test dtype
+        samples=_cauchy_samples,
+        bad_inputs=_cauchy_bad_inputs,
+        differentiable_args=(0, 1, 4, 5),
+        gradcheck_samples=_cauchy_gradcheck_samples,
+        backward_ops=("cauchy_backward",),
+    )
+)
+
+
+def s4_dplr_kernel(
+    log_dt: torch.Tensor, Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, C: torch.Tensor, length: int
+) -> torch.Tensor:
+    """The S4 convolution kernel of a DPLR state matrix A = diag(Λ) − P·P* (Gu et al. 2021, Algorithm 1).
+
+    Bilinear discretization; C is S4's C̃ = (I − Ā^L)*·C̄, so K̂(ω) = C̃*(I − Āω)⁻¹B̄ at the L-th roots
+    of unity ω, where (Lemma C.3) (I − Āω)⁻¹B̄ = 2/(1 + ω)·R(ω)·B with R(ω) = (g(ω) − A)⁻¹,
+    g(ω) = (2/Δ)·(1 − ω)/(1 + ω), and the rank-one correction by Woodbury's identity:
+        K̂(ω) = 2/(1 + ω)·[k_CB − k_CP·k_PB/(1 + k_PP)],  k_ab = Σ_n conj(a_n)·b_n/(g(ω) − Λ_n).
+    Each k is a Cauchy product (`cauchy`, native), written (Δ/2)·Σ conj(a)·b/(t − Δ·Λ/2) with t = (1 − ω)/(1 + ω).
+    K = Re ifft(K̂) (torch.fft: docs/design.md).
+
+    Args:
+        log_dt: (H) log step sizes Δ.
+        Lambda, P, B, C: (H, N) complex tensors (the DPLR form from `replearn.nn.nplr_legs`, one row
+            per channel). Every state is listed (no conjugate halving); the kernel is Re K.
+        length: L.
+
+    Returns:
+        K (H, L), real, in log_dt's dtype.
+    """
+    real_dtype = log_dt.dtype
+    l = torch.arange(length, device=log_dt.device, dtype=torch.float64)
+    omega = torch.polar(torch.ones_like(l), -2 * torch.pi * l / length)
+    t = ((1 - omega) / (1 + omega)).to(Lambda.dtype)  # the bilinear map of the roots of unity
+    dt = torch.exp(log_dt)[:, None]
+    poles = dt * Lambda / 2
+    H = Lambda.shape[0]
+    numerators = torch.cat([C.conj() * B, C.conj() * P, P.conj() * B, P.conj() * P])  # (4H, N)
+    k_real, k_imag = cauchy(numerators.real.to(real_dtype), numerators.imag.to(real_dtype), t.real.to(real_dtype),
+                            t.imag.to(real_dtype), poles.real.repeat(4, 1).to(real_dtype),
+                            poles.imag.repeat(4, 1).to(real_dtype))  # fmt: skip
+    k = torch.complex(k_real, k_imag).view(4, H, length) * (dt / 2)
+    k_hat = 2 / (1 + omega.to(k.dtype)) * (k[0] - k[1] * k[2] / (1 + k[3]))
+    return torch.fft.ifft(k_hat, n=length).real.to(real_dtype)
 
 
 # ====================================================================================== fft_conv
