@@ -82,10 +82,12 @@ def test_mamba_block_and_s4_layer_shapes_and_gradients():
     assert y.shape == x.shape
     y.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
-    for init in ("lin", "inv", "legs"):
-        layer = replearn.nn.S4Layer(16, d_state=8, init=init)
+    for kwargs in ({"init": "lin"}, {"init": "inv"}, {"init": "legs"}, {"kernel": "dplr"}):
+        layer = replearn.nn.S4Layer(16, d_state=8, **kwargs)
         out, _ = layer(x)
-        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert out.shape == x.shape and torch.isfinite(out).all(), kwargs
+        out.square().mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters()), kwargs
 
 
 def _dplr_reference(log_dt, Lambda, P, B, C, length):

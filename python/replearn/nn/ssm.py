@@ -14,8 +14,9 @@
   → x_proj (Δ, B, C) → dt_proj → selective scan gated by silu(z) → out_proj; MambaBlock adds a
   pre-norm and a residual connection.
 
-The native S4 kernel here is the diagonal (Vandermonde) one; the DPLR Cauchy kernel is not native yet
-(docs/design.md), so `S4Layer` uses the diagonal forms, including S4D-LegS taken from the DPLR form.
+`S4Layer(kernel="s4d")` computes its kernel with the native Vandermonde op (replearn.ops.s4d_kernel);
+`S4Layer(kernel="dplr")` is full S4: HiPPO-LegS in DPLR form, its kernel from native Cauchy products
+(replearn.ops.s4_dplr_kernel).
 """
 
 from __future__ import annotations
@@ -76,37 +77,60 @@ def s4d_init(N: int, kind: str = "lin") -> torch.Tensor:
 
 
 class S4Layer(nn.Module):
-    """A diagonal S4 layer (S4D): y = GLU(W·act(K * u + D·u)) per channel, K from s4d_kernel.
+    """An S4 layer: y = GLU(W·act(K * u + D·u)) per channel (Gu et al. 2021; 2022).
 
     Args:
         d_model: channels H.
-        d_state: N, the number of complex states per channel (each stands for a conjugate pair).
-        init: "lin", "inv" or "legs" (s4d_init).
+        d_state: N. For kernel="s4d", complex states each standing for a conjugate pair; for
+            kernel="dplr", the states of the HiPPO-LegS matrix (conjugate pairs listed explicitly).
+        kernel: "s4d" (diagonal, Vandermonde) or "dplr" (diagonal plus low rank, Cauchy).
+        init: for "s4d": "lin", "inv" or "legs" (s4d_init).
         dt_min, dt_max: the range of the log-uniform initial step sizes Δ.
         dropout: after the activation.
 
-    Input and output: (batch, L, d_model). `forward(x, state=None)` returns (y, None): the layer is
-    convolutional and keeps no recurrent state.
+    Input and output: (batch, L, d_model). `forward(x, state=None)` returns (y, None): the layer runs
+    in its convolutional mode and keeps no recurrent state.
     """
 
-    def __init__(self, d_model: int, d_state: int = 64, init: str = "lin", dt_min: float = 1e-3,
+    def __init__(self, d_model: int, d_state: int = 64, kernel: str = "s4d", init: str = "lin", dt_min: float = 1e-3,
                  dt_max: float = 1e-1, dropout: float = 0.0):  # fmt: skip
         super().__init__()
-        A = s4d_init(d_state, init).repeat(d_model, 1)  # (H, N)
+        if kernel not in ("s4d", "dplr"):
+            raise ValueError(f"S4Layer: argument 'kernel' expected 's4d' or 'dplr' but got {kernel!r}")
+        self.kernel_kind = kernel
         self.log_dt = nn.Parameter(torch.empty(d_model).uniform_(math.log(dt_min), math.log(dt_max)))
-        # A's real part is kept negative through a log parameter, as in S4D.
+        if kernel == "s4d":
+            A = s4d_init(d_state, init).repeat(d_model, 1)  # (H, N)
+            C = torch.randn(d_model, d_state, dtype=torch.complex128) * (0.5**0.5)  # variance-½ complex normal
+        else:
+            Lambda, P, B, _ = nplr_legs(d_state)
+            A = Lambda.repeat(d_model, 1)
+            self.P_real, self.P_imag = self._pair(P.repeat(d_model, 1))
+            self.B_real, self.B_imag = self._pair(B.repeat(d_model, 1))
+            C = torch.randn(d_model, d_state, dtype=torch.complex128) * (0.5**0.5)
+        # A's real part is kept negative through a log parameter (S4D §3).
         self.A_log_neg_real = nn.Parameter(torch.log(-A.real).float())
         self.A_imag = nn.Parameter(A.imag.float())
-        C = torch.randn(d_model, d_state, dtype=torch.complex64) * (0.5**0.5)  # variance-½ complex normal
-        self.C_real = nn.Parameter(C.real.clone())
-        self.C_imag = nn.Parameter(C.imag.clone())
+        self.C_real, self.C_imag = self._pair(C)
         self.D = nn.Parameter(torch.randn(d_model))
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.output_linear = nn.Linear(d_model, 2 * d_model)  # GLU halves it back
 
+    @staticmethod
+    def _pair(z: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
+        return nn.Parameter(z.real.float().clone()), nn.Parameter(z.imag.float().clone())
+
     def kernel(self, length: int) -> torch.Tensor:
-        return ops.s4d_kernel(self.log_dt, -torch.exp(self.A_log_neg_real), self.A_imag, self.C_real, self.C_imag, length)
+        """K (H, L)."""
+        A_real = -torch.exp(self.A_log_neg_real)
+        if self.kernel_kind == "s4d":
+            return ops.s4d_kernel(self.log_dt, A_real, self.A_imag, self.C_real, self.C_imag, length)
+        Lambda = torch.complex(A_real, self.A_imag)
+        P = torch.complex(self.P_real, self.P_imag)
+        B = torch.complex(self.B_real, self.B_imag)
+        C = torch.complex(self.C_real, self.C_imag)
+        return ops.s4_dplr_kernel(self.log_dt, Lambda, P, B, C, length)
 
     def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, None]:
         u = x.transpose(1, 2)  # (B, H, L)
