@@ -74,11 +74,6 @@ T sigmoid(T x) {
 
 // Items: (batch, group, slice); `slices` splits each group's channels so there are about as many
 // items as threads even for one batch and one group.
-struct ScanItems {
-  int64_t slices, channels_per_group;
-  int64_t count(const ScanDims& d) const { return d.batch * d.groups * slices; }
-};
-
 int64_t desired_slices(const ScanDims& d) {
   const int64_t per_group = d.dim / d.groups;
   const int64_t by_threads = (num_threads() + d.batch * d.groups - 1) / (d.batch * d.groups);
@@ -190,18 +185,23 @@ void scan_forward_item(const ScanArgs<T>& a, int64_t b, int64_t g, int64_t c0, i
   }
 }
 
+// Runs f(item, b, g, first channel, end channel) for every (batch, group, slice) item, in parallel.
+template <class F>
+void for_each_scan_item(const ScanDims& d, int64_t slices, const F& f) {
+  const int64_t per_group = d.dim / d.groups;
+  parallel_for(d.batch * d.groups * slices, 1, [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t s = i % slices, bg = i / slices, g = bg % d.groups, b = bg / d.groups;
+      const int64_t first = g * per_group;
+      f(i, b, g, first + per_group * s / slices, first + per_group * (s + 1) / slices);
+    }
+  });
+}
+
 template <class T>
 void scan_forward(const ScanArgs<T>& a, T* out, T* checkpoints) {
-  const ScanDims& d = a.d;
-  const ScanItems items{desired_slices(d), d.dim / d.groups};
-  parallel_for(items.count(d), 1, [&](int, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t s = i % items.slices, bg = i / items.slices, g = bg % d.groups, b = bg / d.groups;
-      const int64_t first = g * items.channels_per_group;
-      const int64_t c0 = first + items.channels_per_group * s / items.slices;
-      const int64_t c1 = first + items.channels_per_group * (s + 1) / items.slices;
-      scan_forward_item(a, b, g, c0, c1, out, checkpoints);
-    }
+  for_each_scan_item(a.d, desired_slices(a.d), [&](int64_t, int64_t b, int64_t g, int64_t c0, int64_t c1) {
+    scan_forward_item(a, b, g, c0, c1, out, checkpoints);
   });
 }
 
@@ -326,16 +326,9 @@ void scan_backward(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t slices,
                    T* dbias) {
   const ScanDims& d = a.d;
   const int64_t N = d.states, L = d.length, P = channel_partials(d), IP = item_partials(d);
-  const ScanItems items{slices, d.dim / d.groups};
   std::fill(gr.channel, gr.channel + d.batch * d.dim * P, T(0));
-  parallel_for(items.count(d), 1, [&](int, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t s = i % items.slices, bg = i / items.slices, g = bg % d.groups, b = bg / d.groups;
-      const int64_t first = g * items.channels_per_group;
-      const int64_t c0 = first + items.channels_per_group * s / items.slices;
-      const int64_t c1 = first + items.channels_per_group * (s + 1) / items.slices;
-      scan_backward_item(a, gr, b, g, c0, c1, gr.item + i * IP);
-    }
+  for_each_scan_item(d, slices, [&](int64_t i, int64_t b, int64_t g, int64_t c0, int64_t c1) {
+    scan_backward_item(a, gr, b, g, c0, c1, gr.item + i * IP);
   });
   // Sums over batch of the per-channel partials, in batch order.
   parallel_for(d.dim, 64, [&](int, int64_t c0, int64_t c1) {

@@ -1,11 +1,12 @@
 // Shared pieces of the emulated-CUDA tests: exact-size host buffers standing in for device memory,
 // pairs of (device dtype, float64 reference) buffers holding the same values, and the normalized
-// max-error comparison. (test_norm_emulated.cpp predates this header and keeps its own copy.)
+// max-error comparison, used by every tests/cuda_emu/test_<family>_emulated.cpp.
 #pragma once
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>

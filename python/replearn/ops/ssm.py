@@ -602,14 +602,18 @@ register_info(
 # ======================================================================================== cauchy
 
 
-def _cauchy_impl(v_real, v_imag, z_real, z_imag, w_real, w_imag):
-    v_real = v_real.contiguous()
+def _cauchy_shape(v_real, z_real) -> tuple[int, int]:
     if v_real.dim() != 2 or z_real.dim() != 1:
         raise ValueError(
             f"cauchy: argument 'v_real' expected shape (H, N) and 'z_real' (L) but got {tuple(v_real.shape)} and "
             f"{tuple(z_real.shape)}"
         )
-    out_real = v_real.new_empty(v_real.shape[0], z_real.shape[0])
+    return v_real.shape[0], z_real.shape[0]
+
+
+def _cauchy_impl(v_real, v_imag, z_real, z_imag, w_real, w_imag):
+    v_real = v_real.contiguous()
+    out_real = v_real.new_empty(_cauchy_shape(v_real, z_real))
     out_imag = torch.empty_like(out_real)
     rest = [t.contiguous() for t in (v_imag, z_real, z_imag, w_real, w_imag)]
     _native.launch("cauchy_forward", v_real, v_real, *rest, out_real, out_imag)
@@ -618,12 +622,7 @@ def _cauchy_impl(v_real, v_imag, z_real, z_imag, w_real, w_imag):
 
 def _cauchy_fake(v_real, v_imag, z_real, z_imag, w_real, w_imag):
     _check_devices("cauchy", v_real, v_imag=v_imag, z_real=z_real, z_imag=z_imag, w_real=w_real, w_imag=w_imag)
-    if v_real.dim() != 2 or z_real.dim() != 1:
-        raise ValueError(
-            f"cauchy: argument 'v_real' expected shape (H, N) and 'z_real' (L) but got {tuple(v_real.shape)} and "
-            f"{tuple(z_real.shape)}"
-        )
-    shape = (v_real.shape[0], z_real.shape[0])
+    shape = _cauchy_shape(v_real, z_real)
     return v_real.new_empty(shape), v_real.new_empty(shape)
 
 
