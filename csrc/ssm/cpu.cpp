@@ -53,21 +53,49 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
-// softplus with torch's threshold (x > 20: x), and its derivative σ(x).
-template <class T>
-T softplus(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
+// log(x) for normal x > 0 that GCC vectorizes: Cephes' logf, x = m·2^e with m ∈ [√½, √2), a
+// degree-8 polynomial in m − 1 (S. Moshier, Cephes Math Library, logf.c; ~1 ulp).
+inline float log_approx(float x) {
+  int32_t bits = __builtin_bit_cast(int32_t, x);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+  float m = __builtin_bit_cast(float, bits);
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
 }
+inline double log_approx(double x) { return std::log(x); }
+
+// σ(x) and softplus(x) = max(x, 0) + log1p(e^−|x|), both vectorizable. log1p(y) is log(1 + y)·y/((1 + y) − 1),
+// exact to rounding where 1 + y rounds (Goldberg 1991, "What every computer scientist should know
+// about floating-point arithmetic", Theorem 4). For x > 20 this is x to within e^−20, torch's threshold.
 template <class T>
 T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  return T(1) / (T(1) + exp_approx(-x));
+}
+template <class T>
+T softplus(T x) {
+  const T y = exp_approx(-std::abs(x)), one_plus = T(1) + y;
+  const T log1p = one_plus == T(1) ? y : log_approx(one_plus) * y / (one_plus - T(1));
+  return std::max(x, T(0)) + log1p;
 }
 
 // --------------------------------------------------------------------------------- selective scan
@@ -118,10 +146,13 @@ template <class T>
 void chunk_delta(const ScanArgs<T>& a, int64_t row, int64_t channel, int64_t t0, int64_t len, T* dt, T* pre) {
   const T* delta = a.delta + row * a.d.length + t0;
   const T bias = a.bias ? a.bias[channel] : T(0);
-  for (int64_t t = 0; t < len; ++t) {
-    const T p = delta[t] + bias;
-    if (pre) pre[t] = p;
-    dt[t] = a.softplus ? softplus(p) : p;
+  if (pre)
+    for (int64_t t = 0; t < len; ++t) pre[t] = delta[t] + bias;
+  if (a.softplus) {
+#pragma omp simd
+    for (int64_t t = 0; t < len; ++t) dt[t] = softplus(delta[t] + bias);
+  } else {
+    for (int64_t t = 0; t < len; ++t) dt[t] = delta[t] + bias;
   }
 }
 
@@ -176,9 +207,11 @@ void scan_forward_item(const ScanArgs<T>& a, int64_t b, int64_t g, int64_t c0, i
           h[n] = ea[n] * h[n] + eb[n];
           acc += cr[n] * h[n];
         }
-        T v = acc + Dd * u[t];
-        if (z) v *= z[t] * sigmoid(z[t]);
-        y[t] = v;
+        y[t] = acc + Dd * u[t];
+      }
+      if (z) {  // the gate, in one vectorized pass
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) y[t] *= z[t] * sigmoid(z[t]);
       }
       if (checkpoints) std::copy(h, h + N, checkpoints + (row * chunks + c) * N);
     }
@@ -223,7 +256,7 @@ void scan_backward_item(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t b,
   std::vector<T> Btile(d.selective_B ? kScanChunk * N : 0), Ctile(d.selective_C ? kScanChunk * N : 0);
   std::vector<T> dBtile(d.selective_B ? kScanChunk * N : 0), dCtile(d.selective_C ? kScanChunk * N : 0);
   std::vector<T> dA(kScanChunk * N), dBu(kScanChunk * N), H((kScanChunk + 1) * N), dt(kScanChunk),
-      pre(kScanChunk), carry((c1 - c0) * N, T(0));
+      pre(kScanChunk), gate(kScanChunk), slope(kScanChunk), carry((c1 - c0) * N, T(0));
   if (gr.grad_last_state)  // the adjoint of the final state seeds the reverse recurrence
     std::copy(gr.grad_last_state + (b * d.dim + c0) * N, gr.grad_last_state + (b * d.dim + c1) * N, carry.begin());
   const T* Bsel = d.selective_B ? a.B + (b * d.groups + g) * N * L : nullptr;
@@ -271,6 +304,15 @@ void scan_backward_item(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t b,
       T* __restrict__ gcarry = carry.data() + (ch - c0) * N;
       T* __restrict__ dA_acc = part;
       T dD_acc = 0, dbias_acc = 0;
+      // σ(z) and the softplus derivative σ(δ + bias) (1 above torch's threshold 20), vectorized.
+      if (z) {
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) gate[t] = sigmoid(z[t]);
+      }
+      if (a.softplus) {
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) slope[t] = pre[t] > T(20) ? T(1) : sigmoid(pre[t]);
+      }
       for (int64_t t = len - 1; t >= 0; --t) {
         const T* __restrict__ cr = Ct.at(t);
         const T* __restrict__ br = Bt.at(t);
@@ -283,7 +325,7 @@ void scan_backward_item(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t b,
 #pragma omp simd reduction(+ : y)
           for (int64_t n = 0; n < N; ++n) y += cr[n] * hn[n];
           y += Dd * u[t];
-          const T s = sigmoid(z[t]);
+          const T s = gate[t];
           dz[t] = dy * y * s * (T(1) + z[t] * (T(1) - s));
           dy *= z[t] * s;
         }
@@ -304,7 +346,7 @@ void scan_backward_item(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t b,
         }
         du[t] = dy * Dd + step * sB;
         const T ddt = sA + u[t] * sB;
-        const T dpre = a.softplus ? (pre[t] > T(20) ? ddt : ddt * sigmoid(pre[t])) : ddt;
+        const T dpre = a.softplus ? ddt * slope[t] : ddt;
         ddelta[t] = dpre;
         dbias_acc += dpre;
         dD_acc += dy * u[t];
