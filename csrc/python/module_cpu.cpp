@@ -6,6 +6,7 @@
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
+#include "python/bind_ssm.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -33,4 +34,5 @@ PYBIND11_MODULE(_C, m) {
   replearn::python::bind_pool<replearn::DeviceType::CPU>(m);
   replearn::python::bind_optim<replearn::DeviceType::CPU>(m);
   replearn::python::bind_attention<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_ssm<replearn::DeviceType::CPU>(m);
 }

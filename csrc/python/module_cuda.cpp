@@ -7,6 +7,7 @@
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
+#include "python/bind_ssm.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_C_cuda, m) {
   replearn::python::bind_pool<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_optim<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_attention<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_ssm<replearn::DeviceType::CUDA>(m);
 }

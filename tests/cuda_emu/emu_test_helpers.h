@@ -38,6 +38,7 @@ struct Arr {  // exact-size heap buffer (ASan sees any out-of-bounds access)
     }
     return v;
   }
+  std::optional<TensorView> opt() const { return view(); }
   double get(int64_t i) const {
     switch (dt) {
       case DType::Float64: return reinterpret_cast<const double*>(mem.get())[i];

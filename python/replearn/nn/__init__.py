@@ -11,6 +11,7 @@ from . import utils
 from .attention import KVCache, MultiheadAttention
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
+from .ssm import MambaBlock, S4Layer, SelectiveSSM, hippo_legs, nplr_legs, s4d_init
 from .norm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -40,10 +41,16 @@ __all__ = [
     "InstanceNorm3d",
     "KVCache",
     "LayerNorm",
+    "MambaBlock",
     "MLP",
     "MultiheadAttention",
     "NORM_KINDS",
     "RMSNorm",
+    "S4Layer",
+    "SelectiveSSM",
     "create_norm",
+    "hippo_legs",
+    "nplr_legs",
+    "s4d_init",
     "utils",
 ]

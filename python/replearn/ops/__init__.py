@@ -10,6 +10,7 @@ from ._registry import list_ops, op_info
 from .attention import attention, attention_dropout_mask, attention_weights
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
 from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
+from .ssm import cauchy, causal_conv1d, fft_conv, s4_dplr_kernel, s4d_kernel, selective_scan
 
 __all__ = [
     "list_ops",
@@ -29,4 +30,10 @@ __all__ = [
     "avg_pool2d",
     "adaptive_avg_pool1d",
     "adaptive_avg_pool2d",
+    "cauchy",
+    "causal_conv1d",
+    "fft_conv",
+    "s4_dplr_kernel",
+    "s4d_kernel",
+    "selective_scan",
 ]

@@ -194,6 +194,8 @@ inline void __syncthreads() {
   ++emu::block->syncs[threadIdx.x];
   emu::block->bar->arrive_and_wait();
 }
+// Float atomics (the selective scan's selective dB/dC): one std::atomic_ref per access.
+inline float atomicAdd(float* address, float value) { return std::atomic_ref<float>(*address).fetch_add(value); }
 inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
   if (mask != 0xffffffffu) emu::fail("partial shuffle mask");
   auto& w = emu::block->warps[threadIdx.x / 32];
