@@ -18,7 +18,7 @@ from replearn.train import get_recipe, list_recipes, load_checkpoint, run_recipe
 from replearn.train.recipes import evaluate_run
 
 ACCURACY = re.compile(r"test accuracy: ([0-9.]+) \((\d+)/(\d+)\)")
-FAST = ["--set", "max_steps=6", "batch_size=64", "log_every=3", "plots=false", "--no-progress"]
+FAST = ["--no-progress", "--set", "max_steps=6", "batch_size=64", "log_every=3", "plots=false"]
 
 
 def _env() -> dict[str, str]:
@@ -51,7 +51,9 @@ def test_default_recipe_reaches_97_percent(default_run) -> None:
     assert correct / total == pytest.approx(accuracy, abs=1e-4)
     assert accuracy >= 0.97, done.stdout
     dataset = "mnist" if replearn.data.mnist_available() else "digits"
-    assert f"dataset {dataset}" in done.stdout and total == (1000 if dataset == "mnist" else 360)
+    assert f"dataset {dataset}" in done.stdout
+    config = get_recipe("mnist-cnn")()
+    assert total == len(config.build().data.y_test)  # 1,000 MNIST images, or 359 digits
     assert "malloc reuse (" in done.stdout  # the summary names the setting in force
     assert "loss=" in done.stderr and "samples_per_s=" in done.stderr  # the progress bar
     assert {"config.json", "metrics.jsonl", "checkpoint.safetensors", "summary.json"} <= {p.name for p in run_dir.iterdir()}
@@ -152,7 +154,7 @@ def test_recipe_runs_in_process_and_evaluates(tmp_path: Path) -> None:
     config = get_recipe("mnist-cnn")(dataset="digits", width=8, max_steps=4, batch_size=32, output_dir=str(tmp_path / "cnn"),
                                      progress=False, plots=False, augment="cutmix", label_smoothing=0.1, num_threads=1)  # fmt: skip
     run = run_recipe(config)
-    assert set(run.test_metrics) == {"loss", "accuracy"} and run.test_size == 360
+    assert set(run.test_metrics) == {"loss", "accuracy"} and run.test_size == len(run.setup.data.y_test) > 300
     again_config, metrics, count = evaluate_run(tmp_path / "cnn", "val")
     assert again_config == config and count == len(run.setup.data.y_val)
     assert metrics["accuracy"] == pytest.approx(run.trainer.evaluate(run.setup.data.val)["accuracy"])
@@ -164,7 +166,8 @@ from replearn.malloc import configure
 text, ok = configure(sys.argv[1])
 torch.set_num_threads(1)
 n = 64 * 2**20 // 4
-x = torch.empty(n); x.fill_(1); del x
+for _ in range(4):  # the heap settles after a few allocations
+    x = torch.empty(n); x.fill_(1); del x
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
     x = torch.empty(n); x.fill_(1); del x
@@ -174,7 +177,7 @@ print(ok, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_malloc_reuse_reaches_64_mib_tensors() -> None:
-    """With the default allocator every 64 MiB tensor faults in all 16,384 of its pages; with reuse most are kept."""
+    """With glibc's defaults every 64 MiB tensor faults in all 16,384 of its pages; with reuse they are kept."""
     results = {}
     for mode in ("default", "reuse"):
         done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], env=_env(), capture_output=True, text=True, timeout=120)
@@ -184,7 +187,7 @@ def test_malloc_reuse_reaches_64_mib_tensors() -> None:
     pages = 64 * 2**20 // 4096
     assert results["default"][1] >= 0.9 * pages
     if results["reuse"][0]:
-        assert results["reuse"][1] <= 0.5 * pages, results
+        assert results["reuse"][1] <= 0.1 * pages, results
 
 
 @pytest.mark.slow

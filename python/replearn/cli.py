@@ -129,14 +129,19 @@ def _launch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .malloc import configure
+    from .malloc import REUSE_TUNABLES, configure
     from .train import distributed
     from .train.config import with_overrides
     from .train.recipes import get_recipe, load_run_config, run_recipe
 
     if args.nproc < 1:
         raise ValueError(f"--nproc expected a positive integer but got {args.nproc}")
-    malloc_text, _ = configure(args.malloc)
+    malloc_text, in_force = configure(args.malloc)
+    if not in_force and args.malloc == "reuse" and args.process_entry and "REPLEARN_MALLOC_REEXEC" not in os.environ:
+        # mallopt refused: set the tunables the only other way, before a fresh interpreter starts.
+        tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), REUSE_TUNABLES) if t)
+        environment = {**os.environ, "GLIBC_TUNABLES": tunables, "REPLEARN_MALLOC_REEXEC": "1"}
+        os.execve(sys.executable, [sys.executable, "-m", "replearn", *argv], environment)
     if args.resume:
         config = load_run_config(args.resume)
         if args.recipe != config.name and "train" in argv and args.recipe in argv:
@@ -233,13 +238,14 @@ def find_bench_script() -> Path | None:
 
 
 def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     script = find_bench_script()
     if script is None:
         raise ValueError("the benchmarks live in the source checkout's bench/ folder, which an installed replearn does not "
                          "carry; run `replearn bench` from the repository root (or python bench/run.py there)")  # fmt: skip
-    if any(a in ("-h", "--help") for a in args.bench_args):
+    if any(a in ("-h", "--help") for a in bench_args):
         print("usage: replearn bench [ARGS ...]  (runs bench/run.py; its options follow)\n", flush=True)
-    return subprocess.run([sys.executable, str(script), *args.bench_args]).returncode
+    return subprocess.run([sys.executable, str(script), *bench_args]).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,8 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 on bad arguments or values (argparse exits with 2 itself).
     """
+    process_entry = argv is None  # the process's own command line: re-executing it is allowed
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` is bench/run.py's, --help included
+        argv = ["bench", "--", *argv[1:]]
     args = build_parser(argv).parse_args(argv)
+    args.process_entry = process_entry
     try:
         return args.run(args, argv)
     except (ValueError, ImportError, FileNotFoundError) as error:  # a bad key, value, folder or missing extra

@@ -8,13 +8,14 @@ CPU layer_norm forward+backward 4x slower (bench/RESULTS.md).
 
 Two ways to change it. `GLIBC_TUNABLES` is read once, when the process starts, so it needs the
 command to re-execute itself; `mallopt` changes the same two parameters in a running process. Both
-were measured on this project's machines (glibc 2.36, /tmp probe allocating, filling and freeing
-float32 tensors five times each): with the defaults, 16,385 page faults per 64 MiB tensor and 65,537
-per 256 MiB (every page); with either setting, 1,587 and 9,830 (THP and alignment pages only), and
-tensors of 33 MiB reuse their pages entirely. So `mallopt` reaches tensors of 32 MB and more here,
-and `replearn` calls it at start-up — no re-exec, and it also holds in processes torchrun starts.
-Older glibc refused mmap thresholds above 32 MiB through mallopt (returning 0); `configure` then
-reports the failure and the command re-executes itself with GLIBC_TUNABLES instead.
+were measured on this project's machines (glibc 2.36; a probe allocating, filling and freeing
+float32 tensors of 64 MiB and 256 MiB in a loop, counting minor page faults): with the defaults
+every allocation faults in every page (16,385 per 64 MiB, 65,537 per 256 MiB); with either setting
+the first one or two allocations of a size fault while the heap grows, and every later one faults
+0 pages — tensors of 32 MB and more are reused either way. `replearn` therefore calls `mallopt`
+at start-up: no re-exec, and it also holds in the processes torchrun starts. Some glibc versions
+refuse an mmap threshold above 32 MiB through mallopt (it returns 0); `configure` reports that and
+the command then re-executes itself with GLIBC_TUNABLES.
 """
 
 from __future__ import annotations

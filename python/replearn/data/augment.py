@@ -107,7 +107,8 @@ def affine(images: torch.Tensor, angle: torch.Tensor | None = None, translate: t
     if angle is not None:
         radians = torch.deg2rad(angle)
         cos, sin = torch.cos(radians), torch.sin(radians)
-        rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+        # Output pixel p samples the input at R·p; with y pointing down, this R turns the image counter-clockwise.
+        rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
         matrix = rotation @ matrix
     if scale is not None:
         matrix = matrix / scale[:, None, None]

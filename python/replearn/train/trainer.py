@@ -233,6 +233,7 @@ class Trainer:
             ),
             "step": self.step,
             "finished": self.finished,
+            "stopped_early": self.stop_training,  # a resumed run that a callback stopped stays stopped
             "config": json.dumps(dataclasses.asdict(self.config)),
         }
 
@@ -254,6 +255,7 @@ class Trainer:
         self._window = mine["log_window"].to(self.device)
         self.step = int(state["step"])
         self.finished = bool(state["finished"])
+        self.stop_training = bool(state["stopped_early"])
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
         """Writes the state to `path` (default `<output_dir>/checkpoint.safetensors`) on rank 0.
@@ -360,7 +362,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True,
                    disable=not (cfg.progress and self.is_main), file=sys.stderr)  # fmt: skip
         with bar:
-            while not self.finished and self.step < self.total_steps and not self.stop_training:
+            while self.step < self.total_steps and not self.stop_training:
                 epoch, position = divmod(self.step, self.steps_per_epoch)
                 if epoch != order_epoch:
                     order, order_epoch = self._epoch_order(epoch, num_samples), epoch
