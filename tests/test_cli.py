@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import replearn
-from replearn.cli import build_parser, find_bench_script, main
+from replearn.cli import find_bench_script, main
 from replearn.train import get_recipe, list_recipes, load_checkpoint, run_recipe
 from replearn.train.recipes import evaluate_run
 

@@ -354,3 +354,13 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     # The resumed metrics file drops what the killed run logged after step 14 and ends like the full one.
     read = lambda d: [(r["step"], r["split"], r.get("loss", r.get("val_loss"))) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
     assert read(killed_dir) == read(tmp_path / "full")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_and_resumes_on_cuda(tmp_path: Path, digits) -> None:
+    trainer = _trainer(_config(max_steps=10, device="cuda", output_dir=str(tmp_path / "run"), checkpoint_every=5))
+    result = trainer.fit(digits.train, digits.val)
+    assert next(trainer.model.parameters()).is_cuda and result.val_metrics["val_accuracy"] > 0.5
+    resumed = _trainer(_config(max_steps=12, device="cuda", output_dir=str(tmp_path / "run"), checkpoint_every=5))
+    assert resumed.fit(digits.train, digits.val, resume=tmp_path / "run").steps == 12

@@ -19,7 +19,6 @@ import datetime
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Sequence
 

@@ -347,11 +347,13 @@ class Trainer:
             return self._loop(train_set, log)
         finally:
             torch.set_num_threads(previous_threads)
+            # Release the DDP wrapper while the process group lives: destroyed after the group
+            # (at interpreter exit), its reducer waits forever on gloo.
+            self._train_model = self.model
 
     def _loop(self, train_set: Dataset, log: MetricsLog) -> FitResult:
         cfg = self.config
         num_samples = len(train_set)
-        world, rank = distributed.world_size(), distributed.rank()
         self.history = []
         start_step, start = self.step, time.perf_counter()
         window_start, window_samples = time.perf_counter(), 0
