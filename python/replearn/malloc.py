@@ -11,8 +11,9 @@ command to re-execute itself; `mallopt` changes the same two parameters in a run
 were measured on this project's machines (glibc 2.36; a probe allocating, filling and freeing
 float32 tensors of 64 MiB and 256 MiB in a loop, counting minor page faults): with the defaults
 every allocation faults in every page (16,385 per 64 MiB, 65,537 per 256 MiB); with either setting
-the first one or two allocations of a size fault while the heap grows, and every later one faults
-0 pages — tensors of 32 MB and more are reused either way. `replearn` therefore calls `mallopt`
+the first allocations of a size still fault while the heap grows (from 1 to about 8 of them at
+64 MiB, depending on what else the heap holds), and every later one faults 0 pages — tensors of
+32 MB and more are reused either way, mallopt and GLIBC_TUNABLES alike. `replearn` therefore calls `mallopt`
 at start-up: no re-exec, and it also holds in the processes torchrun starts. Some glibc versions
 refuse an mmap threshold above 32 MiB through mallopt (it returns 0); `configure` reports that and
 the command then re-executes itself with GLIBC_TUNABLES.
