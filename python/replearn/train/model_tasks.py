@@ -27,7 +27,7 @@ from ..data.sequences import decode_bytes, encode_bytes, periodic_signal, revers
 from ..models.efficientnet import MBConvStage
 from ..models.wavenet import mu_law_encode
 from ..optim import AdamW
-from .classifier import accuracy
+from .trainer import accuracy
 
 __all__ = [
     "DIGITS_VARIANTS",
@@ -133,7 +133,8 @@ def train_image_model(config: ImageTaskConfig) -> TaskResult:
             return F.cross_entropy(model(x_train[batch]), data.y_train[batch])
 
         losses = _optimize(model, config.epochs * per_epoch, config.lr, config.weight_decay, loss_of_step)
-        test_accuracy, _ = accuracy(model, x_test, data.y_test)
+        model.eval()
+        test_accuracy = float(accuracy(model(x_test), data.y_test))
     return TaskResult(model, losses, test_accuracy, "test_accuracy")
 
 
