@@ -100,7 +100,7 @@ def test_resume_continues_a_run_folder(tmp_path: Path, capsys) -> None:
         (["train", "digits-mlp", "--set", "norm=instance"], "'norm' expected one of batch, layer, rms, group but got 'instance'"),
         (["train", "digits-mlp", "--set", "epochs=-1"], "'epochs' expected a positive integer but got -1"),
         (["train", "mnist-cnn", "--set", "augment=flipflop"], "'augment' expected one of none, flip, crop"),
-        (["train", "digits-mlp", "--set", "optimizer=lion"], "'optimizer' expected one of adamw, adam, sgd but got 'lion'"),
+        (["train", "digits-mlp", "--set", "optimizer=lion"], "'optimizer' expected one of adamw, adam, sgd, rmsprop, adagrad, adabound, amsbound but got 'lion'"),
         (["eval", "/nonexistent/run"], "is not a replearn run folder: it has no config.json"),
     ],
 )

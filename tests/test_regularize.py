@@ -138,5 +138,5 @@ def test_freeze_unfreeze_replace_head_and_discriminative_lrs() -> None:
     assert sum(len(g["params"]) for g in groups) == 4
     optimizer = make_optimizer("sgd", groups, lr=1.0)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
-    with pytest.raises(ValueError, match="unknown optimizer 'lamb'; choose one of adamw, adam, sgd"):
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'; choose one of adamw, adam, sgd, rmsprop, adagrad, adabound, amsbound"):
         make_optimizer("lamb", net.parameters(), lr=1.0)
