@@ -33,7 +33,7 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
 fi
 
 echo "[setup] build and test tools"
-pip "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy tqdm scikit-learn pytest
+pip "scikit-build-core>=0.10" "pybind11>=2.12" scipy-openblas32 ninja numpy tqdm scikit-learn pytest
 
 if [ ! -f /usr/include/gtest/gtest.h ]; then
   echo "[setup] installing GoogleTest (libgtest-dev)"

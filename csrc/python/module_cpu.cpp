@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "core/parallel.h"
+#include "python/bind_conv.h"
 #include "python/bind_norm.h"
 #include "python/tensor_caster.h"
 
@@ -28,4 +29,5 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("tensor"));
 
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_conv<replearn::DeviceType::CPU>(m);
 }

@@ -1,0 +1,611 @@
+// Convolution family, CPU kernels (float32 and float64).
+//
+// Dense convolutions (more than one input channel per group) are matrix products (Chellapilla et
+// al. 2006, "High performance convolutional neural networks for document processing"): per sample
+// and group, im2col copies the receptive field of every output position into a column,
+//   col (Ci·kH·kW, P)  with  col[(c, kh, kw), (oh, ow)] = x[c, oh·S − P + kh·D, ow·S − P + kw·D] (0 outside)
+// and then
+//   forward          y_g (Co, P)       = W_g (Co, Ci·K) · col                      (core/gemm)
+//   backward input   col               = W_gᵀ · dy_g,  then col2im adds col back into dx
+//   backward weight  dW_g (Co, Ci·K)  += dy_g · colᵀ
+// Pointwise convolutions (1×1, stride 1, no padding) skip im2col: col is x itself.
+//
+// Why it is written this way:
+// - Bounded workspace: im2col runs over blocks of output columns (at most kColBlockElements
+//   elements of col), so a large image never asks for a huge buffer, and the block stays in L2/L3.
+// - Threads: with at least as many samples as threads, samples are spread over threads and each
+//   runs single-threaded GEMMs (no synchronization inside a product, im2col and GEMM of a sample on
+//   the same core); with fewer, samples run one after another on multi-threaded GEMMs
+//   (blas::parallel_for_gemm keeps OpenBLAS from oversubscribing OpenMP). Weight gradients of the
+//   per-thread samples go to per-chunk partials in the workspace, added in chunk order after the
+//   region: deterministic for a given thread count.
+// - Depthwise convolutions (one input channel per group, Chollet 2017; Howard et al. 2017) are a
+//   poor fit for GEMM (a product with k = kH·kW), so they have direct kernels: each (sample,
+//   channel) plane is one task, every kernel tap (kh, kw) is a contiguous multiply-add along an
+//   output row (stride 1) that the compiler vectorizes, and the weight gradient is a dot product
+//   of an output-gradient row with a shifted input row per tap, summed in float along the row and
+//   in double across rows.
+// - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
+//   to the input, its input gradient conv's forward, its weight gradient conv's weight gradient
+//   with the roles of x and dy exchanged.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "conv/conv.h"
+#include "core/dispatch.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+
+namespace replearn::conv {
+
+namespace {
+
+using blas::Trans;
+
+// Elements of col per im2col block (8 MiB of float32): large enough for efficient GEMMs, small
+// enough for the last-level cache and a workspace that does not grow with the image.
+constexpr int64_t kColBlockElements = int64_t{1} << 21;
+
+template <class T>
+T* ptr_or_null(const OptView& v) {
+  return v ? v->data_as<T>() : nullptr;
+}
+
+// Output positions o ∈ [lo, hi) whose input position o·stride + offset lies in [0, size).
+struct Range {
+  int64_t lo, hi;
+};
+inline Range valid_outputs(int64_t offset, int64_t stride, int64_t size, int64_t out_size) {
+  const int64_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  const int64_t hi = size - 1 - offset < 0 ? 0 : (size - 1 - offset) / stride + 1;
+  const int64_t lo_clamped = std::min(lo, out_size);
+  return {lo_clamped, std::clamp(hi, lo_clamped, out_size)};
+}
+
+// --------------------------------------------------------------------------------- im2col/col2im
+
+int64_t block_columns(const Geometry& g) {
+  return std::clamp<int64_t>(kColBlockElements / std::max<int64_t>(1, g.col_rows()), 1, std::max<int64_t>(1, g.out_plane()));
+}
+
+// Walks the output positions [p0, p1) row segment by row segment for one (c, kh, kw) row of col:
+// f(oh, ow0, ow1, column offset of ow0 in the block).
+template <class F>
+inline void for_row_segments(const Geometry& g, int64_t p0, int64_t p1, const F& f) {
+  for (int64_t p = p0; p < p1;) {
+    const int64_t oh = p / g.out_w, ow0 = p % g.out_w;
+    const int64_t ow1 = std::min(g.out_w, ow0 + (p1 - p));
+    f(oh, ow0, ow1, p - p0);
+    p += ow1 - ow0;
+  }
+}
+
+// col (Ci·kH·kW, p1 − p0) from one group's x (Ci, H, W), output positions [p0, p1).
+template <class T>
+void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, T* __restrict__ col) {
+  const int64_t cols = p1 - p0;
+  parallel_for(g.in_per_group, 1, [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          T* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * cols;
+          const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+          const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+          for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
+            T* __restrict__ dst = row + at - ow0;  // dst[ow]
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) {
+              std::fill(dst + ow0, dst + ow1, T(0));
+              return;
+            }
+            const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+            std::fill(dst + ow0, dst + lo, T(0));
+            const T* __restrict__ src = x + (c * g.in_h + ih) * g.in_w + offset_w;  // src[ow·S]
+            if (g.stride_w == 1) {
+              std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.stride_w];
+            }
+            std::fill(dst + hi, dst + ow1, T(0));
+          });
+        }
+      }
+    }
+  });
+}
+
+// dx (Ci, H, W) of one group += col2im(col), output positions [p0, p1). Threads split channels, so
+// no two write the same element.
+template <class T>
+void col2im_add(const Geometry& g, const T* __restrict__ col, int64_t p0, int64_t p1, T* __restrict__ dx) {
+  const int64_t cols = p1 - p0;
+  parallel_for(g.in_per_group, 1, [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const T* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * cols;
+          const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+          const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+          for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) return;
+            const T* __restrict__ src = row + at - ow0;                          // src[ow]
+            T* __restrict__ dst = dx + (c * g.in_h + ih) * g.in_w + offset_w;   // dst[ow·S]
+            const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+            if (g.stride_w == 1) {
+#pragma omp simd
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow * g.stride_w] += src[ow];
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------ batch splitting
+
+// Chunks the batch is split into: one per thread when there are at least as many samples as
+// threads (single-threaded GEMMs inside), else one (multi-threaded GEMMs).
+int batch_chunks(int64_t batch) {
+  const int threads = num_threads();
+  return threads > 1 && batch >= threads ? parallel_chunk_count(batch, 1) : 1;
+}
+
+// f(chunk, sample) for every sample, at most max_chunks chunks.
+template <class F>
+void for_each_sample(int64_t batch, int max_chunks, const F& f) {
+  const int chunks = std::max(1, std::min(batch_chunks(batch), max_chunks));
+  blas::parallel_for_gemm(
+      batch, 1, [&](int chunk, int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) f(chunk, n);
+      },
+      chunks);
+}
+
+// Workspace elements (of T) of a dense convolution: per chunk one im2col block, plus, with weight
+// gradients, one partial dW per chunk but the first (which writes dW itself).
+struct DenseScratch {
+  int64_t col_elements, partial_elements;
+  int64_t bytes_for(int chunks, size_t element) const {
+    return (chunks * col_elements + (chunks - 1) * partial_elements) * static_cast<int64_t>(element);
+  }
+  // Chunks that fit in `elements` (at least 1: the caller validated one chunk's worth).
+  int chunks_in(int64_t elements) const {
+    const int64_t per = col_elements + partial_elements;
+    if (per == 0) return 1 << 30;
+    return static_cast<int>(std::max<int64_t>(1, (elements + partial_elements) / per));
+  }
+};
+
+DenseScratch dense_scratch(const Geometry& g, bool weight_grad) {
+  if (g.depthwise()) return {0, 0};
+  const int64_t col = g.pointwise() ? 0 : g.col_rows() * block_columns(g);
+  const int64_t partial = weight_grad ? g.out_channels() * g.col_rows() : 0;
+  return {col, partial};
+}
+
+int64_t workspace_bytes(const Geometry& g, bool weight_grad, size_t element) {
+  return dense_scratch(g, weight_grad).bytes_for(batch_chunks(g.batch), element);
+}
+
+// One chunk's worth: what validation demands.
+int64_t min_workspace_bytes(const Geometry& g, bool weight_grad, size_t element) {
+  return dense_scratch(g, weight_grad).bytes_for(1, element);
+}
+
+// ------------------------------------------------------------------------------- small helpers
+
+// t (N, C, plane) += b[c]
+template <class T>
+void add_channel_bias(T* t, int64_t batch, int64_t channels, int64_t plane, const T* b) {
+  if (!b) return;
+  parallel_for(batch * channels, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, plane)), [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T* __restrict__ row = t + i * plane;
+      const T v = b[i % channels];
+#pragma omp simd
+      for (int64_t p = 0; p < plane; ++p) row[p] += v;
+    }
+  });
+}
+
+// out[c] = Σ_n Σ_p t[n, c, p], in double
+template <class T>
+void channel_sums(const T* t, int64_t batch, int64_t channels, int64_t plane, T* out) {
+  if (!out) return;
+  parallel_for(channels, 1, [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double total = 0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const T* __restrict__ row = t + (n * channels + c) * plane;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t p = 0; p < plane; ++p) s += row[p];
+        total += s;
+      }
+      out[c] = static_cast<T>(total);
+    }
+  });
+}
+
+template <class T>
+void zero(T* t, int64_t n) {
+  if (t && n > 0) std::memset(t, 0, sizeof(T) * n);
+}
+
+// --------------------------------------------------------------------------------- dense kernels
+
+// y (N, G·Co, P) = conv(x) + b
+template <class T>
+void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
+  const DenseScratch scratch = dense_scratch(g, false);
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
+  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
+  for_each_sample(g.batch, scratch.chunks_in(ws_elements), [&](int chunk, int64_t n) {
+    T* col = ws + chunk * scratch.col_elements;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
+      T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
+      const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
+      if (g.pointwise()) {
+        blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
+        continue;
+      }
+      for (int64_t p0 = 0; p0 < P; p0 += block) {
+        const int64_t cols = std::min(block, P - p0);
+        im2col(g, xg, p0, p0 + cols, col);
+        blas::gemm<T>(Trans::No, Trans::No, Co, cols, R, T(1), wg, R, col, cols, T(0), yg + p0, P);
+      }
+    }
+    add_channel_bias(y + n * g.out_channels() * P, 1, g.out_channels(), P, b);
+  });
+}
+
+// dx (x's shape) and dw (weight's shape) from dy; either may be null.
+template <class T>
+void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* ws,
+                    int64_t ws_elements) {
+  const DenseScratch scratch = dense_scratch(g, dw != nullptr);
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
+  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
+  const int chunks = std::max(1, std::min(batch_chunks(g.batch), scratch.chunks_in(ws_elements)));
+  std::vector<char> started(chunks, 0);  // whether a chunk's dW has received its first product
+  for_each_sample(g.batch, chunks, [&](int chunk, int64_t n) {
+    T* col = ws + chunk * scratch.col_elements;
+    // Chunk 0 accumulates in dW itself, the others in their partials after the columns.
+    T* dw_chunk = chunk == 0 ? dw : ws + chunks * scratch.col_elements + (chunk - 1) * scratch.partial_elements;
+    if (dx) zero(dx + n * g.groups * x_group, g.groups * x_group);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const T* xg = x + (n * g.groups + grp) * x_group;
+      const T* dyg = dy + (n * g.groups + grp) * y_group;
+      const T* wg = w + grp * Co * R;
+      T* dxg = dx ? dx + (n * g.groups + grp) * x_group : nullptr;
+      T* dwg = dw ? dw_chunk + grp * Co * R : nullptr;
+      if (g.pointwise()) {
+        if (dw) blas::gemm<T>(Trans::No, Trans::Yes, Co, R, P, T(1), dyg, P, xg, P, started[chunk] ? T(1) : T(0), dwg, R);
+        if (dx) blas::gemm<T>(Trans::Yes, Trans::No, R, P, Co, T(1), wg, R, dyg, P, T(0), dxg, P);
+        continue;
+      }
+      for (int64_t p0 = 0; p0 < P; p0 += block) {
+        const int64_t cols = std::min(block, P - p0);
+        if (dw) {
+          im2col(g, xg, p0, p0 + cols, col);
+          const T beta = started[chunk] || p0 > 0 ? T(1) : T(0);
+          blas::gemm<T>(Trans::No, Trans::Yes, Co, R, cols, T(1), dyg + p0, P, col, cols, beta, dwg, R);
+        }
+        if (dx) {
+          blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
+          col2im_add(g, col, p0, p0 + cols, dxg);
+        }
+      }
+    }
+    started[chunk] = 1;
+  });
+  if (!dw) return;
+  if (g.batch == 0) {
+    zero(dw, g.out_channels() * R);
+    return;
+  }
+  // dW += the other chunks' partials, in chunk order.
+  const int64_t count = g.out_channels() * R;
+  parallel_for(count, 1 << 14, [&](int, int64_t i0, int64_t i1) {
+    for (int c = 1; c < chunks; ++c) {
+      if (!started[c]) continue;
+      const T* __restrict__ part = ws + chunks * scratch.col_elements + (c - 1) * scratch.partial_elements;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) dw[i] += part[i];
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- depthwise kernels
+
+// y plane (n, co) reads input channel co / Co (one input channel per group).
+template <class T>
+void depthwise_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.out_plane() * K));
+  parallel_for(g.batch * C, grain, [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / C, co = i % C;
+      const T* xp = x + (n * g.groups + co / Co) * g.in_plane();
+      const T* wp = w + co * K;
+      T* yp = y + i * g.out_plane();
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        T* __restrict__ yr = yp + oh * g.out_w;
+        std::fill(yr, yr + g.out_w, b ? b[co] : T(0));
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+          if (ih < 0 || ih >= g.in_h) continue;
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+            const T wv = wp[kh * g.kernel_w + kw];
+            const int64_t offset = kw * g.dilation_w - g.pad_w;
+            const Range r = valid_outputs(offset, g.stride_w, g.in_w, g.out_w);
+            const T* __restrict__ xr = xp + ih * g.in_w + offset;  // xr[ow·S]
+            if (g.stride_w == 1) {
+#pragma omp simd
+              for (int64_t ow = r.lo; ow < r.hi; ++ow) yr[ow] += wv * xr[ow];
+            } else {
+              for (int64_t ow = r.lo; ow < r.hi; ++ow) yr[ow] += wv * xr[ow * g.stride_w];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// dx plane (n, c) gathers the Co output channels c·Co + j that read it.
+template <class T>
+void depthwise_backward_input(const Geometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t Cin = g.in_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.out_plane() * K * Co));
+  parallel_for(g.batch * Cin, grain, [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / Cin, c = i % Cin;
+      T* dxp = dx + i * g.in_plane();
+      std::fill(dxp, dxp + g.in_plane(), T(0));
+      for (int64_t j = 0; j < Co; ++j) {
+        const int64_t co = c * Co + j;
+        const T* dyp = dy + (n * g.out_channels() + co) * g.out_plane();
+        const T* wp = w + co * K;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const T* __restrict__ dyr = dyp + oh * g.out_w;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const T wv = wp[kh * g.kernel_w + kw];
+              const int64_t offset = kw * g.dilation_w - g.pad_w;
+              const Range r = valid_outputs(offset, g.stride_w, g.in_w, g.out_w);
+              T* __restrict__ dxr = dxp + ih * g.in_w + offset;  // dxr[ow·S]
+              if (g.stride_w == 1) {
+#pragma omp simd
+                for (int64_t ow = r.lo; ow < r.hi; ++ow) dxr[ow] += wv * dyr[ow];
+              } else {
+                for (int64_t ow = r.lo; ow < r.hi; ++ow) dxr[ow * g.stride_w] += wv * dyr[ow];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// dw[co, kh, kw] = Σ_n Σ_oh (Σ_ow dy[n, co, oh, ow] · x[n, co/Co, ih, ow·S + offset]): the inner sum
+// in T along a row (vectorized), the outer ones in double. Threads split output channels.
+template <class T>
+void depthwise_backward_weight(const Geometry& g, const T* dy, const T* x, T* dw) {
+  const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
+  parallel_for(C, 1, [&](int, int64_t c0, int64_t c1) {
+    std::vector<double> acc(K);
+    for (int64_t co = c0; co < c1; ++co) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const T* xp = x + (n * g.groups + co / Co) * g.in_plane();
+        const T* dyp = dy + (n * C + co) * g.out_plane();
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const T* __restrict__ dyr = dyp + oh * g.out_w;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const int64_t offset = kw * g.dilation_w - g.pad_w;
+              const Range r = valid_outputs(offset, g.stride_w, g.in_w, g.out_w);
+              const T* __restrict__ xr = xp + ih * g.in_w + offset;
+              T s = 0;
+              if (g.stride_w == 1) {
+#pragma omp simd reduction(+ : s)
+                for (int64_t ow = r.lo; ow < r.hi; ++ow) s += dyr[ow] * xr[ow];
+              } else {
+                for (int64_t ow = r.lo; ow < r.hi; ++ow) s += dyr[ow] * xr[ow * g.stride_w];
+              }
+              acc[kh * g.kernel_w + kw] += s;
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) dw[co * K + k] = static_cast<T>(acc[k]);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------- the three directions
+
+template <class T>
+void forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
+  if (g.batch == 0 || g.out_channels() == 0) return;
+  if (g.depthwise()) {
+    depthwise_forward(g, x, w, b, y);
+  } else {
+    dense_forward(g, x, w, b, y, ws, ws_elements);
+  }
+}
+
+template <class T>
+void backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* ws, int64_t ws_elements) {
+  if (g.batch == 0 || g.out_channels() == 0 || g.in_channels() == 0) {
+    zero(dx, g.batch * g.in_channels() * g.in_plane());
+    zero(dw, g.out_channels() * g.col_rows());
+    return;
+  }
+  if (g.depthwise()) {
+    if (dx) depthwise_backward_input(g, dy, w, dx);
+    if (dw) depthwise_backward_weight(g, dy, x, dw);
+  } else {
+    dense_backward(g, dy, x, w, dx, dw, ws, ws_elements);
+  }
+}
+
+template <class T>
+T* workspace_ptr(const OptView& ws) {
+  return ws ? ws->data_as<T>() : nullptr;
+}
+template <class T>
+int64_t workspace_elements(const OptView& ws) {
+  return ws ? ws->numel() / static_cast<int64_t>(sizeof(T)) : 0;
+}
+
+size_t element_size(DType dtype) { return dtype == DType::Float64 ? sizeof(double) : sizeof(float); }
+
+// Geometry for a workspace-size query; nullopt when validation would reject the arguments.
+template <class F>
+int64_t size_or_zero(const F& f) {
+  try {
+    return f();
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- entry points
+
+template <>
+int64_t conv_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const TensorView& weight, const Ints& stride,
+                                                     const Ints& padding_begin, const Ints& padding_end,
+                                                     const Ints& dilation, int64_t groups, const TensorView& y) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding_begin,
+                                          padding_end, dilation, groups, y);
+    return workspace_bytes(g, false, element_size(x.dtype));
+  });
+}
+
+template <>
+void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight, const OptView& bias,
+                                   const Ints& stride, const Ints& padding_begin, const Ints& padding_end,
+                                   const Ints& dilation, int64_t groups, const TensorView& y,
+                                   const OptView& workspace, std::uintptr_t) {
+  const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, bias, stride, padding_begin, padding_end,
+                                        dilation, groups, y);
+  check_workspace("conv_forward", workspace, min_workspace_bytes(g, false, element_size(x.dtype)), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>(),
+               workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+  });
+}
+
+template <>
+int64_t conv_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, const TensorView& x,
+                                                      const TensorView& weight, const Ints& stride,
+                                                      const Ints& padding_begin, const Ints& padding_end,
+                                                      const Ints& dilation, int64_t groups) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
+                                           dilation, groups, std::nullopt, std::nullopt, std::nullopt);
+    return workspace_bytes(g, true, element_size(x.dtype));
+  });
+}
+
+template <>
+void conv_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, const TensorView& weight,
+                                    const Ints& stride, const Ints& padding_begin, const Ints& padding_end,
+                                    const Ints& dilation, int64_t groups, const OptView& dx, const OptView& dweight,
+                                    const OptView& dbias, const OptView& workspace, std::uintptr_t) {
+  const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
+                                         dilation, groups, dx, dweight, dbias);
+  if (dx || dweight)
+    check_workspace("conv_backward", workspace, min_workspace_bytes(g, dweight.has_value(), element_size(x.dtype)), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (dx || dweight)
+      backward<T>(g, dy.data_as<T>(), x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(dx),
+                  ptr_or_null<T>(dweight), workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+    channel_sums<T>(dy.data_as<T>(), g.batch, g.out_channels(), g.out_plane(), ptr_or_null<T>(dbias));
+  });
+}
+
+template <>
+int64_t conv_transpose_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const TensorView& weight,
+                                                               const Ints& stride, const Ints& padding,
+                                                               const Ints& dilation, int64_t groups,
+                                                               const TensorView& y) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding,
+                                                    dilation, groups, y);
+    return workspace_bytes(g, false, element_size(x.dtype));
+  });
+}
+
+template <>
+void conv_transpose_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight, const OptView& bias,
+                                             const Ints& stride, const Ints& padding, const Ints& dilation,
+                                             int64_t groups, const TensorView& y, const OptView& workspace,
+                                             std::uintptr_t) {
+  const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, bias, stride, padding, dilation,
+                                                  groups, y);
+  check_workspace("conv_transpose_forward", workspace, min_workspace_bytes(g, false, element_size(x.dtype)), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    // y is conv's input side: y = convᵀ(x), conv's backward to its input with dy = x.
+    backward<T>(g, x.data_as<T>(), nullptr, weight.data_as<T>(), y.data_as<T>(), nullptr,
+                workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+    add_channel_bias<T>(y.data_as<T>(), g.batch, g.in_channels(), g.in_plane(), ptr_or_null<T>(bias));
+  });
+}
+
+template <>
+int64_t conv_transpose_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, const TensorView& x,
+                                                                const TensorView& weight, const Ints& stride,
+                                                                const Ints& padding, const Ints& dilation,
+                                                                int64_t groups) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
+                                                     groups, std::nullopt, std::nullopt, std::nullopt);
+    return workspace_bytes(g, true, element_size(x.dtype));
+  });
+}
+
+template <>
+void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, const TensorView& weight,
+                                              const Ints& stride, const Ints& padding, const Ints& dilation,
+                                              int64_t groups, const OptView& dx, const OptView& dweight,
+                                              const OptView& dbias, const OptView& workspace, std::uintptr_t) {
+  const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
+                                                   groups, dx, dweight, dbias);
+  if (dx || dweight)
+    check_workspace("conv_transpose_backward", workspace,
+                    min_workspace_bytes(g, dweight.has_value(), element_size(x.dtype)), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* ws = workspace_ptr<T>(workspace);
+    const int64_t ws_elements = workspace_elements<T>(workspace);
+    // dx = conv(dy): conv's forward with dy on its input side, no bias.
+    if (dx) forward<T>(g, dy.data_as<T>(), weight.data_as<T>(), nullptr, dx->data_as<T>(), ws, ws_elements);
+    // dW: conv's weight gradient with conv's x = dy and conv's dy = x.
+    if (dweight)
+      backward<T>(g, x.data_as<T>(), dy.data_as<T>(), weight.data_as<T>(), nullptr, dweight->data_as<T>(), ws,
+                  ws_elements);
+    channel_sums<T>(dy.data_as<T>(), g.batch, g.in_channels(), g.in_plane(), ptr_or_null<T>(dbias));
+  });
+}
+
+}  // namespace replearn::conv
