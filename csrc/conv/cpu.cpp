@@ -46,6 +46,11 @@ using blas::Trans;
 // Elements of col per im2col block (8 MiB of float32): large enough for efficient GEMMs, small
 // enough for the last-level cache and a workspace that does not grow with the image.
 constexpr int64_t kColBlockElements = int64_t{1} << 21;
+// Work (elements touched, or multiply-adds) below which a parallel chunk costs more than it saves.
+constexpr int64_t kGrainWork = int64_t{1} << 15;
+
+// Items per parallel chunk when each item costs `work_per_item`.
+inline int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_item)); }
 
 template <class T>
 T* ptr_or_null(const OptView& v) {
@@ -85,7 +90,7 @@ inline void for_row_segments(const Geometry& g, int64_t p0, int64_t p1, const F&
 template <class T>
 void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, T* __restrict__ col) {
   const int64_t cols = p1 - p0;
-  parallel_for(g.in_per_group, 1, [&](int, int64_t c0, int64_t c1) {
+  parallel_for(g.in_per_group, grain_for(g.kernel_size() * cols), [&](int, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
@@ -120,7 +125,7 @@ void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, 
 template <class T>
 void col2im_add(const Geometry& g, const T* __restrict__ col, int64_t p0, int64_t p1, T* __restrict__ dx) {
   const int64_t cols = p1 - p0;
-  parallel_for(g.in_per_group, 1, [&](int, int64_t c0, int64_t c1) {
+  parallel_for(g.in_per_group, grain_for(g.kernel_size() * cols), [&](int, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
@@ -150,17 +155,19 @@ void col2im_add(const Geometry& g, const T* __restrict__ col, int64_t p0, int64_
 
 // Chunks the batch is split into: one per thread when there are at least as many samples as
 // threads (single-threaded GEMMs inside), else one (multi-threaded GEMMs).
-int batch_chunks(int64_t batch) {
+// Small convolutions (less than kGrainWork multiply-adds per sample) stay on one thread.
+int batch_chunks(const Geometry& g) {
   const int threads = num_threads();
-  return threads > 1 && batch >= threads ? parallel_chunk_count(batch, 1) : 1;
+  const int64_t work = g.out_channels() * g.out_plane() * g.col_rows();
+  return threads > 1 && g.batch >= threads && work >= kGrainWork ? parallel_chunk_count(g.batch, 1) : 1;
 }
 
 // f(chunk, sample) for every sample, at most max_chunks chunks.
 template <class F>
-void for_each_sample(int64_t batch, int max_chunks, const F& f) {
-  const int chunks = std::max(1, std::min(batch_chunks(batch), max_chunks));
+void for_each_sample(const Geometry& g, int max_chunks, const F& f) {
+  const int chunks = std::max(1, std::min(batch_chunks(g), max_chunks));
   blas::parallel_for_gemm(
-      batch, 1, [&](int chunk, int64_t n0, int64_t n1) {
+      g.batch, 1, [&](int chunk, int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) f(chunk, n);
       },
       chunks);
@@ -189,7 +196,7 @@ DenseScratch dense_scratch(const Geometry& g, bool weight_grad) {
 }
 
 int64_t workspace_bytes(const Geometry& g, bool weight_grad, size_t element) {
-  return dense_scratch(g, weight_grad).bytes_for(batch_chunks(g.batch), element);
+  return dense_scratch(g, weight_grad).bytes_for(batch_chunks(g), element);
 }
 
 // One chunk's worth: what validation demands.
@@ -203,7 +210,7 @@ int64_t min_workspace_bytes(const Geometry& g, bool weight_grad, size_t element)
 template <class T>
 void add_channel_bias(T* t, int64_t batch, int64_t channels, int64_t plane, const T* b) {
   if (!b) return;
-  parallel_for(batch * channels, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, plane)), [&](int, int64_t i0, int64_t i1) {
+  parallel_for(batch * channels, grain_for(plane), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       T* __restrict__ row = t + i * plane;
       const T v = b[i % channels];
@@ -217,7 +224,7 @@ void add_channel_bias(T* t, int64_t batch, int64_t channels, int64_t plane, cons
 template <class T>
 void channel_sums(const T* t, int64_t batch, int64_t channels, int64_t plane, T* out) {
   if (!out) return;
-  parallel_for(channels, 1, [&](int, int64_t c0, int64_t c1) {
+  parallel_for(channels, grain_for(batch * plane), [&](int, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       double total = 0;
       for (int64_t n = 0; n < batch; ++n) {
@@ -245,7 +252,7 @@ void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, 
   const DenseScratch scratch = dense_scratch(g, false);
   const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
   const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
-  for_each_sample(g.batch, scratch.chunks_in(ws_elements), [&](int chunk, int64_t n) {
+  for_each_sample(g, scratch.chunks_in(ws_elements), [&](int chunk, int64_t n) {
     T* col = ws + chunk * scratch.col_elements;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
@@ -272,9 +279,9 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
   const DenseScratch scratch = dense_scratch(g, dw != nullptr);
   const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
   const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
-  const int chunks = std::max(1, std::min(batch_chunks(g.batch), scratch.chunks_in(ws_elements)));
+  const int chunks = std::max(1, std::min(batch_chunks(g), scratch.chunks_in(ws_elements)));
   std::vector<char> started(chunks, 0);  // whether a chunk's dW has received its first product
-  for_each_sample(g.batch, chunks, [&](int chunk, int64_t n) {
+  for_each_sample(g, chunks, [&](int chunk, int64_t n) {
     T* col = ws + chunk * scratch.col_elements;
     // Chunk 0 accumulates in dW itself, the others in their partials after the columns.
     T* dw_chunk = chunk == 0 ? dw : ws + chunks * scratch.col_elements + (chunk - 1) * scratch.partial_elements;
@@ -312,7 +319,7 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
   }
   // dW += the other chunks' partials, in chunk order.
   const int64_t count = g.out_channels() * R;
-  parallel_for(count, 1 << 14, [&](int, int64_t i0, int64_t i1) {
+  parallel_for(count, kGrainWork, [&](int, int64_t i0, int64_t i1) {
     for (int c = 1; c < chunks; ++c) {
       if (!started[c]) continue;
       const T* __restrict__ part = ws + chunks * scratch.col_elements + (c - 1) * scratch.partial_elements;
@@ -328,8 +335,7 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
 template <class T>
 void depthwise_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
   const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
-  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.out_plane() * K));
-  parallel_for(g.batch * C, grain, [&](int, int64_t i0, int64_t i1) {
+  parallel_for(g.batch * C, grain_for(g.out_plane() * K), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / C, co = i % C;
       const T* xp = x + (n * g.groups + co / Co) * g.in_plane();
@@ -363,8 +369,7 @@ void depthwise_forward(const Geometry& g, const T* x, const T* w, const T* b, T*
 template <class T>
 void depthwise_backward_input(const Geometry& g, const T* dy, const T* w, T* dx) {
   const int64_t Cin = g.in_channels(), Co = g.out_per_group, K = g.kernel_size();
-  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.out_plane() * K * Co));
-  parallel_for(g.batch * Cin, grain, [&](int, int64_t i0, int64_t i1) {
+  parallel_for(g.batch * Cin, grain_for(g.out_plane() * K * Co), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / Cin, c = i % Cin;
       T* dxp = dx + i * g.in_plane();
@@ -402,7 +407,7 @@ void depthwise_backward_input(const Geometry& g, const T* dy, const T* w, T* dx)
 template <class T>
 void depthwise_backward_weight(const Geometry& g, const T* dy, const T* x, T* dw) {
   const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
-  parallel_for(C, 1, [&](int, int64_t c0, int64_t c1) {
+  parallel_for(C, grain_for(g.batch * g.out_plane() * K), [&](int, int64_t c0, int64_t c1) {
     std::vector<double> acc(K);
     for (int64_t co = c0; co < c1; ++co) {
       std::fill(acc.begin(), acc.end(), 0.0);

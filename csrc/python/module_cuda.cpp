@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
 
+#include "python/bind_conv.h"
 #include "python/bind_norm.h"
 #include "python/tensor_caster.h"
 
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_C_cuda, m) {
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
   });
   replearn::python::bind_norm<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_conv<replearn::DeviceType::CUDA>(m);
 }

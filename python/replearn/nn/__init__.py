@@ -8,6 +8,7 @@ Linear → Norm → ReLU blocks.
 """
 
 from . import utils
+from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
 from .norm import (
@@ -26,6 +27,10 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "Conv1d",
+    "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
