@@ -18,6 +18,7 @@ side (`padding_begin`, `padding_end`), which covers "same" with even kernels and
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Iterable, Sequence
@@ -140,18 +141,18 @@ def _batched(fn: str, x: torch.Tensor, spatial: int) -> tuple[torch.Tensor, bool
 # ========================================================================================= conv
 
 
-def _conv_impl(x, weight, bias, stride, padding_begin, padding_end, dilation, groups):
+def _conv_impl(fn, x, weight, bias, stride, padding_begin, padding_end, dilation, groups):
     x, weight = x.contiguous(), weight.contiguous()
-    y = x.new_empty(_conv_output_shape("conv", x, weight, stride, padding_begin, padding_end, dilation, groups))
+    y = x.new_empty(_conv_output_shape(fn, x, weight, stride, padding_begin, padding_end, dilation, groups))
     geometry = (stride, padding_begin, padding_end, dilation, groups)
     ws = _native.workspace("conv_forward", x, x, weight, *geometry, y)
     _native.launch("conv_forward", x, x, weight, _contiguous(bias), *geometry, y, ws)
     return y
 
 
-def _conv_fake(x, weight, bias, stride, padding_begin, padding_end, dilation, groups):
-    _check_devices("conv", x, weight=weight, bias=bias)
-    return x.new_empty(_conv_output_shape("conv", x, weight, stride, padding_begin, padding_end, dilation, groups))
+def _conv_fake(fn, x, weight, bias, stride, padding_begin, padding_end, dilation, groups):
+    _check_devices(fn, x, weight=weight, bias=bias)
+    return x.new_empty(_conv_output_shape(fn, x, weight, stride, padding_begin, padding_end, dilation, groups))
 
 
 def _conv_backward_impl(grad_y, x, weight, stride, padding_begin, padding_end, dilation, groups, mask):
@@ -191,8 +192,11 @@ def _conv_grad(ctx, grad_y):
 
 _CONV_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding_begin, int[] padding_end, "
                 "int[] dilation, int groups) -> Tensor")  # fmt: skip
-_conv1d = define("conv1d" + _CONV_SCHEMA, _conv_impl, _conv_fake, backward=_conv_grad, setup_context=_conv_setup)
-_conv2d = define("conv2d" + _CONV_SCHEMA, _conv_impl, _conv_fake, backward=_conv_grad, setup_context=_conv_setup)
+_conv1d, _conv2d = (
+    define(name + _CONV_SCHEMA, functools.partial(_conv_impl, name), functools.partial(_conv_fake, name),
+           backward=_conv_grad, setup_context=_conv_setup)  # fmt: skip
+    for name in ("conv1d", "conv2d")
+)
 
 
 def _conv_public(fn, op, spatial, x, weight, bias, stride, padding, dilation, groups):
@@ -270,12 +274,12 @@ def _causal_geometry(weight, stride, dilation):
 
 def _causal_impl(x, weight, bias, stride, dilation, groups):
     s, begin, end, d = _causal_geometry(weight, stride, dilation)
-    return _conv_impl(x, weight, bias, s, begin, end, d, groups)
+    return _conv_impl("causal_conv1d", x, weight, bias, s, begin, end, d, groups)
 
 
 def _causal_fake(x, weight, bias, stride, dilation, groups):
     s, begin, end, d = _causal_geometry(weight, stride, dilation)
-    return _conv_fake(x, weight, bias, s, begin, end, d, groups)
+    return _conv_fake("causal_conv1d", x, weight, bias, s, begin, end, d, groups)
 
 
 def _causal_setup(ctx, inputs, output):
@@ -336,9 +340,9 @@ def causal_conv1d(
 # ============================================================================== conv_transpose
 
 
-def _conv_transpose_impl(x, weight, bias, stride, padding, output_padding, dilation, groups):
+def _conv_transpose_impl(fn, x, weight, bias, stride, padding, output_padding, dilation, groups):
     x, weight = x.contiguous(), weight.contiguous()
-    shape = _transpose_output_shape("conv_transpose", x, weight, stride, padding, output_padding, dilation, groups)
+    shape = _transpose_output_shape(fn, x, weight, stride, padding, output_padding, dilation, groups)
     y = x.new_empty(shape)
     geometry = (stride, padding, dilation, groups)
     ws = _native.workspace("conv_transpose_forward", x, x, weight, *geometry, y)
@@ -346,9 +350,9 @@ def _conv_transpose_impl(x, weight, bias, stride, padding, output_padding, dilat
     return y
 
 
-def _conv_transpose_fake(x, weight, bias, stride, padding, output_padding, dilation, groups):
-    _check_devices("conv_transpose", x, weight=weight, bias=bias)
-    shape = _transpose_output_shape("conv_transpose", x, weight, stride, padding, output_padding, dilation, groups)
+def _conv_transpose_fake(fn, x, weight, bias, stride, padding, output_padding, dilation, groups):
+    _check_devices(fn, x, weight=weight, bias=bias)
+    shape = _transpose_output_shape(fn, x, weight, stride, padding, output_padding, dilation, groups)
     return x.new_empty(shape)
 
 
@@ -391,7 +395,8 @@ def _conv_transpose_grad(ctx, grad_y):
 _TRANSPOSE_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] output_padding, "
                      "int[] dilation, int groups) -> Tensor")  # fmt: skip
 _conv_transpose1d, _conv_transpose2d = (
-    define(name + _TRANSPOSE_SCHEMA, _conv_transpose_impl, _conv_transpose_fake, backward=_conv_transpose_grad,
+    define(name + _TRANSPOSE_SCHEMA, functools.partial(_conv_transpose_impl, name),
+           functools.partial(_conv_transpose_fake, name), backward=_conv_transpose_grad,
            setup_context=_conv_transpose_setup)  # fmt: skip
     for name in ("conv_transpose1d", "conv_transpose2d")
 )
