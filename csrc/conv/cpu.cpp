@@ -331,43 +331,103 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
 
 // ----------------------------------------------------------------------------- depthwise kernels
 
-// y plane (n, co) reads input channel co / Co (one input channel per group).
+// Copies plane (H, W) into out (rows, cols) at offset (top, left), zeros around it: the padded plane
+// a depthwise kernel reads without bounds checks. Parts of the plane beyond out are left out.
+template <class T>
+void pad_plane(const T* __restrict__ plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t rows,
+               int64_t cols, T* __restrict__ out) {
+  std::fill(out, out + rows * cols, T(0));
+  const int64_t c0 = std::max<int64_t>(0, -left), c1 = std::min(w, cols - left);
+  for (int64_t r = std::max<int64_t>(0, top); r < std::min(rows, top + h); ++r)
+    if (c0 < c1) std::memcpy(out + r * cols + left + c0, plane + (r - top) * w + c0, sizeof(T) * (c1 - c0));
+}
+
+// Out (n_rows, n_cols) = Σ_{kh, kw} taps[kh, kw] · in[r·S_h + kh·D_h·sign, c·S_w + kw·D_w·sign] read from a
+// padded plane (no bounds), every tap of one output accumulated in registers: the vectorized loop
+// runs over output columns with the kH·kW taps inside it.
+template <class T>
+void taps_rows(const T* __restrict__ in, int64_t in_cols, const T* __restrict__ taps, int64_t kernel_h,
+               int64_t kernel_w, int64_t tap_step_h, int64_t tap_step_w, int64_t stride_h, int64_t stride_w,
+               int64_t n_rows, int64_t n_cols, T init, T* __restrict__ out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const T* __restrict__ base = in + r * stride_h * in_cols;
+    T* __restrict__ row = out + r * n_cols;
+    if (stride_w == 1) {  // contiguous loads: the common case, vectorized over c
+      std::fill(row, row + n_cols, init);
+      for (int64_t kh = 0; kh < kernel_h; ++kh)
+        for (int64_t kw = 0; kw < kernel_w; ++kw) {
+          const T tap = taps[kh * kernel_w + kw];
+          const T* __restrict__ src = base + kh * tap_step_h * in_cols + kw * tap_step_w;
+#pragma omp simd
+          for (int64_t c = 0; c < n_cols; ++c) row[c] += tap * src[c];
+        }
+      continue;
+    }
+    for (int64_t c = 0; c < n_cols; ++c) {
+      T s = init;
+      for (int64_t kh = 0; kh < kernel_h; ++kh)
+        for (int64_t kw = 0; kw < kernel_w; ++kw)
+          s += taps[kh * kernel_w + kw] * base[kh * tap_step_h * in_cols + c * stride_w + kw * tap_step_w];
+      row[c] = s;
+    }
+  }
+}
+
+// y plane (n, co) reads input channel co / Co (one input channel per group), through a padded copy
+// of that plane (per thread, in L1/L2).
 template <class T>
 void depthwise_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
   const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t cols = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
   parallel_for(g.batch * C, grain_for(g.out_plane() * K), [&](int, int64_t i0, int64_t i1) {
+    std::vector<T> padded(rows * cols);
+    int64_t padded_plane = -1;  // the input plane held in `padded`
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / C, co = i % C;
-      const T* xp = x + (n * g.groups + co / Co) * g.in_plane();
-      const T* wp = w + co * K;
-      T* yp = y + i * g.out_plane();
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        T* __restrict__ yr = yp + oh * g.out_w;
-        std::fill(yr, yr + g.out_w, b ? b[co] : T(0));
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-          if (ih < 0 || ih >= g.in_h) continue;
-          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            const T wv = wp[kh * g.kernel_w + kw];
-            const int64_t offset = kw * g.dilation_w - g.pad_w;
-            const Range r = valid_outputs(offset, g.stride_w, g.in_w, g.out_w);
-            const T* __restrict__ xr = xp + ih * g.in_w + offset;  // xr[ow·S]
-            if (g.stride_w == 1) {
-#pragma omp simd
-              for (int64_t ow = r.lo; ow < r.hi; ++ow) yr[ow] += wv * xr[ow];
-            } else {
-              for (int64_t ow = r.lo; ow < r.hi; ++ow) yr[ow] += wv * xr[ow * g.stride_w];
-            }
-          }
-        }
+      const int64_t plane = n * g.groups + co / Co;
+      if (plane != padded_plane) {
+        pad_plane(x + plane * g.in_plane(), g.in_h, g.in_w, g.pad_h, g.pad_w, rows, cols, padded.data());
+        padded_plane = plane;
+      }
+      taps_rows(padded.data(), cols, w + co * K, g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.stride_h,
+                g.stride_w, g.out_h, g.out_w, b ? b[co] : T(0), y + i * g.out_plane());
+    }
+  });
+}
+
+// dx = convᵀ(dy) for stride 1: dx[ih, iw] = Σ_{j, kh, kw} w[c·Co + j, kh, kw] · dy[c·Co + j, ih + P − kh·D, ...],
+// a correlation of a padded dy plane with the kernel read backwards (taps_rows with negative steps).
+// The padded plane covers dy rows ih + P − kh·D ∈ [−(kH − 1)·D, H + P), zero outside [0, Ho).
+template <class T>
+void depthwise_backward_input_stride1(const Geometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t Cin = g.in_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t margin_h = (g.kernel_h - 1) * g.dilation_h, margin_w = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t rows = g.in_h + g.pad_h + margin_h, cols = g.in_w + g.pad_w + margin_w;
+  parallel_for(g.batch * Cin, grain_for(g.out_plane() * K * Co), [&](int, int64_t i0, int64_t i1) {
+    std::vector<T> padded(rows * cols), part(g.in_plane());
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / Cin, c = i % Cin;
+      T* dxp = dx + i * g.in_plane();
+      for (int64_t j = 0; j < Co; ++j) {
+        const int64_t co = c * Co + j;
+        pad_plane(dy + (n * g.out_channels() + co) * g.out_plane(), g.out_h, g.out_w, margin_h, margin_w, rows, cols,
+                  padded.data());
+        // Tap (kh, kw) reads padded[ih + P + (kH − 1 − kh)·D, ...]: start at the last tap, step −D.
+        const T* start = padded.data() + (g.pad_h + margin_h) * cols + g.pad_w + margin_w;
+        taps_rows(start, cols, w + co * K, g.kernel_h, g.kernel_w, -g.dilation_h, -g.dilation_w, 1, 1, g.in_h, g.in_w,
+                  T(0), j == 0 ? dxp : part.data());
+        if (j > 0)
+          for (int64_t p = 0; p < g.in_plane(); ++p) dxp[p] += part[p];
       }
     }
   });
 }
 
-// dx plane (n, c) gathers the Co output channels c·Co + j that read it.
+// dx plane (n, c) gathers the Co output channels c·Co + j that read it (any stride: a scatter).
 template <class T>
 void depthwise_backward_input(const Geometry& g, const T* dy, const T* w, T* dx) {
+  if (g.stride_h == 1 && g.stride_w == 1) return depthwise_backward_input_stride1(g, dy, w, dx);
   const int64_t Cin = g.in_channels(), Co = g.out_per_group, K = g.kernel_size();
   parallel_for(g.batch * Cin, grain_for(g.out_plane() * K * Co), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -402,33 +462,35 @@ void depthwise_backward_input(const Geometry& g, const T* dy, const T* w, T* dx)
   });
 }
 
-// dw[co, kh, kw] = Σ_n Σ_oh (Σ_ow dy[n, co, oh, ow] · x[n, co/Co, ih, ow·S + offset]): the inner sum
-// in T along a row (vectorized), the outer ones in double. Threads split output channels.
+// dw[co, kh, kw] = Σ_n Σ_oh (Σ_ow dy[n, co, oh, ow] · x_padded[n, co/Co, oh·S + kh·D, ow·S + kw·D]): the
+// inner sum in T along a row (vectorized, no bounds: x is read from a padded copy of its plane), the
+// outer ones in double. Threads split output channels.
 template <class T>
 void depthwise_backward_weight(const Geometry& g, const T* dy, const T* x, T* dw) {
   const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t cols = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
   parallel_for(C, grain_for(g.batch * g.out_plane() * K), [&](int, int64_t c0, int64_t c1) {
     std::vector<double> acc(K);
+    std::vector<T> padded(rows * cols);
     for (int64_t co = c0; co < c1; ++co) {
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t n = 0; n < g.batch; ++n) {
-        const T* xp = x + (n * g.groups + co / Co) * g.in_plane();
+        pad_plane(x + (n * g.groups + co / Co) * g.in_plane(), g.in_h, g.in_w, g.pad_h, g.pad_w, rows, cols,
+                  padded.data());
         const T* dyp = dy + (n * C + co) * g.out_plane();
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
           const T* __restrict__ dyr = dyp + oh * g.out_w;
           for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) continue;
+            const T* xrow = padded.data() + (oh * g.stride_h + kh * g.dilation_h) * cols;
             for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              const int64_t offset = kw * g.dilation_w - g.pad_w;
-              const Range r = valid_outputs(offset, g.stride_w, g.in_w, g.out_w);
-              const T* __restrict__ xr = xp + ih * g.in_w + offset;
+              const T* __restrict__ xr = xrow + kw * g.dilation_w;
               T s = 0;
               if (g.stride_w == 1) {
 #pragma omp simd reduction(+ : s)
-                for (int64_t ow = r.lo; ow < r.hi; ++ow) s += dyr[ow] * xr[ow];
+                for (int64_t ow = 0; ow < g.out_w; ++ow) s += dyr[ow] * xr[ow];
               } else {
-                for (int64_t ow = r.lo; ow < r.hi; ++ow) s += dyr[ow] * xr[ow * g.stride_w];
+                for (int64_t ow = 0; ow < g.out_w; ++ow) s += dyr[ow] * xr[ow * g.stride_w];
               }
               acc[kh * g.kernel_w + kw] += s;
             }
