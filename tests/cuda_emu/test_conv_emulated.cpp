@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
       {1, 2, 2, {3, 4}, {4, 4}, {1, 1}, {1, 1}, {2, 1}, {1, 1}, 1},
       {2, 4, 6, {9}, {2}, {1}, {4}, {0}, {4}, 2},
       {3, 2, 3, {8}, {3}, {3}, {1}, {1}, {1}, 1},
+      {1, 2, 70, {9, 9}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1},  // several tiles of the tiled forward
   };
   const std::vector<Case> transposes = {  // pad_begin: padding, pad_end: output_padding
       {2, 4, 3, {3, 4}, {4, 4}, {2, 2}, {1, 1}, {0, 1}, {1, 1}, 1},
