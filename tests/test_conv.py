@@ -264,3 +264,18 @@ def test_module_constructor_errors():
     with pytest.raises(ValueError, match="'same' expected stride 1"):
         replearn.nn.Conv2d(2, 2, 3, stride=2, padding="same")
     assert not isinstance(replearn.nn.Conv2d(2, 2, 3), torch.nn.Conv2d)
+
+
+def test_images_larger_than_one_im2col_block(gen):
+    """64 channels × 3×3 on 40×40: the column matrix (576 × 1600) is split into several blocks, the last partial."""
+    x = torch.randn(3, 64, 40, 37, dtype=torch.float64, generator=gen)
+    w = torch.randn(8, 64, 3, 3, dtype=torch.float64, generator=gen) * 0.05
+    dy = torch.randn(3, 8, 20, 19, dtype=torch.float64, generator=gen)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ws = [w.clone().requires_grad_(True) for _ in range(2)]
+    ours, theirs = ops.conv2d(xs[0], ws[0], None, 2, 1), F.conv2d(xs[1], ws[1], None, 2, 1)
+    _close(ours, theirs)
+    ours.backward(dy)
+    theirs.backward(dy)
+    _close(xs[0].grad, xs[1].grad)
+    _close(ws[0].grad, ws[1].grad)

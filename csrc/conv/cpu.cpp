@@ -11,8 +11,8 @@
 // Pointwise convolutions (1×1, stride 1, no padding) skip im2col: col is x itself.
 //
 // Why it is written this way:
-// - Bounded workspace: im2col runs over blocks of output columns (at most kColBlockElements
-//   elements of col), so a large image never asks for a huge buffer, and the block stays in L2/L3.
+// - Bounded workspace: im2col runs over blocks of output columns (about kColBlockElements
+//   elements of col), so a large image never asks for a huge buffer, and the block stays in L2.
 // - Threads: with at least as many samples as threads, samples are spread over threads and each
 //   runs single-threaded GEMMs (no synchronization inside a product, im2col and GEMM of a sample on
 //   the same core); with fewer, samples run one after another on multi-threaded GEMMs
@@ -43,9 +43,13 @@ namespace {
 
 using blas::Trans;
 
-// Elements of col per im2col block (8 MiB of float32): large enough for efficient GEMMs, small
-// enough for the last-level cache and a workspace that does not grow with the image.
-constexpr int64_t kColBlockElements = int64_t{1} << 21;
+// Elements of col per im2col block (1 MiB of float32, this machine's L2 per core): the block im2col
+// writes is still in L2 when the GEMM reads it, and the workspace stays small (a fresh workspace of
+// many MiB costs page faults on every call under glibc's default malloc). At least
+// kMinBlockColumns columns (or the whole image), so that a GEMM with a large weight matrix is not
+// split into slivers that each repack it.
+constexpr int64_t kColBlockElements = int64_t{1} << 18;
+constexpr int64_t kMinBlockColumns = 256;
 // Work (elements touched, or multiply-adds) below which a parallel chunk costs more than it saves.
 constexpr int64_t kGrainWork = int64_t{1} << 15;
 
@@ -71,7 +75,8 @@ inline Range valid_outputs(int64_t offset, int64_t stride, int64_t size, int64_t
 // --------------------------------------------------------------------------------- im2col/col2im
 
 int64_t block_columns(const Geometry& g) {
-  return std::clamp<int64_t>(kColBlockElements / std::max<int64_t>(1, g.col_rows()), 1, std::max<int64_t>(1, g.out_plane()));
+  const int64_t by_size = kColBlockElements / std::max<int64_t>(1, g.col_rows());
+  return std::clamp<int64_t>(std::max(by_size, kMinBlockColumns), 1, std::max<int64_t>(1, g.out_plane()));
 }
 
 // Walks the output positions [p0, p1) row segment by row segment for one (c, kh, kw) row of col:
