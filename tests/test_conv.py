@@ -267,10 +267,11 @@ def test_module_constructor_errors():
 
 
 def test_images_larger_than_one_im2col_block(gen):
-    """64 channels × 3×3 on 40×37: the column matrix (576 × 1480) is split into blocks of 455 columns, the last partial."""
-    x = torch.randn(3, 64, 40, 37, dtype=torch.float64, generator=gen)
-    w = torch.randn(8, 64, 3, 3, dtype=torch.float64, generator=gen) * 0.05
-    dy = torch.randn(3, 8, 40, 37, dtype=torch.float64, generator=gen)
+    """160 channels × 3×3 on 40×37: the column matrix (1440 × 1480) exceeds one im2col block of 2²¹
+    elements (csrc/conv/cpu.cpp), so it is processed in blocks, the last one partial."""
+    x = torch.randn(2, 160, 40, 37, dtype=torch.float64, generator=gen)
+    w = torch.randn(4, 160, 3, 3, dtype=torch.float64, generator=gen) * 0.03
+    dy = torch.randn(2, 4, 40, 37, dtype=torch.float64, generator=gen)
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
     ws = [w.clone().requires_grad_(True) for _ in range(2)]
     ours, theirs = ops.conv2d(xs[0], ws[0], None, 1, 1), F.conv2d(xs[1], ws[1], None, 1, 1)

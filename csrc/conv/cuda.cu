@@ -80,7 +80,8 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 // product y_g (Co, P) = W_g (Co, Ci·K) · col (Ci·K, P) with col never stored — each block gathers its
 // (kTileK × kTileN) slice of col from x into shared memory (zeros for padding), beside the
 // (kTileK × kTileM) slice of W_g, and each of its 256 threads accumulates a 4 × 4 tile of y in
-// float32 registers. Grid: (output-position tiles, output-channel tiles, N·G).
+// float32 registers. Grid: one block per (sample·group, output-channel tile, output-position tile),
+// flattened into grid.x.
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kTiledThreads = 256;
 
 template <class T>
@@ -92,8 +93,9 @@ __global__ void __launch_bounds__(kTiledThreads) forward_tiled_kernel(const T* _
   __shared__ float col_tile[kTileK][kTileN];
   const int64_t K = g.kernel_h * g.kernel_w, R = g.in_per_group * K, P = g.out_h * g.out_w;
   const int64_t Co = g.out_per_group, cout = g.groups * Co;
-  const int64_t ng = blockIdx.z, n = ng / g.groups, grp = ng % g.groups;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM, p0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int64_t m_tiles = (Co + kTileM - 1) / kTileM, p_tiles = (P + kTileN - 1) / kTileN;
+  const int64_t block = blockIdx.x, ng = block / (m_tiles * p_tiles), n = ng / g.groups, grp = ng % g.groups;
+  const int64_t m0 = (block / p_tiles) % m_tiles * kTileM, p0 = block % p_tiles * kTileN;
   const T* xg = x + ng * g.in_per_group * g.in_h * g.in_w;  // (Ci, H, W)
   const T* wg = w + grp * Co * R;                           // (Co, Ci·K)
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -228,17 +230,14 @@ __global__ void channel_sums_kernel(const T* __restrict__ t, int64_t batch, int6
 
 // ------------------------------------------------------------------------------------ launchers
 
-// Dense convolutions take the tiled kernel (grid.y and grid.z are limited to 65535), depthwise ones
-// (a product with k = kH·kW) the direct one.
+// Dense convolutions take the tiled kernel, depthwise ones (a product with k = kH·kW) the direct one.
 template <class T>
 void launch_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
   const int64_t total = g.batch * g.out_channels() * g.out_plane();
   if (total == 0) return;
-  const int64_t m_tiles = ceil_div(g.out_per_group, kTileM), p_tiles = ceil_div(g.out_plane(), kTileN);
-  if (!g.depthwise() && g.batch * g.groups <= 65535 && m_tiles <= 65535 && p_tiles <= kMaxGridX) {
-    const dim3 grid(static_cast<unsigned>(p_tiles), static_cast<unsigned>(m_tiles),
-                    static_cast<unsigned>(g.batch * g.groups));
-    forward_tiled_kernel<T><<<grid, kTiledThreads, 0, s>>>(x, w, b, g, y);
+  const int64_t tiles = g.batch * g.groups * ceil_div(g.out_per_group, kTileM) * ceil_div(g.out_plane(), kTileN);
+  if (!g.depthwise() && tiles <= kMaxGridX) {
+    forward_tiled_kernel<T><<<static_cast<unsigned>(tiles), kTiledThreads, 0, s>>>(x, w, b, g, y);
     REPLEARN_CUDA_LAUNCH_CHECK();
     return;
   }
