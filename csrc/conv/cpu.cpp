@@ -30,6 +30,7 @@
 //   with the roles of x and dy exchanged.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "conv/conv.h"
@@ -201,13 +202,47 @@ DenseScratch dense_scratch(const Geometry& g, bool weight_grad) {
   return {col, partial};
 }
 
-int64_t workspace_bytes(const Geometry& g, bool weight_grad, size_t element) {
-  return dense_scratch(g, weight_grad).bytes_for(batch_chunks(g), element);
+// With stride 1, the input gradient of a dense convolution is itself a convolution (Dumoulin &
+// Visin 2016, §4): dx = conv(dy, W'), W'[g·Ci + c, o, kh, kw] = W[g·Co + o, c, kH−1−kh, kW−1−kw], with
+// padding D·(K−1) − P on each side. Run as a forward (im2col + GEMM) it avoids col2im's scattered
+// additions. Applies when both of the new paddings are non-negative (conv_transpose with an
+// output_padding can leave a negative one: it keeps the col2im path).
+std::optional<Geometry> flipped_geometry(const Geometry& g) {
+  if (g.depthwise() || g.stride_h != 1 || g.stride_w != 1) return std::nullopt;
+  const int64_t span_h = (g.kernel_h - 1) * g.dilation_h, span_w = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t end_h = g.out_h + span_h - g.in_h - g.pad_h, end_w = g.out_w + span_w - g.in_w - g.pad_w;
+  if (g.pad_h > span_h || g.pad_w > span_w || end_h < 0 || end_w < 0 || end_h > span_h || end_w > span_w)
+    return std::nullopt;
+  Geometry f = g;
+  f.in_per_group = g.out_per_group;
+  f.out_per_group = g.in_per_group;
+  f.in_h = g.out_h, f.in_w = g.out_w, f.out_h = g.in_h, f.out_w = g.in_w;
+  f.pad_h = span_h - g.pad_h, f.pad_w = span_w - g.pad_w;
+  return f;
 }
 
-// One chunk's worth: what validation demands.
-int64_t min_workspace_bytes(const Geometry& g, bool weight_grad, size_t element) {
-  return dense_scratch(g, weight_grad).bytes_for(1, element);
+// wf (G·Ci, Co, kH, kW) from w (G·Co, Ci, kH, kW), taps reversed.
+template <class T>
+void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf) {
+  const int64_t K = g.kernel_size(), Ci = g.in_per_group, Co = g.out_per_group;
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t c = 0; c < Ci; ++c)
+        for (int64_t k = 0; k < K; ++k)
+          wf[((grp * Ci + c) * Co + o) * K + (K - 1 - k)] = w[((grp * Co + o) * Ci + c) * K + k];
+}
+
+// Workspace bytes for the dense kernels: with the input gradient (`dx`: backward, or conv_transpose's
+// forward) through the flipped forward, the flipped weights first and then the larger of the two
+// scratches; otherwise dense_backward's (im2col block, plus partials with `dw`) or the forward's.
+// `minimum`: one chunk's worth, what validation demands; otherwise the split the kernels will use.
+int64_t scratch_bytes(const Geometry& g, bool dx, bool dw, size_t element, bool minimum) {
+  const int64_t own = dense_scratch(g, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
+  const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
+  if (!f) return own;
+  const int64_t flipped = dense_scratch(*f, false).bytes_for(minimum ? 1 : batch_chunks(*f), element);
+  const int64_t weights = g.out_channels() * g.col_rows() * static_cast<int64_t>(element);
+  return weights + std::max(flipped, dw ? own : int64_t{0});
 }
 
 // ------------------------------------------------------------------------------- small helpers
@@ -530,9 +565,18 @@ void backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* 
   if (g.depthwise()) {
     if (dx) depthwise_backward_input(g, dy, w, dx);
     if (dw) depthwise_backward_weight(g, dy, x, dw);
-  } else {
-    dense_backward(g, dy, x, w, dx, dw, ws, ws_elements);
+    return;
   }
+  const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
+  if (!f) {
+    dense_backward(g, dy, x, w, dx, dw, ws, ws_elements);
+    return;
+  }
+  const int64_t weights = g.out_channels() * g.col_rows();
+  flip_weights(g, w, ws);
+  // f may be depthwise (one output channel per group here): forward() picks the kernel.
+  forward(*f, dy, static_cast<const T*>(ws), static_cast<const T*>(nullptr), dx, ws + weights, ws_elements - weights);
+  if (dw) dense_backward(g, dy, x, w, static_cast<T*>(nullptr), dw, ws + weights, ws_elements - weights);
 }
 
 template <class T>
@@ -567,7 +611,7 @@ int64_t conv_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const 
   return size_or_zero([&] {
     const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding_begin,
                                           padding_end, dilation, groups, y);
-    return workspace_bytes(g, false, element_size(x.dtype));
+    return scratch_bytes(g, false, false, element_size(x.dtype), false);
   });
 }
 
@@ -578,7 +622,7 @@ void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight
                                    const OptView& workspace, std::uintptr_t) {
   const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, bias, stride, padding_begin, padding_end,
                                         dilation, groups, y);
-  check_workspace("conv_forward", workspace, min_workspace_bytes(g, false, element_size(x.dtype)), x);
+  check_workspace("conv_forward", workspace, scratch_bytes(g, false, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>(),
@@ -594,7 +638,7 @@ int64_t conv_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, cons
   return size_or_zero([&] {
     const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
                                            dilation, groups, std::nullopt, std::nullopt, std::nullopt);
-    return workspace_bytes(g, true, element_size(x.dtype));
+    return scratch_bytes(g, true, true, element_size(x.dtype), false);
   });
 }
 
@@ -606,7 +650,8 @@ void conv_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, c
   const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
                                          dilation, groups, dx, dweight, dbias);
   if (dx || dweight)
-    check_workspace("conv_backward", workspace, min_workspace_bytes(g, dweight.has_value(), element_size(x.dtype)), x);
+    check_workspace("conv_backward", workspace,
+                    scratch_bytes(g, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (dx || dweight)
@@ -624,7 +669,7 @@ int64_t conv_transpose_forward_workspace_size<DeviceType::CPU>(const TensorView&
   return size_or_zero([&] {
     const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding,
                                                     dilation, groups, y);
-    return workspace_bytes(g, false, element_size(x.dtype));
+    return scratch_bytes(g, true, false, element_size(x.dtype), false);
   });
 }
 
@@ -635,7 +680,7 @@ void conv_transpose_forward<DeviceType::CPU>(const TensorView& x, const TensorVi
                                              std::uintptr_t) {
   const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, bias, stride, padding, dilation,
                                                   groups, y);
-  check_workspace("conv_transpose_forward", workspace, min_workspace_bytes(g, false, element_size(x.dtype)), x);
+  check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, true, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     // y is conv's input side: y = convᵀ(x), conv's backward to its input with dy = x.
@@ -653,7 +698,8 @@ int64_t conv_transpose_backward_workspace_size<DeviceType::CPU>(const TensorView
   return size_or_zero([&] {
     const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
                                                      groups, std::nullopt, std::nullopt, std::nullopt);
-    return workspace_bytes(g, true, element_size(x.dtype));
+    // dx is conv's forward, dW conv's weight gradient (no dx there: the flipped path never applies).
+    return scratch_bytes(g, false, true, element_size(x.dtype), false);
   });
 }
 
@@ -666,7 +712,7 @@ void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const Tensor
                                                    groups, dx, dweight, dbias);
   if (dx || dweight)
     check_workspace("conv_transpose_backward", workspace,
-                    min_workspace_bytes(g, dweight.has_value(), element_size(x.dtype)), x);
+                    scratch_bytes(g, false, dweight.has_value(), element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* ws = workspace_ptr<T>(workspace);

@@ -137,6 +137,7 @@ const std::vector<Case> kCases = {
     {3, 2, 3, {9}, {3}, {3}, {1}, {1}, {1}, 1, false},
     {5, 3, 3, {10}, {3}, {1}, {2}, {2}, {2}, 3, true},
     {6, 4, 5, {6, 5}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},
+    {2, 4, 2, {6, 5}, {3, 3}, {1, 1}, {0, 0}, {0, 0}, {1, 1}, 2, true},  // one output channel per group
 };
 
 class ConvForward : public ::testing::TestWithParam<DType> {};
@@ -243,7 +244,7 @@ TEST(ConvTransposeBackward, MatchesFiniteDifferences) {
 }
 
 TEST(ConvBackward, OnlyRequestedGradientsAndAnyWorkspaceSize) {
-  const Case& c = kCases.back();  // six samples: two threads split the batch
+  const Case& c = kCases[9];  // six samples, groups 1: two threads split the batch
   Random rng(5);
   Buffer x = test::random_buffer(rng, DType::Float32, with_front({c.batch, c.in_channels}, c.size));
   Buffer w = test::random_buffer(rng, DType::Float32, with_front({c.out_channels, c.in_channels}, c.kernel));
