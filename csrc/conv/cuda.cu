@@ -81,7 +81,7 @@ __global__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 // (kTileK × kTileN) slice of col from x into shared memory (zeros for padding), beside the
 // (kTileK × kTileM) slice of W_g, and each of its 256 threads accumulates a 4 × 4 tile of y in
 // float32 registers. Grid: one block per (sample·group, output-channel tile, output-position tile),
-// flattened into grid.x.
+// flattened into grid.x and grid-strided.
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kTiledThreads = 256;
 
 template <class T>
@@ -94,53 +94,56 @@ __global__ void __launch_bounds__(kTiledThreads) forward_tiled_kernel(const T* _
   const int64_t K = g.kernel_h * g.kernel_w, R = g.in_per_group * K, P = g.out_h * g.out_w;
   const int64_t Co = g.out_per_group, cout = g.groups * Co;
   const int64_t m_tiles = (Co + kTileM - 1) / kTileM, p_tiles = (P + kTileN - 1) / kTileN;
-  const int64_t block = blockIdx.x, ng = block / (m_tiles * p_tiles), n = ng / g.groups, grp = ng % g.groups;
-  const int64_t m0 = (block / p_tiles) % m_tiles * kTileM, p0 = block % p_tiles * kTileN;
-  const T* xg = x + ng * g.in_per_group * g.in_h * g.in_w;  // (Ci, H, W)
-  const T* wg = w + grp * Co * R;                           // (Co, Ci·K)
+  const int64_t tiles = g.batch * g.groups * m_tiles * p_tiles;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < R; k0 += kTileK) {
-    for (int e = tid; e < kTileK * kTileM; e += kTiledThreads) {  // W_g slice: runs of kTileK along r
-      const int kk = e % kTileK, mm = e / kTileK;
-      const int64_t m = m0 + mm, r = k0 + kk;
-      w_tile[kk][mm] = (m < Co && r < R) ? to_float(wg[m * R + r]) : 0.f;
-    }
-    for (int e = tid; e < kTileK * kTileN; e += kTiledThreads) {  // col slice, gathered from x
-      const int nn = e % kTileN, kk = e / kTileN;
-      const int64_t p = p0 + nn, r = k0 + kk;
-      float v = 0.f;
-      if (p < P && r < R) {
-        const int64_t c = r / K, kh = (r % K) / g.kernel_w, kw = r % g.kernel_w;
-        const int64_t ih = (p / g.out_w) * g.stride_h - g.pad_h + kh * g.dilation_h;
-        const int64_t iw = (p % g.out_w) * g.stride_w - g.pad_w + kw * g.dilation_w;
-        if (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w) v = to_float(xg[(c * g.in_h + ih) * g.in_w + iw]);
+  for (int64_t block = blockIdx.x; block < tiles; block += gridDim.x) {  // grid-stride over tiles
+    const int64_t ng = block / (m_tiles * p_tiles), n = ng / g.groups, grp = ng % g.groups;
+    const int64_t m0 = (block / p_tiles) % m_tiles * kTileM, p0 = block % p_tiles * kTileN;
+    const T* xg = x + ng * g.in_per_group * g.in_h * g.in_w;  // (Ci, H, W)
+    const T* wg = w + grp * Co * R;                           // (Co, Ci·K)
+    float acc[4][4] = {};
+    for (int64_t k0 = 0; k0 < R; k0 += kTileK) {
+      for (int e = tid; e < kTileK * kTileM; e += kTiledThreads) {  // W_g slice: runs of kTileK along r
+        const int kk = e % kTileK, mm = e / kTileK;
+        const int64_t m = m0 + mm, r = k0 + kk;
+        w_tile[kk][mm] = (m < Co && r < R) ? to_float(wg[m * R + r]) : 0.f;
       }
-      col_tile[kk][nn] = v;
+      for (int e = tid; e < kTileK * kTileN; e += kTiledThreads) {  // col slice, gathered from x
+        const int nn = e % kTileN, kk = e / kTileN;
+        const int64_t p = p0 + nn, r = k0 + kk;
+        float v = 0.f;
+        if (p < P && r < R) {
+          const int64_t c = r / K, kh = (r % K) / g.kernel_w, kw = r % g.kernel_w;
+          const int64_t ih = (p / g.out_w) * g.stride_h - g.pad_h + kh * g.dilation_h;
+          const int64_t iw = (p % g.out_w) * g.stride_w - g.pad_w + kw * g.dilation_w;
+          if (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w) v = to_float(xg[(c * g.in_h + ih) * g.in_w + iw]);
+        }
+        col_tile[kk][nn] = v;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kTileK; ++kk) {
+        float a[4], c[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = w_tile[kk][ty * 4 + i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[j] = col_tile[kk][tx * 4 + j];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * c[j];
+      }
+      __syncthreads();
     }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-      float a[4], c[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = w_tile[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) c[j] = col_tile[kk][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * c[j];
-    }
-    __syncthreads();
-  }
-  for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty * 4 + i;
-    if (m >= Co) continue;
-    const int64_t o = grp * Co + m;
-    const float bias = b ? to_float(b[o]) : 0.f;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t p = p0 + tx * 4 + j;
-      if (p < P) y[(n * cout + o) * P + p] = from_float<T>(acc[i][j] + bias);
+    for (int i = 0; i < 4; ++i) {
+      const int64_t m = m0 + ty * 4 + i;
+      if (m >= Co) continue;
+      const int64_t o = grp * Co + m;
+      const float bias = b ? to_float(b[o]) : 0.f;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t p = p0 + tx * 4 + j;
+        if (p < P) y[(n * cout + o) * P + p] = from_float<T>(acc[i][j] + bias);
+      }
     }
   }
 }
@@ -235,9 +238,9 @@ template <class T>
 void launch_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
   const int64_t total = g.batch * g.out_channels() * g.out_plane();
   if (total == 0) return;
-  const int64_t tiles = g.batch * g.groups * ceil_div(g.out_per_group, kTileM) * ceil_div(g.out_plane(), kTileN);
-  if (!g.depthwise() && tiles <= kMaxGridX) {
-    forward_tiled_kernel<T><<<static_cast<unsigned>(tiles), kTiledThreads, 0, s>>>(x, w, b, g, y);
+  if (!g.depthwise()) {
+    const int64_t tiles = g.batch * g.groups * ceil_div(g.out_per_group, kTileM) * ceil_div(g.out_plane(), kTileN);
+    forward_tiled_kernel<T><<<grid_for(tiles), kTiledThreads, 0, s>>>(x, w, b, g, y);
     REPLEARN_CUDA_LAUNCH_CHECK();
     return;
   }
