@@ -17,7 +17,8 @@ demo: setup
 test: setup test-cpp test-python
 
 test-cpp:
-	cmake -S . -B build/cpp-tests -G Ninja -DREPLEARN_PYTHON=OFF -DREPLEARN_CUDA=OFF -DREPLEARN_BUILD_TESTS=ON >/dev/null
+	cmake -S . -B build/cpp-tests -G Ninja -DREPLEARN_PYTHON=OFF -DREPLEARN_CUDA=OFF -DREPLEARN_BUILD_TESTS=ON \
+	  -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null
 	cmake --build build/cpp-tests -j $(JOBS)
 	ctest --test-dir build/cpp-tests --output-on-failure -j $(JOBS)
 

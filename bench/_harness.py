@@ -72,8 +72,6 @@ class Case:
         min_fraction_of_limit: goal, with memory reuse: achieved GB/s at least this fraction of the
             measured copy bandwidth.
         max_overhead_us: goal for overhead rows: replearn microseconds per call at most this.
-        flops: `flops(shape)`, the arithmetic of the call for compute-bound ops (attention); the row
-            then also reports achieved GFLOP/s (`achieved_gflops` in the JSON).
     """
 
     op: str
@@ -86,11 +84,14 @@ class Case:
     min_speedup: float | None = None
     min_fraction_of_limit: float | None = None
     max_overhead_us: float | None = None
+    # Compute-bound cases: `flops(shape)`, the floating-point operations of the call (a multiply-add
+    # counts two); they report GFLOP/s against the machine's GEMM rate (GemmReference) instead of
+    # GB/s against the copy, and leave bytes_moved None.
     flops: Callable[[tuple[int, ...]], float] | None = None
 
     @property
     def overhead(self) -> bool:
-        return self.bytes_moved is None
+        return self.bytes_moved is None and self.flops is None
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -164,6 +165,25 @@ class CopyReference:
         self.dst.copy_(self.src)
 
 
+class GemmReference:
+    """The machine's compute limit: a float32 matrix product `torch.mm` of two 1024×1024 matrices
+    (256 in quick mode) into a preallocated output, 2·n³ flops, on torch's threads and BLAS — the
+    rate a convolution lowered to GEMM can at best reach. Timed beside every compute-bound case, as
+    the copy is beside the bandwidth cases.
+    """
+
+    def __init__(self, device: str, quick: bool):
+        n = 256 if quick else 1024
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.randn(n, n, generator=generator).to(device)
+        self.b = torch.randn(n, n, generator=generator).to(device)
+        self.c = torch.empty(n, n, device=device)
+        self.flops = 2.0 * n**3
+
+    def __call__(self) -> None:
+        torch.mm(self.a, self.b, out=self.c)
+
+
 # ------------------------------------------------------------------------------ passes over a spec
 # Each returns a Case.build: one spec, timed as inference, as a training step, or as a forward that
 # records the autograd graph (the per-call cost of the autograd path on tiny tensors).
@@ -231,14 +251,15 @@ def check_agree(op: str, theirs, ours, dtype: torch.dtype) -> None:
             raise AssertionError(f"{op}: output {i} differs from torch's by {error:.3g} (relative to {scale:.3g})")
 
 
-_references: dict[tuple[str, bool], CopyReference] = {}
+_references: dict[tuple[str, bool, bool], CopyReference | GemmReference] = {}
 
 
 def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, quick: bool) -> dict:
     """Builds, checks and times one case beside the copy reference; returns its JSON row."""
-    key = (case.device, quick)
-    if key not in _references:  # one pair of copy buffers per device, kept for the whole run
-        _references[key] = CopyReference(case.device, quick)
+    compute_bound = case.flops is not None
+    key = (case.device, quick, compute_bound)
+    if key not in _references:  # one reference per device and kind, kept for the whole run
+        _references[key] = (GemmReference if compute_bound else CopyReference)(case.device, quick)
     reference = _references[key]
     shape = case.quick_shape if quick else case.shape
     torch_run, replearn_run = case.build(shape, case.dtype, case.device)
@@ -251,6 +272,14 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
     achieved = None
     if case.bytes_moved is not None:
         achieved = case.bytes_moved(shape, torch.empty((), dtype=case.dtype).element_size()) / replearn_s / 1e9
+    if compute_bound:  # GFLOP/s against the GEMM rate, in place of GB/s against the copy
+        return {
+            "family": family, "op": case.op, "shape": list(shape), "dtype": dtype_name(case.dtype),
+            "device": case.device, "torch_ms": torch_s * 1e3, "replearn_ms": replearn_s * 1e3,
+            "speedup": torch_s / replearn_s, "achieved_gbps": None, "limit_gbps": None,
+            "achieved_gflops": case.flops(shape) / replearn_s / 1e9, "limit_gflops": reference.flops / copy_s / 1e9,
+            "torch_gflops": case.flops(shape) / torch_s / 1e9, "malloc": malloc,
+        }  # fmt: skip
     return {
         "family": family,
         "op": case.op,
@@ -262,8 +291,6 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
         "speedup": torch_s / replearn_s,
         "achieved_gbps": achieved,
         "limit_gbps": reference.bytes_moved / copy_s / 1e9,
-        "achieved_gflops": case.flops(shape) / replearn_s / 1e9 if case.flops is not None else None,
-        "torch_gflops": case.flops(shape) / torch_s / 1e9 if case.flops is not None else None,
         "malloc": malloc,
     }
 
@@ -282,15 +309,17 @@ def shape_text(shape: Sequence[int]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """One line per row: times (µs for overhead rows), speedup, GB/s and its fraction of the limit."""
     lines = [
-        "| family | op | shape | dtype | device | torch | replearn | speedup | GB/s | % of copy |",
+        "| family | op | shape | dtype | device | torch | replearn | speedup | rate | % of limit |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        overhead = row["achieved_gbps"] is None
-        gbps = "—" if overhead else f"{row['achieved_gbps']:.1f}"
-        if row.get("achieved_gflops") is not None:  # compute-bound rows: GFLOP/s of replearn (torch)
-            gbps += f" ({row['achieved_gflops']:.1f} ({row['torch_gflops']:.1f}) GFLOP/s)"
-        fraction = "—" if overhead else f"{100 * row['achieved_gbps'] / row['limit_gbps']:.0f}%"
+        overhead = row["achieved_gbps"] is None and "achieved_gflops" not in row
+        if "achieved_gflops" in row:  # compute-bound: GFLOP/s (torch's in brackets) against the GEMM rate
+            gbps = f"{row['achieved_gflops']:.1f} GFLOP/s [{row['torch_gflops']:.1f}]"
+            fraction = f"{100 * row['achieved_gflops'] / row['limit_gflops']:.0f}% of GEMM"
+        else:
+            gbps = "—" if overhead else f"{row['achieved_gbps']:.1f} GB/s"
+            fraction = "—" if overhead else f"{100 * row['achieved_gbps'] / row['limit_gbps']:.0f}% of copy"
         lines.append(
             f"| {row['family']} | {row['op']} | {shape_text(row['shape'])} | {row['dtype']} | {row['device']} "
             f"| {_time_cell(row['torch_ms'], overhead)} | {_time_cell(row['replearn_ms'], overhead)} "

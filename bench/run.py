@@ -145,14 +145,18 @@ class ForeignLoad:
 
 def section(mode: str, rows: list[dict]) -> str:
     setting = "glibc defaults" if mode == "default" else f"`GLIBC_TUNABLES={_harness.REUSE_TUNABLES}`"
-    limits: dict[str, list[float]] = {}
-    for row in rows:
-        limits.setdefault(row["device"], []).append(row["limit_gbps"])
-    limit_text = ", ".join(
-        f"{device} median {statistics.median(gbps):.1f} GB/s (from {min(gbps):.1f} to {max(gbps):.1f} beside the rows)"
-        for device, gbps in limits.items()
-    )
-    return f"## malloc: {mode} ({setting})\n\nCopy bandwidth: {limit_text or 'not measured'}.\n\n{_harness.markdown_table(rows)}\n"
+    def limit_text(field: str, unit: str) -> str:
+        limits: dict[str, list[float]] = {}
+        for row in rows:
+            if row.get(field) is not None:
+                limits.setdefault(row["device"], []).append(row[field])
+        return ", ".join(
+            f"{device} median {statistics.median(v):.1f} {unit} (from {min(v):.1f} to {max(v):.1f} beside the rows)"
+            for device, v in limits.items()
+        ) or "not measured"
+
+    limits = f"Copy bandwidth: {limit_text('limit_gbps', 'GB/s')}. GEMM rate: {limit_text('limit_gflops', 'GFLOP/s')}."
+    return f"## malloc: {mode} ({setting})\n\n{limits}\n\n{_harness.markdown_table(rows)}\n"
 
 
 def measure(args: argparse.Namespace, mode: str) -> list[dict]:

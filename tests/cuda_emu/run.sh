@@ -27,8 +27,13 @@ print(f"{sys.argv[1]}: launch sites rewritten: {count}")
 PY
 flags="-std=c++20 -O1 -g -I$here/include -I$root/csrc -w"
 [ "${SANITIZE:-0}" = 1 ] && flags="$flags -fsanitize=address,undefined -fno-omit-frame-pointer"
-# The core sources and every host-side source of the family (validation, CPU kernels).
-sources="$root/csrc/core/error.cpp $root/csrc/core/check.cpp $root/csrc/core/parallel.cpp $(ls "$root/csrc/$family"/*.cpp)"
-g++ $flags -fopenmp "$out/cuda_emulated.cpp" "$here/test_${family}_emulated.cpp" $sources ${EMU_LIBS:-} -lpthread \
+# The core sources and every host-side source of the family (validation, CPU kernels); the CPU
+# kernels' GEMM (core/gemm.cpp) links OpenBLAS from the scipy-openblas32 wheel.
+sources="$(ls "$root"/csrc/core/*.cpp) $(ls "$root/csrc/$family"/*.cpp)"
+python=$root/.venv/bin/python
+[ -x "$python" ] || python=python3
+openblas=$("$python" -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
+g++ $flags -fopenmp "$out/cuda_emulated.cpp" "$here/test_${family}_emulated.cpp" $sources ${EMU_LIBS:-} \
+  "$openblas/libscipy_openblas.so" -Wl,-rpath,"$openblas" -lpthread \
   -o "$out/test_emulated"
 "$out/test_emulated" "$@"

@@ -9,6 +9,8 @@ Linear → Norm → ReLU blocks. Pooling layers (MaxPool, AvgPool, AdaptiveAvgPo
 
 from . import utils
 from .attention import KVCache, MultiheadAttention
+
+from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
 from .ssm import MambaBlock, S4Layer, SelectiveSSM, hippo_legs, nplr_legs, s4d_init
@@ -35,6 +37,10 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "Conv1d",
+    "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",

@@ -1,0 +1,730 @@
+// Convolution family, CPU kernels (float32 and float64).
+//
+// Dense convolutions (more than one input channel per group) are matrix products (Chellapilla et
+// al. 2006, "High performance convolutional neural networks for document processing"): per sample
+// and group, im2col copies the receptive field of every output position into a column,
+//   col (Ci·kH·kW, P)  with  col[(c, kh, kw), (oh, ow)] = x[c, oh·S − P + kh·D, ow·S − P + kw·D] (0 outside)
+// and then
+//   forward          y_g (Co, P)       = W_g (Co, Ci·K) · col                      (core/gemm)
+//   backward input   col               = W_gᵀ · dy_g,  then col2im adds col back into dx
+//   backward weight  dW_g (Co, Ci·K)  += dy_g · colᵀ
+// Pointwise convolutions (1×1, stride 1, no padding) skip im2col: col is x itself.
+//
+// Why it is written this way:
+// - Bounded workspace: im2col runs over blocks of output columns (about kColBlockElements
+//   elements of col), so a large image never asks for a huge buffer.
+// - Threads: with at least as many samples as threads, samples are spread over threads and each
+//   runs single-threaded GEMMs (no synchronization inside a product, im2col and GEMM of a sample on
+//   the same core); with fewer, samples run one after another on multi-threaded GEMMs
+//   (blas::parallel_for_gemm keeps OpenBLAS from oversubscribing OpenMP). Weight gradients of the
+//   per-thread samples go to per-chunk partials in the workspace, added in chunk order after the
+//   region: deterministic for a given thread count.
+// - Depthwise convolutions (one input channel per group, Chollet 2017; Howard et al. 2017) are a
+//   poor fit for GEMM (a product with k = kH·kW), so they have direct kernels: each (sample,
+//   channel) plane is one task, every kernel tap (kh, kw) is a contiguous multiply-add along an
+//   output row (stride 1) that the compiler vectorizes, and the weight gradient is a dot product
+//   of an output-gradient row with a shifted input row per tap, summed in float along the row and
+//   in double across rows.
+// - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
+//   to the input, its input gradient conv's forward, its weight gradient conv's weight gradient
+//   with the roles of x and dy exchanged.
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "conv/conv.h"
+#include "core/dispatch.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+
+namespace replearn::conv {
+
+namespace {
+
+using blas::Trans;
+
+// Elements of col per im2col block (8 MiB of float32): the workspace does not grow with the image,
+// yet the ResNet layers run one GEMM per sample. Blocks of 1 MiB (L2-sized) measured slower here
+// (forward of the 64→64 56×56 layer 0.5–1.0 s against 0.46–0.55 s for 8 MiB, same window, loaded
+// machine): a product per block pays OpenBLAS's per-call buffer handling, shared by the threads.
+// At least kMinBlockColumns columns (or the whole image), so that a GEMM with a large weight matrix
+// is not split into slivers that each repack it.
+constexpr int64_t kColBlockElements = int64_t{1} << 21;
+constexpr int64_t kMinBlockColumns = 256;
+// Work (elements touched, or multiply-adds) below which a parallel chunk costs more than it saves.
+constexpr int64_t kGrainWork = int64_t{1} << 15;
+
+// Items per parallel chunk when each item costs `work_per_item`.
+inline int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_item)); }
+
+template <class T>
+T* ptr_or_null(const OptView& v) {
+  return v ? v->data_as<T>() : nullptr;
+}
+
+// Output positions o ∈ [lo, hi) whose input position o·stride + offset lies in [0, size).
+struct Range {
+  int64_t lo, hi;
+};
+inline Range valid_outputs(int64_t offset, int64_t stride, int64_t size, int64_t out_size) {
+  const int64_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  const int64_t hi = size - 1 - offset < 0 ? 0 : (size - 1 - offset) / stride + 1;
+  const int64_t lo_clamped = std::min(lo, out_size);
+  return {lo_clamped, std::clamp(hi, lo_clamped, out_size)};
+}
+
+// --------------------------------------------------------------------------------- im2col/col2im
+
+int64_t block_columns(const Geometry& g) {
+  const int64_t by_size = kColBlockElements / std::max<int64_t>(1, g.col_rows());
+  return std::clamp<int64_t>(std::max(by_size, kMinBlockColumns), 1, std::max<int64_t>(1, g.out_plane()));
+}
+
+// Walks the output positions [p0, p1) row segment by row segment for one (c, kh, kw) row of col:
+// f(oh, ow0, ow1, column offset of ow0 in the block).
+template <class F>
+inline void for_row_segments(const Geometry& g, int64_t p0, int64_t p1, const F& f) {
+  for (int64_t p = p0; p < p1;) {
+    const int64_t oh = p / g.out_w, ow0 = p % g.out_w;
+    const int64_t ow1 = std::min(g.out_w, ow0 + (p1 - p));
+    f(oh, ow0, ow1, p - p0);
+    p += ow1 - ow0;
+  }
+}
+
+// col (Ci·kH·kW, p1 − p0) from one group's x (Ci, H, W), output positions [p0, p1).
+template <class T>
+void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, T* __restrict__ col) {
+  const int64_t cols = p1 - p0;
+  parallel_for(g.in_per_group, grain_for(g.kernel_size() * cols), [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          T* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * cols;
+          const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+          const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+          for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
+            T* __restrict__ dst = row + at - ow0;  // dst[ow]
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) {
+              std::fill(dst + ow0, dst + ow1, T(0));
+              return;
+            }
+            const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+            std::fill(dst + ow0, dst + lo, T(0));
+            const T* __restrict__ src = x + (c * g.in_h + ih) * g.in_w + offset_w;  // src[ow·S]
+            if (g.stride_w == 1) {
+              std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.stride_w];
+            }
+            std::fill(dst + hi, dst + ow1, T(0));
+          });
+        }
+      }
+    }
+  });
+}
+
+// dx (Ci, H, W) of one group += col2im(col), output positions [p0, p1). Threads split channels, so
+// no two write the same element.
+template <class T>
+void col2im_add(const Geometry& g, const T* __restrict__ col, int64_t p0, int64_t p1, T* __restrict__ dx) {
+  const int64_t cols = p1 - p0;
+  parallel_for(g.in_per_group, grain_for(g.kernel_size() * cols), [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const T* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * cols;
+          const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+          const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+          for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) return;
+            const T* __restrict__ src = row + at - ow0;                          // src[ow]
+            T* __restrict__ dst = dx + (c * g.in_h + ih) * g.in_w + offset_w;   // dst[ow·S]
+            const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+            if (g.stride_w == 1) {
+#pragma omp simd
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow * g.stride_w] += src[ow];
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------ batch splitting
+
+// Chunks the batch is split into: one per thread when there are at least as many samples as
+// threads (single-threaded GEMMs inside), else one (multi-threaded GEMMs).
+// Small convolutions (less than kGrainWork multiply-adds per sample) stay on one thread.
+int batch_chunks(const Geometry& g) {
+  const int threads = num_threads();
+  const int64_t work = g.out_channels() * g.out_plane() * g.col_rows();
+  return threads > 1 && g.batch >= threads && work >= kGrainWork ? parallel_chunk_count(g.batch, 1) : 1;
+}
+
+// f(chunk, sample) for every sample, at most max_chunks chunks.
+template <class F>
+void for_each_sample(const Geometry& g, int max_chunks, const F& f) {
+  const int chunks = std::max(1, std::min(batch_chunks(g), max_chunks));
+  blas::parallel_for_gemm(
+      g.batch, 1, [&](int chunk, int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) f(chunk, n);
+      },
+      chunks);
+}
+
+// Workspace elements (of T) of a dense convolution: per chunk one im2col block, plus, with weight
+// gradients, one partial dW per chunk but the first (which writes dW itself).
+struct DenseScratch {
+  int64_t col_elements, partial_elements;
+  int64_t bytes_for(int chunks, size_t element) const {
+    return (chunks * col_elements + (chunks - 1) * partial_elements) * static_cast<int64_t>(element);
+  }
+  // Chunks that fit in `elements` (at least 1: the caller validated one chunk's worth).
+  int chunks_in(int64_t elements) const {
+    const int64_t per = col_elements + partial_elements;
+    if (per == 0) return 1 << 30;
+    return static_cast<int>(std::max<int64_t>(1, (elements + partial_elements) / per));
+  }
+};
+
+DenseScratch dense_scratch(const Geometry& g, bool weight_grad) {
+  if (g.depthwise()) return {0, 0};
+  const int64_t col = g.pointwise() ? 0 : g.col_rows() * block_columns(g);
+  const int64_t partial = weight_grad ? g.out_channels() * g.col_rows() : 0;
+  return {col, partial};
+}
+
+// With stride 1, the input gradient of a dense convolution is itself a convolution (Dumoulin &
+// Visin 2016, §4): dx = conv(dy, W'), W'[g·Ci + c, o, kh, kw] = W[g·Co + o, c, kH−1−kh, kW−1−kw], with
+// padding D·(K−1) − P on each side. Run as a forward (im2col + GEMM) it avoids col2im's scattered
+// additions. Applies when both of the new paddings are non-negative (conv_transpose with an
+// output_padding can leave a negative one: it keeps the col2im path).
+std::optional<Geometry> flipped_geometry(const Geometry& g) {
+  if (g.depthwise() || g.stride_h != 1 || g.stride_w != 1) return std::nullopt;
+  const int64_t span_h = (g.kernel_h - 1) * g.dilation_h, span_w = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t end_h = g.out_h + span_h - g.in_h - g.pad_h, end_w = g.out_w + span_w - g.in_w - g.pad_w;
+  if (g.pad_h > span_h || g.pad_w > span_w || end_h < 0 || end_w < 0 || end_h > span_h || end_w > span_w)
+    return std::nullopt;
+  Geometry f = g;
+  f.in_per_group = g.out_per_group;
+  f.out_per_group = g.in_per_group;
+  f.in_h = g.out_h, f.in_w = g.out_w, f.out_h = g.in_h, f.out_w = g.in_w;
+  f.pad_h = span_h - g.pad_h, f.pad_w = span_w - g.pad_w;
+  return f;
+}
+
+// wf (G·Ci, Co, kH, kW) from w (G·Co, Ci, kH, kW), taps reversed.
+template <class T>
+void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf) {
+  const int64_t K = g.kernel_size(), Ci = g.in_per_group, Co = g.out_per_group;
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t c = 0; c < Ci; ++c)
+        for (int64_t k = 0; k < K; ++k)
+          wf[((grp * Ci + c) * Co + o) * K + (K - 1 - k)] = w[((grp * Co + o) * Ci + c) * K + k];
+}
+
+// Workspace bytes for the dense kernels: with the input gradient (`dx`: backward, or conv_transpose's
+// forward) through the flipped forward, the flipped weights first and then the larger of the two
+// scratches; otherwise dense_backward's (im2col block, plus partials with `dw`) or the forward's.
+// `minimum`: one chunk's worth, what validation demands; otherwise the split the kernels will use.
+int64_t scratch_bytes(const Geometry& g, bool dx, bool dw, size_t element, bool minimum) {
+  const int64_t own = dense_scratch(g, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
+  const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
+  if (!f) return own;
+  const int64_t flipped = dense_scratch(*f, false).bytes_for(minimum ? 1 : batch_chunks(*f), element);
+  const int64_t weights = g.out_channels() * g.col_rows() * static_cast<int64_t>(element);
+  return weights + std::max(flipped, dw ? own : int64_t{0});
+}
+
+// ------------------------------------------------------------------------------- small helpers
+
+// t (N, C, plane) += b[c]
+template <class T>
+void add_channel_bias(T* t, int64_t batch, int64_t channels, int64_t plane, const T* b) {
+  if (!b) return;
+  parallel_for(batch * channels, grain_for(plane), [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T* __restrict__ row = t + i * plane;
+      const T v = b[i % channels];
+#pragma omp simd
+      for (int64_t p = 0; p < plane; ++p) row[p] += v;
+    }
+  });
+}
+
+// out[c] = Σ_n Σ_p t[n, c, p], in double
+template <class T>
+void channel_sums(const T* t, int64_t batch, int64_t channels, int64_t plane, T* out) {
+  if (!out) return;
+  parallel_for(channels, grain_for(batch * plane), [&](int, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double total = 0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const T* __restrict__ row = t + (n * channels + c) * plane;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t p = 0; p < plane; ++p) s += row[p];
+        total += s;
+      }
+      out[c] = static_cast<T>(total);
+    }
+  });
+}
+
+template <class T>
+void zero(T* t, int64_t n) {
+  if (t && n > 0) std::memset(t, 0, sizeof(T) * n);
+}
+
+// --------------------------------------------------------------------------------- dense kernels
+
+// y (N, G·Co, P) = conv(x) + b
+template <class T>
+void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
+  const DenseScratch scratch = dense_scratch(g, false);
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
+  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
+  for_each_sample(g, scratch.chunks_in(ws_elements), [&](int chunk, int64_t n) {
+    T* col = ws + chunk * scratch.col_elements;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
+      T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
+      const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
+      if (g.pointwise()) {
+        blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
+        continue;
+      }
+      for (int64_t p0 = 0; p0 < P; p0 += block) {
+        const int64_t cols = std::min(block, P - p0);
+        im2col(g, xg, p0, p0 + cols, col);
+        blas::gemm<T>(Trans::No, Trans::No, Co, cols, R, T(1), wg, R, col, cols, T(0), yg + p0, P);
+      }
+    }
+    add_channel_bias(y + n * g.out_channels() * P, 1, g.out_channels(), P, b);
+  });
+}
+
+// dx (x's shape) and dw (weight's shape) from dy; either may be null.
+template <class T>
+void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* ws,
+                    int64_t ws_elements) {
+  const DenseScratch scratch = dense_scratch(g, dw != nullptr);
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
+  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
+  const int chunks = std::max(1, std::min(batch_chunks(g), scratch.chunks_in(ws_elements)));
+  std::vector<char> started(chunks, 0);  // whether a chunk's dW has received its first product
+  for_each_sample(g, chunks, [&](int chunk, int64_t n) {
+    T* col = ws + chunk * scratch.col_elements;
+    // Chunk 0 accumulates in dW itself, the others in their partials after the columns.
+    T* dw_chunk = chunk == 0 ? dw : ws + chunks * scratch.col_elements + (chunk - 1) * scratch.partial_elements;
+    if (dx) zero(dx + n * g.groups * x_group, g.groups * x_group);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const T* xg = x + (n * g.groups + grp) * x_group;
+      const T* dyg = dy + (n * g.groups + grp) * y_group;
+      const T* wg = w + grp * Co * R;
+      T* dxg = dx ? dx + (n * g.groups + grp) * x_group : nullptr;
+      T* dwg = dw ? dw_chunk + grp * Co * R : nullptr;
+      if (g.pointwise()) {
+        if (dw) blas::gemm<T>(Trans::No, Trans::Yes, Co, R, P, T(1), dyg, P, xg, P, started[chunk] ? T(1) : T(0), dwg, R);
+        if (dx) blas::gemm<T>(Trans::Yes, Trans::No, R, P, Co, T(1), wg, R, dyg, P, T(0), dxg, P);
+        continue;
+      }
+      for (int64_t p0 = 0; p0 < P; p0 += block) {
+        const int64_t cols = std::min(block, P - p0);
+        if (dw) {
+          im2col(g, xg, p0, p0 + cols, col);
+          const T beta = started[chunk] || p0 > 0 ? T(1) : T(0);
+          blas::gemm<T>(Trans::No, Trans::Yes, Co, R, cols, T(1), dyg + p0, P, col, cols, beta, dwg, R);
+        }
+        if (dx) {
+          blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
+          col2im_add(g, col, p0, p0 + cols, dxg);
+        }
+      }
+    }
+    started[chunk] = 1;
+  });
+  if (!dw) return;
+  if (g.batch == 0) {
+    zero(dw, g.out_channels() * R);
+    return;
+  }
+  // dW += the other chunks' partials, in chunk order.
+  const int64_t count = g.out_channels() * R;
+  parallel_for(count, kGrainWork, [&](int, int64_t i0, int64_t i1) {
+    for (int c = 1; c < chunks; ++c) {
+      if (!started[c]) continue;
+      const T* __restrict__ part = ws + chunks * scratch.col_elements + (c - 1) * scratch.partial_elements;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) dw[i] += part[i];
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- depthwise kernels
+
+// Copies plane (H, W) into out (rows, cols) at offset (top, left), zeros around it: the padded plane
+// a depthwise kernel reads without bounds checks. Parts of the plane beyond out are left out.
+template <class T>
+void pad_plane(const T* __restrict__ plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t rows,
+               int64_t cols, T* __restrict__ out) {
+  std::fill(out, out + rows * cols, T(0));
+  const int64_t c0 = std::max<int64_t>(0, -left), c1 = std::min(w, cols - left);
+  for (int64_t r = std::max<int64_t>(0, top); r < std::min(rows, top + h); ++r)
+    if (c0 < c1) std::memcpy(out + r * cols + left + c0, plane + (r - top) * w + c0, sizeof(T) * (c1 - c0));
+}
+
+// Out (n_rows, n_cols) = Σ_{kh, kw} taps[kh, kw] · in[r·S_h + kh·D_h·sign, c·S_w + kw·D_w·sign] read from a
+// padded plane (no bounds), every tap of one output accumulated in registers: the vectorized loop
+// runs over output columns with the kH·kW taps inside it.
+template <class T>
+void taps_rows(const T* __restrict__ in, int64_t in_cols, const T* __restrict__ taps, int64_t kernel_h,
+               int64_t kernel_w, int64_t tap_step_h, int64_t tap_step_w, int64_t stride_h, int64_t stride_w,
+               int64_t n_rows, int64_t n_cols, T init, T* __restrict__ out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const T* __restrict__ base = in + r * stride_h * in_cols;
+    T* __restrict__ row = out + r * n_cols;
+    if (stride_w == 1) {  // contiguous loads: the common case, vectorized over c
+      std::fill(row, row + n_cols, init);
+      for (int64_t kh = 0; kh < kernel_h; ++kh)
+        for (int64_t kw = 0; kw < kernel_w; ++kw) {
+          const T tap = taps[kh * kernel_w + kw];
+          const T* __restrict__ src = base + kh * tap_step_h * in_cols + kw * tap_step_w;
+#pragma omp simd
+          for (int64_t c = 0; c < n_cols; ++c) row[c] += tap * src[c];
+        }
+      continue;
+    }
+    for (int64_t c = 0; c < n_cols; ++c) {
+      T s = init;
+      for (int64_t kh = 0; kh < kernel_h; ++kh)
+        for (int64_t kw = 0; kw < kernel_w; ++kw)
+          s += taps[kh * kernel_w + kw] * base[kh * tap_step_h * in_cols + c * stride_w + kw * tap_step_w];
+      row[c] = s;
+    }
+  }
+}
+
+// y plane (n, co) reads input channel co / Co (one input channel per group), through a padded copy
+// of that plane (per thread, in L1/L2).
+template <class T>
+void depthwise_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t cols = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
+  parallel_for(g.batch * C, grain_for(g.out_plane() * K), [&](int, int64_t i0, int64_t i1) {
+    std::vector<T> padded(rows * cols);
+    int64_t padded_plane = -1;  // the input plane held in `padded`
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / C, co = i % C;
+      const int64_t plane = n * g.groups + co / Co;
+      if (plane != padded_plane) {
+        pad_plane(x + plane * g.in_plane(), g.in_h, g.in_w, g.pad_h, g.pad_w, rows, cols, padded.data());
+        padded_plane = plane;
+      }
+      taps_rows(padded.data(), cols, w + co * K, g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w, g.stride_h,
+                g.stride_w, g.out_h, g.out_w, b ? b[co] : T(0), y + i * g.out_plane());
+    }
+  });
+}
+
+// dx = convᵀ(dy) for stride 1: dx[ih, iw] = Σ_{j, kh, kw} w[c·Co + j, kh, kw] · dy[c·Co + j, ih + P − kh·D, ...],
+// a correlation of a padded dy plane with the kernel read backwards (taps_rows with negative steps).
+// The padded plane covers dy rows ih + P − kh·D ∈ [−(kH − 1)·D, H + P), zero outside [0, Ho).
+template <class T>
+void depthwise_backward_input_stride1(const Geometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t Cin = g.in_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t margin_h = (g.kernel_h - 1) * g.dilation_h, margin_w = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t rows = g.in_h + g.pad_h + margin_h, cols = g.in_w + g.pad_w + margin_w;
+  parallel_for(g.batch * Cin, grain_for(g.out_plane() * K * Co), [&](int, int64_t i0, int64_t i1) {
+    std::vector<T> padded(rows * cols), part(g.in_plane());
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / Cin, c = i % Cin;
+      T* dxp = dx + i * g.in_plane();
+      for (int64_t j = 0; j < Co; ++j) {
+        const int64_t co = c * Co + j;
+        pad_plane(dy + (n * g.out_channels() + co) * g.out_plane(), g.out_h, g.out_w, margin_h, margin_w, rows, cols,
+                  padded.data());
+        // Tap (kh, kw) reads padded[ih + P + (kH − 1 − kh)·D, ...]: start at the last tap, step −D.
+        const T* start = padded.data() + (g.pad_h + margin_h) * cols + g.pad_w + margin_w;
+        taps_rows(start, cols, w + co * K, g.kernel_h, g.kernel_w, -g.dilation_h, -g.dilation_w, 1, 1, g.in_h, g.in_w,
+                  T(0), j == 0 ? dxp : part.data());
+        if (j > 0)
+          for (int64_t p = 0; p < g.in_plane(); ++p) dxp[p] += part[p];
+      }
+    }
+  });
+}
+
+// dx plane (n, c) gathers the Co output channels c·Co + j that read it (any stride: a scatter).
+template <class T>
+void depthwise_backward_input(const Geometry& g, const T* dy, const T* w, T* dx) {
+  if (g.stride_h == 1 && g.stride_w == 1) return depthwise_backward_input_stride1(g, dy, w, dx);
+  const int64_t Cin = g.in_channels(), Co = g.out_per_group, K = g.kernel_size();
+  parallel_for(g.batch * Cin, grain_for(g.out_plane() * K * Co), [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / Cin, c = i % Cin;
+      T* dxp = dx + i * g.in_plane();
+      std::fill(dxp, dxp + g.in_plane(), T(0));
+      for (int64_t j = 0; j < Co; ++j) {
+        const int64_t co = c * Co + j;
+        const T* dyp = dy + (n * g.out_channels() + co) * g.out_plane();
+        const T* wp = w + co * K;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const T* __restrict__ dyr = dyp + oh * g.out_w;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const T wv = wp[kh * g.kernel_w + kw];
+              const int64_t offset = kw * g.dilation_w - g.pad_w;
+              const Range r = valid_outputs(offset, g.stride_w, g.in_w, g.out_w);
+              T* __restrict__ dxr = dxp + ih * g.in_w + offset;  // dxr[ow·S]
+              if (g.stride_w == 1) {
+#pragma omp simd
+                for (int64_t ow = r.lo; ow < r.hi; ++ow) dxr[ow] += wv * dyr[ow];
+              } else {
+                for (int64_t ow = r.lo; ow < r.hi; ++ow) dxr[ow * g.stride_w] += wv * dyr[ow];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// dw[co, kh, kw] = Σ_n Σ_oh (Σ_ow dy[n, co, oh, ow] · x_padded[n, co/Co, oh·S + kh·D, ow·S + kw·D]): the
+// inner sum in T along a row (vectorized, no bounds: x is read from a padded copy of its plane), the
+// outer ones in double. Threads split output channels.
+template <class T>
+void depthwise_backward_weight(const Geometry& g, const T* dy, const T* x, T* dw) {
+  const int64_t C = g.out_channels(), Co = g.out_per_group, K = g.kernel_size();
+  const int64_t rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t cols = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
+  parallel_for(C, grain_for(g.batch * g.out_plane() * K), [&](int, int64_t c0, int64_t c1) {
+    std::vector<double> acc(K);
+    std::vector<T> padded(rows * cols);
+    for (int64_t co = c0; co < c1; ++co) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t n = 0; n < g.batch; ++n) {
+        pad_plane(x + (n * g.groups + co / Co) * g.in_plane(), g.in_h, g.in_w, g.pad_h, g.pad_w, rows, cols,
+                  padded.data());
+        const T* dyp = dy + (n * C + co) * g.out_plane();
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const T* __restrict__ dyr = dyp + oh * g.out_w;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const T* xrow = padded.data() + (oh * g.stride_h + kh * g.dilation_h) * cols;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const T* __restrict__ xr = xrow + kw * g.dilation_w;
+              T s = 0;
+              if (g.stride_w == 1) {
+#pragma omp simd reduction(+ : s)
+                for (int64_t ow = 0; ow < g.out_w; ++ow) s += dyr[ow] * xr[ow];
+              } else {
+                for (int64_t ow = 0; ow < g.out_w; ++ow) s += dyr[ow] * xr[ow * g.stride_w];
+              }
+              acc[kh * g.kernel_w + kw] += s;
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) dw[co * K + k] = static_cast<T>(acc[k]);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------- the three directions
+
+template <class T>
+void forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
+  if (g.batch == 0 || g.out_channels() == 0) return;
+  if (g.depthwise()) {
+    depthwise_forward(g, x, w, b, y);
+  } else {
+    dense_forward(g, x, w, b, y, ws, ws_elements);
+  }
+}
+
+template <class T>
+void backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* ws, int64_t ws_elements) {
+  if (g.batch == 0 || g.out_channels() == 0 || g.in_channels() == 0) {
+    zero(dx, g.batch * g.in_channels() * g.in_plane());
+    zero(dw, g.out_channels() * g.col_rows());
+    return;
+  }
+  if (g.depthwise()) {
+    if (dx) depthwise_backward_input(g, dy, w, dx);
+    if (dw) depthwise_backward_weight(g, dy, x, dw);
+    return;
+  }
+  const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
+  if (!f) {
+    dense_backward(g, dy, x, w, dx, dw, ws, ws_elements);
+    return;
+  }
+  const int64_t weights = g.out_channels() * g.col_rows();
+  flip_weights(g, w, ws);
+  // f may be depthwise (one output channel per group here): forward() picks the kernel.
+  forward(*f, dy, static_cast<const T*>(ws), static_cast<const T*>(nullptr), dx, ws + weights, ws_elements - weights);
+  if (dw) dense_backward(g, dy, x, w, static_cast<T*>(nullptr), dw, ws + weights, ws_elements - weights);
+}
+
+template <class T>
+T* workspace_ptr(const OptView& ws) {
+  return ws ? ws->data_as<T>() : nullptr;
+}
+template <class T>
+int64_t workspace_elements(const OptView& ws) {
+  return ws ? ws->numel() / static_cast<int64_t>(sizeof(T)) : 0;
+}
+
+size_t element_size(DType dtype) { return dtype == DType::Float64 ? sizeof(double) : sizeof(float); }
+
+// Geometry for a workspace-size query; nullopt when validation would reject the arguments.
+template <class F>
+int64_t size_or_zero(const F& f) {
+  try {
+    return f();
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- entry points
+
+template <>
+int64_t conv_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const TensorView& weight, const Ints& stride,
+                                                     const Ints& padding_begin, const Ints& padding_end,
+                                                     const Ints& dilation, int64_t groups, const TensorView& y) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding_begin,
+                                          padding_end, dilation, groups, y);
+    return scratch_bytes(g, false, false, element_size(x.dtype), false);
+  });
+}
+
+template <>
+void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight, const OptView& bias,
+                                   const Ints& stride, const Ints& padding_begin, const Ints& padding_end,
+                                   const Ints& dilation, int64_t groups, const TensorView& y,
+                                   const OptView& workspace, std::uintptr_t) {
+  const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, bias, stride, padding_begin, padding_end,
+                                        dilation, groups, y);
+  check_workspace("conv_forward", workspace, scratch_bytes(g, false, false, element_size(x.dtype), true), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>(),
+               workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+  });
+}
+
+template <>
+int64_t conv_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, const TensorView& x,
+                                                      const TensorView& weight, const Ints& stride,
+                                                      const Ints& padding_begin, const Ints& padding_end,
+                                                      const Ints& dilation, int64_t groups) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
+                                           dilation, groups, std::nullopt, std::nullopt, std::nullopt);
+    return scratch_bytes(g, true, true, element_size(x.dtype), false);
+  });
+}
+
+template <>
+void conv_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, const TensorView& weight,
+                                    const Ints& stride, const Ints& padding_begin, const Ints& padding_end,
+                                    const Ints& dilation, int64_t groups, const OptView& dx, const OptView& dweight,
+                                    const OptView& dbias, const OptView& workspace, std::uintptr_t) {
+  const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
+                                         dilation, groups, dx, dweight, dbias);
+  if (dx || dweight)
+    check_workspace("conv_backward", workspace,
+                    scratch_bytes(g, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (dx || dweight)
+      backward<T>(g, dy.data_as<T>(), x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(dx),
+                  ptr_or_null<T>(dweight), workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+    channel_sums<T>(dy.data_as<T>(), g.batch, g.out_channels(), g.out_plane(), ptr_or_null<T>(dbias));
+  });
+}
+
+template <>
+int64_t conv_transpose_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const TensorView& weight,
+                                                               const Ints& stride, const Ints& padding,
+                                                               const Ints& dilation, int64_t groups,
+                                                               const TensorView& y) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding,
+                                                    dilation, groups, y);
+    return scratch_bytes(g, true, false, element_size(x.dtype), false);
+  });
+}
+
+template <>
+void conv_transpose_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight, const OptView& bias,
+                                             const Ints& stride, const Ints& padding, const Ints& dilation,
+                                             int64_t groups, const TensorView& y, const OptView& workspace,
+                                             std::uintptr_t) {
+  const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, bias, stride, padding, dilation,
+                                                  groups, y);
+  check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, true, false, element_size(x.dtype), true), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    // y is conv's input side: y = convᵀ(x), conv's backward to its input with dy = x.
+    backward<T>(g, x.data_as<T>(), nullptr, weight.data_as<T>(), y.data_as<T>(), nullptr,
+                workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+    add_channel_bias<T>(y.data_as<T>(), g.batch, g.in_channels(), g.in_plane(), ptr_or_null<T>(bias));
+  });
+}
+
+template <>
+int64_t conv_transpose_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, const TensorView& x,
+                                                                const TensorView& weight, const Ints& stride,
+                                                                const Ints& padding, const Ints& dilation,
+                                                                int64_t groups) {
+  return size_or_zero([&] {
+    const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
+                                                     groups, std::nullopt, std::nullopt, std::nullopt);
+    // dx is conv's forward, dW conv's weight gradient (no dx there: the flipped path never applies).
+    return scratch_bytes(g, false, true, element_size(x.dtype), false);
+  });
+}
+
+template <>
+void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, const TensorView& weight,
+                                              const Ints& stride, const Ints& padding, const Ints& dilation,
+                                              int64_t groups, const OptView& dx, const OptView& dweight,
+                                              const OptView& dbias, const OptView& workspace, std::uintptr_t) {
+  const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
+                                                   groups, dx, dweight, dbias);
+  if (dx || dweight)
+    check_workspace("conv_transpose_backward", workspace,
+                    scratch_bytes(g, false, dweight.has_value(), element_size(x.dtype), true), x);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* ws = workspace_ptr<T>(workspace);
+    const int64_t ws_elements = workspace_elements<T>(workspace);
+    // dx = conv(dy): conv's forward with dy on its input side, no bias.
+    if (dx) forward<T>(g, dy.data_as<T>(), weight.data_as<T>(), nullptr, dx->data_as<T>(), ws, ws_elements);
+    // dW: conv's weight gradient with conv's x = dy and conv's dy = x.
+    if (dweight)
+      backward<T>(g, x.data_as<T>(), dy.data_as<T>(), weight.data_as<T>(), nullptr, dweight->data_as<T>(), ws,
+                  ws_elements);
+    channel_sums<T>(dy.data_as<T>(), g.batch, g.in_channels(), g.in_plane(), ptr_or_null<T>(dbias));
+  });
+}
+
+}  // namespace replearn::conv

@@ -1,0 +1,87 @@
+// gemm over OpenBLAS (scipy-openblas32): see gemm.h.
+#include "core/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <mutex>
+
+#include "core/error.h"
+
+// The scipy-openblas32 wheel's CBLAS, declared here rather than through its cblas.h: that header
+// needs BLAS_SYMBOL_PREFIX gymnastics and declares hundreds of functions we never call.
+extern "C" {
+enum ScipyCblasOrder { kCblasRowMajor = 101 };
+enum ScipyCblasTranspose { kCblasNoTrans = 111, kCblasTrans = 112 };
+void scipy_cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                       int lda, const float* b, int ldb, float beta, float* c, int ldc);
+void scipy_cblas_dgemm(int order, int trans_a, int trans_b, int m, int n, int k, double alpha, const double* a,
+                       int lda, const double* b, int ldb, double beta, double* c, int ldc);
+void scipy_openblas_set_num_threads(int n);
+}
+
+namespace replearn::blas {
+
+namespace {
+
+std::atomic<int> g_threads{0};  // what OpenBLAS was last told; 0: not yet
+std::mutex g_threads_mutex;
+
+int blas_int(int64_t v, const char* what) {
+  REPLEARN_CHECK(v <= INT_MAX, Value, "gemm: ", what, " = ", v, " exceeds the 32-bit BLAS interface");
+  return static_cast<int>(v);
+}
+
+inline void cblas_gemm(int ta, int tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                       int ldb, float beta, float* c, int ldc) {
+  scipy_cblas_sgemm(kCblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void cblas_gemm(int ta, int tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
+                       int ldb, double beta, double* c, int ldc) {
+  scipy_cblas_dgemm(kCblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+}  // namespace
+
+void set_gemm_threads(int n) {
+  n = std::max(1, n);
+  if (g_threads.load(std::memory_order_relaxed) == n) return;
+  std::lock_guard<std::mutex> lock(g_threads_mutex);
+  if (g_threads.load(std::memory_order_relaxed) == n) return;
+  scipy_openblas_set_num_threads(n);
+  g_threads.store(n, std::memory_order_relaxed);
+}
+
+int gemm_threads() { return std::max(1, g_threads.load(std::memory_order_relaxed)); }
+
+template <class T>
+void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (!omp_in_parallel()) set_gemm_threads(num_threads());
+  if (k <= 0) {  // C = beta·C; BLAS does this too, but some builds read A/B pointers first
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  const int ta = trans_a == Trans::Yes ? kCblasTrans : kCblasNoTrans;
+  const int tb = trans_b == Trans::Yes ? kCblasTrans : kCblasNoTrans;
+  const int n32 = blas_int(n, "n"), k32 = blas_int(k, "k");
+  const int lda32 = blas_int(lda, "lda"), ldb32 = blas_int(ldb, "ldb"), ldc32 = blas_int(ldc, "ldc");
+  // Row blocks of C keep m within int; op(A)'s rows start at a + i·lda (no transpose) or a + i.
+  constexpr int64_t kMaxRows = INT_MAX;
+  for (int64_t i = 0; i < m; i += kMaxRows) {
+    const int rows = static_cast<int>(std::min(kMaxRows, m - i));
+    const T* a_block = trans_a == Trans::Yes ? a + i : a + i * lda;
+    cblas_gemm(ta, tb, rows, n32, k32, alpha, a_block, lda32, b, ldb32, beta, c + i * ldc, ldc32);
+  }
+}
+
+template void gemm<float>(Trans, Trans, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                          int64_t, float, float*, int64_t);
+template void gemm<double>(Trans, Trans, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
+                           int64_t, double, double*, int64_t);
+
+}  // namespace replearn::blas

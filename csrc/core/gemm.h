@@ -1,0 +1,47 @@
+// gemm: the one dense matrix product of the CPU core (ARCHITECTURE.md §7), backed by OpenBLAS.
+//
+//   C = alpha · op(A) · op(B) + beta · C      op(X) = X or Xᵀ;  C (m, n), op(A) (m, k), op(B) (k, n)
+//
+// Row-major throughout, with leading dimensions in elements (lda ≥ columns of A as stored), as in
+// CBLAS with CblasRowMajor. float32 and float64. beta = 0 overwrites C without reading it (NaNs in
+// an uninitialized C do not propagate), as BLAS specifies.
+//
+// OpenBLAS is the `scipy-openblas32` wheel's build (the BLAS numpy and scipy ship; symbols prefixed
+// `scipy_`, 32-bit integers), linked at build time and loaded by importing the wheel's Python
+// module before replearn._C (docs/design.md, "GEMM").
+//
+// Threads. OpenBLAS keeps its own (pthread) pool, separate from OpenMP. To follow torch's thread
+// setting and never oversubscribe:
+// - gemm() called outside a parallel region runs on num_threads() OpenBLAS threads;
+// - kernels that call gemm() from several threads at once (one sample per thread) open the region
+//   with parallel_for_gemm(), which first restricts OpenBLAS to one thread per caller; gemm()
+//   inside a parallel region never changes OpenBLAS's setting (that would race).
+// Products with dimensions beyond 32-bit integers are split into row blocks (m) here.
+#pragma once
+
+#include <cstdint>
+
+#include "core/parallel.h"
+
+namespace replearn::blas {
+
+enum class Trans : int8_t { No, Yes };
+
+template <class T>
+void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+
+// OpenBLAS's thread count (outside parallel regions it follows num_threads()).
+void set_gemm_threads(int n);
+int gemm_threads();
+
+// parallel_for whose body may call gemm(): OpenBLAS runs single-threaded in each chunk when the
+// region has more than one chunk, and on num_threads() threads when it has one.
+template <class F>
+void parallel_for_gemm(int64_t n, int64_t grain, const F& f, int max_chunks = 1 << 30) {
+  const int chunks = std::min(parallel_chunk_count(n, grain), max_chunks);
+  set_gemm_threads(chunks > 1 ? 1 : num_threads());
+  parallel_for(n, grain, f, max_chunks);
+}
+
+}  // namespace replearn::blas

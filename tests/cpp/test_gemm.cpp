@@ -1,0 +1,119 @@
+// core/gemm: C = alpha·op(A)·op(B) + beta·C against a naive double loop, for float32 and float64,
+// every transpose combination, padded leading dimensions, alpha/beta, beta = 0 over a C full of
+// NaN (BLAS must not read it), k = 0, and the thread count following set_num_threads both outside
+// and inside parallel_for_gemm.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/gemm.h"
+#include "test_helpers.h"
+
+namespace replearn::blas {
+namespace {
+
+using test::AllClose;
+using test::Random;
+using test::ScopedThreads;
+
+// A (rows, cols) row-major matrix with leading dimension ld ≥ cols; padding holds NaN.
+struct Matrix {
+  int64_t rows, cols, ld;
+  std::vector<double> values;
+  Matrix(Random& rng, int64_t rows, int64_t cols, int64_t pad)
+      : rows(rows), cols(cols), ld(cols + pad), values(rows * (cols + pad), NAN) {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) values[i * ld + j] = rng.uniform(-1, 1);
+  }
+  double at(int64_t i, int64_t j) const { return values[i * ld + j]; }
+  template <class T>
+  std::vector<T> as() const {
+    return std::vector<T>(values.begin(), values.end());
+  }
+};
+
+struct Case {
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+  int64_t pad;
+  double alpha, beta;
+};
+
+template <class T>
+void check(const Case& c, int threads) {
+  ScopedThreads scoped(threads);
+  Random rng(c.m * 131 + c.n * 17 + c.k + (c.trans_a ? 7 : 0) + (c.trans_b ? 3 : 0));
+  // op(A) is (m, k): A is stored (m, k), or (k, m) when transposed; likewise B.
+  const Matrix a(rng, c.trans_a ? c.k : c.m, c.trans_a ? c.m : c.k, c.pad);
+  const Matrix b(rng, c.trans_b ? c.n : c.k, c.trans_b ? c.k : c.n, c.pad);
+  Matrix cm(rng, c.m, c.n, c.pad);
+  if (c.beta == 0)
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.n; ++j) cm.values[i * cm.ld + j] = NAN;  // must not be read
+  std::vector<T> av = a.as<T>(), bv = b.as<T>(), cv = cm.as<T>();
+  gemm<T>(c.trans_a ? Trans::Yes : Trans::No, c.trans_b ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha),
+          av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
+  std::vector<double> got, want;
+  for (int64_t i = 0; i < c.m; ++i)
+    for (int64_t j = 0; j < c.n; ++j) {
+      double s = 0;
+      for (int64_t p = 0; p < c.k; ++p)
+        s += double(T(c.trans_a ? a.at(p, i) : a.at(i, p))) * double(T(c.trans_b ? b.at(j, p) : b.at(p, j)));
+      const double old = c.beta == 0 ? 0 : double(T(cm.at(i, j))) * c.beta;
+      want.push_back(c.alpha * s + old);
+      got.push_back(cv[i * cm.ld + j]);
+    }
+  const double tol = sizeof(T) == 8 ? 1e-12 : 2e-5 * std::sqrt(double(std::max<int64_t>(c.k, 1)));
+  EXPECT_TRUE(AllClose(got, want, {tol, tol})) << "m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.trans_a
+                                               << " tb=" << c.trans_b << " pad=" << c.pad << " threads=" << threads;
+  // Padding between rows of C is never written.
+  for (int64_t i = 0; i < c.m; ++i)
+    for (int64_t j = c.n; j < cm.ld; ++j) EXPECT_TRUE(std::isnan(double(cv[i * cm.ld + j])));
+}
+
+const Case kCases[] = {
+    {1, 1, 1, false, false, 0, 1, 0},      {5, 7, 3, false, false, 0, 1, 0},   {5, 7, 3, true, false, 2, 1, 0},
+    {5, 7, 3, false, true, 1, 0.5, 1},     {5, 7, 3, true, true, 3, -2, 0.25}, {64, 96, 130, false, true, 0, 1, 1},
+    {130, 33, 257, true, false, 5, 1, 0},  {17, 300, 64, true, true, 0, 1.5, -1}, {4, 6, 0, false, false, 1, 1, 0.5},
+    {200, 150, 120, false, false, 7, 1, 0},
+};
+
+TEST(Gemm, Float64MatchesNaiveLoop) {
+  for (const Case& c : kCases)
+    for (int threads : {1, 2}) check<double>(c, threads);
+}
+
+TEST(Gemm, Float32MatchesNaiveLoop) {
+  for (const Case& c : kCases)
+    for (int threads : {1, 2}) check<float>(c, threads);
+}
+
+TEST(Gemm, ThreadCountFollowsTheCoreSetting) {
+  {
+    ScopedThreads one(1);
+    float a = 1, b = 2, c = 0;
+    gemm<float>(Trans::No, Trans::No, 1, 1, 1, 1.f, &a, 1, &b, 1, 0.f, &c, 1);
+    EXPECT_EQ(gemm_threads(), 1);
+    EXPECT_EQ(c, 2.f);
+  }
+  ScopedThreads two(2);
+  float a = 1, b = 3, c = 0;
+  gemm<float>(Trans::No, Trans::No, 1, 1, 1, 1.f, &a, 1, &b, 1, 0.f, &c, 1);
+  EXPECT_EQ(gemm_threads(), 2);
+  // Inside a region of several chunks each GEMM is single-threaded (no oversubscription), and
+  // concurrent products are correct.
+  std::vector<double> results(8, 0);
+  parallel_for_gemm(8, 1, [&](int, int64_t i0, int64_t i1) {
+    EXPECT_EQ(gemm_threads(), 1);
+    for (int64_t i = i0; i < i1; ++i) {
+      std::vector<double> x(64 * 64, double(i)), y(64 * 64, 1.0), z(64 * 64);
+      gemm<double>(Trans::No, Trans::No, 64, 64, 64, 1.0, x.data(), 64, y.data(), 64, 0.0, z.data(), 64);
+      results[i] = z[64 * 64 - 1];
+    }
+  });
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(results[i], 64.0 * i);
+}
+
+}  // namespace
+}  // namespace replearn::blas
