@@ -14,9 +14,9 @@ and SGD reads weight, gradient and momentum and writes weight and momentum: 7·P
 is compute-bound (about 1.7 GFLOP per image forward at this size), so that column is far below the
 copy limit by nature; the ratio to torch is the number to read.
 
-Goal (issue 10, with memory reuse): ≥ 0.9× torch. Only meaningful once `_layers.py` maps the
-convolution and pooling layers to replearn.nn (at the time of writing they are still torch.nn, and
-only the norms are replearn's): until then the two sides share most kernels.
+Goal (issue 10, with memory reuse): ≥ 0.9× torch. The replearn side runs replearn.nn's layers
+(convolution, normalization, pooling) and replearn.optim's SGD; the torch side the same zoo code
+with torch.nn's layers and torch.optim's SGD.
 
 `python bench/models.py [--batch N] [--steps N]` prints where the time of a step goes, per layer
 type (convolution, normalization, activation, pooling, linear, loss, optimizer, other), from

@@ -1,10 +1,8 @@
 """Every layer class the model zoo uses, from one place.
 
 The zoo builds its models from replearn.nn layers only (issue #10): no torch.nn convolution,
-normalization or pooling appears in a model file; they import their layers from here. While the
-convolution, pooling and regularization issues are being written, the layers that do not exist in
-replearn yet are mapped to torch.nn (each such line carries a `TODO(lead): replearn.nn` mark); the
-lead switches them at integration, and no model file changes.
+normalization or pooling appears in a model file; they import their layers from here, so a
+benchmark can bind these names to torch.nn's layers and compare the same architecture.
 
 Contract the models rely on (torch.nn's, which replearn.nn mirrors):
 - Conv1d/Conv2d/ConvTranspose1d and the pooling layers take torch's constructor arguments and keep
@@ -18,43 +16,32 @@ Contract the models rely on (torch.nn's, which replearn.nn mirrors):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from replearn.nn import AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, MaxPool2d, RMSNorm
+from replearn.nn import (
+    AdaptiveAvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv1d,
+    Conv2d,
+    ConvTranspose1d,
+    DropPath,
+    GroupNorm,
+    LayerNorm,
+    MaxPool2d,
+    RMSNorm,
+)
+from replearn.ops import dilated_causal_conv1d
 
-Conv1d = torch.nn.Conv1d  # TODO(lead): replearn.nn.Conv1d
-Conv2d = torch.nn.Conv2d  # TODO(lead): replearn.nn.Conv2d
-ConvTranspose1d = torch.nn.ConvTranspose1d  # TODO(lead): replearn.nn.ConvTranspose1d
 
-
-class CausalConv1d(Conv1d):  # TODO(lead): replearn.nn.Conv1d's causal option (keep this name as an alias)
-    """Conv1d padded on the left by (k−1)·dilation only, so no output sees a later input."""
+class CausalConv1d(Conv1d):
+    """Conv1d whose output at time t sees inputs t, t−d, …, t−(k−1)·d only, as long as the input:
+    replearn's dilated_causal_conv1d op (left padding only, no copy of the input)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = True):
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
-        self.left_padding = (kernel_size - 1) * dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, (self.left_padding, 0)))
-
-
-class DropPath(torch.nn.Module):  # TODO(lead): replearn.train.regularize.DropPath
-    """Stochastic depth on a residual branch (Huang et al. 2016): zero a sample's branch with
-    probability p in training, scale the survivors by 1/(1−p); the identity in evaluation."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return dilated_causal_conv1d(x, self.weight, self.bias, 1, self.dilation[0], self.groups)
 
 
 __all__ = [

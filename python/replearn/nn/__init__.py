@@ -9,9 +9,9 @@ Linear → Norm → ReLU blocks. Pooling layers (MaxPool, AvgPool, AdaptiveAvgPo
 
 from . import utils
 from .attention import KVCache, MultiheadAttention
-
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .create_norm import NORM_KINDS, create_norm
+from .drop import DropPath
 from .mlp import MLP
 from .ssm import MambaBlock, S4Layer, SelectiveSSM, hippo_legs, nplr_legs, s4d_init
 from .norm import (
@@ -28,6 +28,7 @@ from .norm import (
 from .pool import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
 __all__ = [
+    "DropPath",
     "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
     "AvgPool1d",

@@ -133,8 +133,7 @@ def small_cnn(in_channels: int, num_classes: int, width: int = 32, dropout: floa
 
     About 100k parameters at w = 32; any input of at least 4×4 pixels.
     """
-    # TODO(lead): swap to replearn.nn.Conv2d once the conv family lands.
-    conv, pool = nn.Conv2d, rnn.MaxPool2d
+    conv, pool = rnn.Conv2d, rnn.MaxPool2d
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         # No conv bias: the batch norm that follows subtracts the mean, which would cancel it.
