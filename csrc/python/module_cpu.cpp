@@ -4,6 +4,7 @@
 #include "core/parallel.h"
 #include "python/bind_conv.h"
 #include "python/bind_norm.h"
+#include "python/bind_rnn.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -30,4 +31,5 @@ PYBIND11_MODULE(_C, m) {
 
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_conv<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_rnn<replearn::DeviceType::CPU>(m);
 }

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "python/bind_norm.h"
+#include "python/bind_rnn.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_C_cuda, m) {
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
   });
   replearn::python::bind_norm<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_rnn<replearn::DeviceType::CUDA>(m);
 }

@@ -7,9 +7,10 @@ same checkpoint loaded; forward runs replearn's native ops. `replearn.nn.utils` 
 Linear → Norm → ReLU blocks.
 """
 
-from . import utils
+from . import init, utils
 from .create_norm import NORM_KINDS, create_norm
 from .mlp import MLP
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .norm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -36,4 +37,11 @@ __all__ = [
     "RMSNorm",
     "create_norm",
     "utils",
+    "init",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
 ]

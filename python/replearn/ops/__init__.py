@@ -8,6 +8,7 @@ tests the moment it is registered.
 
 from ._registry import list_ops, op_info
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
+from .rnn import gru, lstm, rnn_relu, rnn_tanh
 
 __all__ = [
     "list_ops",
@@ -18,4 +19,8 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "weight_norm",
+    "rnn_tanh",
+    "rnn_relu",
+    "lstm",
+    "gru",
 ]
