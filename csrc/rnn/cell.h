@@ -5,7 +5,7 @@
 //   pre   (G·H)  the input projection W_ih x_t of this row (the reserve's gate columns, overwritten
 //                with the activated gates), hh (G·H) W_hh h_{t−1}, bias (G·H) b_ih + b_hh folded
 //                (for the GRU's n gate b_in only, b_hn in bias_hn), h/c (H) the running state.
-// Inactive rows (past their sequence's end) keep their state and output zero.
+// Rows past their sequence's end take the *_inactive functions: state kept, output zero, zero gradients.
 //
 // Backward formulas (δ = ∂L/∂·, σ' = σ(1 − σ), tanh' = 1 − tanh²):
 //   Elman  δa = δh · act'(a)
@@ -49,7 +49,7 @@ REPLEARN_HD float exp_(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);
 #else
-  x = std::fmin(std::fmax(x, -87.3f), 88.3f);
+  x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;  // not fmin/fmax: their NaN rules keep them library calls
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -91,7 +91,7 @@ REPLEARN_HD double tanh_(double x) { return tanh(x); }
 // rsv: the row's reserve (reserve_width columns); its first G·H columns hold W_ih x_t on entry.
 template <Cell kind, class T>
 REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, const T* bias,
-                                 const T* bias_hn, T* h, T* c, T* y, bool active) {
+                                 const T* bias_hn, T* h, T* c, T* y) {
   const T h_prev = h[j];
   T h_new;
   switch (kind) {  // a template argument: resolved at compile time
@@ -112,7 +112,7 @@ REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, cons
       h_new = o * tanh_(c_new);
       rsv[j] = i, rsv[H + j] = f, rsv[2 * H + j] = g, rsv[3 * H + j] = o;
       rsv[4 * H + j] = c_prev;
-      if (active) c[j] = c_new;
+      c[j] = c_new;
       break;
     }
     default: {  // Gru
@@ -127,26 +127,25 @@ REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, cons
     }
   }
   rsv[reserve_h_prev(kind, H) + j] = h_prev;
-  if (active) h[j] = h_new;
-  y[j] = active ? h_new : T(0);
+  h[j] = h_new;
+  y[j] = h_new;
+}
+
+// A row past its end: state unchanged, output zero. Its reserve keeps h_prev (read by the dW_hh GEMM,
+// where it meets zero gate gradients, so it must be finite) and the input projection in the gate columns.
+template <Cell kind, class T>
+REPLEARN_HD void forward_inactive_element(int64_t j, int64_t H, T* rsv, const T* h, T* y) {
+  rsv[reserve_h_prev(kind, H) + j] = h[j];
+  y[j] = T(0);
 }
 
 // --------------------------------------------------------------------------------- backward
 // dh: δh_t of this row (running), dy: δy_t; writes δ(pre-activations) for the input side (dg_ih) and
 // the recurrent side (dg_hh; the same array except for the GRU), dh_next (δh_{t−1} before the
-// W_hh term the caller adds) and updates dc in place. Inactive rows pass δh and δc through.
+// W_hh term the caller adds) and updates dc in place.
 template <Cell kind, class T>
 REPLEARN_HD void backward_element(int64_t j, int64_t H, const T* rsv, const T* dy, const T* dh, T* dh_next,
-                                  T* dc, T* dg_ih, T* dg_hh, bool active) {
-  const int64_t G = gate_count(kind);
-  if (!active) {
-    for (int64_t k = 0; k < G; ++k) {
-      dg_ih[k * H + j] = T(0);
-      dg_hh[k * H + j] = T(0);
-    }
-    dh_next[j] = dh[j];
-    return;
-  }
+                                  T* dc, T* dg_ih, T* dg_hh) {
   const T d = dh[j] + dy[j];
   switch (kind) {  // a template argument: resolved at compile time
     case Cell::Tanh: {
@@ -185,6 +184,16 @@ REPLEARN_HD void backward_element(int64_t j, int64_t H, const T* rsv, const T* d
       break;
     }
   }
+}
+
+// A row past its end: no gate gradients, δh (and δc, untouched) pass through to the previous step.
+template <Cell kind, class T>
+REPLEARN_HD void backward_inactive_element(int64_t j, int64_t H, const T* dh, T* dh_next, T* dg_ih, T* dg_hh) {
+  for (int64_t k = 0; k < gate_count(kind); ++k) {
+    dg_ih[k * H + j] = T(0);
+    dg_hh[k * H + j] = T(0);
+  }
+  dh_next[j] = dh[j];
 }
 
 }  // namespace replearn::rnn::cell

@@ -60,9 +60,12 @@ void forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bo
         T* h_b = h + b * H;
         T* c_b = c ? c + b * H : nullptr;
         T* y_b = y + (t * B + b) * H;
-        const bool active = is_active(lengths, b, t);
+        if (is_active(lengths, b, t)) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) cell::forward_element<kind>(j, H, rsv, hh_b, bias, bias_hn, h_b, c_b, y_b, active);
+          for (int64_t j = 0; j < H; ++j) cell::forward_element<kind>(j, H, rsv, hh_b, bias, bias_hn, h_b, c_b, y_b);
+        } else {
+          for (int64_t j = 0; j < H; ++j) cell::forward_inactive_element<kind>(j, H, rsv, h_b, y_b);
+        }
       }
     });
   }
@@ -81,11 +84,17 @@ T* backward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, boo
         const T* rsv = reserve + row * R;
         const T* dy = grad_y + row * H;
         T* dc_b = dc ? dc + b * H : nullptr;
-        const bool active = is_active(lengths, b, t);
+        const T* dh_b = dh + b * H;
+        T* dh_next_b = dh_next + b * H;
+        T* dg_ih_b = dg_ih + row * GH;
+        T* dg_hh_b = dg_hh + row * GH;
+        if (is_active(lengths, b, t)) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j)
-          cell::backward_element<kind>(j, H, rsv, dy, dh + b * H, dh_next + b * H, dc_b, dg_ih + row * GH,
-                                       dg_hh + row * GH, active);
+          for (int64_t j = 0; j < H; ++j)
+            cell::backward_element<kind>(j, H, rsv, dy, dh_b, dh_next_b, dc_b, dg_ih_b, dg_hh_b);
+        } else {
+          for (int64_t j = 0; j < H; ++j) cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
+        }
       }
     });
     // δh_{t−1} += δgates_t W_hh: (B, G·H) × (G·H, H)

@@ -97,8 +97,12 @@ __global__ void forward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / H, j = i % H;
-    cell::forward_element<kind>(j, H, reserve + (t * B + b) * R, hh + b * GH, bias, bias_hn, h + b * H,
-                                c ? c + b * H : nullptr, y + (t * B + b) * H, is_active(lengths, b, t, steps));
+    float* rsv = reserve + (t * B + b) * R;
+    float* y_b = y + (t * B + b) * H;
+    if (is_active(lengths, b, t, steps))
+      cell::forward_element<kind>(j, H, rsv, hh + b * GH, bias, bias_hn, h + b * H, c ? c + b * H : nullptr, y_b);
+    else
+      cell::forward_inactive_element<kind>(j, H, rsv, h + b * H, y_b);
   }
 }
 
@@ -110,9 +114,11 @@ __global__ void backward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / H, j = i % H, row = t * B + b;
-    cell::backward_element<kind>(j, H, reserve + row * R, grad_y + row * H, dh + b * H, dh_next + b * H,
-                                 dc ? dc + b * H : nullptr, dg_ih + row * GH, dg_hh + row * GH,
-                                 is_active(lengths, b, t, steps));
+    if (is_active(lengths, b, t, steps))
+      cell::backward_element<kind>(j, H, reserve + row * R, grad_y + row * H, dh + b * H, dh_next + b * H,
+                                   dc ? dc + b * H : nullptr, dg_ih + row * GH, dg_hh + row * GH);
+    else
+      cell::backward_inactive_element<kind>(j, H, dh + b * H, dh_next + b * H, dg_ih + row * GH, dg_hh + row * GH);
   }
 }
 
