@@ -21,8 +21,11 @@ namespace {
 using blas::gemm;
 using blas::Trans;
 
-// Rows per thread below which a step's elementwise pass is not worth a parallel region.
-constexpr int64_t kRowGrain = 4;
+// Elements per thread below which a step's elementwise pass is not worth a parallel region: a step
+// is short, and an OpenMP team start (or, on a loaded machine, its spinning) would dominate it.
+constexpr int64_t kElementGrain = 1 << 14;
+
+int64_t row_grain(const LayerDims& d) { return std::max<int64_t>(1, kElementGrain / d.gates()); }
 
 bool is_active(const int64_t* lengths, int64_t b, int64_t t) { return lengths == nullptr || t < lengths[b]; }
 
@@ -53,7 +56,7 @@ void forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bo
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
     gemm(Trans::No, Trans::Yes, B, GH, H, T(1), h, H, w_hh, H, T(0), hh, GH);  // (B, G·H) = h W_hhᵀ
-    parallel_for(B, kRowGrain, [&](int, int64_t b0, int64_t b1) {
+    parallel_for(B, row_grain(d), [&](int, int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* rsv = reserve + (t * B + b) * R;
         const T* hh_b = hh + b * GH;
@@ -78,7 +81,7 @@ T* backward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, boo
   const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
   for (int64_t s = d.steps - 1; s >= 0; --s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
-    parallel_for(B, kRowGrain, [&](int, int64_t b0, int64_t b1) {
+    parallel_for(B, row_grain(d), [&](int, int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = t * B + b;
         const T* rsv = reserve + row * R;

@@ -148,12 +148,8 @@ class RNNBase(nn.Module):
         if packed:
             if lengths is not None:
                 raise ValueError(f"{type(self).__name__}: pass either a PackedSequence or 'lengths', not both")
-            padded, lengths = pad_packed_sequence(input, batch_first=False)
-            sorted_idx, unsorted_idx = input.sorted_indices, input.unsorted_indices
-            x = padded
-            if hx is not None and sorted_idx is not None:  # torch: hx is in the PackedSequence's sorted order
-                hx = tuple(h.index_select(1, unsorted_idx) for h in hx) if self.mode == "LSTM" else \
-                    hx.index_select(1, unsorted_idx)  # fmt: skip
+            # Back to the caller's batch order, in which torch takes hx and returns h_n as well.
+            x, lengths = pad_packed_sequence(input, batch_first=False)
         else:
             x = input
         if not isinstance(x, torch.Tensor):
@@ -172,12 +168,7 @@ class RNNBase(nn.Module):
         output, h_n, c_n = self._run(x, hx, lengths)
         if packed:
             out = pack_padded_sequence(output, lengths, enforce_sorted=False)
-            out = PackedSequence(out.data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-            states = (h_n, c_n)
-            if input.sorted_indices is not None:
-                states = tuple(s.index_select(1, input.sorted_indices) if s is not None else None for s in states)
-            h_n, c_n = states
-            output = out
+            output = PackedSequence(out.data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
         elif unbatched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)
             c_n = None if c_n is None else c_n.squeeze(1)
