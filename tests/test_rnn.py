@@ -182,32 +182,43 @@ def test_truncated_bptt_carries_detached_states():
         next(truncated_bptt(model, x, k=0))
 
 
-def _adding_problem(batch, steps, gen):
-    """Hochreiter & Schmidhuber's adding problem: sum the two values marked in a long sequence."""
-    values = torch.rand(batch, steps, generator=gen)
-    marks = torch.zeros(batch, steps)
-    first = torch.randint(0, steps // 2, (batch,), generator=gen)
-    second = torch.randint(steps // 2, steps, (batch,), generator=gen)
-    marks[torch.arange(batch), first] = 1.0
-    marks[torch.arange(batch), second] = 1.0
-    return torch.stack([values, marks], dim=2), (values * marks).sum(1, keepdim=True)
+def _remember_the_first_sign(batch, steps, gen):
+    """Long-range memory: the label is the sign of the first input, followed by steps − 1 of noise."""
+    x = torch.randn(batch, steps, 1, generator=gen) * 0.2
+    label = (torch.rand(batch, generator=gen) < 0.5).float()
+    x[:, 0, 0] = label * 2 - 1
+    return x, label
 
 
-def _train_adding(recurrent_init, steps=60, iterations=120, hidden=24, seed=0):
+def _train_memory_task(recurrent_init, seed, steps=16, hidden=32, iterations=150):
+    """Accuracy over the last 20 batches of a fixed budget of Adam steps."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    lstm = replearn.nn.LSTM(2, hidden, batch_first=True, recurrent_init=recurrent_init)
+    lstm = replearn.nn.LSTM(1, hidden, batch_first=True, recurrent_init=recurrent_init)
     head = torch.nn.Linear(hidden, 1)
-    params = list(lstm.parameters()) + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=3e-3)
-    losses = []
+    optimizer = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-2)
+    accuracies = []
     for _ in range(iterations):
-        x, y = _adding_problem(32, steps, gen)
-        out, _ = lstm(x)
-        loss = torch.nn.functional.mse_loss(head(out[:, -1]), y)
+        x, label = _remember_the_first_sign(64, steps, gen)
+        logit = head(lstm(x)[0][:, -1]).squeeze(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(loss.item())
-    return sum(losses[-20:]) / 20
+        accuracies.append(((logit > 0).float() == label).float().mean().item())
+    return sum(accuracies[-20:]) / 20
+
+
+def test_orthogonal_recurrent_init_learns_long_memory_where_the_default_does_not():
+    # Course notes §6.3.1: orthogonal recurrent weights keep gradients from vanishing through time.
+    # Measured (2 seeds, 150 steps, T = 16): orthogonal reaches 100% accuracy, torch's default
+    # uniform init stays at chance (≈ 50%); thresholds leave room for other BLAS rounding.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny sizes: threads would only add overhead; also keeps it deterministic
+    try:
+        orthogonal = [_train_memory_task("orthogonal", seed) for seed in (0, 1)]
+        uniform = [_train_memory_task("uniform", seed) for seed in (0, 1)]
+    finally:
+        torch.set_num_threads(previous)
+    assert sum(orthogonal) / 2 >= 0.9, orthogonal
+    assert sum(uniform) / 2 <= 0.75, uniform

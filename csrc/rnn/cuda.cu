@@ -29,19 +29,22 @@ __global__ void gemm_kernel(int64_t m, int64_t n, int64_t k, float alpha, const 
   __shared__ float b_tile[kTile][kTile + 1];
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
   const int64_t row = static_cast<int64_t>(blockIdx.y) * kTile + ty;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTile + tx;
-  float acc = 0.f;
-  for (int64_t k0 = 0; k0 < k; k0 += kTile) {
-    a_tile[ty][tx] = row < m && k0 + tx < k ? a[row * a_row + (k0 + tx) * a_col] : 0.f;
-    b_tile[ty][tx] = k0 + ty < k && col < n ? b[(k0 + ty) * b_row + col * b_col] : 0.f;
-    __syncthreads();
+  // Column tiles stride over grid.x (the grid is sized to cover them; the stride keeps any cap safe).
+  for (int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile; col0 < n; col0 += static_cast<int64_t>(gridDim.x) * kTile) {
+    const int64_t col = col0 + tx;
+    float acc = 0.f;
+    for (int64_t k0 = 0; k0 < k; k0 += kTile) {
+      a_tile[ty][tx] = row < m && k0 + tx < k ? a[row * a_row + (k0 + tx) * a_col] : 0.f;
+      b_tile[ty][tx] = k0 + ty < k && col < n ? b[(k0 + ty) * b_row + col * b_col] : 0.f;
+      __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kTile; ++kk) acc += a_tile[ty][kk] * b_tile[kk][tx];
-    __syncthreads();
-  }
-  if (row < m && col < n) {
-    float* out = c + row * ldc + col;
-    *out = beta == 0.f ? alpha * acc : alpha * acc + beta * *out;
+      for (int kk = 0; kk < kTile; ++kk) acc += a_tile[ty][kk] * b_tile[kk][tx];
+      __syncthreads();
+    }
+    if (row < m && col < n) {
+      float* out = c + row * ldc + col;
+      *out = beta == 0.f ? alpha * acc : alpha * acc + beta * *out;
+    }
   }
 }
 
@@ -49,7 +52,8 @@ __global__ void gemm_kernel(int64_t m, int64_t n, int64_t k, float alpha, const 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, cudaStream_t stream) {
   if (m <= 0 || n <= 0) return;
-  const dim3 grid(static_cast<unsigned>((n + kTile - 1) / kTile), static_cast<unsigned>((m + kTile - 1) / kTile));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((n + kTile - 1) / kTile, 1 << 30)),
+                  static_cast<unsigned>((m + kTile - 1) / kTile));
   REPLEARN_CHECK(grid.y <= 65535, Value, "rnn gemm: ", m, " rows exceed the CUDA grid");
   gemm_kernel<<<grid, kThreads, 0, stream>>>(m, n, k, alpha, a, trans_a ? 1 : lda, trans_a ? lda : 1, b,
                                                trans_b ? 1 : ldb, trans_b ? ldb : 1, beta, c, ldc);
