@@ -4,7 +4,9 @@
 // vectorized loop on the CPU, one thread per element on CUDA). Pointers are the row's slices:
 //   pre   (G·H)  the input projection W_ih x_t of this row (the reserve's gate columns, overwritten
 //                with the activated gates), hh (G·H) W_hh h_{t−1}, bias (G·H) b_ih + b_hh folded
-//                (for the GRU's n gate b_in only, b_hn in bias_hn), h/c (H) the running state.
+//                (for the GRU's n gate b_in only, b_hn in bias_hn), h_prev (H) the state entering the
+//                step, h (H) where the new state goes (another buffer: other threads still read h_prev),
+//                c (H) the LSTM's cell state, updated in place.
 // Rows past their sequence's end take the *_inactive functions: state kept, output zero, zero gradients.
 //
 // Backward formulas (δ = ∂L/∂·, σ' = σ(1 − σ), tanh' = 1 − tanh²):
@@ -91,8 +93,8 @@ REPLEARN_HD double tanh_(double x) { return tanh(x); }
 // rsv: the row's reserve (reserve_width columns); its first G·H columns hold W_ih x_t on entry.
 template <Cell kind, class T>
 REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, const T* bias,
-                                 const T* bias_hn, T* h, T* c, T* y) {
-  const T h_prev = h[j];
+                                 const T* bias_hn, const T* h_prev_row, T* h, T* c, T* y) {
+  const T h_prev = h_prev_row[j];
   T h_new;
   switch (kind) {  // a template argument: resolved at compile time
     case Cell::Tanh:
@@ -132,10 +134,13 @@ REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, cons
 }
 
 // A row past its end: state unchanged, output zero. Its reserve keeps h_prev (read by the dW_hh GEMM,
-// where it meets zero gate gradients, so it must be finite) and the input projection in the gate columns.
+// where it meets zero gate gradients, so it must be finite), the input projection in the gate columns
+// and zeros in the other saved columns (the reserve is an op output: no uninitialized memory in it).
 template <Cell kind, class T>
-REPLEARN_HD void forward_inactive_element(int64_t j, int64_t H, T* rsv, const T* h, T* y) {
-  rsv[reserve_h_prev(kind, H) + j] = h[j];
+REPLEARN_HD void forward_inactive_element(int64_t j, int64_t H, T* rsv, const T* h_prev, T* h, T* y) {
+  for (int64_t k = gate_count(kind) * H; k < reserve_h_prev(kind, H); k += H) rsv[k + j] = T(0);
+  rsv[reserve_h_prev(kind, H) + j] = h_prev[j];
+  h[j] = h_prev[j];
   y[j] = T(0);
 }
 

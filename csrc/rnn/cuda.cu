@@ -95,8 +95,8 @@ __global__ void fold_biases_kernel(Cell cell, int64_t H, int64_t GH, const float
 
 template <Cell kind>
 __global__ void forward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t H, const int64_t* lengths,
-                                    const float* bias, const float* bias_hn, const float* hh, float* h, float* c,
-                                    float* y, float* reserve) {
+                                    const float* bias, const float* bias_hn, const float* hh, const float* h_prev,
+                                    float* h, float* c, float* y, float* reserve) {
   const int64_t GH = gate_count(kind) * H, R = reserve_width(kind, H);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -104,9 +104,10 @@ __global__ void forward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t
     float* rsv = reserve + (t * B + b) * R;
     float* y_b = y + (t * B + b) * H;
     if (is_active(lengths, b, t, steps))
-      cell::forward_element<kind>(j, H, rsv, hh + b * GH, bias, bias_hn, h + b * H, c ? c + b * H : nullptr, y_b);
+      cell::forward_element<kind>(j, H, rsv, hh + b * GH, bias, bias_hn, h_prev + b * H, h + b * H,
+                                  c ? c + b * H : nullptr, y_b);
     else
-      cell::forward_inactive_element<kind>(j, H, rsv, h + b * H, y_b);
+      cell::forward_inactive_element<kind>(j, H, rsv, h_prev + b * H, h + b * H, y_b);
   }
 }
 
@@ -153,6 +154,7 @@ void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorVi
   float* hh = workspace->data_as<float>();  // (B, G·H)
   float* bias = hh + B * GH;                // (G·H)
   float* bias_hn = bias + GH;               // (H)
+  float* h_spare = bias_hn + H;             // (B, H): the states alternate between h_n and this
   fold_biases_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(d.cell, H, GH, data_or_null(b_ih),
                                                                 data_or_null(b_hh), bias, bias_hn);
   REPLEARN_CUDA_LAUNCH_CHECK();
@@ -164,15 +166,19 @@ void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorVi
   float* c = c_n ? c_n->data_as<float>() : nullptr;
   if (c) copy(c0->data_as<const float>(), c, B * H, stream);
   const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+  float* h_cur = h;
+  float* h_other = h_spare;
   cell::dispatch_cell(d.cell, [&](auto kind) {
     for (int64_t s = 0; s < d.steps; ++s) {
       const int64_t t = reverse ? d.steps - 1 - s : s;
-      gemm(false, true, B, GH, H, 1.f, h, H, w_hh.data_as<const float>(), H, 0.f, hh, GH, stream);
+      gemm(false, true, B, GH, H, 1.f, h_cur, H, w_hh.data_as<const float>(), H, 0.f, hh, GH, stream);
       forward_step_kernel<decltype(kind)::value><<<blocks_for(B * H), kThreads, 0, stream>>>(
-          t, d.steps, B, H, len, bias, bias_hn, hh, h, c, y.data_as<float>(), rsv);
+          t, d.steps, B, H, len, bias, bias_hn, hh, h_cur, h_other, c, y.data_as<float>(), rsv);
       REPLEARN_CUDA_LAUNCH_CHECK();
+      std::swap(h_cur, h_other);
     }
   });
+  if (h_cur != h) copy(h_cur, h, B * H, stream);
 }
 
 template <>

@@ -74,8 +74,8 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
 // The geometry the workspace-size queries need (shapes only; the entry points validate fully).
 LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh);
 
-// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H) and the folded biases; backward: the
-// gate gradients of every step and the running dh, dc).
+// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases and a second state
+// buffer (B, H); backward: the gate gradients of every step and the running dh, dc).
 int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size);
 int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size);
 

@@ -93,7 +93,7 @@ void check_workspace(const Checker& check, const OptView& workspace, int64_t byt
 }  // namespace
 
 int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size) {
-  return (d.batch * d.gates() + d.gates() + d.hidden) * element_size;
+  return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.hidden) * element_size;
 }
 
 int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size) {
