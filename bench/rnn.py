@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
     print(f"{'case':34s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'ours GFLOP/s':>13s} {'torch GFLOP/s':>14s}")
     for case in CASES:
         torch_run, ours_run = case.build(shape, torch.float32, "cpu")
-        t, o = time_alternating((torch_run, ours_run), "cpu", repeat=3 if quick else 7, warmup=1, min_sample_s=0.0)
+        t, o = time_alternating((torch_run, ours_run), "cpu", repeat=3 if quick else 5, warmup=1, min_sample_s=0.0)
         flops = case.flops(shape)
         print(f"{case.op:34s} {t * 1e3:9.1f} {o * 1e3:9.1f} {t / o:8.2f} {flops / o / 1e9:13.1f} {flops / t / 1e9:14.1f}",
               flush=True)  # fmt: skip
