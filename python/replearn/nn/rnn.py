@@ -177,7 +177,7 @@ class RNNBase(nn.Module):
         return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
 
     def _run(self, x: torch.Tensor, hx, lengths):
-        steps, batch = x.shape[0], x.shape[1]
+        batch = x.shape[1]
         directions = 2 if self.bidirectional else 1
         lstm = self.mode == "LSTM"
         state_shape = (self.num_layers * directions, batch, self.hidden_size)
@@ -214,7 +214,6 @@ class RNNBase(nn.Module):
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
         h_n = torch.stack(h_finals)
         c_n = torch.stack(c_finals) if lstm else None
-        del steps
         return layer_input, h_n, c_n
 
 

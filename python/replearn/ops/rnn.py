@@ -134,13 +134,13 @@ def _make_op(kind: str):
 
     def backward(ctx, grad_y, grad_h_n, *rest):
         x, w_ih, w_hh, lengths, reserve = ctx.saved_tensors
-        grad_c_n = _zeros_if_none(rest[0], reserve.new_empty(grad_shape(x, w_hh))) if lstm else None
+        grad_c_n = _zeros_if_none(rest[0], reserve.new_empty(_state_shape(x, w_hh))) if lstm else None
         need = ctx.needs_input_grad
         # inputs: (x, h0, [c0,] w_ih, w_hh, b_ih, b_hh, lengths, reverse)
         need_c0 = need[2] if lstm else False
         off = 1 if lstm else 0
         mask = [need[0], need[1], need_c0, need[2 + off], need[3 + off], need[4 + off], need[5 + off]]
-        state_like = x.new_empty(grad_shape(x, w_hh))
+        state_like = x.new_empty(_state_shape(x, w_hh))
         grads = _rnn_backward(cell, _zeros_if_none(grad_y, x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])),
                               _zeros_if_none(grad_h_n, state_like), grad_c_n, x, w_ih, w_hh, lengths, ctx.reverse,
                               reserve, mask)
@@ -169,7 +169,7 @@ def _make_op(kind: str):
     return define(schema, impl, fake, backward=backward, setup_context=setup)
 
 
-def grad_shape(x, w_hh):
+def _state_shape(x, w_hh):
     return (x.shape[1], w_hh.shape[1])
 
 
