@@ -8,6 +8,7 @@
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
 #include "python/bind_ssm.h"
+#include "python/bind_rnn.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -37,4 +38,5 @@ PYBIND11_MODULE(_C, m) {
   replearn::python::bind_attention<replearn::DeviceType::CPU>(m);
   replearn::python::bind_ssm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_conv<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_rnn<replearn::DeviceType::CPU>(m);
 }

@@ -9,6 +9,7 @@
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
 #include "python/bind_ssm.h"
+#include "python/bind_rnn.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -26,4 +27,5 @@ PYBIND11_MODULE(_C_cuda, m) {
   replearn::python::bind_attention<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_ssm<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_conv<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_rnn<replearn::DeviceType::CUDA>(m);
 }

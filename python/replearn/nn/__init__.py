@@ -7,13 +7,14 @@ same checkpoint loaded; forward runs replearn's native ops. `replearn.nn.utils` 
 Linear → Norm → ReLU blocks. Pooling layers (MaxPool, AvgPool, AdaptiveAvgPool) have no state.
 """
 
-from . import utils
+from . import init, utils
 from .attention import KVCache, MultiheadAttention
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .create_norm import NORM_KINDS, create_norm
 from .drop import DropPath
 from .mlp import MLP
 from .ssm import MambaBlock, S4Layer, SelectiveSSM, hippo_legs, nplr_legs, s4d_init
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .norm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -60,4 +61,11 @@ __all__ = [
     "nplr_legs",
     "s4d_init",
     "utils",
+    "init",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
 ]

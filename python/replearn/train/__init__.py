@@ -8,6 +8,7 @@
 """
 
 from . import distributed, regularize
+from .bptt import detach_state, truncated_bptt
 from .callbacks import Callback, Checkpointer, EarlyStopping, LRScheduler, StopBelow, SurrogateLossStopping, zero_one_error
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, with_overrides
@@ -31,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "accuracy",
+    "detach_state",
     "distributed",
     "evaluate_run",
     "get_recipe",
@@ -43,6 +45,7 @@ __all__ = [
     "run_recipe",
     "save_checkpoint",
     "small_cnn",
+    "truncated_bptt",
     "with_overrides",
     "zero_one_error",
 ]

@@ -1,0 +1,204 @@
+// The per-element math of the recurrent cells, forward and backward, shared by cpu.cpp and cuda.cu.
+//
+// Each function handles element j of one batch row at one time step; the caller loops over j (a
+// vectorized loop on the CPU, one thread per element on CUDA). Pointers are the row's slices:
+//   pre   (G·H)  the input projection W_ih x_t of this row (the reserve's gate columns, overwritten
+//                with the activated gates), hh (G·H) W_hh h_{t−1}, bias (G·H) b_ih + b_hh folded
+//                (for the GRU's n gate b_in only, b_hn in bias_hn), h_prev (H) the state entering the
+//                step, h (H) where the new state goes (another buffer: other threads still read h_prev),
+//                c (H) the LSTM's cell state, updated in place.
+// Rows past their sequence's end take the *_inactive functions: state kept, output zero, zero gradients.
+//
+// Backward formulas (δ = ∂L/∂·, σ' = σ(1 − σ), tanh' = 1 − tanh²):
+//   Elman  δa = δh · act'(a)
+//   LSTM   δc_t += δh · o · tanh'(c_t);  δi = δc_t · g, δf = δc_t · c_{t−1}, δg = δc_t · i, δo = δh · tanh(c_t);
+//          δc_{t−1} = δc_t · f
+//   GRU    δn = δh (1 − z), δz = δh (h_{t−1} − n), δh_{t−1} ∋ δh · z;  δa_n = δn tanh'(n);
+//          δ(W_in x) = δa_n, δ(W_hn h + b_hn) = δa_n · r, δr = δa_n (W_hn h + b_hn)
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "rnn/rnn.h"
+
+#if defined(__CUDACC__)
+#define REPLEARN_HD __host__ __device__ __forceinline__
+#else
+#define REPLEARN_HD inline
+#endif
+
+namespace replearn::rnn::cell {
+
+// Calls f(std::integral_constant<Cell, cell>{}): the cell becomes a template argument of the kernels.
+template <class F>
+inline void dispatch_cell(Cell cell, const F& f) {
+  switch (cell) {
+    case Cell::Tanh: return f(std::integral_constant<Cell, Cell::Tanh>{});
+    case Cell::Relu: return f(std::integral_constant<Cell, Cell::Relu>{});
+    case Cell::Lstm: return f(std::integral_constant<Cell, Cell::Lstm>{});
+    case Cell::Gru: return f(std::integral_constant<Cell, Cell::Gru>{});
+  }
+}
+
+
+// e^x. float on the host: Cephes' expf (range reduction to [−ln2/2, ln2/2], degree-6 polynomial;
+// coefficients from Moshier's Cephes library, cephes/single/expf.c), written branch-free so loops
+// over it vectorize, ≈ 1 ulp. Device and double: the math library.
+REPLEARN_HD float exp_(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;  // not fmin/fmax: their NaN rules keep them library calls
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+#endif
+}
+REPLEARN_HD double exp_(double x) { return exp(x); }
+
+template <class T>
+REPLEARN_HD T sigmoid(T x) { return T(1) / (T(1) + exp_(-x)); }
+// tanh. float on the host: Cephes' tanhf (cephes/single/tanhf.c): an odd polynomial for |x| ≤ 0.625,
+// where 1 − 2/(e^{2x} + 1) would cancel, that formula beyond; both computed and one selected, so
+// loops over it vectorize. Device and double: the math library.
+REPLEARN_HD float tanh_(float x) {
+#if defined(__CUDA_ARCH__)
+  return tanhf(x);
+#else
+  const float a = std::fabs(x);
+  const float big = 1.0f - 2.0f / (exp_(a + a) + 1.0f);
+  const float s = x * x;
+  const float small =
+      ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s + 1.33314422036e-1f) * s -
+       3.33332819422e-1f) * s * a + a;
+  return std::copysign(a > 0.625f ? big : small, x);
+#endif
+}
+REPLEARN_HD double tanh_(double x) { return tanh(x); }
+
+// ---------------------------------------------------------------------------------- forward
+// rsv: the row's reserve (reserve_width columns); its first G·H columns hold W_ih x_t on entry.
+template <Cell kind, class T>
+REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, const T* bias,
+                                 const T* bias_hn, const T* h_prev_row, T* h, T* c, T* y) {
+  const T h_prev = h_prev_row[j];
+  T h_new;
+  switch (kind) {  // a template argument: resolved at compile time
+    case Cell::Tanh:
+    case Cell::Relu: {
+      const T a = rsv[j] + hh[j] + bias[j];
+      h_new = kind == Cell::Tanh ? tanh_(a) : (a > T(0) ? a : T(0));
+      rsv[j] = h_new;
+      break;
+    }
+    case Cell::Lstm: {
+      const T i = sigmoid(rsv[j] + hh[j] + bias[j]);
+      const T f = sigmoid(rsv[H + j] + hh[H + j] + bias[H + j]);
+      const T g = tanh_(rsv[2 * H + j] + hh[2 * H + j] + bias[2 * H + j]);
+      const T o = sigmoid(rsv[3 * H + j] + hh[3 * H + j] + bias[3 * H + j]);
+      const T c_prev = c[j];
+      const T c_new = f * c_prev + i * g;
+      h_new = o * tanh_(c_new);
+      rsv[j] = i, rsv[H + j] = f, rsv[2 * H + j] = g, rsv[3 * H + j] = o;
+      rsv[4 * H + j] = c_prev;
+      c[j] = c_new;
+      break;
+    }
+    default: {  // Gru
+      const T r = sigmoid(rsv[j] + hh[j] + bias[j]);
+      const T z = sigmoid(rsv[H + j] + hh[H + j] + bias[H + j]);
+      const T hn = hh[2 * H + j] + bias_hn[j];
+      const T n = tanh_(rsv[2 * H + j] + bias[2 * H + j] + r * hn);
+      h_new = (T(1) - z) * n + z * h_prev;
+      rsv[j] = r, rsv[H + j] = z, rsv[2 * H + j] = n;
+      rsv[3 * H + j] = hn;
+      break;
+    }
+  }
+  rsv[reserve_h_prev(kind, H) + j] = h_prev;
+  h[j] = h_new;
+  y[j] = h_new;
+}
+
+// A row past its end: state unchanged, output zero. Its reserve keeps h_prev (read by the dW_hh GEMM,
+// where it meets zero gate gradients, so it must be finite), the input projection in the gate columns
+// and zeros in the other saved columns (the reserve is an op output: no uninitialized memory in it).
+template <Cell kind, class T>
+REPLEARN_HD void forward_inactive_element(int64_t j, int64_t H, T* rsv, const T* h_prev, T* h, T* y) {
+  for (int64_t k = gate_count(kind) * H; k < reserve_h_prev(kind, H); k += H) rsv[k + j] = T(0);
+  rsv[reserve_h_prev(kind, H) + j] = h_prev[j];
+  h[j] = h_prev[j];
+  y[j] = T(0);
+}
+
+// --------------------------------------------------------------------------------- backward
+// dh: δh_t of this row (running), dy: δy_t; writes δ(pre-activations) for the input side (dg_ih) and
+// the recurrent side (dg_hh; the same array except for the GRU), dh_next (δh_{t−1} before the
+// W_hh term the caller adds) and updates dc in place.
+template <Cell kind, class T>
+REPLEARN_HD void backward_element(int64_t j, int64_t H, const T* rsv, const T* dy, const T* dh, T* dh_next,
+                                  T* dc, T* dg_ih, T* dg_hh) {
+  const T d = dh[j] + dy[j];
+  switch (kind) {  // a template argument: resolved at compile time
+    case Cell::Tanh: {
+      const T a = rsv[j];
+      dg_ih[j] = d * (T(1) - a * a);
+      dh_next[j] = T(0);
+      break;
+    }
+    case Cell::Relu: {
+      dg_ih[j] = rsv[j] > T(0) ? d : T(0);
+      dh_next[j] = T(0);
+      break;
+    }
+    case Cell::Lstm: {
+      const T i = rsv[j], f = rsv[H + j], g = rsv[2 * H + j], o = rsv[3 * H + j], c_prev = rsv[4 * H + j];
+      const T tc = tanh_(f * c_prev + i * g);
+      const T dct = dc[j] + d * o * (T(1) - tc * tc);
+      dg_ih[j] = dct * g * i * (T(1) - i);
+      dg_ih[H + j] = dct * c_prev * f * (T(1) - f);
+      dg_ih[2 * H + j] = dct * i * (T(1) - g * g);
+      dg_ih[3 * H + j] = d * tc * o * (T(1) - o);
+      dc[j] = dct * f;
+      dh_next[j] = T(0);
+      break;
+    }
+    default: {  // Gru
+      const T r = rsv[j], z = rsv[H + j], n = rsv[2 * H + j], hn = rsv[3 * H + j], h_prev = rsv[4 * H + j];
+      const T dan = d * (T(1) - z) * (T(1) - n * n);
+      const T dr = dan * hn * r * (T(1) - r);
+      const T dz = d * (h_prev - n) * z * (T(1) - z);
+      dg_ih[j] = dg_hh[j] = dr;
+      dg_ih[H + j] = dg_hh[H + j] = dz;
+      dg_ih[2 * H + j] = dan;
+      dg_hh[2 * H + j] = dan * r;
+      dh_next[j] = d * z;
+      break;
+    }
+  }
+}
+
+// A row past its end: no gate gradients, δh (and δc, untouched) pass through to the previous step.
+template <Cell kind, class T>
+REPLEARN_HD void backward_inactive_element(int64_t j, int64_t H, const T* dh, T* dh_next, T* dg_ih, T* dg_hh) {
+  for (int64_t k = 0; k < gate_count(kind); ++k) {
+    dg_ih[k * H + j] = T(0);
+    dg_hh[k * H + j] = T(0);
+  }
+  dh_next[j] = dh[j];
+}
+
+}  // namespace replearn::rnn::cell

@@ -1,0 +1,243 @@
+// CPU kernels of the recurrent family (rnn.h): OpenBLAS GEMMs (core/gemm.h) for every product with
+// a weight, and per step one fused elementwise pass (cell.h).
+//
+// Threads. Time is the one sequential dimension; each step splits the hidden units across threads
+// in one parallel region (parallel_for_gemm: single-threaded OpenBLAS inside), and each thread does
+// its units' share of the step's GEMM and then their gates. One pool per step, not an OpenBLAS
+// pool for the GEMM and an OpenMP one for the gates taking turns: on a loaded 2-core machine the
+// idle pool's spinning threads made the alternation 30× slower than one thread (measured). A unit's
+// gates need only its own columns of W_hh h (forward) and of δh (backward), so no barrier is needed
+// between a thread's GEMM and its gates; the step's other threads read the previous state buffer
+// (double-buffered) or the previous step's gate gradients, complete when the region opened.
+// The all-steps GEMMs (input projection, dx, dW_ih, dW_hh) split their rows on the same pool.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/dispatch.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "rnn/cell.h"
+#include "rnn/rnn.h"
+
+namespace replearn::rnn {
+
+namespace {
+
+using blas::gemm;
+using blas::Trans;
+
+bool is_active(const int64_t* lengths, int64_t b, int64_t t) { return lengths == nullptr || t < lengths[b]; }
+
+template <class T>
+const T* optional_data(const OptView& v) { return v ? v->data_as<const T>() : nullptr; }
+
+template <class T>
+T* optional_data_mut(const OptView& v) { return v ? v->data_as<T>() : nullptr; }
+
+// Folds the biases into what the gate pass adds: b_ih + b_hh per gate, except the GRU's n gate, where
+// b_hn sits inside r ⊙ (W_hn h + b_hn) and goes to bias_hn.
+template <class T>
+void fold_biases(const LayerDims& d, const T* b_ih, const T* b_hh, T* bias, T* bias_hn) {
+  const int64_t GH = d.gates(), H = d.hidden;
+  for (int64_t k = 0; k < GH; ++k) bias[k] = (b_ih ? b_ih[k] : T(0)) + (b_hh ? b_hh[k] : T(0));
+  if (d.cell == Cell::Gru) {
+    for (int64_t j = 0; j < H; ++j) {
+      bias_hn[j] = b_hh ? b_hh[2 * H + j] : T(0);
+      bias[2 * H + j] = b_ih ? b_ih[2 * H + j] : T(0);
+    }
+  }
+}
+
+// C = op(A) op(B) with C's rows split across the OpenMP threads (single-threaded OpenBLAS in each):
+// the all-steps products stay on the same pool as the step loop (see the top of this file).
+template <class T>
+void gemm_by_rows(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                  int64_t ldb, T* c, int64_t ldc) {
+  const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, 2 * n * k));
+  blas::parallel_for_gemm(m, grain, [&](int, int64_t m0, int64_t m1) {
+    const T* a_rows = trans_a == Trans::Yes ? a + m0 : a + m0 * lda;
+    gemm(trans_a, trans_b, m1 - m0, n, k, T(1), a_rows, lda, b, ldb, T(0), c + m0 * ldc, ldc);
+  });
+}
+
+// Hidden units per thread: enough that a thread's share of a step (B·G·2H flops per unit) outweighs
+// a region's start-up, about 256 kflop.
+int64_t unit_grain(const LayerDims& d) {
+  return std::max<int64_t>(8, (int64_t{1} << 18) / std::max<int64_t>(1, d.batch * d.gates() * 2 * d.hidden));
+}
+
+// Returns the buffer holding the final state (h or h_spare: they alternate every step).
+template <Cell kind, class T>
+T* forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool reverse, const T* bias,
+                 const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve(), G = gate_count(kind);
+  for (int64_t s = 0; s < d.steps; ++s) {
+    const int64_t t = reverse ? d.steps - 1 - s : s;
+    const T* h_prev = h;
+    T* h_next = h_spare;
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+      // This thread's columns of W_hh h_{t−1}: for each gate g, (B, j1 − j0) = h (B, H) × W_hh[gH + j0 : gH + j1]ᵀ.
+      for (int64_t g = 0; g < G; ++g)
+        gemm(Trans::No, Trans::Yes, B, j1 - j0, H, T(1), h_prev, H, w_hh + (g * H + j0) * H, H, T(0),
+             hh + g * H + j0, GH);
+      for (int64_t b = 0; b < B; ++b) {
+        T* rsv = reserve + (t * B + b) * R;
+        const T* hp = h_prev + b * H;
+        T* hn = h_next + b * H;
+        T* c_b = c ? c + b * H : nullptr;
+        T* y_b = y + (t * B + b) * H;
+        if (is_active(lengths, b, t)) {
+          const T* hh_b = hh + b * GH;
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j)
+            cell::forward_element<kind>(j, H, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
+        } else {
+          for (int64_t j = j0; j < j1; ++j) cell::forward_inactive_element<kind>(j, H, rsv, hp, hn, y_b);
+        }
+      }
+    });
+    std::swap(h, h_spare);
+  }
+  return h;
+}
+
+// Returns where the final δh_0 is (the two δh buffers swap roles every step).
+//
+// Region of step t, per thread and its units [j0, j1): first finish δh_t for those units by adding
+// δgates_{t+1} W_hh[:, j0:j1] (the previous region wrote every unit's δgates_{t+1}, and this thread's
+// direct terms), then the gate gradients of step t for those units. One last region adds the
+// W_hh term of step 0's gates into δh_0.
+template <Cell kind, class T>
+T* backward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool reverse, const T* reserve,
+                  const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh) {
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const T* dg_hh_later = nullptr;  // δgates of the step processed before (t + 1 forward, t − 1 reverse)
+  for (int64_t s = d.steps; s >= 0; --s) {
+    const bool gates = s > 0;
+    const int64_t t = reverse ? d.steps - s : s - 1;
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+      if (dg_hh_later)  // δh[:, j0:j1] += δgates_later (B, G·H) × W_hh[:, j0:j1]
+        gemm(Trans::No, Trans::No, B, j1 - j0, GH, T(1), dg_hh_later, GH, w_hh + j0, H, T(1), dh + j0, H);
+      if (!gates) return;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t row = t * B + b;
+        T* dc_b = dc ? dc + b * H : nullptr;
+        const T* dh_b = dh + b * H;
+        T* dh_next_b = dh_next + b * H;
+        T* dg_ih_b = dg_ih + row * GH;
+        T* dg_hh_b = dg_hh + row * GH;
+        if (is_active(lengths, b, t)) {
+          const T* rsv = reserve + row * R;
+          const T* dy = grad_y + row * H;
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j)
+            cell::backward_element<kind>(j, H, rsv, dy, dh_b, dh_next_b, dc_b, dg_ih_b, dg_hh_b);
+        } else {
+          for (int64_t j = j0; j < j1; ++j)
+            cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
+        }
+      }
+    });
+    if (!gates) break;
+    dg_hh_later = dg_hh + t * B * GH;
+    std::swap(dh, dh_next);
+  }
+  return dh;
+}
+
+// Σ over rows of a (rows, cols) matrix, columns split across threads.
+template <class T>
+void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
+  parallel_for(cols, 64, [&](int, int64_t c0, int64_t c1) {
+    std::fill(out + c0, out + c1, T(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = m + r * cols;
+#pragma omp simd
+      for (int64_t k = c0; k < c1; ++k) out[k] += row[k];
+    }
+  });
+}
+
+}  // namespace
+
+template <>
+void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
+                                  const TensorView& w_ih, const TensorView& w_hh, const OptView& b_ih,
+                                  const OptView& b_hh, const OptView& lengths, bool reverse, const TensorView& y,
+                                  const TensorView& h_n, const OptView& c_n, const TensorView& reserve,
+                                  const OptView& workspace, std::uintptr_t) {
+  const LayerDims d = check_forward(DeviceType::CPU, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, h_n, c_n,
+                                    reserve, workspace);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+    T* hh = workspace->data_as<T>();  // (B, G·H)
+    T* bias = hh + B * GH;            // (G·H)
+    T* bias_hn = bias + GH;           // (H)
+    T* h_spare = bias_hn + H;         // (B, H): the states alternate between h_n and this
+    fold_biases<T>(d, optional_data<T>(b_ih), optional_data<T>(b_hh), bias, bias_hn);
+    T* rsv = reserve.data_as<T>();
+    // The input projection of every step at once: reserve[:, :, :G·H] = x W_ihᵀ, (T·B, I) × (I, G·H).
+    gemm_by_rows(Trans::No, Trans::Yes, d.steps * B, GH, d.input, x.data_as<const T>(), d.input,
+                 w_ih.data_as<const T>(), d.input, rsv, R);
+    T* h = h_n.data_as<T>();  // the running state lives in the final-state outputs
+    std::memcpy(h, h0.data, B * H * sizeof(T));
+    T* c = optional_data_mut<T>(c_n);
+    if (c) std::memcpy(c, c0->data, B * H * sizeof(T));
+    const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+    const T* h_final = nullptr;
+    cell::dispatch_cell(d.cell, [&](auto kind) {
+      h_final = forward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, bias, bias_hn,
+                                                        y.data_as<T>(), h, h_spare, c, rsv, hh);
+    });
+    if (h_final != h) std::memcpy(h, h_final, B * H * sizeof(T));
+  });
+}
+
+template <>
+void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const TensorView& grad_h_n,
+                                   const OptView& grad_c_n, const TensorView& x, const TensorView& w_ih,
+                                   const TensorView& w_hh, const OptView& lengths, bool reverse,
+                                   const TensorView& reserve, const OptView& grad_x, const OptView& grad_h0,
+                                   const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
+                                   const OptView& grad_b_ih, const OptView& grad_b_hh, const OptView& workspace,
+                                   std::uintptr_t) {
+  const LayerDims d = check_backward(DeviceType::CPU, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, lengths,
+                                     reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
+                                     workspace);
+  dispatch_cpu_floating(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t TB = d.steps * d.batch, BH = d.batch * d.hidden, GH = d.gates(), H = d.hidden;
+    T* dg_ih = workspace->data_as<T>();                            // (T, B, G·H)
+    T* dg_hh = d.cell == Cell::Gru ? dg_ih + TB * GH : dg_ih;      // the GRU's recurrent side differs
+    T* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;       // (B, H) ×3: δh, δh_{t−1}, δc
+    T* dh_next = dh + BH;
+    T* dc = d.cell == Cell::Lstm ? dh_next + BH : nullptr;
+    std::memcpy(dh, grad_h_n.data, BH * sizeof(T));
+    if (dc) std::memcpy(dc, grad_c_n->data, BH * sizeof(T));
+    const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+    const T* rsv = reserve.data_as<const T>();
+    const T* dh0 = nullptr;
+    cell::dispatch_cell(d.cell, [&](auto kind) {
+      dh0 = backward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, rsv,
+                                                     grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dg_hh);
+    });
+    if (grad_h0) std::memcpy(grad_h0->data, dh0, BH * sizeof(T));
+    if (grad_c0 && dc) std::memcpy(grad_c0->data, dc, BH * sizeof(T));
+    // The weight products over all steps at once.
+    if (grad_x)  // (T·B, I) = δgates (T·B, G·H) × W_ih (G·H, I)
+      gemm_by_rows(Trans::No, Trans::No, TB, d.input, GH, dg_ih, GH, w_ih.data_as<const T>(), d.input,
+                   grad_x->data_as<T>(), d.input);
+    if (grad_w_ih)  // (G·H, I) = δgatesᵀ x
+      gemm_by_rows(Trans::Yes, Trans::No, GH, d.input, TB, dg_ih, GH, x.data_as<const T>(), d.input,
+                   grad_w_ih->data_as<T>(), d.input);
+    if (grad_w_hh)  // (G·H, H) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
+      gemm_by_rows(Trans::Yes, Trans::No, GH, H, TB, dg_hh, GH, rsv + reserve_h_prev(d.cell, H), d.reserve(),
+                   grad_w_hh->data_as<T>(), H);
+    if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
+    if (grad_b_hh) column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
+  });
+}
+
+}  // namespace replearn::rnn

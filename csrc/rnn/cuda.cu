@@ -1,0 +1,239 @@
+// CUDA kernels of the recurrent family (rnn.h), float32.
+//
+// The same algorithm as cpu.cpp: one GEMM for the input projection of all steps, per step one GEMM
+// h W_hhᵀ and one fused gate kernel (cell.h), BPTT in one call with the weight gradients as GEMMs
+// over all steps. The GEMM is a plain shared-memory tiled kernel (16 × 16 tiles, float accumulation)
+// written here: the core links no cuBLAS (static CUDA runtime only, ARCHITECTURE.md §8). At the
+// per-step sizes of a recurrence (B × 4H × H with B ≈ 32) the step is latency-bound anyway; a
+// CUTLASS kernel is the upgrade path for the large input and weight-gradient GEMMs (TODO, measured on a GPU).
+#include <algorithm>
+
+#include "core/cuda_utils.cuh"
+#include "rnn/cell.h"
+#include "rnn/rnn.h"
+
+namespace replearn::rnn {
+
+namespace {
+
+constexpr int kTile = 16;
+constexpr int kThreads = 256;
+
+// C (m, n) = alpha · op(A) op(B) + beta · C with op(A)(i, k) = a[i·a_row + k·a_col] and
+// op(B)(k, j) = b[k·b_row + j·b_col]: transposes are strides. One 16 × 16 tile of C per block of
+// 256 threads; beta = 0 never reads C.
+__global__ void gemm_kernel(int64_t m, int64_t n, int64_t k, float alpha, const float* __restrict__ a, int64_t a_row,
+                            int64_t a_col, const float* __restrict__ b, int64_t b_row, int64_t b_col, float beta,
+                            float* __restrict__ c, int64_t ldc) {
+  __shared__ float a_tile[kTile][kTile + 1];
+  __shared__ float b_tile[kTile][kTile + 1];
+  const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
+  const int64_t row = static_cast<int64_t>(blockIdx.y) * kTile + ty;
+  // Column tiles stride over grid.x (the grid is sized to cover them; the stride keeps any cap safe).
+  for (int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile; col0 < n; col0 += static_cast<int64_t>(gridDim.x) * kTile) {
+    const int64_t col = col0 + tx;
+    float acc = 0.f;
+    for (int64_t k0 = 0; k0 < k; k0 += kTile) {
+      a_tile[ty][tx] = row < m && k0 + tx < k ? a[row * a_row + (k0 + tx) * a_col] : 0.f;
+      b_tile[ty][tx] = k0 + ty < k && col < n ? b[(k0 + ty) * b_row + col * b_col] : 0.f;
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kTile; ++kk) acc += a_tile[ty][kk] * b_tile[kk][tx];
+      __syncthreads();
+    }
+    if (row < m && col < n) {
+      float* out = c + row * ldc + col;
+      *out = beta == 0.f ? alpha * acc : alpha * acc + beta * *out;
+    }
+  }
+}
+
+// Row-major op(A) (m, k), op(B) (k, n) with leading dimensions, as core/gemm.h on the CPU.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc, cudaStream_t stream) {
+  if (m <= 0 || n <= 0) return;
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((n + kTile - 1) / kTile, 1 << 30)),
+                  static_cast<unsigned>((m + kTile - 1) / kTile));
+  REPLEARN_CHECK(grid.y <= 65535, Value, "rnn gemm: ", m, " rows exceed the CUDA grid");
+  gemm_kernel<<<grid, kThreads, 0, stream>>>(m, n, k, alpha, a, trans_a ? 1 : lda, trans_a ? lda : 1, b,
+                                               trans_b ? 1 : ldb, trans_b ? ldb : 1, beta, c, ldc);
+  REPLEARN_CUDA_LAUNCH_CHECK();
+}
+
+unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535));
+}
+
+__device__ __forceinline__ bool is_active(const int64_t* lengths, int64_t b, int64_t t, int64_t steps) {
+  if (lengths == nullptr) return true;
+  const int64_t len = lengths[b] < 1 ? 1 : lengths[b] > steps ? steps : lengths[b];  // clamped (rnn.h)
+  return t < len;
+}
+
+__global__ void copy_kernel(const float* __restrict__ src, float* __restrict__ dst, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = src[i];
+}
+
+void copy(const float* src, float* dst, int64_t n, cudaStream_t stream) {
+  copy_kernel<<<blocks_for(n), kThreads, 0, stream>>>(src, dst, n);
+  REPLEARN_CUDA_LAUNCH_CHECK();
+}
+
+// bias (G·H) = b_ih + b_hh except the GRU's n gate (b_in), bias_hn (H) = b_hn: see cpu.cpp.
+__global__ void fold_biases_kernel(Cell cell, int64_t H, int64_t GH, const float* b_ih, const float* b_hh, float* bias,
+                                   float* bias_hn) {
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < GH;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float bi = b_ih ? b_ih[k] : 0.f, bh = b_hh ? b_hh[k] : 0.f;
+    const bool hn = cell == Cell::Gru && k >= 2 * H;
+    bias[k] = hn ? bi : bi + bh;
+    if (hn) bias_hn[k - 2 * H] = bh;
+  }
+}
+
+template <Cell kind>
+__global__ void forward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t H, const int64_t* lengths,
+                                    const float* bias, const float* bias_hn, const float* hh, const float* h_prev,
+                                    float* h, float* c, float* y, float* reserve) {
+  const int64_t GH = gate_count(kind) * H, R = reserve_width(kind, H);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / H, j = i % H;
+    float* rsv = reserve + (t * B + b) * R;
+    float* y_b = y + (t * B + b) * H;
+    if (is_active(lengths, b, t, steps))
+      cell::forward_element<kind>(j, H, rsv, hh + b * GH, bias, bias_hn, h_prev + b * H, h + b * H,
+                                  c ? c + b * H : nullptr, y_b);
+    else
+      cell::forward_inactive_element<kind>(j, H, rsv, h_prev + b * H, h + b * H, y_b);
+  }
+}
+
+template <Cell kind>
+__global__ void backward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t H, const int64_t* lengths,
+                                     const float* reserve, const float* grad_y, const float* dh, float* dh_next,
+                                     float* dc, float* dg_ih, float* dg_hh) {
+  const int64_t GH = gate_count(kind) * H, R = reserve_width(kind, H);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / H, j = i % H, row = t * B + b;
+    if (is_active(lengths, b, t, steps))
+      cell::backward_element<kind>(j, H, reserve + row * R, grad_y + row * H, dh + b * H, dh_next + b * H,
+                                   dc ? dc + b * H : nullptr, dg_ih + row * GH, dg_hh + row * GH);
+    else
+      cell::backward_inactive_element<kind>(j, H, dh + b * H, dh_next + b * H, dg_ih + row * GH, dg_hh + row * GH);
+  }
+}
+
+// out (cols) = Σ over rows of m (rows, cols): one thread per column, rows read coalesced across threads.
+__global__ void column_sums_kernel(const float* __restrict__ m, int64_t rows, int64_t cols, float* __restrict__ out) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float sum = 0.f;
+    for (int64_t r = 0; r < rows; ++r) sum += m[r * cols + c];
+    out[c] = sum;
+  }
+}
+
+const float* data_or_null(const OptView& v) { return v ? v->data_as<const float>() : nullptr; }
+
+}  // namespace
+
+template <>
+void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
+                                   const TensorView& w_ih, const TensorView& w_hh, const OptView& b_ih,
+                                   const OptView& b_hh, const OptView& lengths, bool reverse, const TensorView& y,
+                                   const TensorView& h_n, const OptView& c_n, const TensorView& reserve,
+                                   const OptView& workspace, std::uintptr_t stream_handle) {
+  const LayerDims d = check_forward(DeviceType::CUDA, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, h_n, c_n,
+                                    reserve, workspace);
+  const cudaStream_t stream = as_stream(stream_handle);
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  float* hh = workspace->data_as<float>();  // (B, G·H)
+  float* bias = hh + B * GH;                // (G·H)
+  float* bias_hn = bias + GH;               // (H)
+  float* h_spare = bias_hn + H;             // (B, H): the states alternate between h_n and this
+  fold_biases_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(d.cell, H, GH, data_or_null(b_ih),
+                                                                data_or_null(b_hh), bias, bias_hn);
+  REPLEARN_CUDA_LAUNCH_CHECK();
+  float* rsv = reserve.data_as<float>();
+  gemm(false, true, d.steps * B, GH, d.input, 1.f, x.data_as<const float>(), d.input, w_ih.data_as<const float>(),
+       d.input, 0.f, rsv, R, stream);
+  float* h = h_n.data_as<float>();
+  copy(h0.data_as<const float>(), h, B * H, stream);
+  float* c = c_n ? c_n->data_as<float>() : nullptr;
+  if (c) copy(c0->data_as<const float>(), c, B * H, stream);
+  const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+  float* h_cur = h;
+  float* h_other = h_spare;
+  cell::dispatch_cell(d.cell, [&](auto kind) {
+    for (int64_t s = 0; s < d.steps; ++s) {
+      const int64_t t = reverse ? d.steps - 1 - s : s;
+      gemm(false, true, B, GH, H, 1.f, h_cur, H, w_hh.data_as<const float>(), H, 0.f, hh, GH, stream);
+      forward_step_kernel<decltype(kind)::value><<<blocks_for(B * H), kThreads, 0, stream>>>(
+          t, d.steps, B, H, len, bias, bias_hn, hh, h_cur, h_other, c, y.data_as<float>(), rsv);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      std::swap(h_cur, h_other);
+    }
+  });
+  if (h_cur != h) copy(h_cur, h, B * H, stream);
+}
+
+template <>
+void rnn_backward<DeviceType::CUDA>(int cell, const TensorView& grad_y, const TensorView& grad_h_n,
+                                    const OptView& grad_c_n, const TensorView& x, const TensorView& w_ih,
+                                    const TensorView& w_hh, const OptView& lengths, bool reverse,
+                                    const TensorView& reserve, const OptView& grad_x, const OptView& grad_h0,
+                                    const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
+                                    const OptView& grad_b_ih, const OptView& grad_b_hh, const OptView& workspace,
+                                    std::uintptr_t stream_handle) {
+  const LayerDims d = check_backward(DeviceType::CUDA, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, lengths,
+                                     reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
+                                     workspace);
+  const cudaStream_t stream = as_stream(stream_handle);
+  const int64_t TB = d.steps * d.batch, B = d.batch, BH = d.batch * d.hidden, GH = d.gates(), H = d.hidden;
+  // Workspace layout as on the CPU (cpu.cpp).
+  float* dg_ih = workspace->data_as<float>();
+  float* dg_hh = d.cell == Cell::Gru ? dg_ih + TB * GH : dg_ih;
+  float* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;
+  float* dh_next = dh + BH;
+  float* dc = d.cell == Cell::Lstm ? dh_next + BH : nullptr;
+  copy(grad_h_n.data_as<const float>(), dh, BH, stream);
+  if (dc) copy(grad_c_n->data_as<const float>(), dc, BH, stream);
+  const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+  const float* rsv = reserve.data_as<const float>();
+  const float* w_hh_data = w_hh.data_as<const float>();
+  cell::dispatch_cell(d.cell, [&](auto kind) {
+    for (int64_t s = d.steps - 1; s >= 0; --s) {
+      const int64_t t = reverse ? d.steps - 1 - s : s;
+      backward_step_kernel<decltype(kind)::value><<<blocks_for(BH), kThreads, 0, stream>>>(
+          t, d.steps, B, H, len, rsv, grad_y.data_as<const float>(), dh, dh_next, dc, dg_ih, dg_hh);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      gemm(false, false, B, H, GH, 1.f, dg_hh + t * B * GH, GH, w_hh_data, H, 1.f, dh_next, H, stream);
+      std::swap(dh, dh_next);
+    }
+  });
+  if (grad_h0) copy(dh, grad_h0->data_as<float>(), BH, stream);
+  if (grad_c0 && dc) copy(dc, grad_c0->data_as<float>(), BH, stream);
+  if (grad_x)
+    gemm(false, false, TB, d.input, GH, 1.f, dg_ih, GH, w_ih.data_as<const float>(), d.input, 0.f,
+         grad_x->data_as<float>(), d.input, stream);
+  if (grad_w_ih)
+    gemm(true, false, GH, d.input, TB, 1.f, dg_ih, GH, x.data_as<const float>(), d.input, 0.f,
+         grad_w_ih->data_as<float>(), d.input, stream);
+  if (grad_w_hh)
+    gemm(true, false, GH, H, TB, 1.f, dg_hh, GH, rsv + reserve_h_prev(d.cell, H), d.reserve(), 0.f,
+         grad_w_hh->data_as<float>(), H, stream);
+  if (grad_b_ih) {
+    column_sums_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(dg_ih, TB, GH, grad_b_ih->data_as<float>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  }
+  if (grad_b_hh) {
+    column_sums_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(dg_hh, TB, GH, grad_b_hh->data_as<float>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace replearn::rnn

@@ -1,0 +1,174 @@
+// Argument validation for the recurrent family, shared by the CPU and CUDA entry points.
+#include "core/check.h"
+#include "rnn/rnn.h"
+
+namespace replearn::rnn {
+
+namespace {
+
+const char* const kCellNames = "0 (tanh), 1 (relu), 2 (lstm) or 3 (gru)";
+
+Cell cell_of(const Checker& check, int cell) {
+  check.value(cell >= 0 && cell <= 3, "cell", kCellNames, cell);
+  return static_cast<Cell>(cell);
+}
+
+// A tensor of x's dtype and device with exactly `sizes`, contiguous.
+void check_like_x(Checker& check, const char* arg, const TensorView& t, const TensorView& x,
+                  std::initializer_list<int64_t> sizes) {
+  check.floating(arg, t);
+  check.same_dtype(arg, t, "x", x);
+  check.shape(arg, t, sizes);
+  check.contiguous(arg, t);
+}
+
+void check_optional_like_x(Checker& check, const char* arg, const OptView& t, const TensorView& x,
+                           std::initializer_list<int64_t> sizes) {
+  if (t) check_like_x(check, arg, *t, x, sizes);
+}
+
+// The LSTM's cell state is required exactly for the LSTM.
+void check_cell_state(Checker& check, const char* arg, const OptView& t, const LayerDims& d, const TensorView& x,
+                      bool required) {
+  if (d.cell == Cell::Lstm && required) {
+    REPLEARN_CHECK(t.has_value(), Value, check.function(), ": argument '", arg, "' expected a (", d.batch, ", ",
+                   d.hidden, ") tensor for the LSTM but got none");
+  } else if (d.cell != Cell::Lstm) {
+    REPLEARN_CHECK(!t.has_value(), Value, check.function(), ": argument '", arg,
+                   "' expected none (only the LSTM has a cell state) but got a tensor");
+  }
+  check_optional_like_x(check, arg, t, x, {d.batch, d.hidden});
+}
+
+// x (T, B, I) and the weights give the geometry.
+LayerDims layer_dims(Checker& check, int cell, const TensorView& x, const TensorView& w_ih, const TensorView& w_hh) {
+  LayerDims d{cell_of(check, cell), 0, 0, 0, 0};
+  check.floating("x", x);
+  if (x.device.type == DeviceType::CUDA) {
+    REPLEARN_CHECK(x.dtype == DType::Float32, Type, check.function(),
+                   ": argument 'x' expected float32 (the CUDA recurrent kernels take float32 only) but got ",
+                   dtype_name(x.dtype));
+  }
+  REPLEARN_CHECK(x.ndim == 3, Value, check.function(), ": argument 'x' expected 3 dimensions (T, B, I) but got shape ",
+                 x.shape_string());
+  check.contiguous("x", x);
+  d.steps = x.size(0);
+  d.batch = x.size(1);
+  d.input = x.size(2);
+  check.value(d.steps >= 1 && d.batch >= 1, "x", "at least one step and one sequence", x.shape_string());
+  check.floating("w_hh", w_hh);
+  check.same_dtype("w_hh", w_hh, "x", x);
+  REPLEARN_CHECK(w_hh.ndim == 2 && w_hh.size(1) >= 1 && w_hh.size(0) == gate_count(d.cell) * w_hh.size(1), Value,
+                 check.function(), ": argument 'w_hh' expected shape (", gate_count(d.cell),
+                 "·hidden, hidden) but got ", w_hh.shape_string());
+  check.contiguous("w_hh", w_hh);
+  d.hidden = w_hh.size(1);
+  check_like_x(check, "w_ih", w_ih, x, {d.gates(), d.input});
+  return d;
+}
+
+void check_lengths(Checker& check, const OptView& lengths, const LayerDims& d) {
+  if (!lengths) return;
+  check.buffer("lengths", *lengths, DType::Int64, d.batch);
+  if (lengths->device.type != DeviceType::CPU) return;  // CUDA: clamped in the kernels (rnn.h)
+  const int64_t* len = lengths->data_as<const int64_t>();
+  for (int64_t b = 0; b < d.batch; ++b) {
+    REPLEARN_CHECK(len[b] >= 1 && len[b] <= d.steps, Value, check.function(),
+                   ": argument 'lengths' expected values in [1, ", d.steps, "] but got ", len[b], " at index ", b);
+  }
+}
+
+void check_workspace(const Checker& check, const OptView& workspace, int64_t bytes, const TensorView& x) {
+  if (bytes == 0) return;
+  REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
+                 bytes, " bytes but got none");
+  check.dtype("workspace", *workspace, DType::UInt8);
+  REPLEARN_CHECK(workspace->device == x.device, Value, check.function(), ": argument 'workspace' expected to be on ",
+                 device_name(x.device), " like 'x' but got ", device_name(workspace->device));
+  check.contiguous("workspace", *workspace);
+  REPLEARN_CHECK(workspace->numel() >= bytes, Value, check.function(), ": argument 'workspace' expected at least ",
+                 bytes, " bytes but got ", workspace->numel());
+}
+
+}  // namespace
+
+int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size) {
+  return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.hidden) * element_size;
+}
+
+int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size) {
+  const int64_t gate_grads = d.steps * d.batch * d.gates() * (d.cell == Cell::Gru ? 2 : 1);
+  return (gate_grads + 3 * d.batch * d.hidden) * element_size;
+}
+
+LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
+                        const TensorView& w_ih, const TensorView& w_hh, const OptView& b_ih, const OptView& b_hh,
+                        const OptView& lengths, const TensorView& y, const TensorView& h_n, const OptView& c_n,
+                        const TensorView& reserve, const OptView& workspace) {
+  Checker check("rnn_forward", device);
+  const LayerDims d = layer_dims(check, cell, x, w_ih, w_hh);
+  check_like_x(check, "h0", h0, x, {d.batch, d.hidden});
+  check_cell_state(check, "c0", c0, d, x, true);
+  check_optional_like_x(check, "b_ih", b_ih, x, {d.gates()});
+  check_optional_like_x(check, "b_hh", b_hh, x, {d.gates()});
+  check_lengths(check, lengths, d);
+  check_like_x(check, "y", y, x, {d.steps, d.batch, d.hidden});
+  check_like_x(check, "h_n", h_n, x, {d.batch, d.hidden});
+  check_cell_state(check, "c_n", c_n, d, x, true);
+  check_like_x(check, "reserve", reserve, x, {d.steps, d.batch, d.reserve()});
+  check_workspace(check, workspace, forward_workspace_bytes(d, dtype_size(x.dtype)), x);
+  return d;
+}
+
+LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, const TensorView& grad_h_n,
+                         const OptView& grad_c_n, const TensorView& x, const TensorView& w_ih, const TensorView& w_hh,
+                         const OptView& lengths, const TensorView& reserve, const OptView& grad_x,
+                         const OptView& grad_h0, const OptView& grad_c0, const OptView& grad_w_ih,
+                         const OptView& grad_w_hh, const OptView& grad_b_ih, const OptView& grad_b_hh,
+                         const OptView& workspace) {
+  Checker check("rnn_backward", device);
+  const LayerDims d = layer_dims(check, cell, x, w_ih, w_hh);
+  check_like_x(check, "grad_y", grad_y, x, {d.steps, d.batch, d.hidden});
+  check_like_x(check, "grad_h_n", grad_h_n, x, {d.batch, d.hidden});
+  check_cell_state(check, "grad_c_n", grad_c_n, d, x, true);
+  check_lengths(check, lengths, d);
+  check_like_x(check, "reserve", reserve, x, {d.steps, d.batch, d.reserve()});
+  check_optional_like_x(check, "grad_x", grad_x, x, {d.steps, d.batch, d.input});
+  check_optional_like_x(check, "grad_h0", grad_h0, x, {d.batch, d.hidden});
+  check_cell_state(check, "grad_c0", grad_c0, d, x, false);
+  check_optional_like_x(check, "grad_w_ih", grad_w_ih, x, {d.gates(), d.input});
+  check_optional_like_x(check, "grad_w_hh", grad_w_hh, x, {d.gates(), d.hidden});
+  check_optional_like_x(check, "grad_b_ih", grad_b_ih, x, {d.gates()});
+  check_optional_like_x(check, "grad_b_hh", grad_b_hh, x, {d.gates()});
+  check_workspace(check, workspace, backward_workspace_bytes(d, dtype_size(x.dtype)), x);
+  return d;
+}
+
+LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh) {
+  REPLEARN_CHECK(cell >= 0 && cell <= 3, Value, "rnn workspace size: argument 'cell' expected ", kCellNames,
+                 " but got ", cell);
+  REPLEARN_CHECK(x.ndim == 3, Value, "rnn workspace size: argument 'x' expected 3 dimensions (T, B, I) but got shape ",
+                 x.shape_string());
+  REPLEARN_CHECK(w_hh.ndim == 2, Value,
+                 "rnn workspace size: argument 'w_hh' expected 2 dimensions (G·H, H) but got shape ",
+                 w_hh.shape_string());
+  return {static_cast<Cell>(cell), x.size(0), x.size(1), x.size(2), w_hh.size(1)};
+}
+
+template <DeviceType D>
+int64_t rnn_forward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh) {
+  return forward_workspace_bytes(workspace_query_dims(cell, x, w_hh), dtype_size(x.dtype));
+}
+
+template <DeviceType D>
+int64_t rnn_backward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh) {
+  return backward_workspace_bytes(workspace_query_dims(cell, x, w_hh), dtype_size(x.dtype));
+}
+
+// The sizes are the same on both devices (the CUDA kernels use the CPU layout, float32).
+template int64_t rnn_forward_workspace_size<DeviceType::CPU>(int, const TensorView&, const TensorView&);
+template int64_t rnn_forward_workspace_size<DeviceType::CUDA>(int, const TensorView&, const TensorView&);
+template int64_t rnn_backward_workspace_size<DeviceType::CPU>(int, const TensorView&, const TensorView&);
+template int64_t rnn_backward_workspace_size<DeviceType::CUDA>(int, const TensorView&, const TensorView&);
+
+}  // namespace replearn::rnn

@@ -1,0 +1,153 @@
+// Emulated CUDA kernels of the recurrent family (csrc/rnn/cuda.cu compiled against
+// include/cuda_runtime.h), float32, against the CPU kernels in float64 on the same values: outputs,
+// final states and every gradient, for each cell with and without lengths, reverse and biases, at
+// sizes that span several GEMM tiles. Built and run by tests/cuda_emu/run.sh rnn.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cuda_utils.cuh"
+#include "rnn/rnn.h"
+
+using namespace replearn;
+using namespace replearn::rnn;
+constexpr DeviceType CUDA = DeviceType::CUDA, CPU = DeviceType::CPU;
+
+struct Arr {  // exact-size heap buffer as float32 ("CUDA") or float64 (CPU reference)
+  DType dt;
+  DeviceType dev;
+  std::vector<int64_t> shape;
+  int64_t n = 1;
+  std::unique_ptr<unsigned char[]> mem;
+  Arr(DType d, DeviceType v, std::vector<int64_t> s) : dt(d), dev(v), shape(std::move(s)) {
+    for (auto k : shape) n *= k;
+    mem.reset(new unsigned char[std::max<int64_t>(n, 1) * dtype_size(dt)]);
+    std::memset(mem.get(), 0xff, std::max<int64_t>(n, 1) * dtype_size(dt));  // NaN garbage
+  }
+  TensorView view() const {
+    TensorView v;
+    v.data = mem.get();
+    v.dtype = dt;
+    v.device = Device{dev, 0};
+    v.ndim = static_cast<int>(shape.size());
+    int64_t stride = 1;
+    for (int k = v.ndim - 1; k >= 0; --k) v.sizes[k] = shape[k], v.strides[k] = stride, stride *= shape[k];
+    return v;
+  }
+  std::optional<TensorView> opt() const { return view(); }
+  double get(int64_t i) const {
+    if (dt == DType::Float64) return reinterpret_cast<const double*>(mem.get())[i];
+    if (dt == DType::Int64) return static_cast<double>(reinterpret_cast<const int64_t*>(mem.get())[i]);
+    return reinterpret_cast<const float*>(mem.get())[i];
+  }
+  void set(int64_t i, double v) {
+    if (dt == DType::Float64) reinterpret_cast<double*>(mem.get())[i] = v;
+    else if (dt == DType::Int64) reinterpret_cast<int64_t*>(mem.get())[i] = static_cast<int64_t>(v);
+    else reinterpret_cast<float*>(mem.get())[i] = static_cast<float>(v);
+  }
+};
+
+int checks = 0, failures = 0;
+
+void compare(const std::string& what, const Arr& got, const Arr& ref) {
+  ++checks;
+  double worst = 0;
+  int64_t at = 0;
+  for (int64_t i = 0; i < ref.n; ++i) {
+    const double err = std::fabs(got.get(i) - ref.get(i)) / (1e-4 + 1e-4 * std::fabs(ref.get(i)));
+    if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err, at = i;
+  }
+  if (worst > 1) {
+    ++failures;
+    std::printf("FAIL %s: normalized error %g at %ld (got %g, want %g)\n", what.c_str(), worst, static_cast<long>(at),
+                got.get(at), ref.get(at));
+  }
+}
+
+struct Side {  // one device's tensors for a problem
+  Arr x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, h_n, c_n, reserve, gy, gh, gc, dx, dh0, dc0, dw_ih, dw_hh,
+      db_ih, db_hh;
+};
+
+Side make_side(DType dt, DeviceType dev, Cell cell, int64_t T, int64_t B, int64_t I, int64_t H) {
+  const int64_t G = gate_count(cell) * H;
+  return Side{Arr(dt, dev, {T, B, I}),  Arr(dt, dev, {B, H}),    Arr(dt, dev, {B, H}),     Arr(dt, dev, {G, I}),
+              Arr(dt, dev, {G, H}),     Arr(dt, dev, {G}),       Arr(dt, dev, {G}),        Arr(DType::Int64, dev, {B}),
+              Arr(dt, dev, {T, B, H}),  Arr(dt, dev, {B, H}),    Arr(dt, dev, {B, H}),
+              Arr(dt, dev, {T, B, reserve_width(cell, H)}),      Arr(dt, dev, {T, B, H}),  Arr(dt, dev, {B, H}),
+              Arr(dt, dev, {B, H}),     Arr(dt, dev, {T, B, I}), Arr(dt, dev, {B, H}),     Arr(dt, dev, {B, H}),
+              Arr(dt, dev, {G, I}),     Arr(dt, dev, {G, H}),    Arr(dt, dev, {G}),        Arr(dt, dev, {G})};
+}
+
+template <DeviceType D>
+void run(Side& s, Cell cell, bool lengths, bool reverse, bool biases) {
+  const int c = static_cast<int>(cell);
+  const bool lstm = cell == Cell::Lstm;
+  auto opt_if = [](bool on, const Arr& a) { return on ? a.opt() : std::nullopt; };
+  Arr fws(DType::UInt8, s.x.dev, {rnn_forward_workspace_size<D>(c, s.x.view(), s.w_hh.view())});
+  rnn_forward<D>(c, s.x.view(), s.h0.view(), opt_if(lstm, s.c0), s.w_ih.view(), s.w_hh.view(), opt_if(biases, s.b_ih),
+                 opt_if(biases, s.b_hh), opt_if(lengths, s.lengths), reverse, s.y.view(), s.h_n.view(),
+                 opt_if(lstm, s.c_n), s.reserve.view(), fws.opt());
+  Arr bws(DType::UInt8, s.x.dev, {rnn_backward_workspace_size<D>(c, s.x.view(), s.w_hh.view())});
+  rnn_backward<D>(c, s.gy.view(), s.gh.view(), opt_if(lstm, s.gc), s.x.view(), s.w_ih.view(), s.w_hh.view(),
+                  opt_if(lengths, s.lengths), reverse, s.reserve.view(), s.dx.opt(), s.dh0.opt(), opt_if(lstm, s.dc0),
+                  s.dw_ih.opt(), s.dw_hh.opt(), s.db_ih.opt(), s.db_hh.opt(), bws.opt());
+}
+
+void test(Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, bool reverse, bool biases) {
+  const char* names[] = {"tanh", "relu", "lstm", "gru"};
+  const std::string tag = std::string(names[static_cast<int>(cell)]) + " T" + std::to_string(T) + " B" +
+                          std::to_string(B) + " I" + std::to_string(I) + " H" + std::to_string(H) +
+                          (lengths ? " lengths" : "") + (reverse ? " reverse" : "") + (biases ? "" : " no-bias");
+  Side dev = make_side(DType::Float32, CUDA, cell, T, B, I, H);
+  Side ref = make_side(DType::Float64, CPU, cell, T, B, I, H);
+  std::mt19937 rng(static_cast<unsigned>(T * 131 + B * 17 + H));
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const float w = 1.f / std::sqrt(static_cast<float>(H));
+  auto fill = [&](Arr Side::*member, float scale) {
+    for (int64_t i = 0; i < (dev.*member).n; ++i) {
+      const float v = scale * u(rng);  // float32 values, so both sides see the same inputs
+      (dev.*member).set(i, v);
+      (ref.*member).set(i, v);
+    }
+  };
+  fill(&Side::x, 1.f), fill(&Side::h0, 0.5f), fill(&Side::c0, 0.5f), fill(&Side::w_ih, w), fill(&Side::w_hh, w);
+  fill(&Side::b_ih, 0.3f), fill(&Side::b_hh, 0.3f), fill(&Side::gy, 1.f), fill(&Side::gh, 1.f), fill(&Side::gc, 1.f);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = lengths ? 1 + (b * 7 + 3) % T : T;
+    dev.lengths.set(b, len), ref.lengths.set(b, len);
+  }
+  run<CUDA>(dev, cell, lengths, reverse, biases);
+  run<CPU>(ref, cell, lengths, reverse, biases);
+  compare(tag + " y", dev.y, ref.y);
+  compare(tag + " h_n", dev.h_n, ref.h_n);
+  compare(tag + " grad_x", dev.dx, ref.dx);
+  compare(tag + " grad_h0", dev.dh0, ref.dh0);
+  compare(tag + " grad_w_ih", dev.dw_ih, ref.dw_ih);
+  compare(tag + " grad_w_hh", dev.dw_hh, ref.dw_hh);
+  compare(tag + " grad_b_ih", dev.db_ih, ref.db_ih);
+  compare(tag + " grad_b_hh", dev.db_hh, ref.db_hh);
+  if (cell == Cell::Lstm) {
+    compare(tag + " c_n", dev.c_n, ref.c_n);
+    compare(tag + " grad_c0", dev.dc0, ref.dc0);
+  }
+}
+
+int main(int argc, char** argv) {
+  emu::grid_x_cap = argc > 1 ? std::atoi(argv[1]) : 0;
+  const bool quick = argc > 2;
+  std::printf("grid.x cap: %u\n", emu::grid_x_cap);
+  for (Cell cell : {Cell::Tanh, Cell::Relu, Cell::Lstm, Cell::Gru}) {
+    test(cell, 1, 1, 1, 1, false, false, true);
+    test(cell, 4, 3, 5, 18, true, false, true);  // G·H and H past one 16-wide tile, k over two tiles
+    test(cell, 3, 2, 3, 5, true, true, false);
+    if (!quick) test(cell, 5, 4, 17, 7, false, true, true);
+  }
+  std::printf("%d checks, %d failures, %ld emulated launches\n", checks, failures, emu::launches.load());
+  return failures ? 1 : 0;
+}
