@@ -121,16 +121,7 @@ AttentionDims check_attention_backward(DeviceType device, const TensorView& grad
                    ": argument 'grad_bias' expected no tensor when there is no attn_bias but got one");
     check_like(check, "grad_bias", *grad_bias, "attn_bias", *attn_bias);
   }
-  if (workspace_bytes > 0) {
-    REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
-                   workspace_bytes, " bytes but got none");
-    check.dtype("workspace", *workspace, DType::UInt8);
-    REPLEARN_CHECK(workspace->device == q.device, Value, check.function(), ": argument 'workspace' expected to be on ",
-                   device_name(q.device), " like 'q' but got ", device_name(workspace->device));
-    check.contiguous("workspace", *workspace);
-    REPLEARN_CHECK(workspace->numel() >= workspace_bytes, Value, check.function(),
-                   ": argument 'workspace' expected at least ", workspace_bytes, " bytes but got ", workspace->numel());
-  }
+  check.workspace(workspace, workspace_bytes, "q", q);
   return d;
 }
 

@@ -182,16 +182,7 @@ Geometry transpose_geometry(const TensorView& x, const TensorView& weight, const
 }  // namespace
 
 void check_workspace(const char* function, const OptView& workspace, int64_t bytes, const TensorView& x) {
-  if (bytes == 0) return;
-  Checker check(function, x.device.type);
-  REPLEARN_CHECK(workspace.has_value(), Value, function, ": argument 'workspace' expected a buffer of ", bytes,
-                 " bytes but got none");
-  check.dtype("workspace", *workspace, DType::UInt8);
-  REPLEARN_CHECK(workspace->device == x.device, Value, function, ": argument 'workspace' expected to be on ",
-                 device_name(x.device), " like 'x' but got ", device_name(workspace->device));
-  check.contiguous("workspace", *workspace);
-  REPLEARN_CHECK(workspace->numel() >= bytes, Value, function, ": argument 'workspace' expected at least ", bytes,
-                 " bytes but got ", workspace->numel());
+  Checker(function, x.device.type).workspace(workspace, bytes, "x", x);
 }
 
 Geometry check_conv_forward(DeviceType device, const TensorView& x, const TensorView& weight, const OptView& bias,

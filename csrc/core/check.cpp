@@ -91,4 +91,17 @@ void Checker::min_dim(const char* arg, const TensorView& v, int ndim) const {
                  " dimensions but got ", v.ndim, " (shape ", v.shape_string(), ")");
 }
 
+void Checker::workspace(const std::optional<TensorView>& workspace, int64_t bytes, const char* like_arg,
+                        const TensorView& like) const {
+  if (bytes == 0) return;
+  REPLEARN_CHECK(workspace.has_value(), Value, function_, ": argument 'workspace' expected a buffer of ", bytes,
+                 " bytes but got none");
+  dtype("workspace", *workspace, DType::UInt8);
+  REPLEARN_CHECK(workspace->device == like.device, Value, function_, ": argument 'workspace' expected to be on ",
+                 device_name(like.device), " like '", like_arg, "' but got ", device_name(workspace->device));
+  contiguous("workspace", *workspace);
+  REPLEARN_CHECK(workspace->numel() >= bytes, Value, function_, ": argument 'workspace' expected at least ", bytes,
+                 " bytes but got ", workspace->numel());
+}
+
 }  // namespace replearn

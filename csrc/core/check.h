@@ -9,6 +9,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "core/tensor_view.h"
@@ -38,6 +39,12 @@ class Checker {
   void min_dim(const char* arg, const TensorView& v, int ndim) const;
   // Same role as floating() for buffers of a fixed dtype (statistics, running averages).
   void buffer(const char* arg, const TensorView& v, DType expected, int64_t numel);
+
+  // The scratch buffer a kernel asked for through its *_workspace_size(): `bytes` or more uint8,
+  // contiguous, on the device of `like` (a CUDA buffer handed to a CPU kernel would be read on the
+  // host). Nothing is required when bytes is 0.
+  void workspace(const std::optional<TensorView>& workspace, int64_t bytes, const char* like_arg,
+                 const TensorView& like) const;
 
   // A free-form condition on values: `check.value(eps >= 0, "eps", "a non-negative number", eps)`.
   template <class T>

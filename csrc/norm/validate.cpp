@@ -28,20 +28,6 @@ void check_optional_like(Checker& check, const char* arg, const OptView& t, cons
   if (t) check_like(check, arg, *t, x);
 }
 
-// x has passed check.floating(), so its device is the one the kernels run on: the workspace must be
-// there too (a CUDA buffer handed to the CPU kernel would be dereferenced on the host).
-void check_workspace(Checker& check, const OptView& workspace, int64_t bytes, const TensorView& x) {
-  if (bytes == 0) return;
-  REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
-                 bytes, " bytes but got none");
-  check.dtype("workspace", *workspace, DType::UInt8);
-  REPLEARN_CHECK(workspace->device == x.device, Value, check.function(), ": argument 'workspace' expected to be on ",
-                 device_name(x.device), " like 'x' but got ", device_name(workspace->device));
-  check.contiguous("workspace", *workspace);
-  REPLEARN_CHECK(workspace->numel() >= bytes, Value, check.function(), ": argument 'workspace' expected at least ",
-                 bytes, " bytes but got ", workspace->numel());
-}
-
 // An optional statistics output: stats_dtype(x), `count` elements, contiguous, on x's device.
 void check_stats(Checker& check, const char* arg, const OptView& stats, const TensorView& x, int64_t count) {
   if (stats) check.buffer(arg, *stats, stats_dtype(x.dtype), count);
@@ -110,7 +96,7 @@ RowDims check_layer_norm_backward(DeviceType device, const TensorView& dy, const
   check_optional_like(check, "grad_x", dx, x);
   check_param(check, "grad_weight", dweight, x, dims.cols);
   check_param(check, "grad_bias", dbias, x, dims.cols);
-  check_workspace(check, workspace, workspace_bytes, x);
+  check.workspace(workspace, workspace_bytes, "x", x);
   return dims;
 }
 
@@ -135,7 +121,7 @@ RowDims check_rms_norm_backward(DeviceType device, const TensorView& dy, const T
   check_row_param(check, "weight", weight, x, normalized_ndim);
   check_optional_like(check, "grad_x", dx, x);
   check_param(check, "grad_weight", dweight, x, dims.cols);
-  check_workspace(check, workspace, workspace_bytes, x);
+  check.workspace(workspace, workspace_bytes, "x", x);
   return dims;
 }
 
@@ -215,7 +201,7 @@ ChannelDims check_group_norm_backward(DeviceType device, const TensorView& dy, c
   check_optional_like(check, "grad_x", dx, x);
   check_param(check, "grad_weight", dweight, x, dims.channels);
   check_param(check, "grad_bias", dbias, x, dims.channels);
-  check_workspace(check, workspace, workspace_bytes, x);
+  check.workspace(workspace, workspace_bytes, "x", x);
   return dims;
 }
 

@@ -78,18 +78,6 @@ void check_lengths(Checker& check, const OptView& lengths, const LayerDims& d) {
   }
 }
 
-void check_workspace(const Checker& check, const OptView& workspace, int64_t bytes, const TensorView& x) {
-  if (bytes == 0) return;
-  REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
-                 bytes, " bytes but got none");
-  check.dtype("workspace", *workspace, DType::UInt8);
-  REPLEARN_CHECK(workspace->device == x.device, Value, check.function(), ": argument 'workspace' expected to be on ",
-                 device_name(x.device), " like 'x' but got ", device_name(workspace->device));
-  check.contiguous("workspace", *workspace);
-  REPLEARN_CHECK(workspace->numel() >= bytes, Value, check.function(), ": argument 'workspace' expected at least ",
-                 bytes, " bytes but got ", workspace->numel());
-}
-
 }  // namespace
 
 int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size) {
@@ -116,7 +104,7 @@ LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const 
   check_like_x(check, "h_n", h_n, x, {d.batch, d.hidden});
   check_cell_state(check, "c_n", c_n, d, x, true);
   check_like_x(check, "reserve", reserve, x, {d.steps, d.batch, d.reserve()});
-  check_workspace(check, workspace, forward_workspace_bytes(d, dtype_size(x.dtype)), x);
+  check.workspace(workspace, forward_workspace_bytes(d, dtype_size(x.dtype)), "x", x);
   return d;
 }
 
@@ -140,7 +128,7 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
   check_optional_like_x(check, "grad_w_hh", grad_w_hh, x, {d.gates(), d.hidden});
   check_optional_like_x(check, "grad_b_ih", grad_b_ih, x, {d.gates()});
   check_optional_like_x(check, "grad_b_hh", grad_b_hh, x, {d.gates()});
-  check_workspace(check, workspace, backward_workspace_bytes(d, dtype_size(x.dtype)), x);
+  check.workspace(workspace, backward_workspace_bytes(d, dtype_size(x.dtype)), "x", x);
   return d;
 }
 

@@ -33,19 +33,6 @@ void check_grad_presence(const Checker& check, const char* grad_arg, const OptVi
                  input ? "given" : "None", " but got ", grad ? "a tensor" : "None");
 }
 
-void check_workspace(const Checker& check, const OptView& workspace, int64_t bytes, const TensorView& like) {
-  if (bytes == 0) return;
-  REPLEARN_CHECK(workspace.has_value(), Value, check.function(), ": argument 'workspace' expected a buffer of ",
-                 bytes, " bytes but got none");
-  check.dtype("workspace", *workspace, DType::UInt8);
-  REPLEARN_CHECK(workspace->device == like.device, Value, check.function(),
-                 ": argument 'workspace' expected to be on ", device_name(like.device), " but got ",
-                 device_name(workspace->device));
-  check.contiguous("workspace", *workspace);
-  REPLEARN_CHECK(workspace->numel() >= bytes, Value, check.function(), ": argument 'workspace' expected at least ",
-                 bytes, " bytes but got ", workspace->numel());
-}
-
 // (batch, dim, L) sequences: u and delta.
 ScanDims scan_dims(DeviceType device, Checker& check, const TensorView& u, const TensorView& delta,
                    const TensorView& A, const TensorView& B, const TensorView& C, const OptView& D,
@@ -223,7 +210,7 @@ ScanDims check_selective_scan_backward(DeviceType device, const TensorView& grad
   if (dD) check_like(check, "grad_D", *dD, "D", *D);
   if (dz) check_like(check, "grad_z", *dz, "z", *z);
   if (ddelta_bias) check_like(check, "grad_delta_bias", *ddelta_bias, "delta_bias", *delta_bias);
-  check_workspace(check, workspace, workspace_bytes, u);
+  check.workspace(workspace, workspace_bytes, "u", u);
   return d;
 }
 
@@ -258,7 +245,7 @@ ConvDims check_causal_conv1d_backward(DeviceType device, const TensorView& grad_
   check_grad_presence(check, "grad_initial_state", dinitial_state, "initial_state", initial_state);
   if (dbias) check_like(check, "grad_bias", *dbias, "bias", *bias);
   if (dinitial_state) check_like(check, "grad_initial_state", *dinitial_state, "initial_state", *initial_state);
-  check_workspace(check, workspace, workspace_bytes, x);
+  check.workspace(workspace, workspace_bytes, "x", x);
   return d;
 }
 
