@@ -59,6 +59,30 @@ def conv_transpose2d_spec(kernel: int, stride: int, padding: int):
     return spec
 
 
+def conv1d_spec(kernel: int, padding: int):
+    """x (N, C_in, L), weight (C_out, C_in, k); shape = (N, C_in, C_out, L)."""
+
+    def spec(shape, dtype, device, side):
+        n, cin, cout, length = shape
+        x, weight, b = _tensors((n, cin, length), (cout, cin, kernel), (cout,), dtype=dtype, device=device)
+        fn = F.conv1d if side == "torch" else ops.conv1d
+        return [x, weight, b], lambda: fn(x, weight, b, 1, padding)
+
+    return spec
+
+
+def conv_transpose1d_spec(kernel: int, stride: int, padding: int):
+    """x (N, C_in, L), weight (C_in, C_out, k); shape = (N, C_in, C_out, L)."""
+
+    def spec(shape, dtype, device, side):
+        n, cin, cout, length = shape
+        x, weight, b = _tensors((n, cin, length), (cin, cout, kernel), (cout,), dtype=dtype, device=device)
+        fn = F.conv_transpose1d if side == "torch" else ops.conv_transpose1d
+        return [x, weight, b], lambda: fn(x, weight, b, stride, padding)
+
+    return spec
+
+
 def causal_conv1d_spec(kernel: int, dilation: int):
     """x (N, C, L), weight (C, C, k); shape = (N, C, C, L). torch: left padding, then conv1d."""
 
@@ -87,8 +111,11 @@ def _conv_flops(kernel_taps: int, groups: int = 1) -> Callable[[tuple[int, ...]]
 
 def _transpose_flops(kernel_taps: int) -> Callable[[tuple[int, ...]], float]:
     def flops(shape):
-        n, cin, cout, h, w = shape
-        return 2.0 * n * cin * h * w * cout * kernel_taps
+        n, cin, cout, *spatial = shape
+        positions = 1
+        for s in spatial:
+            positions *= s
+        return 2.0 * n * cin * positions * cout * kernel_taps
 
     return flops
 
@@ -112,6 +139,11 @@ _LAYERS = [
            _conv_flops(49, groups=96), 2.0),  # fmt: skip
     _Layer("conv_transpose2d 4×4 s2", conv_transpose2d_spec(4, 2, 1), (16, 64, 32, 32, 32), (2, 16, 8, 8, 8),
            _transpose_flops(16), 0.8, 0.8),  # fmt: skip
+    # 1-D rows without goals of their own (the issue sets none): a ByteNet-width k3 conv1d and a k4 s2
+    # transposed conv1d (a decoder's upsampling).
+    _Layer("conv1d k3", conv1d_spec(3, 1), (16, 256, 256, 2048), (2, 32, 32, 256), _conv_flops(3), None),
+    _Layer("conv_transpose1d k4 s2", conv_transpose1d_spec(4, 2, 1), (16, 128, 64, 2048), (2, 16, 8, 256),
+           _transpose_flops(4), None),  # fmt: skip
     _Layer("dilated_causal_conv1d k2 d512 (WaveNet)", causal_conv1d_spec(2, 512), (16, 64, 64, 16000), (2, 16, 16, 2048),
            _conv_flops(2), 1.2),  # fmt: skip
 ]

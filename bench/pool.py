@@ -56,6 +56,24 @@ def global_avg_pool2d(shape, dtype, device, side):
     return [x], lambda: F.adaptive_avg_pool2d(x, 1)
 
 
+def max_pool1d(shape, dtype, device, side):
+    x = _input(shape, dtype, device)
+    F = _functional(side)
+    return [x], lambda: F.max_pool1d(x, 3, 2, 1)
+
+
+def avg_pool1d(shape, dtype, device, side):
+    x = _input(shape, dtype, device)
+    F = _functional(side)
+    return [x], lambda: F.avg_pool1d(x, 2)
+
+
+def global_avg_pool1d(shape, dtype, device, side):
+    x = _input(shape, dtype, device)
+    F = _functional(side)
+    return [x], lambda: F.adaptive_avg_pool1d(x, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Op:
     name: str
@@ -74,6 +92,11 @@ def _numel(shape) -> int:
     return n
 
 
+def _pooled1d(shape, kernel, stride, padding) -> int:
+    *lead, length = shape
+    return _numel(lead) * ((length + 2 * padding - kernel) // stride + 1)
+
+
 def _pooled(shape, kernel, stride, padding) -> int:
     *lead, h, w = shape
     return _numel(lead) * ((h + 2 * padding - kernel) // stride + 1) * ((w + 2 * padding - kernel) // stride + 1)
@@ -85,6 +108,11 @@ _OPS = [
     _Op("avg_pool2d(2)", avg_pool2d, (32, 64, 112, 112), (4, 16, 32, 32), (2, 4, 8, 8), lambda s: _pooled(s, 2, 2, 0)),
     _Op("adaptive_avg_pool2d(1)", global_avg_pool2d, (32, 2048, 7, 7), (4, 256, 7, 7), (2, 8, 7, 7),
         lambda s: _numel(s[:-2])),  # fmt: skip
+    # The 1-D forms on a sequence batch (N32 C64 L16384, the same 33.5 M values as the 2-D rows).
+    _Op("max_pool1d(3, 2, 1)", max_pool1d, (32, 64, 16384), (4, 16, 1024), (2, 4, 64),
+        lambda s: _pooled1d(s, 3, 2, 1), index_bytes_per_output=16),  # fmt: skip
+    _Op("avg_pool1d(2)", avg_pool1d, (32, 64, 16384), (4, 16, 1024), (2, 4, 64), lambda s: _pooled1d(s, 2, 2, 0)),
+    _Op("adaptive_avg_pool1d(1)", global_avg_pool1d, (32, 2048, 49), (4, 256, 49), (2, 8, 49), lambda s: _numel(s[:-1])),
 ]
 
 OVERHEAD_GOAL_US = 10.0

@@ -26,13 +26,13 @@ from _harness import Case
 
 SHAPE = (128, 32, 256, 512)  # (T, B, I, H)
 QUICK_SHAPE = (8, 4, 16, 32)
-GATES = {"LSTM": 4, "GRU": 3}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def _flops(kind: str, passes: int):
     def flops(shape):
         steps, batch, inputs, hidden = shape
-        return passes * 2.0 * steps * batch * GATES[kind] * hidden * (inputs + hidden)
+        return passes * 2.0 * steps * batch * GATES[kind.split("_")[0]] * hidden * (inputs + hidden)
 
     return flops
 
@@ -41,8 +41,10 @@ def _modules(kind, shape, dtype, device):
     """torch's layer and ours with the same weights, and the input, all seeded."""
     steps, batch, inputs, hidden = shape
     torch.manual_seed(0)
-    theirs = getattr(torch.nn, kind)(inputs, hidden).to(device=device, dtype=dtype)
-    ours = getattr(replearn.nn, kind)(inputs, hidden).to(device=device, dtype=dtype)
+    layer, *nonlinearity = kind.split("_")  # "RNN_relu": an Elman layer with that nonlinearity
+    kwargs = {"nonlinearity": nonlinearity[0]} if nonlinearity else {}
+    theirs = getattr(torch.nn, layer)(inputs, hidden, **kwargs).to(device=device, dtype=dtype)
+    ours = getattr(replearn.nn, layer)(inputs, hidden, **kwargs).to(device=device, dtype=dtype)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(steps, batch, inputs, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
     return theirs, ours, x
@@ -104,6 +106,11 @@ CASES = [
     _case("lstm fwd", "LSTM", False, 1.0),
     _case("gru fwd+bwd", "GRU", True, 1.0),
     _case("gru fwd", "GRU", False, 1.0),
+    # Elman layers (rnn_tanh, rnn_relu): rows without goals of their own (the issue sets none).
+    _case("rnn_tanh fwd+bwd", "RNN_tanh", True, None),
+    _case("rnn_tanh fwd", "RNN_tanh", False, None),
+    _case("rnn_relu fwd+bwd", "RNN_relu", True, None),
+    _case("rnn_relu fwd", "RNN_relu", False, None),
     _case("lstm fwd+bwd vs LSTMCell loop", "LSTM", True, 1.8, against_cells=True),
     _case("lstm fwd vs LSTMCell loop", "LSTM", False, 1.8, against_cells=True),
 ]

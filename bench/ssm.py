@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import replearn.ops as ops
 from _harness import Case, forward, forward_backward
-from replearn.ops.ssm import selective_scan_reference
+from replearn.ops.ssm import cauchy_reference, s4d_kernel_vandermonde, selective_scan_reference
 
 
 def _scan_inputs(shape, dtype, device):
@@ -86,6 +86,44 @@ def conv_spec(shape, dtype, device, side):
     return [x, w, b], lambda: ops.causal_conv1d(x, w, b, "silu")
 
 
+def s4d_spec(shape, dtype, device, side):
+    """S4D's kernel K (H, L) from N/2 complex modes per channel; shape = (H, N/2, L). torch: the
+    vectorized Vandermonde product (the op's parity counterpart)."""
+    channels, modes, length = shape
+    g = torch.Generator().manual_seed(0)
+    log_dt = (torch.rand(channels, generator=g) * 4 - 7).to(device=device, dtype=dtype)
+    a_real = (-0.5 * torch.ones(channels, modes)).to(device=device, dtype=dtype)
+    a_imag = (torch.pi * torch.arange(modes, dtype=torch.float32).expand(channels, modes)).to(device=device, dtype=dtype)
+    c_real, c_imag = (torch.randn(2, channels, modes, generator=g) * 0.5).to(device=device, dtype=dtype)
+    fn = s4d_kernel_vandermonde if side == "torch" else ops.s4d_kernel
+    return [log_dt, c_real, c_imag], lambda: fn(log_dt, a_real, a_imag, c_real, c_imag, length)
+
+
+def cauchy_spec(shape, dtype, device, side):
+    """S4's Cauchy product out (H, L) = Σ_n v/(z − w); shape = (H, N, L). torch: the broadcast
+    complex division (the op's parity counterpart). The harness times one output tensor, so both
+    sides return re + im (one extra elementwise add on each side)."""
+    channels, states, length = shape
+    g = torch.Generator().manual_seed(0)
+    v_real, v_imag, w_imag = torch.randn(3, channels, states, generator=g).to(device=device, dtype=dtype)
+    w_real = (-0.5 - torch.rand(channels, states, generator=g)).to(device=device, dtype=dtype)
+    angle = 2 * torch.pi * torch.arange(length, dtype=torch.float32) / length
+    z_real, z_imag = torch.cos(angle).to(device=device, dtype=dtype), torch.sin(angle).to(device=device, dtype=dtype)
+    fn = cauchy_reference if side == "torch" else ops.cauchy
+
+    def call():
+        out_real, out_imag = fn(v_real, v_imag, z_real, z_imag, w_real, w_imag)
+        return out_real + out_imag
+
+    return [v_real, v_imag, w_real], call
+
+
+def _kernel_bytes(shape, itemsize):
+    """Read the (H, N) parameters, write the (H, L) output."""
+    channels, states, length = shape
+    return (4 * channels * states + 2 * channels * length) * itemsize
+
+
 def _scan_bytes(sequences: int, matrices: int):
     def count(shape, itemsize):
         batch, dim, length, states = shape
@@ -112,6 +150,11 @@ _CPU_CASES = [
          _scan_bytes(4, 2)),  # fmt: skip
     Case("causal_conv1d(silu) fwd", CONV_SHAPE, CONV_QUICK, forward(conv_spec), _conv_bytes(2)),
     Case("causal_conv1d(silu) fwd+bwd", CONV_SHAPE, CONV_QUICK, forward_backward(conv_spec), _conv_bytes(5)),
+    # S4's kernels: an S4 layer of H = 512 channels, N = 64 states (32 complex modes), L = 4096.
+    Case("s4d_kernel fwd", (512, 32, 4096), (16, 8, 256), forward(s4d_spec), _kernel_bytes),
+    Case("s4d_kernel fwd+bwd", (512, 32, 4096), (16, 8, 256), forward_backward(s4d_spec), _kernel_bytes),
+    Case("cauchy fwd", (512, 32, 2049), (16, 8, 129), forward(cauchy_spec), _kernel_bytes),
+    Case("cauchy fwd+bwd", (512, 32, 2049), (16, 8, 129), forward_backward(cauchy_spec), _kernel_bytes),
 ]
 # The same cases on a GPU where one and the CUDA kernels are present, reported without goals.
 CASES = _CPU_CASES + [dataclasses.replace(case, device="cuda", min_speedup=None) for case in _CPU_CASES]

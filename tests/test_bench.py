@@ -76,7 +76,7 @@ def test_quick_pool_rows(tmp_path):
     for row in rows:
         _check_row(row)
         assert row["family"] == "pool" and row["achieved_gbps"] is not None
-    assert {row["op"].split("(")[0] for row in rows} == {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"}
+    assert {row["op"].split("(")[0] for row in rows} == {"max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d"}
     assert "| pool | max_pool2d(3, 2, 1) fwd+bwd |" in stdout
 
 def test_quick_attention_rows_report_gflops(tmp_path):
