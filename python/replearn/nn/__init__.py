@@ -7,7 +7,7 @@ same checkpoint loaded; forward runs replearn's native ops. `replearn.nn.utils` 
 Linear → Norm → ReLU blocks. Pooling layers (MaxPool, AvgPool, AdaptiveAvgPool) have no state.
 """
 
-from . import init, utils
+from . import flows, init, utils
 from .attention import KVCache, MultiheadAttention
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .create_norm import NORM_KINDS, create_norm
@@ -61,6 +61,7 @@ __all__ = [
     "nplr_legs",
     "s4d_init",
     "utils",
+    "flows",
     "init",
     "RNN",
     "LSTM",
