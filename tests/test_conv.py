@@ -79,7 +79,9 @@ def test_conv_transpose_output_size_matches_torch(stride, padding, dilation, gen
         for output_padding in range(max(stride, dilation)):
             base = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
             args = (None, stride, padding, output_padding, 2, dilation)
-            if base < 1:
+            if base + output_padding < 1:  # torch rejects an empty output too
+                with pytest.raises(RuntimeError):
+                    F.conv_transpose2d(x, w, *args)
                 with pytest.raises(ValueError, match="'padding'"):
                     ops.conv_transpose2d(x, w, *args)
                 continue
@@ -87,6 +89,13 @@ def test_conv_transpose_output_size_matches_torch(stride, padding, dilation, gen
             assert ours.shape == theirs.shape
             assert ours.shape[2] == base + output_padding
             _close(ours, theirs)
+            if base < 1:  # an output made only of output_padding: gradients too
+                xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+                dy = torch.randn_like(theirs)
+                expected = torch.autograd.grad(F.conv_transpose2d(xg, wg, *args), (xg, wg), dy)
+                got = torch.autograd.grad(ops.conv_transpose2d(xg, wg, *args), (xg, wg), dy)
+                for a, b in zip(got, expected):
+                    _close(a, b)
 
 
 @pytest.mark.parametrize("kernel,dilation", [(1, 1), (2, 1), (3, 2), (4, 3), (5, 1)])

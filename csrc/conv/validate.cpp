@@ -161,10 +161,11 @@ std::vector<int64_t> transpose_out_sizes(const Checker& check, const char* arg, 
     const int64_t base = (x.size(2 + d) - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.size(2 + d) - 1) + 1;
     const int64_t output_padding = y.size(2 + d) - base;
     const int64_t limit = std::max(stride[d], dilation[d]);
-    REPLEARN_CHECK(base >= 1 && output_padding >= 0 && output_padding < limit, Value, check.function(),
+    // As torch: the output may be all output_padding (base ≤ 0) as long as it is not empty.
+    REPLEARN_CHECK(y.size(2 + d) >= 1 && output_padding >= 0 && output_padding < limit, Value, check.function(),
                    ": argument '", arg, "' expected spatial size ", base, " + output_padding with 0 <= output_padding < ",
                    limit, " (max of stride and dilation) in dimension ", d, " but got shape ", y.shape_string(),
-                   base < 1 ? " (the padding removes the whole output)" : "");
+                   y.size(2 + d) < 1 ? " (the padding removes the whole output)" : "");
     out[d] = y.size(2 + d);
   }
   return out;

@@ -177,6 +177,29 @@ TEST_P(ConvForward, MatchesNaiveLoop) {
     }
 }
 
+// torch accepts a transposed convolution whose padding removes the whole base output as long as
+// output_padding leaves something: the output is then made of output_padding alone (base 0 and −1).
+TEST(ConvTransposeForward, OutputMadeOfOutputPaddingMatchesNaiveLoop) {
+  const std::vector<Case> cases = {
+      {2, 2, 3, {2}, {2}, {2}, {2}, {1}, {1}, 1, true},
+      {1, 2, 4, {1, 3}, {1, 2}, {3, 1}, {1, 0}, {2, 0}, {1, 1}, 2, false},
+  };
+  for (const Case& t : cases) {
+    Random rng(5);
+    const DType dt = DType::Float64;
+    Buffer x = test::random_buffer(rng, dt, with_front({t.batch, t.in_channels}, t.size));
+    Buffer w = test::random_buffer(rng, dt, with_front({t.in_channels, t.out_channels / t.groups}, t.kernel));
+    Buffer b = test::random_buffer(rng, dt, {t.out_channels});
+    Buffer y = test::sentinel_buffer(dt, with_front({t.batch, t.out_channels}, transpose_out(t)));
+    Buffer ws = workspace(conv_transpose_forward_workspace_size<CPU>(x.view(), w.view(), t.stride, t.pad_begin,
+                                                                     t.dilation, t.groups, y.view()));
+    conv_transpose_forward<CPU>(x.view(), w.view(), t.bias ? b.opt() : std::nullopt, t.stride, t.pad_begin,
+                                t.dilation, t.groups, y.view(), ws.opt());
+    EXPECT_TRUE(AllClose(y.values(), naive_transpose(t, x, w, t.bias ? &b : nullptr), test::forward_tolerance(dt)))
+        << name(t);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, ConvForward, ::testing::Values(DType::Float32, DType::Float64), test::DTypeName());
 
 // Gradients of L = Σ y·r by central differences, in float64, for conv and conv_transpose.

@@ -112,6 +112,9 @@ int main(int argc, char** argv) {
       {1, 4, 6, {3, 3}, {3, 2}, {2, 3}, {1, 0}, {1, 2}, {1, 1}, 2},
       {2, 3, 3, {4, 3}, {3, 3}, {1, 1}, {1, 1}, {1, 0}, {2, 2}, 3},
       {2, 4, 2, {5}, {3}, {2}, {0}, {1}, {1}, 2},
+      // outputs made only of output_padding (base size 0 and −1), which torch accepts
+      {2, 2, 3, {2}, {2}, {2}, {2}, {1}, {1}, 1},
+      {1, 2, 2, {1, 3}, {1, 2}, {3, 1}, {1, 0}, {2, 0}, {1, 1}, 1},
   };
   for (DType dt : {DType::Float32, DType::Float16, DType::BFloat16}) {
     for (size_t i = 0; i < convs.size(); ++i) {

@@ -123,7 +123,7 @@ def _transpose_output_shape(fn, x, weight, stride, padding, output_padding, dila
             raise ValueError(f"{fn}: argument 'output_padding' expected values smaller than max(stride, dilation) = "
                              f"{limit} but got {tuple(output_padding)}")  # fmt: skip
         size = (x.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1) + 1
-        if weight.shape[2 + d] < 1 or size < 1:
+        if weight.shape[2 + d] < 1 or size + output_padding[d] < 1:  # torch's rule: the total, output_padding included
             raise ValueError(f"{fn}: argument 'padding' expected a padding that leaves a positive output size but "
                              f"got padding {tuple(padding)} for x of shape {tuple(x.shape)} and weight of shape "
                              f"{tuple(weight.shape)}")  # fmt: skip
