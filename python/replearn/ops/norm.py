@@ -20,6 +20,8 @@ into the caller's buffers), because torch only accepts autograd formulas for fun
 
 from __future__ import annotations
 
+import math
+
 import functools
 from typing import Iterable, Sequence
 
@@ -679,6 +681,11 @@ def group_norm(
     check_tensor("group_norm", "bias", bias, optional=True)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool):
         raise TypeError(f"group_norm: argument 'num_groups' expected an int but got {type(num_groups).__name__}")
+    if x.dim() >= 2 and num_groups > 0 and x.shape[1] % num_groups == 0 and x.numel() > 0:
+        # torch's rule (F.group_norm): N·(C/G)·∏spatial must exceed 1, or every group holds one value.
+        if x.shape[0] * (x.shape[1] // num_groups) * math.prod(x.shape[2:]) == 1:
+            raise ValueError(f"group_norm: argument 'x' expected more than 1 value per group but got shape "
+                             f"{tuple(x.shape)} with num_groups={num_groups}")  # fmt: skip
     return _group_norm(x, num_groups, weight, bias, eps)[0]
 
 
@@ -732,6 +739,7 @@ def _group_norm_bad_inputs(device) -> Iterable[BadInput]:
     yield BadInput((x, 2, torch.ones(6, device=device), torch.zeros(6, device=device).double()), {}, TypeError,
                    "'bias'", "bias dtype")  # fmt: skip
     yield BadInput((x, 2), {"eps": -1e-5}, ValueError, "'eps'", "negative eps")
+    yield BadInput((torch.randn(1, 3, device=device), 3), {}, ValueError, "'x'", "one value per group")
 
 
 register_info(
