@@ -98,8 +98,14 @@ def spectral_norm(shape, dtype, device, side):
     step from the stored u, σ, W/σ, and u stored back. torch: reading `weight` of a bias-free Linear
     under torch.nn.utils.parametrizations.spectral_norm; replearn: what nn.utils.spectral_norm's hook
     does, ops.spectral_norm and the copy of u. Both start from torch's u after its 15 initial steps
-    (converged), so their outputs agree to rounding."""
-    weight = _randn(torch.Generator().manual_seed(0), shape, dtype, device)
+    (converged: W is a Gaussian matrix plus a rank-one spike twice its spectral norm, so σ₁ is well
+    separated — a plain Gaussian matrix's σ₁, σ₂ are too close for 15 steps), so their outputs agree."""
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = shape
+    left = torch.nn.functional.normalize(torch.randn(rows, 1, generator=generator), dim=0)
+    right = torch.nn.functional.normalize(torch.randn(1, cols, generator=generator), dim=0)
+    spike = 2 * (rows**0.5 + cols**0.5) * left * right
+    weight = (torch.randn(shape, generator=generator) + spike).to(device=device, dtype=dtype)
     layer = torch.nn.Linear(shape[1], shape[0], bias=False, device=device, dtype=dtype)
     with torch.no_grad():
         layer.weight.copy_(weight)
