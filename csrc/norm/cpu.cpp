@@ -13,6 +13,7 @@
 //   rms norm    dx = rstd · (g − x̂ · mean(g·x̂))               with x̂ = x·rstd
 //   batch/group norm: as layer norm over the values that share a statistic
 //   dγ = Σ dy·x̂,  dβ = Σ dy  over the values that share a parameter.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -529,6 +530,112 @@ void weight_norm_rows_kernel(const T* __restrict__ v, const T* __restrict__ g, c
   });
 }
 
+// ---------------------------------------------------------------------------------- spectral norm
+// W (rows, cols) row-major, read in storage order by both products of a power-iteration step:
+// Wᵀx adds rows into a column-vector accumulator (a chunk of columns per thread, which stays in
+// L1/L2), W x takes row dots. They accumulate in T like torch's mv (measured: OpenBLAS's gemm with
+// n = 1 packs W and was 4× slower than these loops; converting every element to double, 2.5×);
+// norms, σ and the gradient's ⟨g, W⟩ accumulate in double.
+
+// x ← x / max(‖x‖, eps)
+template <class T>
+void normalize_in_place(std::vector<T>& x, double eps) {
+  double sq = 0;
+  for (T value : x) sq += static_cast<double>(value) * value;
+  const double scale = 1.0 / std::max(std::sqrt(sq), eps);
+  for (T& value : x) value = static_cast<T>(value * scale);
+}
+
+// y = W x (transpose: y = Wᵀ x)
+template <class T>
+void matvec(const T* __restrict__ W, MatrixDims d, bool transpose, const T* __restrict__ x, T* __restrict__ y) {
+  if (transpose) {
+    parallel_for(d.cols, std::max<int64_t>(256, kGrainElements / std::max<int64_t>(1, d.rows)),
+                 [&](int, int64_t j0, int64_t j1) {
+                   T* __restrict__ ys = y + j0;
+                   const int64_t n = j1 - j0;
+                   std::fill(ys, ys + n, T(0));
+                   for (int64_t i = 0; i < d.rows; ++i) {
+                     const T* __restrict__ row = W + i * d.cols + j0;
+                     const T xi = x[i];
+#pragma omp simd
+                     for (int64_t j = 0; j < n; ++j) ys[j] += xi * row[j];
+                   }
+                 });
+    return;
+  }
+  parallel_for(d.rows, row_grain(d.cols), [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* __restrict__ row = W + i * d.cols;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < d.cols; ++j) acc += row[j] * x[j];
+      y[i] = acc;
+    }
+  });
+}
+
+template <class T>
+void spectral_norm_forward_kernel(const T* W, MatrixDims d, const T* u_in, const T* v_in, int iterations, double eps,
+                                  std::optional<double> coeff, T* w, T* u_out, T* v_out, T* sigma_out) {
+  std::vector<T> u(u_in, u_in + d.rows), v(d.cols), t(d.rows);  // t = W v
+  if (v_in) std::copy(v_in, v_in + d.cols, v.begin());
+  for (int it = 0; it < iterations; ++it) {
+    matvec(W, d, true, u.data(), v.data());
+    normalize_in_place(v, eps);
+    matvec(W, d, false, v.data(), u.data());
+    normalize_in_place(u, eps);
+  }
+  matvec(W, d, false, v.data(), t.data());
+  double sigma = 0;  // σ = uᵀ W v
+  for (int64_t i = 0; i < d.rows; ++i) sigma += static_cast<double>(u[i]) * t[i];
+  // w = W / σ, or W / max(1, σ/coeff) (Behrmann et al. 2019: only contract when σ exceeds coeff)
+  const double scale = !coeff ? 1.0 / sigma : (sigma > *coeff ? *coeff / sigma : 1.0);
+  const int64_t total = d.rows * d.cols;
+  const T a = static_cast<T>(scale);
+  parallel_for(total, kGrainElements, [&](int, int64_t e0, int64_t e1) {
+#pragma omp simd
+    for (int64_t e = e0; e < e1; ++e) w[e] = a * W[e];
+  });
+  std::copy(u.begin(), u.end(), u_out);
+  std::copy(v.begin(), v.end(), v_out);
+  *sigma_out = static_cast<T>(sigma);
+}
+
+// dW = α·g + β·u vᵀ (see norm.h); ⟨g, W⟩ as row dots summed in row order, so the result does not
+// depend on the thread count.
+template <class T>
+void spectral_norm_backward_kernel(const T* g, const T* grad_sigma, const T* W, MatrixDims d, const T* u, const T* v,
+                                   double sigma, std::optional<double> coeff, T* dW) {
+  const double g_sigma = grad_sigma ? static_cast<double>(*grad_sigma) : 0.0;
+  double alpha = 1, beta = g_sigma;
+  if (!coeff || sigma > *coeff) {
+    std::vector<double> row_dots(d.rows);
+    parallel_for(d.rows, row_grain(d.cols), [&](int, int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        double acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < d.cols; ++j) acc += static_cast<double>(g[i * d.cols + j]) * W[i * d.cols + j];
+        row_dots[i] = acc;
+      }
+    });
+    double dot = 0;
+    for (double value : row_dots) dot += value;
+    const double c = coeff ? *coeff : 1.0;
+    alpha = c / sigma;
+    beta = g_sigma - c * dot / (sigma * sigma);
+  }
+  parallel_for(d.rows, row_grain(d.cols), [&](int, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T a = static_cast<T>(alpha), b = static_cast<T>(beta * static_cast<double>(u[i]));
+      const T* __restrict__ gs = g + i * d.cols;
+      T* __restrict__ out = dW + i * d.cols;
+#pragma omp simd
+      for (int64_t j = 0; j < d.cols; ++j) out[j] = a * gs[j] + b * v[j];
+    }
+  });
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------- entry points
@@ -715,6 +822,42 @@ void weight_norm_backward<DeviceType::CPU>(const TensorView& dw, const TensorVie
       beta[k] = -gp[k] * s[k] / (n * n * n);
     }
     if (dv) slice_combine<T>(dw.data_as<T>(), alpha.data(), v.data_as<T>(), beta.data(), d, dv->data_as<T>());
+  });
+}
+
+template <>
+int64_t spectral_norm_forward_workspace_size<DeviceType::CPU>(const TensorView&) { return 0; }
+
+template <>
+void spectral_norm_forward<DeviceType::CPU>(const TensorView& weight, const TensorView& u, const OptView& v,
+                                            int n_power_iterations, double eps, std::optional<double> coeff,
+                                            const TensorView& w, const TensorView& u_out, const TensorView& v_out,
+                                            const TensorView& sigma, const OptView& workspace, std::uintptr_t) {
+  const MatrixDims d = check_spectral_norm_forward(DeviceType::CPU, weight, u, v, n_power_iterations, eps, coeff, w,
+                                                   u_out, v_out, sigma, workspace, 0);
+  dispatch_cpu_floating(weight.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    spectral_norm_forward_kernel<T>(weight.data_as<T>(), d, u.data_as<T>(), ptr_or_null<T>(v), n_power_iterations,
+                                    eps, coeff, w.data_as<T>(), u_out.data_as<T>(), v_out.data_as<T>(),
+                                    sigma.data_as<T>());
+  });
+}
+
+template <>
+int64_t spectral_norm_backward_workspace_size<DeviceType::CPU>(const TensorView&) { return 0; }
+
+template <>
+void spectral_norm_backward<DeviceType::CPU>(const TensorView& grad_w, const OptView& grad_sigma,
+                                             const TensorView& weight, const TensorView& u, const TensorView& v,
+                                             const TensorView& sigma, std::optional<double> coeff,
+                                             const TensorView& grad_weight, const OptView& workspace, std::uintptr_t) {
+  const MatrixDims d = check_spectral_norm_backward(DeviceType::CPU, grad_w, grad_sigma, weight, u, v, sigma, coeff,
+                                                    grad_weight, workspace, 0);
+  dispatch_cpu_floating(weight.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    spectral_norm_backward_kernel<T>(grad_w.data_as<T>(), ptr_or_null<T>(grad_sigma), weight.data_as<T>(), d,
+                                     u.data_as<T>(), v.data_as<T>(), static_cast<double>(*sigma.data_as<T>()), coeff,
+                                     grad_weight.data_as<T>());
   });
 }
 

@@ -6,6 +6,8 @@
 //                norm is G = C, Ulyanov et al. 2016)
 //   batch_norm   statistics per channel over (N, *), running averages      (Ioffe & Szegedy 2015)
 //   weight_norm  w = g·v/‖v‖ per slice of v                                 (Salimans & Kingma 2016)
+//   spectral_norm w = W/σ, σ = uᵀWv by power iteration (Miyato et al. 2018); with coeff,
+//                W/max(1, σ/coeff) (Behrmann et al. 2019)
 // Backward (x̂ = (x − μ)·rstd, g = dy·γ, n values per statistic), as in cpu.cpp:
 //   dx = rstd·(g − mean(g) − x̂·mean(g·x̂))   rms norm: without mean(g)
 //   dx = γ·rstd·dy                           batch norm in evaluation (the statistics are constants)
@@ -467,6 +469,148 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
   }
 }
 
+// --------------------------------------------------------------------------------- spectral norm
+// W (rows, cols) row-major. Each power-iteration step is two launches, y = Wᵀx (blocks of 32 columns
+// read by 8 warps, so every warp reads 128 contiguous bytes per row) and y = W x (a warp per row);
+// each writes its raw result in float to the workspace, and the next launch normalizes its input
+// on the fly, so no launch is spent on norms. A last launch computes σ, writes w = W·scale over the
+// whole grid, and its first block writes u, v and σ.
+
+constexpr int kSpectralTileCols = 32;
+constexpr int kSpectralRowLanes = 8;   // kElementwiseThreads / kSpectralTileCols
+constexpr int kSpectralRowsPerBlock = kElementwiseThreads / 32;
+constexpr int64_t kSpectralPartials = 256;  // backward: ⟨g, W⟩ over this many fixed slices (deterministic)
+constexpr int64_t kSpectralMaxBlocks = 1024;
+
+// The input of a matrix-vector product: the caller's vector (storage dtype, used as given) or the
+// previous product's raw float result, normalized by 1/max(‖x‖, eps).
+template <class T>
+struct PowerVector {
+  const T* user;
+  const float* raw;
+  __device__ __forceinline__ float operator[](int64_t i) const { return user ? to_float(user[i]) : raw[i]; }
+};
+
+// 1 for the caller's vector, 1/max(‖x‖, eps) for a raw one. Every block computes it for itself: the
+// vector is short next to the matrix, and this saves a launch per step.
+template <class T>
+__device__ float power_scale(PowerVector<T> x, int64_t n, float eps, float* scratch) {
+  if (x.user) return 1.f;
+  float sq = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sq += x.raw[i] * x.raw[i];
+  return 1.f / fmaxf(sqrtf(block_total(sq, scratch)), eps);
+}
+
+// y = Wᵀ·(scale·x), y: (cols) float
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    spectral_matvec_t_kernel(const T* __restrict__ W, MatrixDims d, PowerVector<T> x, float eps, float* __restrict__ y) {
+  __shared__ float scratch[32];
+  __shared__ float partial[kSpectralRowLanes][kSpectralTileCols + 1];
+  const float scale = power_scale(x, d.rows, eps, scratch);
+  const int col = static_cast<int>(threadIdx.x) % kSpectralTileCols, lane_row = static_cast<int>(threadIdx.x) / kSpectralTileCols;
+  for (int64_t tile = blockIdx.x; tile * kSpectralTileCols < d.cols; tile += gridDim.x) {
+    const int64_t j = tile * kSpectralTileCols + col;
+    float acc = 0.f;
+    if (j < d.cols)
+      for (int64_t i = lane_row; i < d.rows; i += kSpectralRowLanes) acc += to_float(W[i * d.cols + j]) * x[i];
+    partial[lane_row][col] = acc;
+    __syncthreads();
+    if (lane_row == 0 && j < d.cols) {
+      float total = 0.f;
+      for (int r = 0; r < kSpectralRowLanes; ++r) total += partial[r][col];
+      y[j] = total * scale;
+    }
+    __syncthreads();
+  }
+}
+
+// y = W·(scale·x), y: (rows) float; one warp per row
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    spectral_matvec_kernel(const T* __restrict__ W, MatrixDims d, PowerVector<T> x, float eps, float* __restrict__ y) {
+  __shared__ float scratch[32];
+  const float scale = power_scale(x, d.cols, eps, scratch);
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t warps = blockDim.x >> 5;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5); i < d.rows;
+       i += static_cast<int64_t>(gridDim.x) * warps) {
+    float acc = 0.f;
+    for (int64_t j = lane; j < d.cols; j += 32) acc += to_float(W[i * d.cols + j]) * x[j];
+    acc = warp_sum(acc);
+    if (lane == 0) y[i] = acc * scale;
+  }
+}
+
+// t = W v (raw). After power iteration (u_user, v_user null) u = t/max(‖t‖, eps) and v = v_raw
+// normalized, so σ = uᵀt = ‖t‖²/max(‖t‖, eps); without it, σ = Σ u_user·t. w = W·scale over the grid.
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    spectral_scale_kernel(const T* __restrict__ W, MatrixDims d, const T* __restrict__ u_user,
+        const T* __restrict__ v_user, const float* __restrict__ t, const float* __restrict__ v_raw, float eps,
+        bool has_coeff, float coeff, T* __restrict__ w, T* __restrict__ u_out, T* __restrict__ v_out,
+        float* __restrict__ sigma_out) {
+  __shared__ float scratch[32];
+  float part = 0.f;
+  for (int64_t i = threadIdx.x; i < d.rows; i += blockDim.x) part += (u_user ? to_float(u_user[i]) : t[i]) * t[i];
+  const float total = block_total(part, scratch);
+  const float t_scale = u_user ? 1.f : 1.f / fmaxf(sqrtf(total), eps);
+  const float sigma = total * t_scale;
+  // Behrmann et al. 2019: contract only when σ exceeds coeff.
+  const float scale = !has_coeff ? 1.f / sigma : (sigma > coeff ? coeff / sigma : 1.f);
+  const int64_t n = d.rows * d.cols, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride)
+    w[e] = from_float<T>(scale * to_float(W[e]));
+  if (blockIdx.x != 0) return;
+  float v_scale = 1.f;
+  if (!v_user) {
+    float sq = 0.f;
+    for (int64_t j = threadIdx.x; j < d.cols; j += blockDim.x) sq += v_raw[j] * v_raw[j];
+    v_scale = 1.f / fmaxf(sqrtf(block_total(sq, scratch)), eps);
+  }
+  for (int64_t i = threadIdx.x; i < d.rows; i += blockDim.x) u_out[i] = u_user ? u_user[i] : from_float<T>(t[i] * t_scale);
+  for (int64_t j = threadIdx.x; j < d.cols; j += blockDim.x) v_out[j] = v_user ? v_user[j] : from_float<T>(v_raw[j] * v_scale);
+  if (threadIdx.x == 0) *sigma_out = sigma;
+}
+
+// partials[p] = Σ g·W over the p-th of kSpectralPartials equal slices of the flat matrix.
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    spectral_dot_partials_kernel(const T* __restrict__ g, const T* __restrict__ W, int64_t n, float* __restrict__ partials) {
+  __shared__ float scratch[32];
+  const int64_t slice = (n + kSpectralPartials - 1) / kSpectralPartials;
+  for (int64_t p = blockIdx.x; p < kSpectralPartials; p += gridDim.x) {
+    const int64_t end = (p + 1) * slice < n ? (p + 1) * slice : n;
+    float acc = 0.f;
+    for (int64_t e = p * slice + threadIdx.x; e < end; e += blockDim.x) acc += to_float(g[e]) * to_float(W[e]);
+    acc = block_total(acc, scratch);
+    if (threadIdx.x == 0) partials[p] = acc;
+  }
+}
+
+// dW = α·g + β·u vᵀ (norm.h); every block adds the partials of ⟨g, W⟩ in the same order.
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    spectral_norm_backward_kernel(const T* __restrict__ g, const float* __restrict__ grad_sigma, MatrixDims d,
+        const T* __restrict__ u, const T* __restrict__ v, const float* __restrict__ sigma_in,
+        const float* __restrict__ partials, bool has_coeff, float coeff, T* __restrict__ dW) {
+  __shared__ float scratch[32];
+  const float sigma = *sigma_in, g_sigma = grad_sigma ? *grad_sigma : 0.f;
+  float alpha = 1.f, beta = g_sigma;
+  if (!has_coeff || sigma > coeff) {
+    float part = 0.f;
+    for (int64_t p = threadIdx.x; p < kSpectralPartials; p += blockDim.x) part += partials[p];
+    const float dot = block_total(part, scratch), c = has_coeff ? coeff : 1.f;
+    alpha = c / sigma;
+    beta = g_sigma - c * dot / (sigma * sigma);
+  }
+  const int64_t n = d.rows * d.cols, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  IndexWalk ij(start, stride, d.cols, kNoWrap);  // (row i, column j)
+  for (int64_t e = start; e < n; e += stride, ij.advance())
+    dW[e] = from_float<T>(alpha * to_float(g[e]) + beta * to_float(u[ij.outer]) * to_float(v[ij.inner]));
+}
+
 // ------------------------------------------------------------------------------- host helpers
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -810,6 +954,91 @@ void weight_norm_backward<DeviceType::CUDA>(const TensorView& dw, const TensorVi
         <<<grid_for(d.slices), block_threads_for(d.outer * d.inner), 0, as_stream(stream)>>>(
             dw.data_as<T>(), v.data_as<T>(), g.data_as<T>(), norm.data_as<float>(), d, ptr_or_null<T>(dv),
             ptr_or_null<T>(dg));
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+namespace {
+int64_t spectral_vectors_bytes(const TensorView& weight) {  // raw v (cols) and t = W v (rows), float
+  if (weight.ndim < 1) return 0;
+  return (weight.size(0) + weight.numel_between(1, weight.ndim)) * static_cast<int64_t>(sizeof(float));
+}
+unsigned elementwise_grid(int64_t n) {
+  return grid_for(std::min<int64_t>(ceil_div(n, kElementwiseThreads * 4), kSpectralMaxBlocks));
+}
+}  // namespace
+
+template <>
+int64_t spectral_norm_forward_workspace_size<DeviceType::CUDA>(const TensorView& weight) {
+  return spectral_vectors_bytes(weight);
+}
+
+template <>
+void spectral_norm_forward<DeviceType::CUDA>(const TensorView& weight, const TensorView& u, const OptView& v,
+                                             int n_power_iterations, double eps, std::optional<double> coeff,
+                                             const TensorView& w, const TensorView& u_out, const TensorView& v_out,
+                                             const TensorView& sigma, const OptView& workspace,
+                                             std::uintptr_t stream) {
+  const MatrixDims d = check_spectral_norm_forward(DeviceType::CUDA, weight, u, v, n_power_iterations, eps, coeff,
+                                                   w, u_out, v_out, sigma, workspace,
+                                                   spectral_vectors_bytes(weight));
+  float* v_raw = static_cast<float*>(workspace->data);  // (cols)
+  float* t = v_raw + d.cols;                             // (rows)
+  const float eps_f = static_cast<float>(eps);
+  dispatch_cuda_floating(weight.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* W = weight.data_as<T>();
+    const cudaStream_t s = as_stream(stream);
+    const unsigned column_grid = grid_for(std::min(ceil_div(d.cols, kSpectralTileCols), kSpectralMaxBlocks));
+    const unsigned row_grid = grid_for(std::min(ceil_div(d.rows, kSpectralRowsPerBlock), kSpectralMaxBlocks));
+    for (int it = 0; it < n_power_iterations; ++it) {
+      const PowerVector<T> x = it == 0 ? PowerVector<T>{u.data_as<T>(), nullptr} : PowerVector<T>{nullptr, t};
+      spectral_matvec_t_kernel<T><<<column_grid, kElementwiseThreads, 0, s>>>(W, d, x, eps_f, v_raw);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      spectral_matvec_kernel<T><<<row_grid, kElementwiseThreads, 0, s>>>(W, d, PowerVector<T>{nullptr, v_raw},
+                                                                          eps_f, t);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+    }
+    const bool iterated = n_power_iterations > 0;
+    if (!iterated) {
+      spectral_matvec_kernel<T><<<row_grid, kElementwiseThreads, 0, s>>>(W, d, PowerVector<T>{v->data_as<T>(), nullptr},
+                                                                          eps_f, t);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+    }
+    spectral_scale_kernel<T><<<elementwise_grid(d.rows * d.cols), kElementwiseThreads, 0, s>>>(
+        W, d, iterated ? nullptr : u.data_as<T>(), iterated ? nullptr : v->data_as<T>(), t, v_raw, eps_f,
+        coeff.has_value(), static_cast<float>(coeff.value_or(0.0)), w.data_as<T>(), u_out.data_as<T>(),
+        v_out.data_as<T>(), sigma.data_as<float>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <>
+int64_t spectral_norm_backward_workspace_size<DeviceType::CUDA>(const TensorView&) {
+  return kSpectralPartials * static_cast<int64_t>(sizeof(float));
+}
+
+template <>
+void spectral_norm_backward<DeviceType::CUDA>(const TensorView& grad_w, const OptView& grad_sigma,
+                                              const TensorView& weight, const TensorView& u, const TensorView& v,
+                                              const TensorView& sigma, std::optional<double> coeff,
+                                              const TensorView& grad_weight, const OptView& workspace,
+                                              std::uintptr_t stream) {
+  const MatrixDims d = check_spectral_norm_backward(DeviceType::CUDA, grad_w, grad_sigma, weight, u, v, sigma, coeff,
+                                                    grad_weight, workspace,
+                                                    spectral_norm_backward_workspace_size<DeviceType::CUDA>(weight));
+  float* partials = static_cast<float*>(workspace->data);
+  dispatch_cuda_floating(weight.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const cudaStream_t s = as_stream(stream);
+    const int64_t n = d.rows * d.cols;
+    spectral_dot_partials_kernel<T><<<grid_for(kSpectralPartials), kElementwiseThreads, 0, s>>>(
+        grad_w.data_as<T>(), weight.data_as<T>(), n, partials);
+    REPLEARN_CUDA_LAUNCH_CHECK();
+    spectral_norm_backward_kernel<T><<<elementwise_grid(n), kElementwiseThreads, 0, s>>>(
+        grad_w.data_as<T>(), grad_sigma ? grad_sigma->data_as<float>() : nullptr, d, u.data_as<T>(), v.data_as<T>(),
+        sigma.data_as<float>(), partials, coeff.has_value(), static_cast<float>(coeff.value_or(0.0)),
+        grad_weight.data_as<T>());
     REPLEARN_CUDA_LAUNCH_CHECK();
   });
 }

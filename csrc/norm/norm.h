@@ -6,6 +6,8 @@
 //   group_norm   statistics per (sample, group of C/G channels) over (C/G, *)      (Wu & He 2018)
 //   instance_norm is group_norm with G = C (Ulyanov et al. 2016) plus running averages
 //   weight_norm  w = g · v / ‖v‖, ‖·‖ over every dim but `dim`                    (Salimans & Kingma 2016)
+//   spectral_norm w = W / σ(W), σ by power iteration; with coeff, W / max(1, σ/coeff)   (Miyato et al. 2018;
+//                Behrmann et al. 2019)
 //
 // Conventions shared by every function here:
 // - Callers allocate (ARCHITECTURE.md): outputs and workspaces are passed in. Tensors are
@@ -37,6 +39,9 @@ struct ChannelDims {  // batch_norm, group_norm: x viewed as (batch, channels, s
 };
 struct SliceDims {    // weight_norm: v viewed as (outer, slices, inner); ‖·‖ per slice
   int64_t outer, slices, inner;
+};
+struct MatrixDims {   // spectral_norm: weight viewed as the matrix (rows = size(0), cols = the rest)
+  int64_t rows, cols;
 };
 
 // Validation, shared by the CPU and CUDA entry points: throws replearn::Error or returns the geometry.
@@ -75,6 +80,16 @@ SliceDims check_weight_norm_forward(DeviceType device, const TensorView& v, cons
 SliceDims check_weight_norm_backward(DeviceType device, const TensorView& dw, const TensorView& v,
                                      const TensorView& g, const TensorView& norm, int dim, const OptView& dv,
                                      const OptView& dg);
+MatrixDims check_spectral_norm_forward(DeviceType device, const TensorView& weight, const TensorView& u,
+                                      const OptView& v, int n_power_iterations, double eps,
+                                      std::optional<double> coeff, const TensorView& w, const TensorView& u_out,
+                                      const TensorView& v_out, const TensorView& sigma, const OptView& workspace,
+                                      int64_t workspace_bytes);
+MatrixDims check_spectral_norm_backward(DeviceType device, const TensorView& grad_w, const OptView& grad_sigma,
+                                       const TensorView& weight, const TensorView& u, const TensorView& v,
+                                       const TensorView& sigma, std::optional<double> coeff,
+                                       const TensorView& grad_weight, const OptView& workspace,
+                                       int64_t workspace_bytes);
 
 // The entry points. One declaration serves both devices: cpu.cpp defines the DeviceType::CPU
 // specializations, cuda.cu the DeviceType::CUDA ones, so bindings and tests are written once.
@@ -145,5 +160,30 @@ void weight_norm_forward(const TensorView& v, const TensorView& g, int dim, cons
 template <DeviceType D>
 void weight_norm_backward(const TensorView& dw, const TensorView& v, const TensorView& g, const TensorView& norm,
                           int dim, const OptView& dv, const OptView& dg, std::uintptr_t stream = 0);
+
+// Spectral normalization (Miyato et al. 2018), as torch.nn.utils.spectral_norm computes it, of weight
+// viewed as W (rows = size(0), cols = the rest). n_power_iterations ≥ 0 steps of
+//   v = normalize(Wᵀu), u = normalize(W v),   normalize(x) = x / max(‖x‖, eps),
+// starting from u (as given, not renormalized); with 0 steps u and v are used as given (v required).
+// σ = uᵀ W v; w = W / σ, or with coeff (i-ResNet, Behrmann et al. 2019) w = W / max(1, σ/coeff).
+// u_out (rows), v_out (cols): the vectors σ was computed with, dtype of weight; sigma: one element of
+// stats_dtype(weight). u and v are constants for autograd, so backward gives the gradient to W only:
+//   dW = (c/σ)·g − (c·⟨g, W⟩/σ²)·u vᵀ + g_σ·u vᵀ   (c = coeff, or 1 without it)
+//   dW = g + g_σ·u vᵀ                               (coeff given and σ ≤ coeff)
+// where g_σ (grad_sigma, optional) is the gradient reaching σ itself.
+template <DeviceType D>
+int64_t spectral_norm_forward_workspace_size(const TensorView& weight);
+template <DeviceType D>
+void spectral_norm_forward(const TensorView& weight, const TensorView& u, const OptView& v, int n_power_iterations,
+                           double eps, std::optional<double> coeff, const TensorView& w, const TensorView& u_out,
+                           const TensorView& v_out, const TensorView& sigma, const OptView& workspace,
+                           std::uintptr_t stream = 0);
+template <DeviceType D>
+int64_t spectral_norm_backward_workspace_size(const TensorView& weight);
+template <DeviceType D>
+void spectral_norm_backward(const TensorView& grad_w, const OptView& grad_sigma, const TensorView& weight,
+                            const TensorView& u, const TensorView& v, const TensorView& sigma,
+                            std::optional<double> coeff, const TensorView& grad_weight, const OptView& workspace,
+                            std::uintptr_t stream = 0);
 
 }  // namespace replearn::norm

@@ -278,4 +278,76 @@ SliceDims check_weight_norm_backward(DeviceType device, const TensorView& dw, co
   return dims;
 }
 
+namespace {
+// weight viewed as (size(0), the rest); vectors of the weight's dtype with `count` elements.
+MatrixDims matrix_dims(Checker& check, const TensorView& weight) {
+  check.floating("weight", weight);
+  check.contiguous("weight", weight);
+  check.min_dim("weight", weight, 1);
+  return {weight.size(0), weight.numel_between(1, weight.ndim)};
+}
+
+void check_vector(Checker& check, const char* arg, const TensorView& t, const TensorView& weight, int64_t count) {
+  check.floating(arg, t);
+  check.same_dtype(arg, t, "weight", weight);
+  check.numel(arg, t, count);
+  check.contiguous(arg, t);
+}
+
+void check_coeff(const Checker& check, std::optional<double> coeff) {
+  if (coeff) check.value(*coeff > 0, "coeff", "a positive number or None", *coeff);
+}
+}  // namespace
+
+MatrixDims check_spectral_norm_forward(DeviceType device, const TensorView& weight, const TensorView& u,
+                                      const OptView& v, int n_power_iterations, double eps,
+                                      std::optional<double> coeff, const TensorView& w, const TensorView& u_out,
+                                      const TensorView& v_out, const TensorView& sigma, const OptView& workspace,
+                                      int64_t workspace_bytes) {
+  Checker check("spectral_norm_forward", device);
+  const MatrixDims dims = matrix_dims(check, weight);
+  check.value(dims.rows >= 1 && dims.cols >= 1, "weight", "at least one element", weight.shape_string());
+  check_vector(check, "u", u, weight, dims.rows);
+  check.value(n_power_iterations >= 0, "n_power_iterations", "a non-negative number", n_power_iterations);
+  REPLEARN_CHECK(v || n_power_iterations > 0, Value, check.function(),
+                 ": argument 'v' expected a tensor when n_power_iterations is 0 (no power iteration computes it)"
+                 " but got None");
+  if (v) check_vector(check, "v", *v, weight, dims.cols);
+  check_eps(check, eps);
+  check_coeff(check, coeff);
+  check.floating("w", w);
+  check.same_dtype("w", w, "weight", weight);
+  check.same_shape("w", w, "weight", weight);
+  check.contiguous("w", w);
+  check_vector(check, "u_out", u_out, weight, dims.rows);
+  check_vector(check, "v_out", v_out, weight, dims.cols);
+  check.buffer("sigma", sigma, stats_dtype(weight.dtype), 1);
+  check.workspace(workspace, workspace_bytes, "weight", weight);
+  return dims;
+}
+
+MatrixDims check_spectral_norm_backward(DeviceType device, const TensorView& grad_w, const OptView& grad_sigma,
+                                       const TensorView& weight, const TensorView& u, const TensorView& v,
+                                       const TensorView& sigma, std::optional<double> coeff,
+                                       const TensorView& grad_weight, const OptView& workspace,
+                                       int64_t workspace_bytes) {
+  Checker check("spectral_norm_backward", device);
+  const MatrixDims dims = matrix_dims(check, weight);
+  check.floating("grad_w", grad_w);
+  check.same_dtype("grad_w", grad_w, "weight", weight);
+  check.same_shape("grad_w", grad_w, "weight", weight);
+  check.contiguous("grad_w", grad_w);
+  if (grad_sigma) check.buffer("grad_sigma", *grad_sigma, stats_dtype(weight.dtype), 1);
+  check_vector(check, "u", u, weight, dims.rows);
+  check_vector(check, "v", v, weight, dims.cols);
+  check.buffer("sigma", sigma, stats_dtype(weight.dtype), 1);
+  check_coeff(check, coeff);
+  check.floating("grad_weight", grad_weight);
+  check.same_dtype("grad_weight", grad_weight, "weight", weight);
+  check.same_shape("grad_weight", grad_weight, "weight", weight);
+  check.contiguous("grad_weight", grad_weight);
+  check.workspace(workspace, workspace_bytes, "weight", weight);
+  return dims;
+}
+
 }  // namespace replearn::norm

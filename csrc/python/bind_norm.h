@@ -56,6 +56,15 @@ void bind_norm(pybind11::module_& m) {
         stream, nogil);
   m.def("weight_norm_backward", &weight_norm_backward<D>, arg("grad_w"), arg("v"), arg("g"), arg("norm"), arg("dim"),
         arg("grad_v").none(true), arg("grad_g").none(true), stream, nogil);
+
+  m.def("spectral_norm_forward_workspace_size", &spectral_norm_forward_workspace_size<D>, arg("weight"));
+  m.def("spectral_norm_forward", &spectral_norm_forward<D>, arg("weight"), arg("u"), arg("v").none(true),
+        arg("n_power_iterations"), arg("eps"), arg("coeff").none(true), arg("w"), arg("u_out"), arg("v_out"),
+        arg("sigma"), arg("workspace").none(true), stream, nogil);
+  m.def("spectral_norm_backward_workspace_size", &spectral_norm_backward_workspace_size<D>, arg("weight"));
+  m.def("spectral_norm_backward", &spectral_norm_backward<D>, arg("grad_w"), arg("grad_sigma").none(true),
+        arg("weight"), arg("u"), arg("v"), arg("sigma"), arg("coeff").none(true), arg("grad_weight"),
+        arg("workspace").none(true), stream, nogil);
 }
 
 }  // namespace replearn::python

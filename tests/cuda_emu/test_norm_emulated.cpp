@@ -168,6 +168,39 @@ void test_weight(DType dt, std::vector<int64_t> shape, int dim, int grads) {
   if (want_dg) CMP("dg", dg, dt);
 }
 
+// ---------------------------------------------------------------------------------- spectral norm
+void test_spectral(DType dt, std::vector<int64_t> shape, int iterations, std::optional<double> coeff) {
+  int64_t cols = 1;
+  for (size_t i = 1; i < shape.size(); ++i) cols *= shape[i];
+  const int64_t rows = shape[0];
+  const std::string tag = "spectral" + dname(dt) + shape_str(shape) + " iters=" + std::to_string(iterations) +
+                          (coeff ? " coeff=" + std::to_string(*coeff) : "");
+  Pair W = randn(dt, shape), u = randn(dt, {rows}), v = randn(dt, {cols}), g = randn(dt, shape);
+  Pair grad_sigma = randn(DType::Float32, {1});
+  Pair w = outputs(dt, shape), u_out = outputs(dt, {rows}), v_out = outputs(dt, {cols}), sigma = stats({1});
+  Arr ws = bytes(CUDA, spectral_norm_forward_workspace_size<CUDA>(W.dev.view()));
+  const OptView v_dev = iterations == 0 ? opt(&v.dev) : std::nullopt, v_ref = iterations == 0 ? opt(&v.ref) : std::nullopt;
+  spectral_norm_forward<CUDA>(W.dev.view(), u.dev.view(), v_dev, iterations, 1e-12, coeff, w.dev.view(), u_out.dev.view(),
+                              v_out.dev.view(), sigma.dev.view(), opt(&ws));
+  spectral_norm_forward<CPU>(W.ref.view(), u.ref.view(), v_ref, iterations, 1e-12, coeff, w.ref.view(), u_out.ref.view(),
+                             v_out.ref.view(), sigma.ref.view(), std::nullopt);
+  CMP("w", w, dt);
+  CMP("u", u_out, dt);
+  CMP("v", v_out, dt);
+  CMP("sigma", sigma, DType::Float32);
+  // backward from the CUDA vectors and σ (rounded) on both sides
+  for (int64_t i = 0; i < rows; ++i) u_out.ref.set(i, u_out.dev.get(i));
+  for (int64_t j = 0; j < cols; ++j) v_out.ref.set(j, v_out.dev.get(j));
+  sigma.ref.set(0, sigma.dev.get(0));
+  Pair dW = outputs(dt, shape);
+  Arr wsb = bytes(CUDA, spectral_norm_backward_workspace_size<CUDA>(W.dev.view()));
+  spectral_norm_backward<CUDA>(g.dev.view(), opt(&grad_sigma.dev), W.dev.view(), u_out.dev.view(), v_out.dev.view(),
+                               sigma.dev.view(), coeff, dW.dev.view(), opt(&wsb));
+  spectral_norm_backward<CPU>(g.ref.view(), opt(&grad_sigma.ref), W.ref.view(), u_out.ref.view(), v_out.ref.view(),
+                              sigma.ref.view(), coeff, dW.ref.view(), std::nullopt);
+  CMP("dW", dW, dt);
+}
+
 void test_bad_workspace() {
   Pair x = randn(DType::Float32, {4, 8}), dy = randn(DType::Float32, {4, 8});
   Pair mean = stats({4}), rstd = stats({4}), dw = outputs(DType::Float32, {8});
@@ -247,6 +280,22 @@ int main(int argc, char** argv) {
         if ((!f32 || quick) && grads != 3) continue;
         test_weight(dt, shape, dim, grads);
       }
+    // spectral norm: one column tile and many, rows over several warps, iterations 0 (eval) to 3,
+    // coeff clamping (σ of these randn matrices is well above 0.9) and not (100)
+    struct SpectralCase {
+      std::vector<int64_t> shape;
+      int iterations;
+      std::optional<double> coeff;
+    };
+    const std::vector<SpectralCase> scases = {{{5, 3}, 1, std::nullopt},   {{1, 1}, 1, std::nullopt},
+                                              {{7}, 2, std::nullopt},      {{4, 3, 3, 3}, 3, 0.9},
+                                              {{70, 300}, 2, std::nullopt}, {{300, 70}, 1, 100.0},
+                                              {{9, 5}, 0, std::nullopt},   {{9, 5}, 0, 0.5},
+                                              {{33, 2000}, 1, std::nullopt}};
+    for (const SpectralCase& c : scases) {
+      if (quick && c.shape[0] * (c.shape.size() > 1 ? c.shape[1] : 1) > 30000) continue;
+      test_spectral(dt, c.shape, c.iterations, c.coeff);
+    }
   }
   test_bad_workspace();
   std::printf("%d checks, %d failures, %ld emulated launches\n", checks, failures, emu::launches.load());

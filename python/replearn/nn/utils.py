@@ -10,6 +10,9 @@ We mirror this API rather than torch's newer parametrization one
 (`torch.nn.utils.parametrizations.weight_norm`, whose keys read
 `parametrizations.weight.original0/1`) because it is the one the course and most published
 checkpoints use; the newer API loads these checkpoints too.
+
+Spectral normalization (`spectral_norm`, `remove_spectral_norm`) lives in nn/spectral_norm.py and is
+re-exported here, where torch keeps it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from torch.nn import Module, Parameter
 from torch.nn.parameter import UninitializedParameter
 
 from .. import ops
+from .spectral_norm import SpectralNorm, remove_spectral_norm, spectral_norm
 
-__all__ = ["WeightNorm", "weight_norm", "remove_weight_norm"]
+__all__ = ["WeightNorm", "weight_norm", "remove_weight_norm", "SpectralNorm", "spectral_norm", "remove_spectral_norm"]
 
 ModuleT = TypeVar("ModuleT", bound=Module)
 

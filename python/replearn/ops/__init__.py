@@ -8,7 +8,7 @@ tests the moment it is registered.
 from ._registry import list_ops, op_info
 from .attention import attention, attention_dropout_mask, attention_weights
 from .conv import conv1d, conv2d, conv_transpose1d, conv_transpose2d, dilated_causal_conv1d
-from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
+from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, spectral_norm, weight_norm
 from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 from .ssm import cauchy, causal_conv1d, fft_conv, s4_dplr_kernel, s4d_kernel, selective_scan
 from .rnn import gru, lstm, rnn_relu, rnn_tanh
@@ -29,6 +29,7 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "rms_norm",
+    "spectral_norm",
     "weight_norm",
     "max_pool1d",
     "max_pool2d",

@@ -30,7 +30,7 @@ import torch
 from .. import _native
 from ._registry import BadInput, OpInfo, Sample, check_tensor, define, register_info
 
-__all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "weight_norm"]
+__all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "weight_norm", "spectral_norm"]
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -1092,5 +1092,183 @@ register_info(
         differentiable_args=(0, 1),
         gradcheck_samples=_weight_norm_gradcheck_samples,
         backward_ops=("weight_norm_backward",),
+    )
+)
+
+
+# ================================================================================= spectral_norm
+# Miyato et al. 2018, as torch.nn.utils.spectral_norm computes it; `coeff` is i-ResNet's soft
+# variant (Behrmann et al. 2019): w = W / max(1, σ/coeff).
+
+
+def _matrix_shape(weight: torch.Tensor) -> tuple[int, int]:
+    # weight viewed as (size(0), the rest); a 0-dim weight is left for the kernel's validation to reject.
+    rows = weight.shape[0] if weight.dim() else 1
+    return rows, (weight.numel() // rows if rows else 0)
+
+
+def _spectral_norm_impl(weight, u, v, n_power_iterations, eps, coeff):
+    weight = weight.contiguous()
+    rows, cols = _matrix_shape(weight)
+    w = torch.empty_like(weight)
+    u_out, v_out = weight.new_empty(rows), weight.new_empty(cols)
+    sigma = weight.new_empty((), dtype=_stats_dtype(weight))
+    ws = _native.workspace("spectral_norm_forward", weight, weight)
+    _native.launch("spectral_norm_forward", weight, weight, u.contiguous(), _contiguous(v), n_power_iterations,
+                   eps, coeff, w, u_out, v_out, sigma, ws)  # fmt: skip
+    return w, u_out, v_out, sigma
+
+
+def _spectral_norm_fake(weight, u, v, n_power_iterations, eps, coeff):
+    _check_devices("spectral_norm", weight, u=u, v=v)
+    rows, cols = _matrix_shape(weight)
+    return (weight.new_empty(weight.shape), weight.new_empty(rows), weight.new_empty(cols),
+            weight.new_empty((), dtype=_stats_dtype(weight)))  # fmt: skip
+
+
+def _spectral_norm_backward_impl(grad_w, grad_sigma, weight, u, v, sigma, coeff):
+    weight = weight.contiguous()
+    grad_weight = torch.empty_like(weight)
+    ws = _native.workspace("spectral_norm_backward", weight, weight)
+    _native.launch("spectral_norm_backward", weight, grad_w.contiguous(), _contiguous(grad_sigma), weight, u, v,
+                   sigma, coeff, grad_weight, ws)  # fmt: skip
+    return grad_weight
+
+
+_spectral_norm_backward = define(
+    "spectral_norm_backward(Tensor grad_w, Tensor? grad_sigma, Tensor weight, Tensor u, Tensor v, Tensor sigma, "
+    "float? coeff) -> Tensor",
+    _spectral_norm_backward_impl,
+    lambda grad_w, grad_sigma, weight, u, v, sigma, coeff: weight.new_empty(weight.shape),
+)
+
+
+def _spectral_norm_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.coeff = inputs[5]
+    ctx.save_for_backward(inputs[0], output[1], output[2], output[3])
+
+
+def _spectral_norm_grad(ctx, grad_w, _grad_u, _grad_v, grad_sigma):
+    weight, u, v, sigma = ctx.saved_tensors
+    if grad_w is None:
+        grad_w = torch.zeros_like(weight)
+    grad_weight = _spectral_norm_backward(grad_w, grad_sigma, weight, u, v, sigma, ctx.coeff)
+    return grad_weight, None, None, None, None, None
+
+
+_spectral_norm = define(
+    "spectral_norm(Tensor weight, Tensor u, Tensor? v, int n_power_iterations, float eps, float? coeff) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    _spectral_norm_impl,
+    _spectral_norm_fake,
+    backward=_spectral_norm_grad,
+    setup_context=_spectral_norm_setup,
+)
+
+
+def spectral_norm(
+    weight: torch.Tensor,
+    u: torch.Tensor,
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    coeff: float | None = None,
+    v: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spectral normalization w = W / σ(W) (Miyato et al. 2018), σ estimated by power iteration.
+
+    weight is viewed as the matrix W (size(0), the rest), as torch.nn.utils.spectral_norm does for
+    dim=0 (permute first for another dim). n_power_iterations steps of v = normalize(Wᵀu),
+    u = normalize(W v), with normalize(x) = x / max(‖x‖, eps), start from u as given; then
+    σ = uᵀ W v and w = W / σ, or with `coeff` (i-ResNet, Behrmann et al. 2019) w = W / max(1, σ/coeff),
+    which only shrinks W when σ exceeds coeff. u and v are constants for autograd, as in torch:
+    the gradient reaches `weight` only, through W and σ.
+
+    Args:
+        weight: the weight, at least 1-D.
+        u: the left singular vector estimate, weight.size(0) elements.
+        n_power_iterations: power-iteration steps (0: use u and v as given, as torch's eval mode).
+        eps: floor of the norms in normalize().
+        coeff: the i-ResNet bound on the spectral norm; None for plain spectral normalization.
+        v: the right singular vector estimate (numel / size(0) elements); required when
+            n_power_iterations is 0, ignored otherwise.
+
+    Returns:
+        (w, u_new, v_new, sigma): w shaped like weight; the vectors σ was computed with (to store
+        back, as torch updates its buffers in training mode); σ as a 0-dim tensor (float32 for
+        float16/bfloat16 weights).
+    """
+    check_tensor("spectral_norm", "weight", weight)
+    check_tensor("spectral_norm", "u", u)
+    check_tensor("spectral_norm", "v", v, optional=True)
+    if n_power_iterations > 0:
+        v = None
+    return _spectral_norm(weight, u, v, int(n_power_iterations), float(eps), None if coeff is None else float(coeff))
+
+
+def spectral_norm_reference(weight, u, n_power_iterations=1, eps=1e-12, coeff=None, v=None):
+    """Spectral normalization written from the formulas with the torch ops torch.nn.utils.spectral_norm uses."""
+    matrix = weight.reshape(weight.shape[0], -1)
+    with torch.no_grad():
+        u = u.detach().reshape(-1)
+        v = None if v is None else v.detach().reshape(-1)
+        for _ in range(n_power_iterations):
+            v = torch.nn.functional.normalize(torch.mv(matrix.t(), u), dim=0, eps=eps)
+            u = torch.nn.functional.normalize(torch.mv(matrix, v), dim=0, eps=eps)
+    sigma = torch.dot(u, torch.mv(matrix, v))
+    factor = sigma if coeff is None else torch.clamp(sigma / coeff, min=1.0)
+    return weight / factor, u.clone(), v.clone(), sigma.to(_stats_dtype(weight))
+
+
+def _spectral_norm_samples(device, dtype, gen) -> Iterable[Sample]:
+    cases = [((5, 3), 1, None), ((4, 3, 3, 3), 2, None), ((3, 40), 1, 0.9), ((6, 4), 3, 100.0), ((1, 1), 1, None),
+             ((7,), 1, None), ((64, 2), 5, 0.97), ((16, 9), 0, None), ((5, 6), 0, 0.5)]  # fmt: skip
+    for shape, iterations, coeff in cases:
+        weight = _randn(shape, dtype, device, gen)
+        rows = shape[0]
+        u = _randn((rows,), dtype, device, gen)
+        kwargs = {"n_power_iterations": iterations, "coeff": coeff}
+        if iterations == 0:  # torch's eval mode: the stored unit vectors
+            v = torch.nn.functional.normalize(_randn((weight.numel() // rows,), torch.float64, device, gen), dim=0)
+            kwargs["v"] = v.to(dtype)
+            u = torch.nn.functional.normalize(u.double(), dim=0).to(dtype)
+        yield Sample((weight, u), kwargs, name=f"iters={iterations} coeff={coeff}")
+
+
+def _spectral_norm_gradcheck_samples(device, gen) -> Iterable[Sample]:
+    # u and v are constants for autograd, so gradcheck uses fixed vectors (n_power_iterations=0).
+    for shape, coeff in [((4, 3), None), ((2, 3, 2), 0.5), ((3, 2), 100.0)]:
+        weight = _randn(shape, torch.float64, device, gen)
+        u = _randn((shape[0],), torch.float64, device, gen)
+        v = _randn((weight.numel() // shape[0],), torch.float64, device, gen)
+        yield Sample((weight, u), {"n_power_iterations": 0, "coeff": coeff, "v": v})
+
+
+def _spectral_norm_bad_inputs(device) -> Iterable[BadInput]:
+    w = torch.randn(4, 3, device=device)
+    u = torch.randn(4, device=device)
+    yield BadInput((w, torch.randn(3, device=device)), {}, ValueError, "'u'", "u size")
+    yield BadInput((w, u.double()), {}, TypeError, "'u'", "u dtype")
+    yield BadInput((w.long(), u), {}, TypeError, "'weight'", "integer weight")
+    yield BadInput((w, u), {"n_power_iterations": -1}, ValueError, "'n_power_iterations'", "negative iterations")
+    yield BadInput((w, u), {"n_power_iterations": 0}, ValueError, "'v'", "eval without v")
+    yield BadInput((w, u), {"n_power_iterations": 0, "v": torch.randn(4, device=device)}, ValueError, "'v'", "v size")
+    yield BadInput((w, u), {"coeff": 0.0}, ValueError, "'coeff'", "zero coeff")
+    yield BadInput((w, u), {"eps": -1.0}, ValueError, "'eps'", "negative eps")
+    yield BadInput((w, [1.0] * 4), {}, TypeError, "'u'", "u not a tensor")
+    yield BadInput((torch.tensor(2.0, device=device), u[:1]), {}, ValueError, "'weight'", "0-dim weight")
+
+
+register_info(
+    OpInfo(
+        name="spectral_norm",
+        public=spectral_norm,
+        reference=spectral_norm_reference,
+        torch_counterpart=spectral_norm_reference,  # torch's own ops at the test dtype (no functional op exists)
+        samples=_spectral_norm_samples,
+        bad_inputs=_spectral_norm_bad_inputs,
+        differentiable_args=(0,),
+        gradcheck_samples=_spectral_norm_gradcheck_samples,
+        backward_ops=("spectral_norm_backward",),
     )
 )

@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, with_overrides
 from .optimizers import OPTIMIZERS, make_optimizer
 from .recipes import DEFAULT_RECIPE, RecipeConfig, evaluate_run, get_recipe, list_recipes, register_recipe, run_recipe, small_cnn
+from . import density  # registers the density recipes (flow-moons)
 from .retrain import RetrainResult, retrain_on_train_and_val
 from .trainer import FitResult, Trainer, accuracy
 

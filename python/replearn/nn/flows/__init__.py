@@ -5,5 +5,7 @@ Every layer follows the `Flow` contract in `base.py`: ``forward(x) -> (y, logdet
 """
 
 from .base import Flow
+from .iresnet import InvertibleResBlock, LipSwish, lipschitz_conv_net, lipschitz_mlp
+from .sequence import FlowSequence
 
-__all__ = ["Flow"]
+__all__ = ["Flow", "FlowSequence", "InvertibleResBlock", "LipSwish", "lipschitz_conv_net", "lipschitz_mlp"]
