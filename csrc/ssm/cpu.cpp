@@ -748,6 +748,17 @@ void cauchy_backward_kernel(const T* gr, const T* gi, const T* vr, const T* vi, 
 
 // ------------------------------------------------------------------------------- entry points
 
+void scan_exp(const float* x, float* y, int64_t n) {
+  constexpr int W = kLanes<float>;
+  for (int64_t i = 0; i < n; i += W) {
+    Vec<float> v{};
+    const int64_t count = std::min<int64_t>(W, n - i);
+    for (int64_t j = 0; j < count; ++j) v[j] = x[i + j];
+    v = exp_lanes(v);
+    for (int64_t j = 0; j < count; ++j) y[i + j] = v[j];
+  }
+}
+
 template <>
 void cauchy_forward<DeviceType::CPU>(const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,
                                      const TensorView& z_imag, const TensorView& w_real, const TensorView& w_imag,

@@ -22,6 +22,11 @@
 #include <immintrin.h>
 #endif
 
+// Every function here is inline, so the vector-argument ABI note (-Wpsabi) for targets without
+// AVX-512 concerns no call across translation units.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace replearn::ssm {
 
 template <class T>
@@ -129,3 +134,5 @@ Vec<T> sum_lanes(Vec<T>* v, int count) {
 }
 
 }  // namespace replearn::ssm
+
+#pragma GCC diagnostic pop
