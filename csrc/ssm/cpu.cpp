@@ -133,17 +133,32 @@ void chunk_delta(const ScanArgs<T>& a, int64_t row, int64_t channel, int64_t t0,
 }
 
 // rows (count rows of len values, `stride` apart) → lanes[t][row]; lanes ≥ count are zero, so they
-// carry no input and add nothing to the parameter gradients.
+// carry no input and add nothing to the parameter gradients. Whole kLanes × kLanes tiles go through
+// transpose_lanes, the rest element by element.
 template <class T>
 void to_lanes(const T* rows, int64_t stride, int64_t count, int64_t len, Vec<T>* lanes) {
-  std::fill(lanes, lanes + len, Vec<T>{});
+  constexpr int64_t W = kLanes<T>;
+  const int64_t whole = count == W ? len / W * W : 0;
+  for (int64_t t = 0; t < whole; t += W) {
+    for (int64_t lane = 0; lane < W; ++lane) lanes[t + lane] = load_unaligned(rows + lane * stride + t);
+    transpose_lanes<T>(lanes + t);
+  }
+  std::fill(lanes + whole, lanes + len, Vec<T>{});
   for (int64_t lane = 0; lane < count; ++lane)
-    for (int64_t t = 0; t < len; ++t) lanes[t][lane] = rows[lane * stride + t];
+    for (int64_t t = whole; t < len; ++t) lanes[t][lane] = rows[lane * stride + t];
 }
 template <class T>
 void from_lanes(const Vec<T>* lanes, int64_t count, int64_t len, T* rows, int64_t stride) {
+  constexpr int64_t W = kLanes<T>;
+  const int64_t whole = count == W ? len / W * W : 0;
+  for (int64_t t = 0; t < whole; t += W) {
+    Vec<T> tile[W];
+    std::copy(lanes + t, lanes + t + W, tile);
+    transpose_lanes<T>(tile);
+    for (int64_t lane = 0; lane < W; ++lane) store_unaligned(rows + lane * stride + t, tile[lane]);
+  }
   for (int64_t lane = 0; lane < count; ++lane)
-    for (int64_t t = 0; t < len; ++t) rows[lane * stride + t] = lanes[t][lane];
+    for (int64_t t = whole; t < len; ++t) rows[lane * stride + t] = lanes[t][lane];
 }
 
 // N rounded up to whole vectors of lanes.

@@ -46,9 +46,22 @@ using Vec = typename LaneTraits<T>::vec;
 template <class T>
 constexpr int kLanes = 64 / sizeof(T);
 
+// x in every lane (x − 0 folds to a broadcast; 0 + x would not, because of −0).
 template <class T>
 inline Vec<T> splat(T x) {
-  return Vec<T>{} + x;
+  return x - Vec<T>{};
+}
+
+// A vector from / to kLanes<T> consecutive values at any alignment.
+template <class T>
+inline Vec<T> load_unaligned(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void store_unaligned(T* p, Vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
 }
 
 // Cody–Waite constants and the input range: below kExpMin, e^x < 2^−150 rounds to 0; above kExpMax,
@@ -84,9 +97,8 @@ inline double exp_approx(double x) { return std::exp(x); }
 // exp of every lane.
 inline Vec<float> exp_lanes(Vec<float> x) {
 #ifdef __AVX512F__
-  // NaN fails both comparisons and passes through; vscalefps propagates it.
-  x = x < kExpMin ? splat(kExpMin) : x;
-  x = x > kExpMax ? splat(kExpMax) : x;
+  // max/min return their second operand when either is NaN: NaN passes through, vscalefps keeps it.
+  x = Vec<float>(_mm512_maskz_min_ps(0xffff, __m512(splat(kExpMax)), _mm512_maskz_max_ps(0xffff, __m512(splat(kExpMin)), __m512(x))));
   const __m512 k = _mm512_maskz_roundscale_ps(0xffff, __m512(x * kLog2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const Vec<float> kv = Vec<float>(k);
   const Vec<float> r = (x - kv * kLn2Hi) - kv * kLn2Lo;
@@ -102,12 +114,40 @@ inline Vec<double> exp_lanes(Vec<double> x) {
   return x;
 }
 
+// Transposes a kLanes × kLanes tile held as kLanes vectors (v[i][j] ↔ v[j][i]): at each scale s the
+// off-diagonal s×s blocks of every 2s×2s block swap, two two-source permutes per pair of vectors.
+template <class T>
+[[gnu::always_inline]] inline void transpose_lanes(Vec<T>* v) {
+  constexpr int W = kLanes<T>;
+  using Index = typename LaneTraits<T>::index;
+  struct Masks {
+    Index lo[8], hi[8];
+    Masks() {
+      int level = 0;
+      for (int s = W / 2; s >= 1; s /= 2, ++level)
+        for (int j = 0; j < W; ++j) {
+          lo[level][j] = (j & s) ? W + j - s : j;  // row i keeps its own left block, takes row i+s's
+          hi[level][j] = (j & s) ? W + j : j + s;  // row i+s takes row i's right block, keeps its own
+        }
+    }
+  };
+  static const Masks masks;
+  int level = 0;
+  for (int s = W / 2; s >= 1; s /= 2, ++level)
+    for (int i = 0; i < W; ++i)
+      if (!(i & s)) {
+        const Vec<T> a = v[i], b = v[i + s];
+        v[i] = __builtin_shuffle(a, b, masks.lo[level]);
+        v[i + s] = __builtin_shuffle(a, b, masks.hi[level]);
+      }
+}
+
 // Sums across lanes of up to kLanes vectors at once: out[i] = Σ_lanes v[i] (v[i] = 0 for i ≥ count).
 // A transposing tree: at each level, pairs of vectors fold their halves into one vector (two
 // two-source permutes and an add per output), so kLanes sums cost about 3 instructions each instead
 // of a log2(kLanes)-step horizontal reduction per vector. `v` is overwritten.
 template <class T>
-Vec<T> sum_lanes(Vec<T>* v, int count) {
+[[gnu::always_inline]] inline Vec<T> sum_lanes(Vec<T>* v, int count) {
   constexpr int W = kLanes<T>;
   using Index = typename LaneTraits<T>::index;
   struct Masks {  // level ℓ folds segments of 2s lanes into s (s = W/2, W/4, …, 1)
