@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import replearn
@@ -30,6 +31,26 @@ def test_scan_gradients_across_many_chunks_match_autograd_of_the_loop(gen):
     theirs = torch.autograd.grad(ref, args, cot)
     for a, b in zip(mine, theirs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("selective_B, selective_C", [(True, True), (True, False), (False, True), (False, False)])
+def test_scan_blocks_of_lanes_match_the_loop(gen, selective_B, selective_C):
+    # The CPU scan runs 16 float32 (8 float64) channels of one group at once: 20 channels a group give
+    # full and partial blocks, N = 19 spans more than one vector of lanes, L = 130 three chunks.
+    shape = dict(batch=2, dim=40, length=130, states=19, groups=2, selective_B=selective_B, selective_C=selective_C)
+    inputs = ssm_ops._scan_inputs("cpu", torch.float64, gen, **shape)
+    cot = torch.randn(2, 40, 130, generator=gen, dtype=torch.float64)
+    args = [t.clone().requires_grad_(True) for t in inputs]
+    ref = ssm_ops.selective_scan_reference(*args, True)
+    ref_grads = torch.autograd.grad(ref, args, cot)
+    for dtype, rtol, atol in ((torch.float64, 1e-9, 1e-10), (torch.float32, 2e-4, 2e-4)):
+        ours = [t.to(dtype).requires_grad_(True) for t in inputs]
+        out = replearn.ops.selective_scan(*ours, True)
+        torch.testing.assert_close(out.double(), ref.detach(), rtol=rtol, atol=atol)
+        grads = torch.autograd.grad(out, ours, cot.to(dtype))
+        for name, a, b in zip("u delta A B C D z delta_bias".split(), grads, ref_grads):
+            scale = b.abs().max().item()
+            torch.testing.assert_close(a.double(), b, rtol=rtol, atol=atol * max(1.0, scale), msg=lambda m: f"{name}: {m}")
 
 
 def test_causal_conv1d_streaming_in_chunks_equals_one_pass(gen):

@@ -1,22 +1,24 @@
 // State-space family, CPU kernels (float32 and float64). The formulas are in ssm.h.
 //
 // Selective scan. The recurrence is sequential in time but independent across (batch, channel) and
-// across the N states of a channel, so work items are (batch, group, slice of the group's channels)
-// and the N-state loop is the vectorized one. Time is walked in chunks of kScanChunk steps; a chunk's
-// selective B_t, C_t (stored (N, L), strided in n) are transposed once per item into (T, N) tiles and
-// reused by every channel of the item, and the chunk's Ā = exp(Δ·A) and Δ·B·u are computed first in
-// one vectorizable pass (an exp that the compiler can vectorize: `exp_approx`), then the recurrence
-// runs over them. The forward saves the state at each chunk's end (ssm.h).
+// across the N states of a channel. The kernels run kLanes<T> channels of one (batch, group) at once,
+// one per SIMD lane (lanes.h), with the N states as N independent vector chains; time is walked in
+// chunks of kScanChunk steps, whose Δ and u are transposed to (step, lane) tiles, while a selective
+// B_t[n], C_t[n] (one value for the whole block) is broadcast from its (N, L) row. Each (state, step)
+// costs one vector exp (`exp_lanes`, lanes.h) and three FMAs for all lanes. The forward saves the
+// state at each chunk's end (ssm.h).
 //
 // Backward (adjoint of the recurrence, g_t = ∂L/∂h_t, with ḡ_t = dy_t·C_t + Ā_{t+1}⊙ḡ_{t+1}):
 //   dC_t += dy_t·h_t,  dΔ_t = Σ_n g·(Ā·A·h_{t−1} + B·u),  dA += g·Ā·h_{t−1}·Δ,
 //   dB_t += g·Δ·u,     du_t = D·dy_t + Δ·Σ_n g·B,           dD += dy·u,
 // with dy = dout·silu(z), dz = dout·y·σ(z)·(1 + z·(1 − σ(z))), and dδ = dΔ·σ(δ + bias) under softplus.
 // Chunks are visited last to first; each restarts from the previous chunk's checkpoint and recomputes
-// its T states into a (T + 1, N) tile, through which the adjoint runs backwards. Parameter gradients
-// that sum over batch (dA, dD, dδ_bias, time-invariant dB/dC) and over a group's channels (selective
-// dB/dC) go to per-channel / per-item partials in the workspace, added in a fixed order afterwards:
-// deterministic for a fixed thread count, no atomics.
+// its states and Ā into (T + 1, N) and (T, N) tiles of lanes, through which the adjoint runs
+// backwards. Selective dB_t, dC_t sum over the group's channels, i.e. over lanes: per step the N
+// lane vectors are summed by a transposing tree (`sum_lanes`) into the item's (L, N) partial.
+// Parameter gradients that sum over batch (dA, dD, dδ_bias, time-invariant dB/dC) and over a group's
+// slices (selective dB/dC) go to per-channel / per-item partials in the workspace, added in a fixed
+// order afterwards: deterministic for a fixed thread count, no atomics.
 #include <algorithm>
 #include <cmath>
 #include <complex>
@@ -26,6 +28,7 @@
 #include "core/check.h"
 #include "core/dispatch.h"
 #include "core/parallel.h"
+#include "ssm/lanes.h"
 #include "ssm/ssm.h"
 
 namespace replearn::ssm {
@@ -36,26 +39,6 @@ template <class T>
 T* ptr_or_null(const OptView& v) {
   return v ? v->data_as<T>() : nullptr;
 }
-
-// exp(x) that GCC vectorizes (glibc's vector expf is only declared under -ffast-math): Cephes'
-// expf, x = k·ln2 + r with ln2 split in two, a degree-6 polynomial for e^r on |r| ≤ ln2/2 and 2^k
-// built in the exponent bits (S. Moshier, Cephes Math Library, expf.c; ~1 ulp). Arguments are
-// clamped to [−87.3, 88.7]: e^−87.3 ≈ 1.2e−38 stands in for anything smaller.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = std::nearbyint(x * 1.44269504088896341f);
-  float r = x - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
-}
-inline double exp_approx(double x) { return std::exp(x); }
 
 // log(x) for normal x > 0 that GCC vectorizes: Cephes' logf, x = m·2^e with m ∈ [√½, √2), a
 // degree-8 polynomial in m − 1 (S. Moshier, Cephes Math Library, logf.c; ~1 ulp).
@@ -99,9 +82,18 @@ T softplus(T x) {
 }
 
 // --------------------------------------------------------------------------------- selective scan
+//
+// Lanes are channels. A block is up to kLanes<T> consecutive channels of one (batch, group), one per
+// lane (16 float32 lanes under AVX-512), and its N states are N vectors: every (state, step) is one
+// vector exp and three FMAs for 16 channels at once, the N states' recurrences are independent
+// chains that overlap, and nothing is reduced across lanes in the forward. Blocks never straddle a
+// group, so a selective B_t[n] / C_t[n] is one value broadcast to the block (read in place from its
+// (N, L) row, no transpose), while Δ, u, A, D, and time-invariant B/C differ per lane. Per chunk of
+// kScanChunk steps, Δ (with its softplus, vectorized along time) and u are transposed to
+// (step, lane) tiles, and the output back.
 
-// Items: (batch, group, slice); `slices` splits each group's channels so there are about as many
-// items as threads even for one batch and one group.
+// Items: (batch, group, slice of the group's blocks); `slices` splits a group so there are about as
+// many items as threads even for one batch and one group.
 int64_t desired_slices(const ScanDims& d) {
   const int64_t per_group = d.dim / d.groups;
   const int64_t by_threads = (num_threads() + d.batch * d.groups - 1) / (d.batch * d.groups);
@@ -109,29 +101,13 @@ int64_t desired_slices(const ScanDims& d) {
 }
 
 // Workspace (in elements of the compute type): per (batch, channel) partials [dA (N), dB (N), dC (N),
-// dD, dδ_bias] followed by per-item partials of the selective dB, dC ((N, L) each).
+// dD, dδ_bias] followed by per-item partials of the selective dB, dC ((L, N) each).
 int64_t channel_partials(const ScanDims& d) { return 3 * d.states + 2; }
 int64_t item_partials(const ScanDims& d) {
   return (int64_t(d.selective_B) + int64_t(d.selective_C)) * d.states * d.length;
 }
 int64_t scan_workspace_elements(const ScanDims& d, int64_t slices) {
   return d.batch * d.dim * channel_partials(d) + d.batch * d.groups * slices * item_partials(d);
-}
-
-// The view of B or C a channel reads at chunk-local step t: a (T, N) tile (selective, transposed) or
-// the channel's own row (time-invariant, step 0).
-template <class T>
-struct InputRows {
-  const T* base;
-  int64_t step;
-  const T* at(int64_t t) const { return base + t * step; }
-};
-
-template <class T>
-void transpose_chunk(const T* src, int64_t N, int64_t L, int64_t t0, int64_t len, T* tile) {
-  // src (N, L) → tile (len, N)
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t t = 0; t < len; ++t) tile[t * N + n] = src[n * L + t0 + t];
 }
 
 template <class T>
@@ -156,85 +132,189 @@ void chunk_delta(const ScanArgs<T>& a, int64_t row, int64_t channel, int64_t t0,
   }
 }
 
-// Ā (len, N) and Δ·B·u (len, N) for one channel's chunk.
+// rows (count rows of len values, `stride` apart) → lanes[t][row]; lanes ≥ count are zero, so they
+// carry no input and add nothing to the parameter gradients. Whole kLanes × kLanes tiles go through
+// transpose_lanes, the rest element by element.
 template <class T>
-void chunk_discretize(const T* __restrict__ A, const T* __restrict__ dt, const T* __restrict__ u,
-                      InputRows<T> Bt, int64_t len, int64_t N, T* __restrict__ dA, T* __restrict__ dBu) {
-  for (int64_t t = 0; t < len; ++t) {
-    const T step = dt[t], du = dt[t] * u[t];
-    const T* __restrict__ b = Bt.at(t);
-    T* __restrict__ ea = dA + t * N;
-    T* __restrict__ eb = dBu + t * N;
-#pragma omp simd
+void to_lanes(const T* rows, int64_t stride, int64_t count, int64_t len, Vec<T>* lanes) {
+  constexpr int64_t W = kLanes<T>;
+  const int64_t whole = count == W ? len / W * W : 0;
+  for (int64_t t = 0; t < whole; t += W) {
+    for (int64_t lane = 0; lane < W; ++lane) lanes[t + lane] = load_unaligned(rows + lane * stride + t);
+    transpose_lanes<T>(lanes + t);
+  }
+  std::fill(lanes + whole, lanes + len, Vec<T>{});
+  for (int64_t lane = 0; lane < count; ++lane)
+    for (int64_t t = whole; t < len; ++t) lanes[t][lane] = rows[lane * stride + t];
+}
+template <class T>
+void from_lanes(const Vec<T>* lanes, int64_t count, int64_t len, T* rows, int64_t stride) {
+  constexpr int64_t W = kLanes<T>;
+  const int64_t whole = count == W ? len / W * W : 0;
+  for (int64_t t = 0; t < whole; t += W) {
+    Vec<T> tile[W];
+    std::copy(lanes + t, lanes + t + W, tile);
+    transpose_lanes<T>(tile);
+    for (int64_t lane = 0; lane < W; ++lane) store_unaligned(rows + lane * stride + t, tile[lane]);
+  }
+  for (int64_t lane = 0; lane < count; ++lane)
+    for (int64_t t = whole; t < len; ++t) rows[lane * stride + t] = lanes[t][lane];
+}
+
+// N rounded up to whole vectors of lanes.
+template <class T>
+int64_t padded_states(int64_t N) {
+  return (N + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+}
+
+// One thread's tiles (vectors of lanes). Forward: the per-lane constants, the state, a chunk's Δ, u,
+// y. Backward adds the chunk's Ā and states, the adjoint, and the gradient accumulators.
+template <class T>
+struct ScanTiles {
+  using V = Vec<T>;
+  std::vector<V> A, B, C, h, dt, u, y;  // (N) (N) (N) (N) (T) (T) (T)
+  V D{};
+  std::vector<T> rows;  // (lanes, T) staging for transposes
+  // (T·N) ((T+1)·N) (T) (T) (T) (N)×4; products: selective dB then dC terms of a step, N each, padded to
+  // whole vectors of lanes (sum_lanes zeroes the padding)
+  std::vector<V> Abar, H, dy, du, ddt, carry, dA, dB, dC, products;
+  V dD{}, dbias{};
+  ScanTiles(int64_t N, bool backward)
+      : A(N), B(N), C(N), h(N), dt(kScanChunk), u(kScanChunk), y(kScanChunk), rows(kLanes<T> * kScanChunk) {
+    if (!backward) return;
+    for (auto* v : {&dy, &du, &ddt}) v->resize(kScanChunk);
+    for (auto* v : {&carry, &dA, &dB, &dC}) v->resize(N);
+    Abar.resize(kScanChunk * N);
+    H.resize((kScanChunk + 1) * N);
+    products.resize(2 * padded_states<T>(N));
+  }
+};
+
+// A block: channels [first, first + count) of batch element b and group g.
+struct ScanBlock {
+  int64_t b, g, first, count;
+};
+
+template <class T>
+void load_lane_constants(const ScanArgs<T>& a, const ScanBlock& k, ScanTiles<T>& s) {
+  const int64_t N = a.d.states;
+  for (auto* v : {&s.A, &s.B, &s.C}) std::fill(v->begin(), v->end(), Vec<T>{});
+  s.D = Vec<T>{};
+  for (int64_t lane = 0; lane < k.count; ++lane) {
+    const int64_t ch = k.first + lane;
     for (int64_t n = 0; n < N; ++n) {
-      ea[n] = exp_approx(step * A[n]);
-      eb[n] = du * b[n];
+      s.A[n][lane] = a.A[ch * N + n];
+      if (!a.d.selective_B) s.B[n][lane] = a.B[ch * N + n];
+      if (!a.d.selective_C) s.C[n][lane] = a.C[ch * N + n];
     }
+    s.D[lane] = a.D ? a.D[ch] : T(0);
   }
 }
 
+// Δ and u of the block's chunk as lanes.
 template <class T>
-void scan_forward_item(const ScanArgs<T>& a, int64_t b, int64_t g, int64_t c0, int64_t c1, T* out,
-                       T* checkpoints) {
+void load_lane_inputs(const ScanArgs<T>& a, const ScanBlock& k, int64_t t0, int64_t len, ScanTiles<T>& s) {
+  const int64_t row0 = k.b * a.d.dim + k.first, L = a.d.length;
+  for (int64_t lane = 0; lane < k.count; ++lane)
+    chunk_delta(a, row0 + lane, k.first + lane, t0, len, s.rows.data() + lane * kScanChunk, static_cast<T*>(nullptr));
+  to_lanes(s.rows.data(), kScanChunk, k.count, len, s.dt.data());
+  to_lanes(a.u + row0 * L + t0, L, k.count, len, s.u.data());
+}
+
+// B_t[n] (C_t[n]) for the block: the selective value broadcast, or the lane's own row.
+template <class T, bool Selective>
+struct InputMatrix {
+  const T* row;  // selective: the (N, L) matrix of the block's (batch, group), offset to the chunk
+  const Vec<T>* lanes;
+  int64_t L;
+  Vec<T> at(int64_t n, int64_t t) const {
+    if constexpr (Selective) return splat(row[n * L + t]);
+    else return lanes[n];
+  }
+};
+
+template <class T, bool SelB, bool SelC>
+struct BlockInputs {
+  InputMatrix<T, SelB> B;
+  InputMatrix<T, SelC> C;
+  BlockInputs(const ScanArgs<T>& a, const ScanBlock& k, const ScanTiles<T>& s, int64_t t0) {
+    const ScanDims& d = a.d;
+    const int64_t offset = (k.b * d.groups + k.g) * d.states * d.length + t0;
+    B = {SelB ? a.B + offset : nullptr, s.B.data(), d.length};
+    C = {SelC ? a.C + offset : nullptr, s.C.data(), d.length};
+  }
+};
+
+template <class T, bool SelB, bool SelC>
+void scan_forward_block(const ScanArgs<T>& a, const ScanBlock& k, T* out, T* checkpoints, ScanTiles<T>& s) {
+  using V = Vec<T>;
   const ScanDims& d = a.d;
-  const int64_t N = d.states, L = d.length, chunks = scan_chunks(L);
-  std::vector<T> Btile(d.selective_B ? kScanChunk * N : 0), Ctile(d.selective_C ? kScanChunk * N : 0);
-  std::vector<T> dA(kScanChunk * N), dBu(kScanChunk * N), dt(kScanChunk), states((c1 - c0) * N, T(0));
-  const T* Bsel = d.selective_B ? a.B + (b * d.groups + g) * N * L : nullptr;
-  const T* Csel = d.selective_C ? a.C + (b * d.groups + g) * N * L : nullptr;
+  const int64_t N = d.states, L = d.length, chunks = scan_chunks(L), row0 = k.b * d.dim + k.first;
+  load_lane_constants(a, k, s);
+  std::fill(s.h.begin(), s.h.end(), V{});
+  V* __restrict__ h = s.h.data();
+  const V* __restrict__ A = s.A.data();
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t t0 = c * kScanChunk, len = std::min(kScanChunk, L - t0);
-    if (Bsel) transpose_chunk(Bsel, N, L, t0, len, Btile.data());
-    if (Csel) transpose_chunk(Csel, N, L, t0, len, Ctile.data());
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t row = b * d.dim + ch;
-      const InputRows<T> Bt = Bsel ? InputRows<T>{Btile.data(), N} : InputRows<T>{a.B + ch * N, 0};
-      const InputRows<T> Ct = Csel ? InputRows<T>{Ctile.data(), N} : InputRows<T>{a.C + ch * N, 0};
-      const T* u = a.u + row * L + t0;
-      chunk_delta(a, row, ch, t0, len, dt.data(), static_cast<T*>(nullptr));
-      chunk_discretize(a.A + ch * N, dt.data(), u, Bt, len, N, dA.data(), dBu.data());
-      T* __restrict__ h = states.data() + (ch - c0) * N;
-      const T Dd = a.D ? a.D[ch] : T(0);
-      T* y = out + row * L + t0;
-      const T* z = a.z ? a.z + row * L + t0 : nullptr;
-      for (int64_t t = 0; t < len; ++t) {
-        const T* __restrict__ ea = dA.data() + t * N;
-        const T* __restrict__ eb = dBu.data() + t * N;
-        const T* __restrict__ cr = Ct.at(t);
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
-          h[n] = ea[n] * h[n] + eb[n];
-          acc += cr[n] * h[n];
-        }
-        y[t] = acc + Dd * u[t];
+    load_lane_inputs(a, k, t0, len, s);
+    const BlockInputs<T, SelB, SelC> in(a, k, s, t0);
+    for (int64_t t = 0; t < len; ++t) {
+      const V dt = s.dt[t], u = s.u[t], du = dt * u;
+      V y = s.D * u;
+      for (int64_t n = 0; n < N; ++n) {
+        h[n] = exp_lanes(dt * A[n]) * h[n] + du * in.B.at(n, t);
+        y += in.C.at(n, t) * h[n];
       }
-      if (z) {  // the gate, in one vectorized pass
-#pragma omp simd
-        for (int64_t t = 0; t < len; ++t) y[t] *= z[t] * sigmoid(z[t]);
-      }
-      if (checkpoints) std::copy(h, h + N, checkpoints + (row * chunks + c) * N);
+      s.y[t] = y;
     }
+    T* y = out + row0 * L + t0;
+    from_lanes(s.y.data(), k.count, len, y, L);
+    if (a.z) {  // the gate, in one vectorized pass per channel
+      for (int64_t lane = 0; lane < k.count; ++lane) {
+        const T* __restrict__ z = a.z + (row0 + lane) * L + t0;
+        T* __restrict__ yr = y + lane * L;
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) yr[t] *= z[t] * sigmoid(z[t]);
+      }
+    }
+    if (checkpoints)
+      for (int64_t lane = 0; lane < k.count; ++lane)
+        for (int64_t n = 0; n < N; ++n) checkpoints[((row0 + lane) * chunks + c) * N + n] = h[n][lane];
   }
 }
 
-// Runs f(item, b, g, first channel, end channel) for every (batch, group, slice) item, in parallel.
+// Calls f(std::bool_constant<selective B>, std::bool_constant<selective C>).
 template <class F>
-void for_each_scan_item(const ScanDims& d, int64_t slices, const F& f) {
-  const int64_t per_group = d.dim / d.groups;
+void dispatch_selective(const ScanDims& d, const F& f) {
+  if (d.selective_B && d.selective_C) f(std::true_type{}, std::true_type{});
+  else if (d.selective_B) f(std::true_type{}, std::false_type{});
+  else if (d.selective_C) f(std::false_type{}, std::true_type{});
+  else f(std::false_type{}, std::false_type{});
+}
+
+// Runs f(item, block, tiles) for every block of every (batch, group, slice) item, items in parallel;
+// each thread allocates its tiles once.
+template <class T, class F>
+void for_each_scan_block(const ScanDims& d, int64_t slices, bool backward, const F& f) {
+  const int64_t per_group = d.dim / d.groups, blocks = (per_group + kLanes<T> - 1) / kLanes<T>;
   parallel_for(d.batch * d.groups * slices, 1, [&](int, int64_t i0, int64_t i1) {
+    ScanTiles<T> tiles(d.states, backward);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t s = i % slices, bg = i / slices, g = bg % d.groups, b = bg / d.groups;
-      const int64_t first = g * per_group;
-      f(i, b, g, first + per_group * s / slices, first + per_group * (s + 1) / slices);
+      for (int64_t blk = blocks * s / slices; blk < blocks * (s + 1) / slices; ++blk) {
+        const int64_t first = blk * kLanes<T>;
+        f(i, ScanBlock{b, g, g * per_group + first, std::min<int64_t>(kLanes<T>, per_group - first)}, tiles);
+      }
     }
   });
 }
 
 template <class T>
 void scan_forward(const ScanArgs<T>& a, T* out, T* checkpoints) {
-  for_each_scan_item(a.d, desired_slices(a.d), [&](int64_t, int64_t b, int64_t g, int64_t c0, int64_t c1) {
-    scan_forward_item(a, b, g, c0, c1, out, checkpoints);
+  dispatch_selective(a.d, [&](auto sel_B, auto sel_C) {
+    for_each_scan_block<T>(a.d, desired_slices(a.d), false, [&](int64_t, const ScanBlock& k, ScanTiles<T>& s) {
+      scan_forward_block<T, sel_B(), sel_C()>(a, k, out, checkpoints, s);
+    });
   });
 }
 
@@ -248,118 +328,131 @@ struct ScanGrads {
   T* item;     // (items, item_partials)
 };
 
+// Adds the lane sums of N vectors to out[0..N).
 template <class T>
-void scan_backward_item(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t b, int64_t g, int64_t c0, int64_t c1,
-                        T* item_partial) {
+void add_lane_sums(Vec<T>* products, int64_t N, T* __restrict__ out) {
+  for (int64_t n0 = 0; n0 < N; n0 += kLanes<T>) {
+    const int count = static_cast<int>(std::min<int64_t>(kLanes<T>, N - n0));
+    const Vec<T> sums = sum_lanes<T>(products + n0, count);
+    for (int i = 0; i < count; ++i) out[n0 + i] += sums[i];
+  }
+}
+
+template <class T, bool SelB, bool SelC>
+void scan_backward_block(const ScanArgs<T>& a, const ScanGrads<T>& gr, const ScanBlock& k, T* dB_item, T* dC_item,
+                         ScanTiles<T>& s) {
+  using V = Vec<T>;
   const ScanDims& d = a.d;
-  const int64_t N = d.states, L = d.length, chunks = scan_chunks(L), P = channel_partials(d);
-  std::vector<T> Btile(d.selective_B ? kScanChunk * N : 0), Ctile(d.selective_C ? kScanChunk * N : 0);
-  std::vector<T> dBtile(d.selective_B ? kScanChunk * N : 0), dCtile(d.selective_C ? kScanChunk * N : 0);
-  std::vector<T> dA(kScanChunk * N), dBu(kScanChunk * N), H((kScanChunk + 1) * N), dt(kScanChunk),
-      pre(kScanChunk), gate(kScanChunk), slope(kScanChunk), carry((c1 - c0) * N, T(0));
+  const int64_t N = d.states, L = d.length, chunks = scan_chunks(L), row0 = k.b * d.dim + k.first;
+  load_lane_constants(a, k, s);
+  for (auto* v : {&s.carry, &s.dA, &s.dB, &s.dC}) std::fill(v->begin(), v->end(), V{});
+  s.dD = s.dbias = V{};
   if (gr.grad_last_state)  // the adjoint of the final state seeds the reverse recurrence
-    std::copy(gr.grad_last_state + (b * d.dim + c0) * N, gr.grad_last_state + (b * d.dim + c1) * N, carry.begin());
-  const T* Bsel = d.selective_B ? a.B + (b * d.groups + g) * N * L : nullptr;
-  const T* Csel = d.selective_C ? a.C + (b * d.groups + g) * N * L : nullptr;
-  T* dBsel = d.selective_B ? item_partial : nullptr;
-  T* dCsel = d.selective_C ? item_partial + (d.selective_B ? N * L : 0) : nullptr;
+    for (int64_t lane = 0; lane < k.count; ++lane)
+      for (int64_t n = 0; n < N; ++n) s.carry[n][lane] = gr.grad_last_state[(row0 + lane) * N + n];
+  const V* __restrict__ A = s.A.data();
+  V* __restrict__ Abar = s.Abar.data();
+  V* __restrict__ H = s.H.data();
+  V* __restrict__ carry = s.carry.data();
+  V* __restrict__ dA = s.dA.data();
+  V* __restrict__ dB = s.dB.data();
+  V* __restrict__ dC = s.dC.data();
+  V* __restrict__ pB = s.products.data();
+  V* __restrict__ pC = s.products.data() + padded_states<T>(N);
+  T* rows = s.rows.data();
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kScanChunk, len = std::min(kScanChunk, L - t0);
-    if (Bsel) transpose_chunk(Bsel, N, L, t0, len, Btile.data());
-    if (Csel) transpose_chunk(Csel, N, L, t0, len, Ctile.data());
-    std::fill(dBtile.begin(), dBtile.end(), T(0));
-    std::fill(dCtile.begin(), dCtile.end(), T(0));
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t row = b * d.dim + ch;
-      T* part = gr.channel + row * P;  // dA (N), dB (N), dC (N), dD, dδ_bias
-      const InputRows<T> Bt = Bsel ? InputRows<T>{Btile.data(), N} : InputRows<T>{a.B + ch * N, 0};
-      const InputRows<T> Ct = Csel ? InputRows<T>{Ctile.data(), N} : InputRows<T>{a.C + ch * N, 0};
-      T* dBrow = Bsel ? dBtile.data() : part + N;
-      T* dCrow = Csel ? dCtile.data() : part + 2 * N;
-      const int64_t dB_step = Bsel ? N : 0, dC_step = Csel ? N : 0;
-      const T* u = a.u + row * L + t0;
-      const T* A = a.A + ch * N;
-      // Recompute the chunk's states from the previous checkpoint: H[t + 1] = h_{t0 + t}.
-      if (c == 0) {
-        std::fill(H.begin(), H.begin() + N, T(0));
-      } else {
-        std::copy(gr.checkpoints + (row * chunks + c - 1) * N, gr.checkpoints + (row * chunks + c) * N, H.begin());
+    load_lane_inputs(a, k, t0, len, s);
+    const BlockInputs<T, SelB, SelC> in(a, k, s, t0);
+    // Recompute the chunk's states from the previous checkpoint (H[t + 1] = h_{t0 + t}), its Ā and y.
+    std::fill(H, H + N, V{});
+    if (c > 0)
+      for (int64_t lane = 0; lane < k.count; ++lane)
+        for (int64_t n = 0; n < N; ++n) H[n][lane] = gr.checkpoints[((row0 + lane) * chunks + c - 1) * N + n];
+    for (int64_t t = 0; t < len; ++t) {
+      const V dt = s.dt[t], u = s.u[t], du = dt * u;
+      V y = s.D * u;
+      for (int64_t n = 0; n < N; ++n) {
+        const V e = exp_lanes(dt * A[n]);
+        Abar[t * N + n] = e;
+        const V hn = e * H[t * N + n] + du * in.B.at(n, t);
+        H[(t + 1) * N + n] = hn;
+        y += in.C.at(n, t) * hn;
       }
-      chunk_delta(a, row, ch, t0, len, dt.data(), pre.data());
-      chunk_discretize(A, dt.data(), u, Bt, len, N, dA.data(), dBu.data());
-      for (int64_t t = 0; t < len; ++t) {
-        const T* __restrict__ ea = dA.data() + t * N;
-        const T* __restrict__ eb = dBu.data() + t * N;
-        const T* __restrict__ hp = H.data() + t * N;
-        T* __restrict__ hn = H.data() + (t + 1) * N;
-#pragma omp simd
-        for (int64_t n = 0; n < N; ++n) hn[n] = ea[n] * hp[n] + eb[n];
-      }
-      const T Dd = a.D ? a.D[ch] : T(0);
-      const T* gout = gr.grad_out + row * L + t0;
-      const T* z = a.z ? a.z + row * L + t0 : nullptr;
-      T* du = gr.du + row * L + t0;
-      T* ddelta = gr.ddelta + row * L + t0;
-      T* dz = gr.dz ? gr.dz + row * L + t0 : nullptr;
-      T* __restrict__ gcarry = carry.data() + (ch - c0) * N;
-      T* __restrict__ dA_acc = part;
-      T dD_acc = 0, dbias_acc = 0;
-      // σ(z) and the softplus derivative σ(δ + bias) (1 above torch's threshold 20), vectorized.
-      if (z) {
-#pragma omp simd
-        for (int64_t t = 0; t < len; ++t) gate[t] = sigmoid(z[t]);
-      }
-      if (a.softplus) {
-#pragma omp simd
-        for (int64_t t = 0; t < len; ++t) slope[t] = pre[t] > T(20) ? T(1) : sigmoid(pre[t]);
-      }
-      for (int64_t t = len - 1; t >= 0; --t) {
-        const T* __restrict__ cr = Ct.at(t);
-        const T* __restrict__ br = Bt.at(t);
-        const T* __restrict__ ea = dA.data() + t * N;
-        const T* __restrict__ hp = H.data() + t * N;
-        const T* __restrict__ hn = H.data() + (t + 1) * N;
-        T dy = gout[t];
-        if (z) {
-          T y = 0;
-#pragma omp simd reduction(+ : y)
-          for (int64_t n = 0; n < N; ++n) y += cr[n] * hn[n];
-          y += Dd * u[t];
-          const T s = gate[t];
-          dz[t] = dy * y * s * (T(1) + z[t] * (T(1) - s));
-          dy *= z[t] * s;
-        }
-        const T step = dt[t], su = step * u[t];
-        T* __restrict__ dBr = dBrow + t * dB_step;
-        T* __restrict__ dCr = dCrow + t * dC_step;
-        T sA = 0, sB = 0;
-#pragma omp simd reduction(+ : sA, sB)
-        for (int64_t n = 0; n < N; ++n) {
-          const T gn = dy * cr[n] + gcarry[n];
-          dCr[n] += dy * hn[n];
-          const T w = gn * ea[n] * hp[n];
-          sA += w * A[n];
-          dA_acc[n] += w * step;
-          sB += gn * br[n];
-          dBr[n] += gn * su;
-          gcarry[n] = ea[n] * gn;
-        }
-        du[t] = dy * Dd + step * sB;
-        const T ddt = sA + u[t] * sB;
-        const T dpre = a.softplus ? ddt * slope[t] : ddt;
-        ddelta[t] = dpre;
-        dbias_acc += dpre;
-        dD_acc += dy * u[t];
-      }
-      part[3 * N] += dD_acc;
-      part[3 * N + 1] += dbias_acc;
+      s.y[t] = y;
     }
-    // The item's selective gradients for this chunk, back to (N, L).
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t t = 0; t < len; ++t) {
-        if (dBsel) dBsel[n * L + t0 + t] = dBtile[t * N + n];
-        if (dCsel) dCsel[n * L + t0 + t] = dCtile[t * N + n];
+    // dy = dout·silu(z) and dz = dout·y·σ(z)·(1 + z·(1 − σ(z))), per channel along time.
+    const T* gout = gr.grad_out + row0 * L + t0;
+    if (a.z) {
+      from_lanes(s.y.data(), k.count, len, rows, kScanChunk);
+      for (int64_t lane = 0; lane < k.count; ++lane) {
+        const T* __restrict__ z = a.z + (row0 + lane) * L + t0;
+        const T* __restrict__ go = gout + lane * L;
+        T* __restrict__ dz = gr.dz + (row0 + lane) * L + t0;
+        T* __restrict__ yr = rows + lane * kScanChunk;
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) {
+          const T sg = sigmoid(z[t]);
+          dz[t] = go[t] * yr[t] * sg * (T(1) + z[t] * (T(1) - sg));
+          yr[t] = go[t] * z[t] * sg;
+        }
       }
+      to_lanes(rows, kScanChunk, k.count, len, s.dy.data());
+    } else {
+      to_lanes(gout, L, k.count, len, s.dy.data());
+    }
+    // The adjoint backwards through the chunk (formulas at the top of this file).
+    for (int64_t t = len - 1; t >= 0; --t) {
+      const V dy = s.dy[t], dt = s.dt[t], u = s.u[t], du = dt * u;
+      V sA{}, sB{};
+      for (int64_t n = 0; n < N; ++n) {
+        const V e = Abar[t * N + n], hn = H[(t + 1) * N + n], bn = in.B.at(n, t);
+        const V g = dy * in.C.at(n, t) + carry[n];
+        if constexpr (SelC) pC[n] = dy * hn;
+        else dC[n] += dy * hn;
+        const V w = g * e * H[t * N + n];
+        sA += w * A[n];
+        dA[n] += w * dt;
+        sB += g * bn;
+        if constexpr (SelB) pB[n] = g * du;
+        else dB[n] += g * du;
+        carry[n] = e * g;
+      }
+      s.du[t] = dy * s.D + dt * sB;
+      s.ddt[t] = sA + u * sB;
+      s.dD += dy * u;
+      if constexpr (SelB) add_lane_sums(pB, N, dB_item + (t0 + t) * N);
+      if constexpr (SelC) add_lane_sums(pC, N, dC_item + (t0 + t) * N);
+    }
+    from_lanes(s.du.data(), k.count, len, gr.du + row0 * L + t0, L);
+    // dδ = dΔ·σ(δ + bias) under softplus (1 above torch's threshold 20), and its sum for dδ_bias.
+    from_lanes(s.ddt.data(), k.count, len, gr.ddelta + row0 * L + t0, L);
+    for (int64_t lane = 0; lane < k.count; ++lane) {
+      T* __restrict__ dd = gr.ddelta + (row0 + lane) * L + t0;
+      if (a.softplus) {
+        const T* __restrict__ delta = a.delta + (row0 + lane) * L + t0;
+        const T bias = a.bias ? a.bias[k.first + lane] : T(0);
+#pragma omp simd
+        for (int64_t t = 0; t < len; ++t) {
+          const T pre = delta[t] + bias;
+          dd[t] *= pre > T(20) ? T(1) : sigmoid(pre);
+        }
+      }
+      T sum = 0;
+      for (int64_t t = 0; t < len; ++t) sum += dd[t];
+      s.dbias[lane] += sum;
+    }
+  }
+  const int64_t P = channel_partials(d);
+  for (int64_t lane = 0; lane < k.count; ++lane) {
+    T* part = gr.channel + (row0 + lane) * P;  // dA (N), dB (N), dC (N), dD, dδ_bias
+    for (int64_t n = 0; n < N; ++n) {
+      part[n] = dA[n][lane];
+      part[N + n] = dB[n][lane];
+      part[2 * N + n] = dC[n][lane];
+    }
+    part[3 * N] = s.dD[lane];
+    part[3 * N + 1] = s.dbias[lane];
   }
 }
 
@@ -368,9 +461,12 @@ void scan_backward(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t slices,
                    T* dbias) {
   const ScanDims& d = a.d;
   const int64_t N = d.states, L = d.length, P = channel_partials(d), IP = item_partials(d);
-  std::fill(gr.channel, gr.channel + d.batch * d.dim * P, T(0));
-  for_each_scan_item(d, slices, [&](int64_t i, int64_t b, int64_t g, int64_t c0, int64_t c1) {
-    scan_backward_item(a, gr, b, g, c0, c1, gr.item + i * IP);
+  std::fill(gr.item, gr.item + d.batch * d.groups * slices * IP, T(0));
+  dispatch_selective(d, [&](auto sel_B, auto sel_C) {
+    for_each_scan_block<T>(d, slices, true, [&](int64_t i, const ScanBlock& k, ScanTiles<T>& s) {
+      T* item = gr.item + i * IP;
+      scan_backward_block<T, sel_B(), sel_C()>(a, gr, k, item, item + (sel_B() ? N * L : 0), s);
+    });
   });
   // Sums over batch of the per-channel partials, in batch order.
   parallel_for(d.dim, 64, [&](int, int64_t c0, int64_t c1) {
@@ -386,7 +482,7 @@ void scan_backward(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t slices,
       }
     }
   });
-  // Selective dB, dC: sum of the group's slices, in slice order.
+  // Selective dB, dC: the group's slices summed in slice order, (L, N) → (N, L).
   if (IP) {
     parallel_for(d.batch * d.groups, 1, [&](int, int64_t bg0, int64_t bg1) {
       for (int64_t bg = bg0; bg < bg1; ++bg) {
@@ -395,12 +491,12 @@ void scan_backward(const ScanArgs<T>& a, const ScanGrads<T>& gr, int64_t slices,
         for (T* out : {d.selective_B ? dB : nullptr, d.selective_C ? dC : nullptr}) {
           if (!out) continue;
           T* o = out + bg * N * L;
-          std::copy(first + offset, first + offset + N * L, o);
-          for (int64_t s = 1; s < slices; ++s) {
-            const T* p = first + s * IP + offset;
-#pragma omp simd
-            for (int64_t k = 0; k < N * L; ++k) o[k] += p[k];
-          }
+          for (int64_t t = 0; t < L; ++t)
+            for (int64_t n = 0; n < N; ++n) {
+              T s = 0;
+              for (int64_t sl = 0; sl < slices; ++sl) s += first[sl * IP + offset + t * N + n];
+              o[n * L + t] = s;
+            }
           offset += N * L;
         }
       }
@@ -666,6 +762,17 @@ void cauchy_backward_kernel(const T* gr, const T* gi, const T* vr, const T* vi, 
 }  // namespace
 
 // ------------------------------------------------------------------------------- entry points
+
+void scan_exp(const float* x, float* y, int64_t n) {
+  constexpr int W = kLanes<float>;
+  for (int64_t i = 0; i < n; i += W) {
+    Vec<float> v{};
+    const int64_t count = std::min<int64_t>(W, n - i);
+    for (int64_t j = 0; j < count; ++j) v[j] = x[i + j];
+    v = exp_lanes(v);
+    for (int64_t j = 0; j < count; ++j) y[i + j] = v[j];
+  }
+}
 
 template <>
 void cauchy_forward<DeviceType::CPU>(const TensorView& v_real, const TensorView& v_imag, const TensorView& z_real,

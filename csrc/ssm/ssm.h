@@ -130,6 +130,10 @@ void selective_scan_backward(const TensorView& grad_out, const TensorView& u, co
                              const OptView& dz, const OptView& ddelta_bias, const OptView& workspace,
                              std::uintptr_t stream = 0);
 
+// y[i] = e^{x[i]} for i < n by the selective scan's vector exp (lanes.h), compiled with the CPU kernels'
+// flags (AVX-512 where built for it): exposed so that its accuracy is tested where it runs.
+void scan_exp(const float* x, float* y, int64_t n);
+
 // x, y: (batch, dim, L); weight: (dim, W), 2 ≤ W ≤ 4; bias: (dim); initial_state, final_state:
 // (batch, dim, W−1). activation: 0 none, 1 silu. final_state = the last W−1 values of x̃; backward
 // takes its gradient (grad_final_state, optional) along with grad_y.

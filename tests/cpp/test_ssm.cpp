@@ -1,6 +1,9 @@
 // State-space family: CPU kernels against naive double loops and finite differences, and validation.
 #include <cmath>
+#include <cstring>
+#include <limits>
 
+#include "ssm/lanes.h"
 #include "ssm/ssm.h"
 #include "test_helpers.h"
 
@@ -72,6 +75,98 @@ TEST(SelectiveScan, ForwardMatchesNaiveLoopAndBackwardMatchesFiniteDifferences) 
   };
   for (auto [param, grad] : {std::pair{&u, &du}, {&delta, &dd}, {&A, &dA}, {&B, &dB}, {&C, &dC}, {&D, &dD}, {&z, &dz}})
     EXPECT_TRUE(AllClose(grad->values(), numeric_gradient(*param, loss), kGradientTolerance));
+}
+
+// Several lane blocks per group and a partial one (20 channels a group: 16 + 4 float32 lanes), N
+// above one vector of lanes, L across chunks, two threads: float32 against the double loop.
+TEST(SelectiveScan, Float32BlocksOfLanesMatchTheNaiveLoop) {
+  const int64_t batch = 2, dim = 40, L = 70, N = 19, groups = 2;
+  ScopedThreads threads(2);
+  Random rng(11);
+  const DType dt = DType::Float32;
+  Buffer u = random_buffer(rng, dt, {batch, dim, L}), delta = random_buffer(rng, dt, {batch, dim, L}, -2, 0);
+  Buffer A = random_buffer(rng, dt, {dim, N}, -1.5, -0.2), D = random_buffer(rng, dt, {dim});
+  Buffer B = random_buffer(rng, dt, {batch, groups, N, L}), C = random_buffer(rng, dt, {batch, groups, N, L});
+  Buffer z = random_buffer(rng, dt, {batch, dim, L}), y(dt, {batch, dim, L});
+  ssm::selective_scan_forward<DeviceType::CPU>(u.view(), delta.view(), A.view(), B.view(), C.view(), D.opt(), z.opt(),
+                                               std::nullopt, true, y.view(), std::nullopt);
+  EXPECT_TRUE(AllClose(y.values(), naive_scan(u, delta, A, B, C, D, z, batch, dim, L, N, groups), {1e-5, 2e-5}));
+}
+
+// Distance in units in the last place between two finite floats of the same sign (0 and denormals
+// included: the bit patterns of same-signed floats are ordered like their values).
+int64_t ulp_distance(float a, float b) {
+  int32_t ia, ib;
+  std::memcpy(&ia, &a, 4);
+  std::memcpy(&ib, &b, 4);
+  return std::llabs(static_cast<int64_t>(ia) - static_cast<int64_t>(ib));
+}
+
+// Checks exp over float32 bit patterns [first, last] with the given stride, both the scan's vector
+// exp (built with the kernels' flags) and the portable scalar one (built with the tests' flags),
+// against std::exp in double rounded to float.
+void expect_exp_within_two_ulp(uint32_t first, uint32_t last, uint32_t stride) {
+  std::vector<float> x, y;
+  for (uint64_t bits = first; bits <= last; bits += stride) {
+    const uint32_t b32 = static_cast<uint32_t>(bits);
+    float v;
+    std::memcpy(&v, &b32, 4);
+    if (!std::isnan(v)) x.push_back(v);
+  }
+  y.resize(x.size());
+  ssm::scan_exp(x.data(), y.data(), static_cast<int64_t>(x.size()));
+  int64_t worst = 0, worst_scalar = 0;
+  float worst_at = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float expected = static_cast<float>(std::exp(static_cast<double>(x[i])));
+    const float scalar = ssm::exp_approx(x[i]);
+    for (float got : {y[i], scalar}) {
+      if (std::isinf(expected)) {
+        ASSERT_TRUE(std::isinf(got) && got > 0) << "exp(" << x[i] << ") = " << got;
+        continue;
+      }
+      ASSERT_TRUE(std::isfinite(got) && got >= 0) << "exp(" << x[i] << ") = " << got;
+    }
+    if (std::isinf(expected)) continue;
+    const int64_t d = ulp_distance(y[i], expected);
+    if (d > worst) worst = d, worst_at = x[i];
+    worst_scalar = std::max(worst_scalar, ulp_distance(scalar, expected));
+  }
+  EXPECT_LE(worst, 2) << "worst at x = " << worst_at;
+  EXPECT_LE(worst_scalar, 2);
+}
+
+TEST(ScanExp, WithinTwoUlpOfStdExpOverAllFloat32) {
+  // Every 251st bit pattern of each sign (normal, denormal, huge), then densely where the result
+  // underflows to denormals and to zero (x in [−104, −87]) and where it overflows (x near 88.72).
+  expect_exp_within_two_ulp(0x00000000u, 0x7f800000u, 251);
+  expect_exp_within_two_ulp(0x80000000u, 0xff800000u, 251);
+  expect_exp_within_two_ulp(0xc2ae0000u, 0xc2d00000u, 3);  // −87 … −104
+  expect_exp_within_two_ulp(0x42b10000u, 0x42b20000u, 1);  // 88.5 … 89
+}
+
+TEST(ScanExp, SpecialValues) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float x[] = {-inf, inf, nan, 0.0f, -0.0f, -1000.0f, 1000.0f, 88.72f, 88.73f, -103.9f, -104.5f};
+  float y[std::size(x)];
+  ssm::scan_exp(x, y, std::size(x));
+  {
+    const float* r = y;
+    EXPECT_EQ(r[0], 0.0f);
+    EXPECT_EQ(r[1], inf);
+    EXPECT_TRUE(std::isnan(r[2]));
+    EXPECT_EQ(r[3], 1.0f);
+    EXPECT_EQ(r[4], 1.0f);
+    EXPECT_EQ(r[5], 0.0f);
+    EXPECT_EQ(r[6], inf);
+    EXPECT_TRUE(std::isfinite(r[7]));
+    EXPECT_EQ(r[8], inf);
+    EXPECT_GT(r[9], 0.0f);  // e^−103.9 ≈ 7.7e−46 rounds up to the smallest denormal
+    EXPECT_EQ(r[10], 0.0f);
+  }
+  EXPECT_EQ(ssm::exp_approx(-inf), 0.0f);
+  EXPECT_EQ(ssm::exp_approx(inf), inf);
+  EXPECT_TRUE(std::isnan(ssm::exp_approx(nan)));
 }
 
 TEST(SelectiveScan, RejectsBadShapesBeforeWriting) {

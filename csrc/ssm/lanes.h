@@ -1,0 +1,178 @@
+// State-space family: SIMD lanes for the CPU scan, and the exp it is bound by.
+//
+// The selective scan makes one exp(Δ·A) per (channel, state, step): 50 M of them at Mamba's block size
+// (batch 4, dim 768, L 1024, N 16). The CPU scan therefore runs one 64-byte register's worth of
+// channels at once (`Vec<T>`: 16 float32 or 8 float64 lanes, GCC/Clang vector extensions, so the code
+// builds for any target and compiles to AVX-512 under -march=native) and needs an exp that is both
+// vectorized and accurate:
+//
+//   exp(x) = 2^k · e^r,  k = round(x·log2 e),  r = x − k·ln2  (Cody & Waite 1980, "Software Manual for
+//   the Elementary Functions": ln2 split in a short high part, so k·ln2_hi is exact, and a low part),
+//   e^r on |r| ≤ ln2/2 by Cephes' expf minimax polynomial (S. Moshier, Cephes Math Library, expf.c),
+//   2^k applied by AVX-512's vscalefps (exact, handles overflow to inf and gradual underflow) or, on
+//   other targets, as two exponent-field multiplications (2^⌊k/2⌋ · 2^(k−⌊k/2⌋): both factors normal,
+//   one final rounding). Relative error ≤ 2 ulp against std::exp over all of float32, including
+//   denormal results, ±inf and NaN (tests/cpp/test_ssm.cpp checks it).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+// Every function here is inline, so the vector-argument ABI note (-Wpsabi) for targets without
+// AVX-512 concerns no call across translation units.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace replearn::ssm {
+
+template <class T>
+struct LaneTraits;
+template <>
+struct LaneTraits<float> {
+  typedef float vec __attribute__((vector_size(64)));
+  typedef int32_t index __attribute__((vector_size(64)));
+};
+template <>
+struct LaneTraits<double> {
+  typedef double vec __attribute__((vector_size(64)));
+  typedef int64_t index __attribute__((vector_size(64)));
+};
+template <class T>
+using Vec = typename LaneTraits<T>::vec;
+template <class T>
+constexpr int kLanes = 64 / sizeof(T);
+
+// x in every lane (x − 0 folds to a broadcast; 0 + x would not, because of −0).
+template <class T>
+inline Vec<T> splat(T x) {
+  return x - Vec<T>{};
+}
+
+// A vector from / to kLanes<T> consecutive values at any alignment.
+template <class T>
+inline Vec<T> load_unaligned(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void store_unaligned(T* p, Vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
+// Cody–Waite constants and the input range: below kExpMin, e^x < 2^−150 rounds to 0; above kExpMax,
+// e^x > FLT_MAX. Clamping to them only keeps k finite (±inf would give r = inf − inf).
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpMin = -104.0f, kExpMax = 89.0f;
+
+// e^r for |r| ≤ ln2/2 (Cephes expf.c's coefficients); V is float or Vec<float>.
+template <class V>
+inline V expf_reduced(V r) {
+  V p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
+// Scalar float exp, written so that `#pragma omp simd` loops vectorize it.
+inline float exp_approx(float x) {
+  const bool nan = x != x;
+  x = x < kExpMin ? kExpMin : x;
+  x = x > kExpMax ? kExpMax : x;
+  const float k = nan ? 0.0f : std::nearbyint(x * kLog2e);
+  const float r = (x - k * kLn2Hi) - k * kLn2Lo;
+  const int32_t ki = static_cast<int32_t>(k), k1 = ki >> 1, k2 = ki - k1;
+  const float e = expf_reduced(r) * __builtin_bit_cast(float, (k1 + 127) << 23) *
+                  __builtin_bit_cast(float, (k2 + 127) << 23);
+  return nan ? x : e;
+}
+inline double exp_approx(double x) { return std::exp(x); }
+
+// exp of every lane.
+inline Vec<float> exp_lanes(Vec<float> x) {
+#ifdef __AVX512F__
+  // max/min return their second operand when either is NaN: NaN passes through, vscalefps keeps it.
+  x = Vec<float>(_mm512_maskz_min_ps(0xffff, __m512(splat(kExpMax)), _mm512_maskz_max_ps(0xffff, __m512(splat(kExpMin)), __m512(x))));
+  const __m512 k = _mm512_maskz_roundscale_ps(0xffff, __m512(x * kLog2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const Vec<float> kv = Vec<float>(k);
+  const Vec<float> r = (x - kv * kLn2Hi) - kv * kLn2Lo;
+  // (maskz forms: GCC 12's plain forms warn on their internal _mm512_undefined_ps)
+  return Vec<float>(_mm512_maskz_scalef_ps(0xffff, __m512(expf_reduced(r)), k));
+#else
+  for (int i = 0; i < kLanes<float>; ++i) x[i] = exp_approx(x[i]);
+  return x;
+#endif
+}
+inline Vec<double> exp_lanes(Vec<double> x) {
+  for (int i = 0; i < kLanes<double>; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
+
+// Transposes a kLanes × kLanes tile held as kLanes vectors (v[i][j] ↔ v[j][i]): at each scale s the
+// off-diagonal s×s blocks of every 2s×2s block swap, two two-source permutes per pair of vectors.
+template <class T>
+[[gnu::always_inline]] inline void transpose_lanes(Vec<T>* v) {
+  constexpr int W = kLanes<T>;
+  using Index = typename LaneTraits<T>::index;
+  struct Masks {
+    Index lo[8], hi[8];
+    Masks() {
+      int level = 0;
+      for (int s = W / 2; s >= 1; s /= 2, ++level)
+        for (int j = 0; j < W; ++j) {
+          lo[level][j] = (j & s) ? W + j - s : j;  // row i keeps its own left block, takes row i+s's
+          hi[level][j] = (j & s) ? W + j : j + s;  // row i+s takes row i's right block, keeps its own
+        }
+    }
+  };
+  static const Masks masks;
+  int level = 0;
+  for (int s = W / 2; s >= 1; s /= 2, ++level)
+    for (int i = 0; i < W; ++i)
+      if (!(i & s)) {
+        const Vec<T> a = v[i], b = v[i + s];
+        v[i] = __builtin_shuffle(a, b, masks.lo[level]);
+        v[i + s] = __builtin_shuffle(a, b, masks.hi[level]);
+      }
+}
+
+// Sums across lanes of up to kLanes vectors at once: out[i] = Σ_lanes v[i] (v[i] = 0 for i ≥ count).
+// A transposing tree: at each level, pairs of vectors fold their halves into one vector (two
+// two-source permutes and an add per output), so kLanes sums cost about 3 instructions each instead
+// of a log2(kLanes)-step horizontal reduction per vector. `v` is overwritten.
+template <class T>
+[[gnu::always_inline]] inline Vec<T> sum_lanes(Vec<T>* v, int count) {
+  constexpr int W = kLanes<T>;
+  using Index = typename LaneTraits<T>::index;
+  struct Masks {  // level ℓ folds segments of 2s lanes into s (s = W/2, W/4, …, 1)
+    Index lo[8], hi[8];
+    Masks() {
+      int level = 0;
+      for (int s = W / 2; s >= 1; s /= 2, ++level)
+        for (int i = 0; i < W; ++i) {
+          const int segment = i / s, from_b = segment % 2;
+          lo[level][i] = from_b * W + (segment / 2) * 2 * s + i % s;
+          hi[level][i] = lo[level][i] + s;
+        }
+    }
+  };
+  static const Masks masks;
+  for (int i = count; i < W; ++i) v[i] = Vec<T>{};
+  // Pairing vector j with j + half keeps the sums in order: after the last level lane i holds v[i].
+  int level = 0;
+  for (int half = W / 2; half >= 1; half /= 2, ++level)
+    for (int j = 0; j < half; ++j)
+      v[j] = __builtin_shuffle(v[j], v[j + half], masks.lo[level]) +
+             __builtin_shuffle(v[j], v[j + half], masks.hi[level]);
+  return v[0];
+}
+
+}  // namespace replearn::ssm
+
+#pragma GCC diagnostic pop
