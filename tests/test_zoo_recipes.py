@@ -7,10 +7,11 @@ Bounds and what they mean:
   better than that entropy; one that learned the waveform approaches 0. Then greedy cached
   generation, primed with one receptive field of the true signal, continues it for two periods
   within one μ-law level of the true codes.
-- bytenet-reverse: ≥ 90% of held-out strings (none seen in training) reversed exactly by greedy
-  dynamic unfolding with the cached decoder, and the recipe's exact_match metric equal to it.
-- zoo-image with the ConvNeXt-style and EfficientNet-style small variants on scikit-learn's digits:
-  ≥ 90% test accuracy (a linear model reaches about 95%, chance is 10%).
+- bytenet-reverse: ≥ 95% of 100 held-out strings (none seen in training, mostly of 4–5 letters)
+  reversed exactly by greedy dynamic unfolding with the cached decoder (seeds 0, 1: 100%, 99%),
+  and the recipe's exact_match metric equal to it.
+- zoo-image with the ConvNeXt-style and EfficientNet-style small variants on scikit-learn's digits,
+  6 epochs: ≥ 95% test accuracy (seed 0: 97.8%, 98.3%; a linear model reaches about 95%).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def test_wavenet_signal_recipe_learns_and_continues_the_signal():
     run = run_recipe(config)
     period_codes = config.signal_codes(config.period).tolist()
     entropy = _marginal_entropy(period_codes)
-    assert entropy > 2.5, entropy  # the 32 samples of a period take nearly as many distinct codes
+    assert entropy > 2.5, entropy  # 3.06 nats: the 32 samples of a period take 24 distinct codes
     assert run.trainer.history[0]["loss"] > 4.0  # started near uniform guessing, ln 256 = 5.55
     assert run.test_metrics["loss"] < 0.03 * entropy, (run.test_metrics, entropy)
     assert run.test_metrics["accuracy"] > 0.99, run.test_metrics
@@ -58,17 +59,19 @@ def test_wavenet_signal_recipe_learns_and_continues_the_signal():
     assert (generated == truth).float().mean() >= 0.95
 
 
+@pytest.mark.slow
 def test_bytenet_reverse_recipe_reverses_held_out_strings():
     config = get_recipe("bytenet-reverse")(**QUIET)
     run = run_recipe(config)
-    train, _, test = config.pairs()
-    assert len(test) >= 50 and not {s for s, _ in test} & {s for s, _ in train}  # held out
+    train, val, test = config.pairs()
+    sources = {s for s, _ in test}
+    assert len(sources) == len(test) == 100 and not sources & ({s for s, _ in train} | {s for s, _ in val})  # held out
     model = run.trainer.model.eval()
     source, lengths = encode_bytes([s for s, _ in test])
     outputs = decode_bytes(model.generate(source, lengths))  # cached greedy dynamic unfolding
     exact = sum(out == target for out, (_, target) in zip(outputs, test)) / len(test)
-    assert exact >= 0.9, exact
-    assert run.test_metrics["exact_match"] == pytest.approx(exact, abs=1e-9)  # teacher-forced metric = greedy decoding
+    assert exact >= 0.95, exact
+    assert run.test_metrics["exact_match"] == pytest.approx(exact, abs=1e-6)  # teacher-forced metric = greedy decoding
 
 
 @pytest.mark.slow
@@ -77,7 +80,7 @@ def test_small_convnext_and_efficientnet_learn_digits(name):
     """The families' small variants (zoo_recipes.DIGITS_VARIANTS) through the zoo-image recipe."""
     config = get_recipe("zoo-image")(model=name, dataset="digits", epochs=6, warmup_steps=10, num_threads=1, **QUIET)
     run = run_recipe(config)
-    assert run.test_metrics["accuracy"] >= 0.9, run.test_metrics
+    assert run.test_metrics["accuracy"] >= 0.95, run.test_metrics
     losses = [r["loss"] for r in run.trainer.history if r["split"] == "train"]
     assert losses[-1] < 0.2 * losses[0]
 

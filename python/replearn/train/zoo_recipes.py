@@ -231,8 +231,9 @@ class ByteNetReverseRecipe(SequenceRecipe):
     """ByteNet (Kalchbrenner et al. 2016) learning to reverse short strings, a character-level
     sequence-to-sequence task (`task=copy`: to copy them).
 
-    Held-out strings: the validation and test strings are drawn with other seeds, and any string
-    that also occurs in the training pairs is dropped from them. The test metric `exact_match` is
+    Held-out strings: the validation and test strings are drawn with other seeds, each distinct and
+    absent from the training pairs (and the test strings from the validation ones); most strings of
+    2–3 letters occur in training, so the held-out ones are mostly of 4–5 letters. The test metric `exact_match` is
     the share of test strings that greedy dynamic unfolding (`ByteNet.generate`) reproduces exactly,
     computed from one teacher-forced pass (see `sequence_exact_match` for why the two are equal;
     the tests check it against `generate`).
@@ -243,7 +244,8 @@ class ByteNetReverseRecipe(SequenceRecipe):
     the decoder.
     """
 
-    max_steps: int | None = config_field(400, "optimizer steps in all; overrides epochs when set")
+    # 400 steps reach 91–98% exact on the held-out strings (seeds 0, 1), 800 reach 99–100%.
+    max_steps: int | None = config_field(800, "optimizer steps in all; overrides epochs when set")
     batch_size: int = config_field(32, "string pairs per optimizer step")
     eval_every: int | None = config_field(100, "steps between validations (none: once per epoch)")
     task: str = config_field("reverse", "target: the source reversed or copied", ("reverse", "copy"))
@@ -251,23 +253,33 @@ class ByteNetReverseRecipe(SequenceRecipe):
     min_length: int = config_field(2, "shortest string")
     max_length: int = config_field(5, "longest string")
     train_pairs: int = config_field(2000, "training strings (drawn with repetition)")
-    val_pairs: int = config_field(100, "validation strings drawn before dropping those seen in training")
-    test_pairs: int = config_field(100, "test strings drawn before dropping those seen in training")
+    val_pairs: int = config_field(100, "validation strings, none of them in the training pairs")
+    test_pairs: int = config_field(100, "test strings, none of them in the training or validation pairs")
     hidden_size: int = config_field(32, "d; the residual stream has 2d channels")
     encoder_dilations: tuple[int, ...] = config_field((1, 2, 4, 1, 2, 4), "dilation of each encoder block")
     decoder_dilations: tuple[int, ...] = config_field((1, 2, 4), "dilation of each decoder block")
 
     def pairs(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
-        """(train, val, test) pairs (source, target); val and test hold no training string."""
+        """(train, val, test) pairs (source, target): `val_pairs` and `test_pairs` distinct strings
+        that occur nowhere else (fewer if the strings of these lengths run out)."""
         def draw(count: int, seed: int) -> list[tuple[str, str]]:
             drawn = reversal_pairs(count, self.min_length, self.max_length, self.alphabet, seed=seed)
             return drawn if self.task == "reverse" else [(source, source) for source, _ in drawn]
 
         train = draw(self.train_pairs, self.seed)
-        seen = {source for source, _ in train}
-        val = [pair for pair in draw(self.val_pairs, self.seed + 1) if pair[0] not in seen]
-        test = [pair for pair in draw(self.test_pairs, self.seed + 2) if pair[0] not in seen]
-        return train, val, test
+        taken = {source for source, _ in train}
+
+        def held_out(count: int, seed: int) -> list[tuple[str, str]]:
+            chosen = []
+            for pair in draw(20 * count, seed):  # short strings are mostly taken: draw plenty
+                if len(chosen) == count:
+                    break
+                if pair[0] not in taken:
+                    chosen.append(pair)
+                    taken.add(pair[0])
+            return chosen
+
+        return train, held_out(self.val_pairs, self.seed + 1), held_out(self.test_pairs, self.seed + 2)
 
     def model_kwargs(self) -> dict:
         return {"hidden_size": self.hidden_size, "encoder_dilations": self.encoder_dilations,
