@@ -45,7 +45,7 @@ def test_wavenet_signal_recipe_learns_and_continues_the_signal():
     assert entropy > 2.5, entropy  # 3.06 nats: the 32 samples of a period take 24 distinct codes
     assert run.trainer.history[0]["loss"] > 4.0  # started near uniform guessing, ln 256 = 5.55
     assert run.test_metrics["loss"] < 0.03 * entropy, (run.test_metrics, entropy)
-    assert run.test_metrics["accuracy"] > 0.99, run.test_metrics
+    assert run.test_metrics["code_accuracy"] > 0.99, run.test_metrics
     # Generation: prime with one receptive field of the signal at two phases, continue two periods.
     model = run.trainer.model.eval()
     field, horizon = model.receptive_field, 2 * config.period

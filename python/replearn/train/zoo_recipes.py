@@ -198,7 +198,7 @@ class WaveNetSignalRecipe(SequenceRecipe):
                        part(range(train_count + phases, train_count + 2 * phases)), model.config.quantization_channels,
                        f"periodic signal, period {self.period}, windows of {self.window} mu-law codes")  # fmt: skip
         optimizer = self.make_optimizer(model)
-        kwargs = {"metrics": {"accuracy": sequence_accuracy}}  # loss: cross-entropy over (B, 256, T) as is
+        kwargs = {"metrics": {"code_accuracy": sequence_accuracy}}  # per sample, not per window; loss: cross-entropy over (B, 256, T) as is
         field = model.receptive_field
         return Setup(data, model, optimizer, kwargs, f"{data.source}; WaveNet with a receptive field of {field}, {self.optimizer}")
 
