@@ -282,6 +282,21 @@ def test_wavenet_cached_generation_equals_full_recompute(conditioned):
     assert len(set(codes[0].tolist())) > 5  # sampling, not a constant
 
 
+def test_wavenet_primed_generation_equals_full_recompute():
+    """A (B, P) primer: the cached path runs it through the queues first; the samples and logits
+    equal a full recompute's, and the primer is returned unchanged at the front."""
+    model = models.create("wavenet", **TINY["wavenet"]).double().eval()
+    primer = torch.randint(0, 256, (2, 9))
+    draws = {}
+    for cached in (True, False):
+        draws[cached] = model.generate(12, primer, generator=torch.Generator().manual_seed(5), cached=cached)
+    (codes, logits), (slow_codes, slow_logits) = draws[True], draws[False]
+    assert codes.shape == (2, 21) and torch.equal(codes[:, :9], primer)
+    assert torch.equal(codes, slow_codes)
+    torch.testing.assert_close(logits, slow_logits, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logits, model(codes[:, :-1])[:, :, 8:], rtol=1e-10, atol=1e-10)
+
+
 def test_wavenet_local_conditioning_changes_the_output_and_is_required():
     model = models.create("wavenet", **TINY["wavenet"], cond_channels=2)
     codes = torch.randint(0, 256, (1, 20))
