@@ -243,7 +243,8 @@ class ByteNet(nn.Module):
         finished = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
         for _ in range(max_length):
             logits = self.decode_step(state, previous[:, -1]) if state is not None else self.decode(encoded, previous)[:, :, -1]
-            token = torch.where(finished, torch.full_like(finished, self.config.pad_id, dtype=torch.long), logits.argmax(dim=1))
+            token = logits.argmax(dim=1)
+            token = torch.where(finished, torch.full_like(token, self.config.pad_id), token)
             previous = torch.cat([previous, token[:, None]], dim=1)
             finished |= token == self.config.eos_id
             if bool(finished.all()):
