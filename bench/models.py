@@ -21,13 +21,21 @@ with torch.nn's layers and torch.optim's SGD.
 `python bench/models.py [--batch N] [--steps N]` prints where the time of a step goes, per layer
 type (convolution, normalization, activation, pooling, linear, loss, optimizer, other), from
 torch.profiler's self CPU time of each op, for both sides.
+
+`python bench/models.py --bytenet-decode [--symbols N]` times ByteNet's greedy dynamic unfolding of
+an N-symbol output (default 256) with the decoder's activation caches (Fast WaveNet's queues,
+O(blocks) per symbol) against a full recompute of the decoder over the prefix per symbol (O(t·blocks)
+per symbol), on the same model and source, and checks that both emit the same tokens. A timing
+note, not a row against torch: both sides are replearn's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -167,11 +175,47 @@ def breakdown(batch: int, steps: int) -> dict[str, dict[str, float]]:
     return result
 
 
+# ------------------------------------------------------------------------------ ByteNet decoding
+
+
+def bytenet_decoding(symbols: int, batch: int = 1, repeat: int = 1) -> dict[str, float]:
+    """Median seconds of `generate` emitting `symbols` tokens per row, cached and recomputed.
+
+    A ByteNet of d = 64 with two cycles of dilations 1 … 16 in each stack (10 + 10 blocks, the
+    paper's pattern at a twelfth of its width and a third of its depth, so that the recompute side
+    ends in seconds) and random weights; EOS is given an id no token has, so every run emits
+    exactly `symbols` tokens whatever the weights say.
+    """
+    torch.manual_seed(0)
+    dilations = (1, 2, 4, 8, 16) * 2
+    model = models.create("bytenet", hidden_size=64, encoder_dilations=dilations, decoder_dilations=dilations, eos_id=-1).eval()
+    source = torch.randint(3, 259, (batch, max(1, round(symbols / model.config.unfold_a))))  # |t̂| ≈ symbols
+    seconds: dict[str, list[float]] = {"cached": [], "recompute": []}
+    tokens = {}
+    for _ in range(repeat):
+        for name in seconds:
+            start = time.perf_counter()
+            tokens[name] = model.generate(source, max_length=symbols, cached=name == "cached")
+            seconds[name].append(time.perf_counter() - start)
+    if not torch.equal(tokens["cached"], tokens["recompute"]) or tokens["cached"].shape[1] != symbols:
+        raise RuntimeError("bytenet_decoding: the cached and recomputed decodings differ")
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Per-layer-type time of a ResNet-18 training step, torch vs replearn.")
+    parser = argparse.ArgumentParser(description="Per-layer-type time of a ResNet-18 training step, torch vs replearn; "
+                                                 "or (--bytenet-decode) ByteNet's cached against recomputed decoding.")  # fmt: skip
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--bytenet-decode", action="store_true", help="time ByteNet decoding instead (batch 1)")
+    parser.add_argument("--symbols", type=int, default=256, help="symbols per decoded row (--bytenet-decode)")
     args = parser.parse_args(argv)
+    if args.bytenet_decode:
+        times = bytenet_decoding(args.symbols)
+        print(f"ByteNet greedy decoding of {args.symbols} symbols, batch 1, d=64, 10+10 blocks, {torch.get_num_threads()} threads")
+        print(f"recompute {times['recompute']:.3f} s, cached {times['cached']:.3f} s: "
+              f"{times['recompute'] / times['cached']:.1f}x faster with the caches (same tokens)")  # fmt: skip
+        return
     times = breakdown(args.batch, args.steps)
     names = [name for name, _ in CATEGORIES] + ["other"]
     print(f"ResNet-18 train step, batch {args.batch}, 3×32×32, {torch.get_num_threads()} threads (self CPU ms per step)\n")

@@ -105,7 +105,7 @@ def test_resume_continues_a_run_folder(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "mnist-rnn"], "unknown recipe 'mnist-rnn'; choose one of digits-mlp, flow-moons, mnist-cnn, zoo-image"),
+        (["train", "mnist-rnn"], f"unknown recipe 'mnist-rnn'; choose one of {', '.join(sorted(list_recipes()))}"),
         (["train", "digits-mlp", "--set", "widht=3"], "unknown key 'widht'; valid keys:"),
         (["train", "digits-mlp", "--set", "norm=instance"], "'norm' expected one of batch, layer, rms, group but got 'instance'"),
         (["train", "digits-mlp", "--set", "epochs=-1"], "'epochs' expected a positive integer but got -1"),

@@ -1,6 +1,7 @@
 """The model zoo: published parameter counts, forward/backward of every registered model, the
 pieces each paper specifies (SE, compound scaling, layer scale, μ-law, causality, receptive fields),
-WaveNet's cached generation, torch.compile, and short learning checks with stated thresholds.
+WaveNet's and ByteNet's cached decoding, and torch.compile. The learning checks run as recipes
+(tests/test_zoo_recipes.py).
 
 Expensive things are avoided on purpose (the suite runs on 2 shared cores): parameter counts are
 taken on the meta device (no memory, no initialization work), and forward/backward runs every
@@ -22,7 +23,6 @@ from replearn.models import ConvSpec, receptive_field
 from replearn.models._layers import DropPath
 from replearn.models.efficientnet import ALPHA, BETA, GAMMA, B0_STAGES, MBConv, MBConvStage
 from replearn.models.squeeze_excitation import SqueezeExcitation
-from replearn.train import model_tasks
 
 IMAGE_FAMILIES = ("resnet", "seresnet", "efficientnet", "convnext")
 
@@ -282,6 +282,21 @@ def test_wavenet_cached_generation_equals_full_recompute(conditioned):
     assert len(set(codes[0].tolist())) > 5  # sampling, not a constant
 
 
+def test_wavenet_primed_generation_equals_full_recompute():
+    """A (B, P) primer: the cached path runs it through the queues first; the samples and logits
+    equal a full recompute's, and the primer is returned unchanged at the front."""
+    model = models.create("wavenet", **TINY["wavenet"]).double().eval()
+    primer = torch.randint(0, 256, (2, 9))
+    draws = {}
+    for cached in (True, False):
+        draws[cached] = model.generate(12, primer, generator=torch.Generator().manual_seed(5), cached=cached)
+    (codes, logits), (slow_codes, slow_logits) = draws[True], draws[False]
+    assert codes.shape == (2, 21) and torch.equal(codes[:, :9], primer)
+    assert torch.equal(codes, slow_codes)
+    torch.testing.assert_close(logits, slow_logits, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logits, model(codes[:, :-1])[:, :, 8:], rtol=1e-10, atol=1e-10)
+
+
 def test_wavenet_local_conditioning_changes_the_output_and_is_required():
     model = models.create("wavenet", **TINY["wavenet"], cond_channels=2)
     codes = torch.randint(0, 256, (1, 20))
@@ -315,6 +330,38 @@ def test_bytenet_decoder_is_causal_and_encoder_ignores_padding():
     assert model.decoder_receptive_field == 1 + 2 * (1 + 2 + 4) * 2
 
 
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_bytenet_cached_decoding_equals_full_recompute(kernel_size):
+    """Fast WaveNet caches in the decoder: the same greedy tokens as recomputing the decoder over the
+    whole prefix per token, and at every position logits equal to one teacher-forced pass (float64,
+    1e-10), including positions past |t̂| (zero conditioning) and after a row's EOS (PAD inputs)."""
+    torch.manual_seed(4)
+    kwargs = dict(TINY["bytenet"], decoder_kernel_size=kernel_size, unfold_a=1.2, unfold_b=1.0)
+    model = models.create("bytenet", **kwargs).double().eval()
+    with torch.no_grad():  # untrained weights emit near-uniform logits: sharpen them so tokens vary
+        model.output[1].weight.mul_(50)
+    source, lengths = encode_bytes(["hello", "hi", "abcdefgh"])
+    max_length = 25  # beyond T̂ = ⌈1.2·8 + 1⌉ = 11
+    cached = model.generate(source, lengths, max_length=max_length, cached=True)
+    recomputed = model.generate(source, lengths, max_length=max_length, cached=False)
+    assert torch.equal(cached, recomputed)
+    assert len(set(cached.flatten().tolist())) > 3  # not a constant output
+    encoded = model.encode(source, lengths)
+    previous = model.shift_right(cached)
+    with torch.no_grad():
+        full = model.decode(encoded, previous)  # (B, V, T)
+        state = model.start_decoding(encoded)
+        stepped = torch.stack([model.decode_step(state, previous[:, t]) for t in range(previous.shape[1])], dim=-1)
+    assert state.position == previous.shape[1]
+    torch.testing.assert_close(stepped, full, rtol=1e-10, atol=1e-10)
+    # The same for arbitrary teacher-forced inputs, 17 positions: past T̂ = 11, where the conditioning is zero.
+    random_previous = torch.randint(3, 259, (3, 17))
+    with torch.no_grad():
+        state = model.start_decoding(encoded)
+        stepped = torch.stack([model.decode_step(state, random_previous[:, t]) for t in range(17)], dim=-1)
+        torch.testing.assert_close(stepped, model.decode(encoded, random_previous), rtol=1e-10, atol=1e-10)
+
+
 def test_byte_encoding_round_trip():
     ids, lengths = encode_bytes(["héllo", ""], append_eos=True)
     assert lengths.tolist() == [7, 1]
@@ -331,39 +378,7 @@ def test_compiled_forward_matches_eager():
     torch.testing.assert_close(compiled(x), model(x))
 
 
-# ------------------------------------------------------------------------------ learning checks
-
-
-def test_small_resnet_learns_digits():
-    """A 4-stage ResNet (one basic block each, widths 16…128, 3×3 stem) on 8×8 digits: ≥ 97% test
-    accuracy (a linear model reaches about 95%)."""
-    result = model_tasks.train_image_model(model_tasks.ImageTaskConfig(model="resnet18"))
-    assert result.metric >= 0.97, result.metric
-    assert sum(result.losses[-10:]) < 0.2 * sum(result.losses[:10])
-
-
-@pytest.mark.parametrize("name", ["convnext_tiny", "efficientnet_b0"])
-def test_small_convnext_and_efficientnet_learn_digits(name):
-    """The families' small variants (model_tasks.DIGITS_VARIANTS), 5 epochs: ≥ 90% test accuracy,
-    and the loss falls to a fifth."""
-    result = model_tasks.train_image_model(model_tasks.ImageTaskConfig(model=name, epochs=5))
-    assert result.metric >= 0.9, result.metric
-    assert sum(result.losses[-10:]) < 0.2 * sum(result.losses[:10])
-
-
-def test_wavenet_learns_a_periodic_signal():
-    """Next-sample μ-law prediction of a 32-sample period: the mean loss of the last 10 steps must
-    fall below 0.1 nats (uniform guessing: ln 256 = 5.55; seeds 0–3 ended at 0.004–0.01)."""
-    result = model_tasks.train_wavenet_signal(model_tasks.WaveNetTaskConfig())
-    assert result.losses[0] > 4.0
-    assert result.metric < 0.1, result.metric
-
-
-def test_bytenet_learns_to_reverse_strings():
-    """Strings of 2–5 letters over 'abcdef': ≥ 90% of 100 held-out strings reversed exactly by greedy
-    dynamic unfolding (seeds 0–2: 93–97%; copying, which needs no movement, reaches 100%)."""
-    result = model_tasks.train_bytenet_reversal(model_tasks.ByteNetTaskConfig())
-    assert result.metric >= 0.9, result.metric
+# ------------------------------------------------------------------------------ data
 
 
 def test_periodic_signal_is_periodic():

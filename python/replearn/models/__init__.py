@@ -7,7 +7,8 @@
 Families: resnet.py (ResNet-18…152), senet.py (SE-ResNet), efficientnet.py (B0…B7), convnext.py
 (T/S/B), wavenet.py, bytenet.py. Image models share forward_features / forward_head /
 reset_classifier (_common.ImageClassifier). Every layer comes from _layers.py, which re-exports
-replearn.nn's. receptive_field.py computes receptive fields of conv stacks.
+replearn.nn's. receptive_field.py computes receptive fields of conv stacks; causal_cache.py holds
+the Fast WaveNet activation caches with which WaveNet and ByteNet decode in O(layers) per symbol.
 """
 
 from . import bytenet, convnext, efficientnet, resnet, senet, wavenet  # noqa: F401  (registers the models)

@@ -21,7 +21,12 @@ Choices the paper leaves open, made here: LayerNorm normalizes each position ove
 (statistics across time would let the causal decoder see the future); the concatenated
 [encoder output; target embedding] (4d channels) is mixed to 2d by a 1×1 convolution; padded
 source positions are held at zero after every encoder block, so a padded batch encodes each
-sequence exactly as it would be encoded alone; decoding is greedy with a full recompute per token.
+sequence exactly as it would be encoded alone; decoding is greedy.
+
+Decoding caches each decoder block's masked-convolution inputs in a queue of its last (k−1)·d
+positions (Fast WaveNet's cache, Paine et al. 2016; `causal_cache.py`), so dynamic unfolding costs
+O(blocks) per emitted token instead of a recompute of the whole prefix (`decode_step`;
+`generate(cached=False)` keeps the recompute, and both emit the same tokens).
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from ..data.sequences import BOS_ID, EOS_ID, PAD_ID
 from ._common import ChannelsFirstLayerNorm
 from ._layers import CausalConv1d, Conv1d
 from ._registry import register_model
+from .causal_cache import TapQueue, causal_conv_step
 from .receptive_field import ConvSpec, receptive_field
 
-__all__ = ["ByteNet", "ByteNetConfig"]
+__all__ = ["ByteNet", "ByteNetConfig", "DecoderState"]
 
 
 @dataclasses.dataclass
@@ -90,12 +96,39 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, 2d, T); mask: (B, 1, T), 0 past each sequence's end (the encoder's padding), which
         the k-wide convolution must read as zeros, as it reads the padding past T."""
-        h = self.reduce(torch.relu(self.norm_in(x)))
-        h = torch.relu(self.norm_mid(h))
+        h = self._narrow(x)
         if mask is not None:
             h = h * mask
-        h = self.expand(torch.relu(self.norm_out(self.conv(h))))
-        return x + h
+        return self._widen(x, self.conv(h))
+
+    def step(self, x: torch.Tensor, queue: TapQueue) -> torch.Tensor:
+        """The block at the newest position of a causal decoder: x (B, 2d, 1) → (B, 2d, 1), the
+        masked convolution's earlier inputs read from `queue` (Fast WaveNet's cache, O(1) per step)."""
+        return self._widen(x, causal_conv_step(self.conv, queue.taps(self._narrow(x))))
+
+    def _narrow(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU(LN(1×1(ReLU(LN(x))))): 2d → d channels, position by position."""
+        return torch.relu(self.norm_mid(self.reduce(torch.relu(self.norm_in(x)))))
+
+    def _widen(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x + 1×1(ReLU(LN(h))), h the k-wide convolution's output: d → 2d channels plus the input."""
+        return x + self.expand(torch.relu(self.norm_out(h)))
+
+
+@dataclasses.dataclass
+class DecoderState:
+    """Where cached decoding stands: the source representation, one queue per decoder block and the
+    position of the next target token. Made by `ByteNet.start_decoding`, advanced by `decode_step`.
+
+    Attributes:
+        encoded: (B, 2d, T̂) from `ByteNet.encode`.
+        queues: the last (k−1)·d inputs of each decoder block's masked convolution.
+        position: t, the target position the next `decode_step` predicts (0 for t_1).
+    """
+
+    encoded: torch.Tensor
+    queues: list[TapQueue]
+    position: int = 0
 
 
 class ByteNet(nn.Module):
@@ -164,22 +197,53 @@ class ByteNet(nn.Module):
         """Mean cross-entropy over the non-PAD target tokens."""
         return F.cross_entropy(self(source, target, source_lengths), target, ignore_index=self.config.pad_id)
 
+    def start_decoding(self, encoded: torch.Tensor) -> DecoderState:
+        """Empty decoder caches for the source representation `encoded` (B, 2d, T̂) of `encode`."""
+        d, batch = self.config.hidden_size, encoded.shape[0]
+        queues = [TapQueue(batch, d, block.kernel_size, block.dilation, encoded) for block in self.decoder]
+        return DecoderState(encoded, queues)
+
+    def decode_step(self, state: DecoderState, previous: torch.Tensor) -> torch.Tensor:
+        """One position of the decoder with cached activations: O(decoder blocks), whatever t is.
+
+        Args:
+            state: from `start_decoding`, advanced by one position here.
+            previous: (B,) the decoder's input at this position: BOS first, then t_1, t_2, …
+        Returns:
+            (B, V) logits of the token at this position; equal to `decode(encoded, prefix)[:, :, -1]`
+            for the prefix of every `previous` given so far (tested).
+        """
+        t, encoded = state.position, state.encoded
+        # Zero conditioning past |t̂| (§3.2), as `decode`'s padding.
+        source_t = encoded[:, :, t : t + 1] if t < encoded.shape[-1] else encoded.new_zeros(encoded.shape[0], encoded.shape[1], 1)
+        x = self.merge(torch.cat([source_t, self.target_embedding(previous)[:, :, None]], dim=1))  # (B, 2d, 1)
+        for block, queue in zip(self.decoder, state.queues):
+            x = block.step(x, queue)
+        state.position += 1
+        return self.output(x)[:, :, 0]
+
     @torch.no_grad()
-    def generate(self, source: torch.Tensor, source_lengths: torch.Tensor | None = None, max_length: int | None = None) -> torch.Tensor:
+    def generate(
+        self, source: torch.Tensor, source_lengths: torch.Tensor | None = None, max_length: int | None = None, cached: bool = True
+    ) -> torch.Tensor:
         """Greedy dynamic unfolding: one token per step until every row has emitted EOS.
 
         Args:
             source: (B, S) token ids; source_lengths: (B,) true lengths.
             max_length: the most tokens to emit (default 2·T̂, a guard against a model that never ends).
+            cached: per-block activation caches (`decode_step`, O(blocks) per token) or a full
+                recompute of the decoder over the prefix per token (O(t·blocks)); the same tokens.
         Returns:
             (B, T) the emitted tokens, EOS included; PAD after a row's EOS.
         """
         encoded = self.encode(source, source_lengths)
         max_length = max_length or 2 * encoded.shape[-1]
+        state = self.start_decoding(encoded) if cached else None
         previous = torch.full((source.shape[0], 1), self.config.bos_id, dtype=torch.long, device=source.device)
         finished = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
         for _ in range(max_length):
-            token = self.decode(encoded, previous)[:, :, -1].argmax(dim=1)
+            logits = self.decode_step(state, previous[:, -1]) if state is not None else self.decode(encoded, previous)[:, :, -1]
+            token = logits.argmax(dim=1)
             token = torch.where(finished, torch.full_like(token, self.config.pad_id), token)
             previous = torch.cat([previous, token[:, None]], dim=1)
             finished |= token == self.config.eos_id

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._layers import CausalConv1d, Conv1d, ConvTranspose1d
+from .causal_cache import TapQueue, causal_conv_step
 from ._registry import register_model
 from .receptive_field import ConvSpec, receptive_field
 
@@ -108,41 +109,6 @@ class ResidualLayer(nn.Module):
     def combine(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + residual(z), skip(z)) from the layer input x and the gated z."""
         return (x if self.residual is None else x + self.residual(z)), self.skip(z)
-
-
-def causal_conv_step(conv: nn.Module, taps: torch.Tensor) -> torch.Tensor:
-    """The output at the newest time step of a causal convolution, from its k input taps.
-
-    taps: (B, C_in, k), the inputs at t − (k−1)·d, …, t − d, t (oldest first), which is exactly what
-    the kernel of width k and dilation d reads for output t; the result is (B, C_out, 1). This is
-    Fast WaveNet's per-step product: the same weights as `conv`, applied to k cached inputs.
-    """
-    out = torch.einsum("bck,ock->bo", taps, conv.weight)
-    if conv.bias is not None:
-        out = out + conv.bias
-    return out[:, :, None]
-
-
-class _TapQueue:
-    """The last (k−1)·d inputs of a dilated causal layer, in a ring buffer (zeros before the start,
-    as the full forward's left padding)."""
-
-    def __init__(self, batch: int, channels: int, kernel_size: int, dilation: int, like: torch.Tensor):
-        self.dilation, self.kernel_size = dilation, kernel_size
-        self.buffer = like.new_zeros(batch, channels, (kernel_size - 1) * dilation)
-        self.position = 0  # where the oldest stored input lives
-
-    def taps(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, 1) the newest input. Returns (B, C, k) taps and stores x."""
-        size = self.buffer.shape[-1]
-        if size == 0:
-            return x
-        # Stored inputs are at times t−size … t−1 from `position` on; tap j reads time t − (k−1−j)·d.
-        index = [(self.position + j * self.dilation) % size for j in range(self.kernel_size - 1)]
-        taps = torch.cat([self.buffer[:, :, index], x], dim=-1)
-        self.buffer[:, :, self.position] = x[:, :, 0]
-        self.position = (self.position + 1) % size
-        return taps
 
 
 class WaveNet(nn.Module):
@@ -220,27 +186,33 @@ class WaveNet(nn.Module):
         generator: torch.Generator | None = None,
         cached: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples x_2 … x_{n+1} one at a time after the given first codes.
+        """Samples n codes one at a time after the given first codes (a primer).
 
         Args:
             num_samples: n, the samples to draw.
-            start: (B,) int64 first code of each sequence.
-            cond: (B, C_h, ⌈(n+1)/u⌉) conditioning covering the generated span (when the model has it).
+            start: (B,) int64 first code of each sequence, or (B, P) a primer of P codes that the
+                samples continue (the cached path runs the primer through its queues first).
+            cond: (B, C_h, ⌈(P+n)/u⌉) conditioning covering the primer and the generated span (when
+                the model has it).
             temperature: the logits are divided by it before sampling; 0 takes the arg-max.
             generator: the random source of the draws.
             cached: Fast WaveNet's queues (O(layers) per sample) or a full recompute per sample.
 
         Returns:
-            codes (B, n+1) including `start`, and the logits (B, 256, n) each sample was drawn from.
+            codes (B, P+n) including the primer, and the logits (B, 256, n) each sample was drawn from.
         """
         self._check_cond(cond)
         cond = self.upsample_cond(cond)
-        codes = start[:, None]
-        step = self._cached_stepper(start.shape[0], cond) if cached else None
+        codes = start[:, None] if start.dim() == 1 else start
+        step = self._cached_stepper(codes.shape[0], cond) if cached else None
+        if step is not None:
+            for t in range(codes.shape[1] - 1):  # the primer's own predictions are not needed
+                step(codes[:, t], t)
         all_logits = []
-        for t in range(num_samples):
+        for _ in range(num_samples):
             # Either path reads the codes so far and the conditioning up to the newest sample.
-            logits = step(codes[:, -1], t) if cached else self._logits(codes, cond)[:, :, -1]
+            t = codes.shape[1] - 1
+            logits = step(codes[:, t], t) if step is not None else self._logits(codes, cond)[:, :, -1]
             all_logits.append(logits)
             codes = torch.cat([codes, _draw(logits, temperature, generator)[:, None]], dim=1)
         return codes, torch.stack(all_logits, dim=-1)
@@ -248,8 +220,8 @@ class WaveNet(nn.Module):
     def _cached_stepper(self, batch: int, cond: torch.Tensor | None):
         k = self.config.kernel_size
         weight = self.input_conv.weight
-        input_queue = _TapQueue(batch, self.config.quantization_channels, k, 1, weight)
-        queues = [_TapQueue(batch, self.config.residual_channels, k, layer.dilation, weight) for layer in self.layers]
+        input_queue = TapQueue(batch, self.config.quantization_channels, k, 1, weight)
+        queues = [TapQueue(batch, self.config.residual_channels, k, layer.dilation, weight) for layer in self.layers]
 
         def step(code: torch.Tensor, t: int) -> torch.Tensor:
             one_hot = F.one_hot(code, self.config.quantization_channels).to(weight.dtype)[:, :, None]  # (B, 256, 1)

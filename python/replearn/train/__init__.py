@@ -16,6 +16,7 @@ from .optimizers import OPTIMIZERS, make_optimizer
 from .recipes import DEFAULT_RECIPE, RecipeConfig, evaluate_run, get_recipe, list_recipes, register_recipe, run_recipe, small_cnn
 from . import density  # registers the density recipes (flow-moons)
 from .retrain import RetrainResult, retrain_on_train_and_val
+from . import zoo_recipes  # noqa: E402,F401  (registers zoo-image, wavenet-signal, bytenet-reverse)
 from .trainer import FitResult, Trainer, accuracy
 
 __all__ = [

