@@ -275,7 +275,7 @@ void invconv_forward_cpu(ChannelDims d, const T* x, const int64_t* perm, const T
   } else {
     InvconvScratch<T> scratch(workspace, c);
     build_weight(c, perm, lower, upper, s, scratch.w);
-    blas::parallel_for_gemm(d.batch, 1, [&](int, int64_t b0, int64_t b1) {
+    blas::parallel_for_gemm(d.batch, grain_for(c * block), [&](int, int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         blas::gemm<T>(blas::Trans::No, blas::Trans::No, c, sp, c, T(1), scratch.w, c, x + b * block, sp, T(0),
                       y + b * block, sp);
@@ -301,7 +301,7 @@ void invconv_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, 
     });
   } else {
     build_weight(c, perm, lower, upper, s, scratch.w);
-    blas::parallel_for_gemm(d.batch, 1, [&](int, int64_t b0, int64_t b1) {
+    blas::parallel_for_gemm(d.batch, grain_for(c * block), [&](int, int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         blas::gemm<T>(blas::Trans::Yes, blas::Trans::No, c, sp, c, T(1), scratch.w, c, grad_y + b * block, sp, T(0),
                       grad_x + b * block, sp);
@@ -311,7 +311,8 @@ void invconv_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, 
   // dW summed over samples in order (OpenBLAS threads inside each product).
   const T* cot = reverse ? grad_x : grad_y;
   const T* val = reverse ? out : x;
-  blas::set_gemm_threads(num_threads());
+  // OpenBLAS threads only pay for themselves on large products (they spin between calls otherwise).
+  blas::set_gemm_threads(c * c * sp >= (1 << 18) ? num_threads() : 1);
   if (d.batch == 0 || sp == 0) std::fill(scratch.dw, scratch.dw + c * c, T(0));
   for (int64_t b = 0; b < d.batch && sp > 0; ++b)
     blas::gemm<T>(blas::Trans::No, blas::Trans::Yes, c, c, sp, T(reverse ? -1 : 1), cot + b * block, sp,
@@ -322,7 +323,7 @@ void invconv_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, 
   double gl_sum = 0;
   for (int64_t b = 0; b < d.batch; ++b) gl_sum += static_cast<double>(grad_logdet[b]);
   const double logdet_term = (reverse ? -1.0 : 1.0) * static_cast<double>(sp) * gl_sum;
-  parallel_for(c, 1, [&](int, int64_t r0, int64_t r1) {
+  parallel_for(c, grain_for(c * c), [&](int, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t col = 0; col < c; ++col) {
         const int64_t at = r * c + col;
@@ -449,7 +450,7 @@ void planar_backward_cpu(RowDims d, const T* grad_f, const T* grad_logdet, const
   if (!grad_u && !grad_w && !grad_b) return;
   A* su = scratch.columns;
   A* sw = su + n;
-  parallel_for(n, 1, [&](int, int64_t i0, int64_t i1) {
+  parallel_for(n, grain_for(d.batch), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       A a = 0, c = 0;
       for (int64_t r = 0; r < d.batch; ++r) {
