@@ -187,14 +187,21 @@ void actnorm_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, 
 
 // ===================================================================================== invconv1x1
 
-// Workspace layout (T): W (C·C) | dW (C·C) | pinv (C int64, the inverse permutation).
+// The weight gradient Σ_b g_b x_bᵀ is summed per parallel chunk of samples (each chunk's GEMMs on one
+// OpenBLAS thread, as parallel_for_gemm arranges) into its own partial, and the partials are added in
+// chunk order: deterministic for a given thread count, and no OpenMP team spinning beside OpenBLAS's
+// own threads (which cost 10× on this 2-core machine when the products ran one after another).
+constexpr int kWeightGradChunks = 8;
+
+// Workspace layout: pinv (C int64, the inverse permutation) | W (C·C T) | dW partials
+// (kWeightGradChunks·C·C T).
 template <class T>
 struct InvconvScratch {
+  int64_t* pinv;
   T* w;
   T* dw;
-  int64_t* pinv;
   InvconvScratch(void* base, int64_t c)
-      : w(static_cast<T*>(base)), dw(w + c * c), pinv(reinterpret_cast<int64_t*>(dw + c * c)) {}
+      : pinv(static_cast<int64_t*>(base)), w(reinterpret_cast<T*>(pinv + c)), dw(w + c * c) {}
 };
 
 template <class T>
@@ -308,15 +315,20 @@ void invconv_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, 
     });
   }
   if (!grad_lower && !grad_upper && !grad_s) return;
-  // dW summed over samples in order (OpenBLAS threads inside each product).
   const T* cot = reverse ? grad_x : grad_y;
   const T* val = reverse ? out : x;
-  // OpenBLAS threads only pay for themselves on large products (they spin between calls otherwise).
-  blas::set_gemm_threads(c * c * sp >= (1 << 18) ? num_threads() : 1);
-  if (d.batch == 0 || sp == 0) std::fill(scratch.dw, scratch.dw + c * c, T(0));
-  for (int64_t b = 0; b < d.batch && sp > 0; ++b)
-    blas::gemm<T>(blas::Trans::No, blas::Trans::Yes, c, c, sp, T(reverse ? -1 : 1), cot + b * block, sp,
-                  val + b * block, sp, T(b == 0 ? 0 : 1), scratch.dw, c);
+  const int64_t grain = grain_for(c * block);
+  const int chunks = std::min(parallel_chunk_count(d.batch, grain), kWeightGradChunks);
+  std::fill(scratch.dw, scratch.dw + c * c, T(0));  // stays zero without samples or pixels
+  if (sp > 0)
+    blas::parallel_for_gemm(d.batch, grain, [&](int chunk, int64_t b0, int64_t b1) {
+      T* partial = scratch.dw + chunk * c * c;
+      for (int64_t b = b0; b < b1; ++b)
+        blas::gemm<T>(blas::Trans::No, blas::Trans::Yes, c, c, sp, T(reverse ? -1 : 1), cot + b * block, sp,
+                      val + b * block, sp, T(b == b0 ? 0 : 1), partial, c);
+    }, kWeightGradChunks);
+  for (int k = 1; k < chunks && sp > 0; ++k)
+    for (int64_t e = 0; e < c * c; ++e) scratch.dw[e] += scratch.dw[k * c * c + e];
   const T* dw = scratch.dw;
   const int64_t* pinv = scratch.pinv;
   auto dm = [&](int64_t r, int64_t k) { return static_cast<double>(dw[pinv[r] * c + k]); };
@@ -554,7 +566,7 @@ template <>
 int64_t invconv1x1_workspace_size<DeviceType::CPU>(const TensorView& x, bool) {
   if (x.ndim < 2) return 0;  // validation names the problem
   const int64_t c = x.size(1);
-  return 2 * c * c * dtype_size(x.dtype) + c * static_cast<int64_t>(sizeof(int64_t));
+  return (1 + kWeightGradChunks) * c * c * dtype_size(x.dtype) + c * static_cast<int64_t>(sizeof(int64_t));
 }
 
 template <>
