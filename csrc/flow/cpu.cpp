@@ -358,18 +358,7 @@ void invconv_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, 
 template <class T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, long double, double>;
 
-// Workspace layout (A = Acc<T>): û (D) | wu, ww, m, k | per sample h, da, e·h, dm (4B) | Su, Sw (2D).
-template <class A>
-struct PlanarScratch {
-  A* u_hat;
-  A* scalars;
-  A* per_sample;
-  A* columns;
-  PlanarScratch(void* base, RowDims d)
-      : u_hat(static_cast<A*>(base)), scalars(u_hat + d.features), per_sample(scalars + 4),
-        columns(per_sample + 4 * d.batch) {}
-};
-
+// Workspace: math.h's PlanarScratch<Acc<T>>.
 template <class A, class T>
 A dot(const T* a, const T* b, int64_t n) {
   A sum = 0;
@@ -610,7 +599,7 @@ int64_t planar_flow_workspace_size<DeviceType::CPU>(const TensorView& z, bool ba
   if (z.ndim != 2) return 0;  // validation names the problem
   const int64_t batch = z.size(0), features = z.size(1);
   const int64_t element = z.dtype == DType::Float64 ? sizeof(long double) : sizeof(double);  // Acc<T>
-  return element * (features + 4 + (backward ? 4 * batch + 2 * features : 0));
+  return element * PlanarScratch<double>::elements(batch, features, backward);
 }
 
 template <>

@@ -339,20 +339,11 @@ __global__ void invconv_factor_grad_kernel(ChannelDims d, const float* __restric
 
 // ==================================================================================== planar flow
 
-// Workspace (float): û (D) | wu, ww, m, k, Σ e·h, Σ da, Σ dm, pad | per sample h, da, e·h, dm (4B) | Su, Sw (2D).
-struct PlanarScratch {
-  float* u_hat;
-  float* scalars;
-  float* per_sample;
-  float* columns;
-  PlanarScratch(void* base, RowDims d)
-      : u_hat(static_cast<float*>(base)), scalars(u_hat + d.features), per_sample(scalars + 8),
-        columns(per_sample + 4 * d.batch) {}
-};
+using PlanarFloats = PlanarScratch<float>;  // the workspace, math.h
 
 template <class T>
 __global__ void planar_prepare_kernel(RowDims d, const T* __restrict__ u, const T* __restrict__ w,
-                                      PlanarScratch scratch) {
+                                      PlanarFloats scratch) {
   __shared__ float reduce[32];
   float wu = 0.f, ww = 0.f;
   for (int64_t i = threadIdx.x; i < d.features; i += blockDim.x) {
@@ -377,7 +368,7 @@ __device__ float warp_dot(const T* a, const U* b, int64_t n, int lane) {
 
 template <class T>
 __global__ void planar_forward_kernel(RowDims d, const T* __restrict__ z, const T* __restrict__ w,
-                                      const T* __restrict__ bias, bool reverse, PlanarScratch scratch,
+                                      const T* __restrict__ bias, bool reverse, PlanarFloats scratch,
                                       T* __restrict__ f, T* __restrict__ logdet) {
   const int lane = threadIdx.x & 31;
   const float m = scratch.scalars[2], b = to_float(bias[0]);
@@ -399,7 +390,7 @@ template <class T>
 __global__ void planar_backward_sample_kernel(RowDims d, const T* __restrict__ grad_f,
                                               const T* __restrict__ grad_logdet, const T* __restrict__ z,
                                               const T* __restrict__ w, const T* __restrict__ bias, bool reverse,
-                                              PlanarScratch scratch, T* __restrict__ grad_z) {
+                                              PlanarFloats scratch, T* __restrict__ grad_z) {
   const int lane = threadIdx.x & 31;
   const float m = scratch.scalars[2], b = to_float(bias[0]);
   const int64_t n = d.features;
@@ -432,7 +423,7 @@ __global__ void planar_backward_sample_kernel(RowDims d, const T* __restrict__ g
 // Tasks 0..D−1: column sums Su[i] = Σ_b g[b, i]·h_b, Sw[i] = Σ_b z[b, i]·da_b; task D: Σ e·h, Σ da, Σ dm.
 template <class T>
 __global__ void planar_column_kernel(RowDims d, const T* __restrict__ grad_f, const T* __restrict__ z,
-                                     PlanarScratch scratch) {
+                                     PlanarFloats scratch) {
   __shared__ float reduce[32];
   const int64_t n = d.features;
   const float* per = scratch.per_sample;
@@ -459,7 +450,7 @@ __global__ void planar_column_kernel(RowDims d, const T* __restrict__ grad_f, co
 // One block: dû = ±Su + (Σ e·h)·w, then the chain rule to u, w (math.h: planar_chain); db = Σ da.
 template <class T>
 __global__ void planar_param_kernel(RowDims d, const T* __restrict__ u, const T* __restrict__ w, bool reverse,
-                                    PlanarScratch scratch, T* __restrict__ grad_u, T* __restrict__ grad_w,
+                                    PlanarFloats scratch, T* __restrict__ grad_u, T* __restrict__ grad_w,
                                     T* __restrict__ grad_b) {
   __shared__ float reduce[32];
   const int64_t n = d.features;
@@ -683,7 +674,7 @@ template <>
 int64_t planar_flow_workspace_size<DeviceType::CUDA>(const TensorView& z, bool backward) {
   if (z.ndim != 2) return 0;  // validation names the problem
   const int64_t batch = z.size(0), features = z.size(1);
-  return static_cast<int64_t>(sizeof(float)) * (features + 8 + (backward ? 4 * batch + 2 * features : 0));
+  return static_cast<int64_t>(sizeof(float)) * PlanarFloats::elements(batch, features, backward);
 }
 
 template <>
@@ -694,7 +685,7 @@ void planar_flow_forward<DeviceType::CUDA>(const TensorView& z, const TensorView
   const RowDims d = check_planar_flow_forward(DeviceType::CUDA, z, u, w, b, f, logdet, workspace,
                                               planar_flow_workspace_size<DeviceType::CUDA>(z, false));
   const cudaStream_t st = as_stream(stream);
-  const PlanarScratch scratch(workspace->data, d);
+  const PlanarFloats scratch(workspace->data, d);
   dispatch_cuda_floating(z.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     planar_prepare_kernel<T><<<1, kThreads, 0, st>>>(d, u.data_as<const T>(), w.data_as<const T>(), scratch);
@@ -717,7 +708,7 @@ void planar_flow_backward<DeviceType::CUDA>(const TensorView& grad_f, const Tens
                                                grad_u, grad_w, grad_b, workspace,
                                                planar_flow_workspace_size<DeviceType::CUDA>(z, true));
   const cudaStream_t st = as_stream(stream);
-  const PlanarScratch scratch(workspace->data, d);
+  const PlanarFloats scratch(workspace->data, d);
   dispatch_cuda_floating(z.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* point = (reverse ? out : z).template data_as<const T>();

@@ -157,4 +157,20 @@ REPLEARN_HD A invconv_factor_grad(int64_t r, int64_t col, int64_t c, const T* lo
   return acc;
 }
 
+// The planar flow's workspace in the accumulation type A (cpu.cpp, cuda.cu): û (D) | 8 scalars (wu, ww,
+// m, k, Σ e·h, Σ da, Σ dm, unused) | per sample h, da, e·h, dm (4B) | column sums Su, Sw (2D, backward).
+template <class A>
+struct PlanarScratch {
+  A* u_hat;
+  A* scalars;
+  A* per_sample;
+  A* columns;
+  PlanarScratch(void* base, RowDims d)
+      : u_hat(static_cast<A*>(base)), scalars(u_hat + d.features), per_sample(scalars + 8),
+        columns(per_sample + 4 * d.batch) {}
+  static int64_t elements(int64_t batch, int64_t features, bool backward) {
+    return features + 8 + (backward ? 4 * batch + 2 * features : 0);
+  }
+};
+
 }  // namespace replearn::flow
