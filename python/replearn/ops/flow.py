@@ -46,6 +46,10 @@ def _sum_per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.expand_as(like).reshape(like.shape[0], -1).sum(1)
 
 
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
 def _zeros_if_none(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if t is None else t.contiguous()
 
@@ -110,10 +114,6 @@ def _coupling_impl(x, shift, log_scale, mask, reverse, scale):
     _native.launch("affine_coupling_forward", x, x, _contiguous(shift), _contiguous(log_scale), m, reverse, code, y,
                    logdet, ws)  # fmt: skip
     return y, logdet
-
-
-def _contiguous(t):
-    return None if t is None else t.contiguous()
 
 
 def _coupling_fake(x, shift, log_scale, mask, reverse, scale):
