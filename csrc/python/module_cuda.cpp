@@ -5,6 +5,7 @@
 
 #include "python/bind_attention.h"
 #include "python/bind_conv.h"
+#include "python/bind_flow.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
@@ -28,4 +29,5 @@ PYBIND11_MODULE(_C_cuda, m) {
   replearn::python::bind_ssm<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_conv<replearn::DeviceType::CUDA>(m);
   replearn::python::bind_rnn<replearn::DeviceType::CUDA>(m);
+  replearn::python::bind_flow<replearn::DeviceType::CUDA>(m);
 }

@@ -8,6 +8,7 @@ tests the moment it is registered.
 from ._registry import list_ops, op_info
 from .attention import attention, attention_dropout_mask, attention_weights
 from .conv import conv1d, conv2d, conv_transpose1d, conv_transpose2d, dilated_causal_conv1d
+from .flow import actnorm, affine_coupling, channel_mask, checkerboard_mask, invconv1x1, planar_flow
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, spectral_norm, weight_norm
 from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 from .ssm import cauchy, causal_conv1d, fft_conv, s4_dplr_kernel, s4d_kernel, selective_scan
@@ -47,4 +48,10 @@ __all__ = [
     "rnn_relu",
     "lstm",
     "gru",
+    "affine_coupling",
+    "actnorm",
+    "invconv1x1",
+    "planar_flow",
+    "checkerboard_mask",
+    "channel_mask",
 ]
