@@ -51,21 +51,25 @@ namespace {
 
 // Microkernel: MR rows × NV zmm vectors (NR = 16·NV columns) of C accumulate in MR·NV registers; per
 // step of k, NV loads of B and MR broadcasts of A (folded into the FMA as {1to16} memory operands).
-// Two shapes (measured on Zen 5, bench/gemm.py): 14 × 32 in general, 28 × 16 when C has at most 16
-// columns (a 32-wide tile would compute half zeros there).
-// Blocking: the B micro-panel (KC × NR · 4 B = 32 KiB) stays in the 48 KiB L1, the A block
-// (MC × KC · 4 B = 336 KiB) in the 1 MiB L2, the B block (KC × NC · 4 B ≤ 8 MiB) in L3.
-template <int MR_, int NV_>
+// Three shapes, measured on Zen 5 (bench/gemm.py; docs/design.md, "GEMM"): 6 × 64 is the fastest
+// (4 loads + 6 broadcasts per 24 FMAs), 14 × 32 wastes less of its tile when m is small and just
+// above a multiple of 6, 28 × 16 is for n ≤ 16, where wider tiles would compute mostly zeros.
+// sgemm() picks the shape with the most useful work per cycle.
+// Blocking: the B micro-panel (KC × NR · 4 B, 32–48 KiB) is reused from L1 across an MC block of
+// A rows, the A block (MC × KC · 4 B ≤ 800 KiB) stays in the 1 MiB L2, the B block (KC × NC) in L3.
+// KC was measured (128–512 tried per shape; differences were mostly within the shared machine's noise).
+template <int MR_, int NV_, int64_t KC_>
 struct Shape {
   static constexpr int kMR = MR_;
   static constexpr int kNV = NV_;
   static constexpr int kNR = 16 * NV_;
-  static constexpr int64_t kKC = 8192 / kNR;
+  static constexpr int64_t kKC = KC_;
   static constexpr int64_t kMC = (336 / MR_) * MR_;
   static constexpr int64_t kNC = 4096;
 };
-using Wide = Shape<14, 2>;
-using Tall = Shape<28, 1>;
+using Big = Shape<6, 4, 192>;
+using Wide = Shape<14, 2, 256>;
+using Tall = Shape<28, 1, 512>;
 
 // Per-thread packing buffers, grown on demand and kept (a GEMM per step of an RNN must not allocate).
 struct Buffer {
@@ -171,35 +175,37 @@ void pack_b(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t nc, fl
   }
 }
 
-// C[0 : mr, 0 : nr] = alpha · (A panel · B panel) + beta · C; full tiles go straight to C.
-template <class S>
+// C[0 : mr, 0 : nr] = alpha · (A panel · B panel) + beta · C over the first NV of the panel's S::kNV
+// vectors (a narrower kernel for the last panel of C's columns, instead of multiplying zeros); full
+// tiles go straight to C.
+template <class S, int NV>
 void micro(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc, float alpha,
            float beta, int64_t mr, int64_t nr) {
-  __m512 acc[S::kMR][S::kNV];
-#pragma GCC unroll 28
+  __m512 acc[S::kMR][NV];
+#pragma GCC unroll 32
   for (int i = 0; i < S::kMR; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < S::kNV; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   for (int64_t p = 0; p < kc; ++p) {
-    __m512 bv[S::kNV];
+    __m512 bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < S::kNV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
     _mm_prefetch(reinterpret_cast<const char*>(b + 8 * S::kNR), _MM_HINT_T0);
-#pragma GCC unroll 28
+#pragma GCC unroll 32
     for (int i = 0; i < S::kMR; ++i) {
       const __m512 ai = _mm512_set1_ps(a[i]);
 #pragma GCC unroll 4
-      for (int v = 0; v < S::kNV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
     }
     a += S::kMR;
     b += S::kNR;
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-  if (mr == S::kMR && nr == S::kNR) {
-#pragma GCC unroll 28
+  if (mr == S::kMR && nr == 16 * NV) {
+#pragma GCC unroll 32
     for (int i = 0; i < S::kMR; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < S::kNV; ++v) {
+      for (int v = 0; v < NV; ++v) {
         float* ci = c + i * ldc + 16 * v;
         const __m512 x = _mm512_mul_ps(va, acc[i][v]);
         _mm512_storeu_ps(ci, beta == 0.f ? x : _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci), x));
@@ -208,7 +214,7 @@ void micro(int64_t kc, const float* __restrict a, const float* __restrict b, flo
   }
   for (int i = 0; i < S::kMR; ++i) {
     if (i >= mr) break;
-    for (int v = 0; v < S::kNV; ++v) {
+    for (int v = 0; v < NV; ++v) {
       const int64_t cols = nr - 16 * v;
       if (cols <= 0) break;
       const __mmask16 mask = low_mask(cols);
@@ -219,6 +225,16 @@ void micro(int64_t kc, const float* __restrict a, const float* __restrict b, flo
   }
 }
 
+// micro<S, NV> with NV = the vectors that the panel's nr columns need.
+template <class S, int NV = S::kNV>
+void micro_for(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta, int64_t mr,
+               int64_t nr) {
+  if constexpr (NV > 1) {
+    if (nr <= 16 * (NV - 1)) return micro_for<S, NV - 1>(kc, a, b, c, ldc, alpha, beta, mr, nr);
+  }
+  micro<S, NV>(kc, a, b, c, ldc, alpha, beta, mr, nr);
+}
+
 template <class S>
 void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -227,13 +243,15 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
     return;
   }
-  const int64_t kc_max = std::min(k, S::kKC);
+  // k in equal blocks of at most 1.25·KC: a last block of a few columns would cost a pass over C.
+  const int64_t k_blocks = (k + S::kKC + S::kKC / 4 - 1) / (S::kKC + S::kKC / 4);
+  const int64_t kc_max = (k + k_blocks - 1) / k_blocks;
   float* pb = t_pack_b.get(kc_max * ((std::min(n, S::kNC) + S::kNR - 1) / S::kNR) * S::kNR);
   float* pa = t_pack_a.get(kc_max * ((std::min(m, S::kMC) + S::kMR - 1) / S::kMR) * S::kMR);
   for (int64_t jc = 0; jc < n; jc += S::kNC) {
     const int64_t nc = std::min(S::kNC, n - jc);
-    for (int64_t pc = 0; pc < k; pc += S::kKC) {
-      const int64_t kc = std::min(S::kKC, k - pc);
+    for (int64_t pc = 0; pc < k; pc += kc_max) {
+      const int64_t kc = std::min(kc_max, k - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
       pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, pb);
       for (int64_t ic = 0; ic < m; ic += S::kMC) {
@@ -242,7 +260,7 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
         for (int64_t jr = 0; jr < nc; jr += S::kNR) {
           const float* bp = pb + (jr / S::kNR) * kc * S::kNR;
           for (int64_t ir = 0; ir < mc; ir += S::kMR) {
-            micro<S>(kc, pa + (ir / S::kMR) * kc * S::kMR, bp, c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_block,
+            micro_for<S>(kc, pa + (ir / S::kMR) * kc * S::kMR, bp, c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_block,
                   std::min<int64_t>(S::kMR, mc - ir), std::min<int64_t>(S::kNR, nc - jr));
           }
         }
@@ -284,10 +302,20 @@ void sgemm_shape(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alph
   }
 }
 
+// Useful fraction of the tiles covering C (columns in vectors of 16: edge panels run narrower),
+// weighted by the shape's measured peak (relative to 14 × 32).
+template <class S>
+double useful_work(int64_t m, int64_t n, double peak) {
+  const auto covered = [](int64_t x, int64_t t) { return double(x) / double((x + t - 1) / t * t); };
+  return peak * covered(m, S::kMR) * covered(n, 16);
+}
+
 void sgemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads) {
   if (n <= Tall::kNR)
     sgemm_shape<Tall>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+  else if (useful_work<Big>(m, n, 1.1) >= useful_work<Wide>(m, n, 1.0))
+    sgemm_shape<Big>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
   else
     sgemm_shape<Wide>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
 }
