@@ -16,7 +16,8 @@ Two ways to run it:
 - `python bench/gemm.py [--threads N] [--repeat R] [--quick]`: the landing table: per shape, GFLOP/s
   of torch.mm, native, OpenBLAS as this environment configures it (OPENBLAS_CORETYPE pinned here), and
   in a child process without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (the unpinned AVX-512 OpenBLAS; for
-  benchmarks only) native and OpenBLAS again; each ratio comes from one process's alternating samples.
+  benchmarks only) native and OpenBLAS again; each ratio comes from one process's alternating samples
+  (medians; with one thread of CPU time, which a shared machine's scheduling does not inflate).
   --threads 1 is how the conv and rnn kernels call GEMM (one single-threaded product per thread).
 """
 
@@ -25,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -95,7 +98,31 @@ CASES = [_case(*s) for s in SHAPES]
 UNPINNED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def _measure(shapes, sides: list[str], repeat: int) -> list[dict]:
+def _time(runs: dict, sides: list[str], repeat: int, threads: int) -> list[float]:
+    """Median seconds per call of each side, sides rotating. With one thread every side computes on
+    this thread, so its CPU time (time.thread_time) is measured: on a shared machine the wall clock
+    also counts the time the process waited to be scheduled. With more threads, wall time.
+    """
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    for side in sides:  # warm-up, and the inner count giving samples of ≥ 20 ms
+        runs[side]()
+    inner = {}
+    for side in sides:
+        t0 = clock()
+        runs[side]()
+        inner[side] = max(1, int(0.02 / max(clock() - t0, 1e-7)))
+    samples = {side: [] for side in sides}
+    for i in range(repeat):
+        for j in range(len(sides)):
+            side = sides[(i + j) % len(sides)]
+            t0 = clock()
+            for _ in range(inner[side]):
+                runs[side]()
+            samples[side].append((clock() - t0) / inner[side])
+    return [statistics.median(samples[side]) for side in sides]
+
+
+def _measure(shapes, sides: list[str], repeat: int, threads: int) -> list[dict]:
     """GFLOP/s of each side per shape, sides alternating in one process (median of `repeat`)."""
     from replearn import _native
 
@@ -115,7 +142,7 @@ def _measure(shapes, sides: list[str], repeat: int) -> list[dict]:
         for side in ("native", "openblas"):
             got = runs[side]()
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * k**0.5)
-        times = _harness.time_alternating([runs[s] for s in sides], "cpu", repeat=repeat, warmup=2, min_sample_s=0.02)
+        times = _time(runs, sides, repeat, threads)
         flops = 2.0 * m * n * k
         rows.append({"label": label, "m": m, "n": n, "k": k} | {s: flops / t / 1e9 for s, t in zip(sides, times)})
         print(f"  {label}: " + ", ".join(f"{s} {rows[-1][s]:.1f}" for s in sides), file=sys.stderr, flush=True)
@@ -135,14 +162,14 @@ def main(argv: list[str]) -> None:
     _native._sync_threads()
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.child:  # unpinned OpenBLAS: native against it, same process
-        print(json.dumps(_measure(shapes, ["native", "openblas"], args.repeat)))
+        print(json.dumps(_measure(shapes, ["native", "openblas"], args.repeat, args.threads)))
         return
     if not _native._C.gemm_native_supported():
         sys.exit("bench/gemm.py: this CPU has no AVX-512F, so there is no native kernel to compare")
     env_text = ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in UNPINNED)
     print(f"# core/gemm float32, {args.threads} thread(s); this environment: {env_text}\n", flush=True)
     print("pinned (this environment):", file=sys.stderr)
-    pinned = _measure(shapes, ["torch", "native", "openblas"], args.repeat)
+    pinned = _measure(shapes, ["torch", "native", "openblas"], args.repeat, args.threads)
     env = {key: value for key, value in os.environ.items() if key not in UNPINNED}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--threads", str(args.threads),
                "--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])  # fmt: skip
