@@ -1,4 +1,4 @@
-// gemm over OpenBLAS (scipy-openblas32): see gemm.h.
+// gemm over OpenBLAS (scipy-openblas32), or for float32 on AVX-512 CPUs the native kernel: see gemm.h.
 #include "core/gemm.h"
 
 #include <omp.h>
@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <type_traits>
 
 #include "core/error.h"
+#include "core/gemm_native.h"
 
 // The scipy-openblas32 wheel's CBLAS, declared here rather than through its cblas.h: that header
 // needs BLAS_SYMBOL_PREFIX gymnastics and declares hundreds of functions we never call.
@@ -43,7 +47,38 @@ inline void cblas_gemm(int ta, int tb, int m, int n, int k, double alpha, const 
   scipy_cblas_dgemm(kCblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+Backend backend_from_environment() {
+  const char* env = std::getenv("REPLEARN_GEMM");
+  if (env == nullptr || *env == '\0') return native::cpu_supported() ? Backend::Native : Backend::OpenBLAS;
+  if (std::strcmp(env, "openblas") == 0) return Backend::OpenBLAS;
+  REPLEARN_CHECK(std::strcmp(env, "native") == 0, Value, "REPLEARN_GEMM=", env,
+                 " is not a GEMM backend: use 'openblas' or 'native'");
+  REPLEARN_CHECK(native::cpu_supported(), Value,
+                 "REPLEARN_GEMM=native needs a CPU with AVX-512F; this one has none (use 'openblas')");
+  return Backend::Native;
+}
+
+// -1: not yet decided (the environment is read on first use, so a bad value raises from a call).
+std::atomic<int> g_backend{-1};
+
 }  // namespace
+
+bool native_supported() { return native::cpu_supported(); }
+
+Backend float32_backend() {
+  int b = g_backend.load(std::memory_order_relaxed);
+  if (b < 0) {
+    b = static_cast<int>(backend_from_environment());
+    g_backend.store(b, std::memory_order_relaxed);
+  }
+  return static_cast<Backend>(b);
+}
+
+void set_float32_backend(Backend backend) {
+  REPLEARN_CHECK(backend != Backend::Native || native::cpu_supported(), Value,
+                 "the native GEMM needs a CPU with AVX-512F");
+  g_backend.store(static_cast<int>(backend), std::memory_order_relaxed);
+}
 
 void set_gemm_threads(int n) {
   n = std::max(1, n);
@@ -60,7 +95,15 @@ template <class T>
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
-  if (!omp_in_parallel()) set_gemm_threads(num_threads());
+  const bool nested = omp_in_parallel();
+  if (!nested) set_gemm_threads(num_threads());
+  if constexpr (std::is_same_v<T, float>) {
+    if (float32_backend() == Backend::Native) {
+      native::sgemm(trans_a, trans_b, m, n, std::max<int64_t>(k, 0), alpha, a, lda, b, ldb, beta, c, ldc,
+                    nested ? 1 : num_threads());
+      return;
+    }
+  }
   if (k <= 0) {  // C = beta·C; BLAS does this too, but some builds read A/B pointers first
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];

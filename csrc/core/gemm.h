@@ -1,4 +1,6 @@
-// gemm: the one dense matrix product of the CPU core (ARCHITECTURE.md §7), backed by OpenBLAS.
+// gemm: the one dense matrix product of the CPU core (ARCHITECTURE.md §7), backed by OpenBLAS, except
+// float32 on CPUs with AVX-512F, which runs our own kernel (core/gemm_avx512.cpp; docs/design.md,
+// "GEMM": REPLEARN_GEMM=openblas|native forces either).
 //
 //   C = alpha · op(A) · op(B) + beta · C      op(X) = X or Xᵀ;  C (m, n), op(A) (m, k), op(B) (k, n)
 //
@@ -10,7 +12,7 @@
 // `scipy_`, 32-bit integers), linked at build time and loaded by importing the wheel's Python
 // module before replearn._C (docs/design.md, "GEMM").
 //
-// Threads. OpenBLAS keeps its own (pthread) pool, separate from OpenMP. To follow torch's thread
+// Threads (both backends follow the same rule; the native kernel uses OpenMP). OpenBLAS keeps its own (pthread) pool, separate from OpenMP. To follow torch's thread
 // setting and never oversubscribe:
 // - gemm() called outside a parallel region runs on num_threads() OpenBLAS threads;
 // - kernels that call gemm() from several threads at once (one sample per thread) open the region
@@ -30,6 +32,15 @@ enum class Trans : int8_t { No, Yes };
 template <class T>
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+
+// Who computes gemm<float>: OpenBLAS, or the native AVX-512 kernel. The default comes from
+// REPLEARN_GEMM (read once): "openblas", "native" (an error on a CPU without AVX-512F), or unset for
+// native where the CPU supports it. set_float32_backend overrides it (tests, benchmarks); Native
+// without AVX-512F throws. gemm<double> is always OpenBLAS.
+enum class Backend : int8_t { OpenBLAS, Native };
+Backend float32_backend();
+void set_float32_backend(Backend backend);
+bool native_supported();
 
 // OpenBLAS's thread count (outside parallel regions it follows num_threads()).
 void set_gemm_threads(int n);

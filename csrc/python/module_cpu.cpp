@@ -5,6 +5,7 @@
 #include "python/bind_attention.h"
 #include "python/bind_conv.h"
 #include "python/bind_flow.h"
+#include "python/bind_gemm.h"
 #include "python/bind_norm.h"
 #include "python/bind_pool.h"
 #include "python/bind_optim.h"
@@ -39,6 +40,7 @@ PYBIND11_MODULE(_C, m) {
   replearn::python::bind_attention<replearn::DeviceType::CPU>(m);
   replearn::python::bind_ssm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_conv<replearn::DeviceType::CPU>(m);
+  replearn::python::bind_gemm(m);
   replearn::python::bind_rnn<replearn::DeviceType::CPU>(m);
   replearn::python::bind_flow<replearn::DeviceType::CPU>(m);
 }

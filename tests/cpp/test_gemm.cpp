@@ -1,12 +1,16 @@
 // core/gemm: C = alpha·op(A)·op(B) + beta·C against a naive double loop, for float32 and float64,
 // every transpose combination, padded leading dimensions, alpha/beta, beta = 0 over a C full of
 // NaN (BLAS must not read it), k = 0, and the thread count following set_num_threads both outside
-// and inside parallel_for_gemm.
+// and inside parallel_for_gemm. float32 runs on both backends (OpenBLAS and, where the CPU has
+// AVX-512F, the native kernel of core/gemm_avx512.cpp), with shapes that cross its tile edges (14 and
+// 28 rows, 16 and 32 columns) and its cache blocks (MC = 336 rows, KC = 256/512, NC = 4096 columns),
+// and products large enough to be split over two threads along m and along n.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
+#include "core/error.h"
 #include "core/gemm.h"
 #include "test_helpers.h"
 
@@ -77,7 +81,27 @@ const Case kCases[] = {
     {5, 7, 3, false, true, 1, 0.5, 1},     {5, 7, 3, true, true, 3, -2, 0.25}, {64, 96, 130, false, true, 0, 1, 1},
     {130, 33, 257, true, false, 5, 1, 0},  {17, 300, 64, true, true, 0, 1.5, -1}, {4, 6, 0, false, false, 1, 1, 0.5},
     {200, 150, 120, false, false, 7, 1, 0},
+    // Tile and block edges of the native kernel, all four transposes, alpha = 0, k = 0 over NaN.
+    {14, 32, 16, false, false, 0, 1, 0},   {15, 33, 17, true, true, 1, 1, 0.5},  {28, 16, 513, false, true, 2, -1, 0},
+    {29, 16, 300, true, false, 0, 1, 1},   {50, 1, 700, false, false, 3, 2, 0},  {1, 70, 600, true, true, 0, 1, 0},
+    {400, 20, 30, true, true, 4, 1, -0.5}, {337, 45, 257, false, true, 1, 0.5, 0}, {3, 4200, 5, false, false, 0, 1, 1},
+    {3, 4200, 5, true, true, 2, 1, 0},     {9, 17, 3, false, false, 0, 0, 0.5},  {6, 5, 0, true, true, 0, 1, 0},
+    // Split over threads (≥ 2 M multiply-adds): along n, then along m.
+    {130, 300, 64, true, false, 1, 1, 0.5}, {700, 40, 100, false, true, 0, 1, 0}, {700, 15, 250, false, false, 2, 1, 1},
 };
+
+// Runs f once per float32 backend this CPU has, restoring the default afterwards.
+template <class F>
+void for_each_float32_backend(const F& f) {
+  const Backend saved = float32_backend();
+  for (Backend backend : {Backend::OpenBLAS, Backend::Native}) {
+    if (backend == Backend::Native && !native_supported()) continue;
+    set_float32_backend(backend);
+    SCOPED_TRACE(backend == Backend::Native ? "native" : "openblas");
+    f();
+  }
+  set_float32_backend(saved);
+}
 
 TEST(Gemm, Float64MatchesNaiveLoop) {
   for (const Case& c : kCases)
@@ -85,8 +109,38 @@ TEST(Gemm, Float64MatchesNaiveLoop) {
 }
 
 TEST(Gemm, Float32MatchesNaiveLoop) {
-  for (const Case& c : kCases)
-    for (int threads : {1, 2}) check<float>(c, threads);
+  for_each_float32_backend([] {
+    for (const Case& c : kCases)
+      for (int threads : {1, 2}) check<float>(c, threads);
+  });
+}
+
+TEST(Gemm, NativeBackendNeedsAvx512) {
+  if (native_supported()) {
+    const Backend saved = float32_backend();
+    set_float32_backend(Backend::Native);
+    EXPECT_EQ(float32_backend(), Backend::Native);
+    set_float32_backend(saved);
+  } else {
+    EXPECT_THROW(set_float32_backend(Backend::Native), Error);
+  }
+}
+
+// Concurrent native products inside a parallel region, each with its own per-thread packing buffers.
+TEST(Gemm, Float32InsideParallelRegion) {
+  for_each_float32_backend([] {
+    ScopedThreads two(2);
+    std::vector<float> results(6, 0);
+    parallel_for_gemm(6, 1, [&](int, int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t m = 30 + i, n = 40 + 7 * i, k = 300 + i;
+        std::vector<float> x(m * k, float(i)), y(k * n, 0.5f), z(m * n, NAN);
+        gemm<float>(Trans::No, Trans::No, m, n, k, 1.f, x.data(), k, y.data(), n, 0.f, z.data(), n);
+        results[i] = z[m * n - 1];
+      }
+    });
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(results[i], 0.5f * float(i) * float(300 + i));
+  });
 }
 
 TEST(Gemm, ThreadCountFollowsTheCoreSetting) {

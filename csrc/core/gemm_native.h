@@ -1,0 +1,20 @@
+// The float32 GEMM of our own for CPUs with AVX-512F (core/gemm_avx512.cpp), behind blas::gemm<float>.
+// Internal to core/gemm.cpp and its tests: callers use blas::gemm (core/gemm.h).
+#pragma once
+
+#include <cstdint>
+
+#include "core/gemm.h"
+
+namespace replearn::blas::native {
+
+// Whether this CPU (and its OS) run AVX-512F code; the kernels must not be entered otherwise.
+bool cpu_supported();
+
+// C = alpha·op(A)·op(B) + beta·C, row-major, the contract of blas::gemm. m, n > 0, k ≥ 0.
+// `threads` > 1 splits C into that many slabs (the caller is outside any parallel region);
+// 1 runs on the calling thread.
+void sgemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads);
+
+}  // namespace replearn::blas::native

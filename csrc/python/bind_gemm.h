@@ -1,0 +1,70 @@
+// Python bindings of core/gemm for tests and benchmarks (bench/gemm.py, tests/test_gemm.py): the
+// product itself on CPU tensors, and the float32 backend (REPLEARN_GEMM's setting, overridable).
+// Not an op: no autograd, no op registry; the library's ops call blas::gemm from C++.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "python/tensor_caster.h"
+
+namespace replearn::python {
+
+namespace gemm_detail {
+
+// A 2-D CPU matrix with unit column stride: (rows, cols, leading dimension).
+inline int64_t leading_dim(const TensorView& t, const char* name) {
+  REPLEARN_CHECK(t.device.type == DeviceType::CPU, Value, "gemm: ", name, " must be on the CPU");
+  REPLEARN_CHECK(t.ndim == 2, Value, "gemm: ", name, " must be 2-D, got ", t.ndim, "-D");
+  REPLEARN_CHECK(t.size(1) <= 1 || t.stride(1) == 1, Value, "gemm: ", name, " needs unit column stride");
+  return std::max<int64_t>({t.stride(0), t.size(1), 1});
+}
+
+template <class T>
+void run(const TensorView& a, const TensorView& b, const TensorView& c, bool ta, bool tb, double alpha, double beta) {
+  const int64_t lda = leading_dim(a, "a"), ldb = leading_dim(b, "b"), ldc = leading_dim(c, "c");
+  const int64_t m = c.size(0), n = c.size(1), k = ta ? a.size(0) : a.size(1);
+  REPLEARN_CHECK((ta ? a.size(1) : a.size(0)) == m && (tb ? b.size(0) : b.size(1)) == n &&
+                     (tb ? b.size(1) : b.size(0)) == k,
+                 Value, "gemm: op(a) (", m, ", ", k, "), op(b) and c (", m, ", ", n, ") do not match");
+  blas::gemm<T>(ta ? blas::Trans::Yes : blas::Trans::No, tb ? blas::Trans::Yes : blas::Trans::No, m, n, k, T(alpha),
+                a.data_as<const T>(), lda, b.data_as<const T>(), ldb, T(beta), c.data_as<T>(), ldc);
+}
+
+}  // namespace gemm_detail
+
+inline void bind_gemm(pybind11::module_& m) {
+  namespace py = pybind11;
+  using py::arg;
+  m.def(
+      "gemm",
+      [](const TensorView& a, const TensorView& b, const TensorView& c, bool trans_a, bool trans_b, double alpha,
+         double beta) {
+        REPLEARN_CHECK(a.dtype == c.dtype && b.dtype == c.dtype, Type, "gemm: a, b and c must share a dtype");
+        if (c.dtype == DType::Float32)
+          gemm_detail::run<float>(a, b, c, trans_a, trans_b, alpha, beta);
+        else if (c.dtype == DType::Float64)
+          gemm_detail::run<double>(a, b, c, trans_a, trans_b, alpha, beta);
+        else
+          REPLEARN_CHECK(false, Type, "gemm: float32 or float64, got ", dtype_name(c.dtype));
+      },
+      arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false, arg("alpha") = 1.0,
+      arg("beta") = 0.0, py::call_guard<py::gil_scoped_release>(),
+      "c = alpha·op(a)·op(b) + beta·c through core/gemm (tests and benchmarks).");
+  m.def("gemm_backend", [] { return blas::float32_backend() == blas::Backend::Native ? "native" : "openblas"; },
+        "Who computes float32 GEMMs: 'native' (AVX-512 kernel) or 'openblas' (REPLEARN_GEMM).");
+  m.def(
+      "set_gemm_backend",
+      [](const std::string& name) {
+        REPLEARN_CHECK(name == "native" || name == "openblas", Value, "set_gemm_backend: 'native' or 'openblas', got '",
+                       name, "'");
+        blas::set_float32_backend(name == "native" ? blas::Backend::Native : blas::Backend::OpenBLAS);
+      },
+      arg("name"));
+  m.def("gemm_native_supported", &blas::native_supported);
+}
+
+}  // namespace replearn::python
