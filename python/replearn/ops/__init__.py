@@ -11,7 +11,7 @@ from .conv import conv1d, conv2d, conv_transpose1d, conv_transpose2d, dilated_ca
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, weight_norm
 from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 from .ssm import cauchy, causal_conv1d, fft_conv, s4_dplr_kernel, s4d_kernel, selective_scan
-from .rnn import gru, lstm, rnn_relu, rnn_tanh
+from .rnn import gru, lstm, lstm_proj, rnn_relu, rnn_tanh
 
 __all__ = [
     "list_ops",
@@ -45,5 +45,6 @@ __all__ = [
     "rnn_tanh",
     "rnn_relu",
     "lstm",
+    "lstm_proj",
     "gru",
 ]
