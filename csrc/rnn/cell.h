@@ -3,7 +3,8 @@
 // Each function handles element j of one batch row at one time step; the caller loops over j (a
 // vectorized loop on the CPU, one thread per element on CUDA). Pointers are the row's slices:
 //   pre   (G·H)  the input projection W_ih x_t of this row (the reserve's gate columns, overwritten
-//                with the activated gates), hh (G·H) W_hh h_{t−1}, bias (G·H) b_ih + b_hh folded
+//                with the activated gates), hh W_hh h_{t−1} with gate g of unit j at hh[g·hs + j] (hs = H
+//                on CUDA; on the CPU a thread's own gate-major block, cpu.cpp), bias (G·H) b_ih + b_hh folded
 //                (for the GRU's n gate b_in only, b_hn in bias_hn), h_prev (H) the state entering the
 //                step, h (H) where the new state goes (another buffer: other threads still read h_prev),
 //                c (H) the LSTM's cell state, updated in place.
@@ -93,11 +94,11 @@ REPLEARN_HD double tanh_(double x) { return tanh(x); }
 // The LSTM's cell update for unit j: activates the gates in place in rsv (which holds W_ih x_t on entry),
 // saves c_{t−1} (rsv[4H + j]), updates c and returns o ⊙ tanh(c_t) (h_t, or u_t before a projection).
 template <class T>
-REPLEARN_HD T lstm_cell_forward(int64_t j, int64_t H, T* rsv, const T* hh, const T* bias, T* c) {
+REPLEARN_HD T lstm_cell_forward(int64_t j, int64_t H, int64_t hs, T* rsv, const T* hh, const T* bias, T* c) {
   const T i = sigmoid(rsv[j] + hh[j] + bias[j]);
-  const T f = sigmoid(rsv[H + j] + hh[H + j] + bias[H + j]);
-  const T g = tanh_(rsv[2 * H + j] + hh[2 * H + j] + bias[2 * H + j]);
-  const T o = sigmoid(rsv[3 * H + j] + hh[3 * H + j] + bias[3 * H + j]);
+  const T f = sigmoid(rsv[H + j] + hh[hs + j] + bias[H + j]);
+  const T g = tanh_(rsv[2 * H + j] + hh[2 * hs + j] + bias[2 * H + j]);
+  const T o = sigmoid(rsv[3 * H + j] + hh[3 * hs + j] + bias[3 * H + j]);
   const T c_prev = c[j];
   const T c_new = f * c_prev + i * g;
   rsv[j] = i, rsv[H + j] = f, rsv[2 * H + j] = g, rsv[3 * H + j] = o;
@@ -108,7 +109,7 @@ REPLEARN_HD T lstm_cell_forward(int64_t j, int64_t H, T* rsv, const T* hh, const
 
 // rsv: the row's reserve (reserve_width columns); its first G·H columns hold W_ih x_t on entry.
 template <Cell kind, class T>
-REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, const T* bias,
+REPLEARN_HD void forward_element(int64_t j, int64_t H, int64_t hs, T* rsv, const T* hh, const T* bias,
                                  const T* bias_hn, const T* h_prev_row, T* h, T* c, T* y) {
   const T h_prev = h_prev_row[j];
   T h_new;
@@ -121,12 +122,12 @@ REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, cons
       break;
     }
     case Cell::Lstm:
-      h_new = lstm_cell_forward(j, H, rsv, hh, bias, c);
+      h_new = lstm_cell_forward(j, H, hs, rsv, hh, bias, c);
       break;
     default: {  // Gru
       const T r = sigmoid(rsv[j] + hh[j] + bias[j]);
-      const T z = sigmoid(rsv[H + j] + hh[H + j] + bias[H + j]);
-      const T hn = hh[2 * H + j] + bias_hn[j];
+      const T z = sigmoid(rsv[H + j] + hh[hs + j] + bias[H + j]);
+      const T hn = hh[2 * hs + j] + bias_hn[j];
       const T n = tanh_(rsv[2 * H + j] + bias[2 * H + j] + r * hn);
       h_new = (T(1) - z) * n + z * h_prev;
       rsv[j] = r, rsv[H + j] = z, rsv[2 * H + j] = n;
@@ -218,9 +219,10 @@ REPLEARN_HD void backward_inactive_element(int64_t j, int64_t H, const T* dh, T*
 // and leaves u_t in the reserve; the state half (p < P) runs after the projection GEMM wrote
 // h_t (B, P) into h. Rows past their end: c and h carried, output zero, u and c_prev saved as zero.
 template <class T>
-REPLEARN_HD void proj_unit_forward(int64_t j, int64_t H, bool active, T* rsv, const T* hh, const T* bias, T* c) {
+REPLEARN_HD void proj_unit_forward(int64_t j, int64_t H, int64_t hs, bool active, T* rsv, const T* hh, const T* bias,
+                                   T* c) {
   if (active) {
-    rsv[5 * H + j] = lstm_cell_forward(j, H, rsv, hh, bias, c);
+    rsv[5 * H + j] = lstm_cell_forward(j, H, hs, rsv, hh, bias, c);
   } else {
     rsv[4 * H + j] = T(0);
     rsv[5 * H + j] = T(0);

@@ -67,20 +67,50 @@ int64_t unit_grain(const LayerDims& d) {
   return std::max<int64_t>(8, (int64_t{1} << 18) / std::max<int64_t>(1, d.batch * d.gates() * 2 * d.hidden));
 }
 
+// The forward step regions split the units into `chunks` ranges [j0, j1) = [H·c/chunks, H·(c+1)/chunks)
+// (parallel_for's split). W_hh (G·H, K) is regrouped once per call so that chunk c's rows are
+// contiguous and gate-major: packed row G·j0 + g·n + (j − j0) = W_hh row g·H + j (n = j1 − j0). A
+// thread's gate columns of h_{t−1} W_hhᵀ are then one GEMM per step (not G), written as one block of
+// hh, hh[b·G·H + G·j0 + g·n + j − j0]: the cell functions read it with gate stride n (cell.h).
+struct UnitChunks {
+  int count;
+  UnitChunks(const LayerDims& d) : count(parallel_chunk_count(d.hidden, unit_grain(d))) {}
+};
+
+// Each thread packs its own chunk (the same split as the steps'), so its rows start in its cache.
+template <class T>
+void group_rows_by_chunk(const LayerDims& d, const UnitChunks& chunks, const T* w_hh, T* packed) {
+  const int64_t G = gate_count(d.cell), H = d.hidden, K = d.state();
+  parallel_for(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = j0; j < j1; ++j)
+        std::memcpy(packed + (G * j0 + g * (j1 - j0) + j - j0) * K, w_hh + (g * H + j) * K, K * sizeof(T));
+  }, chunks.count);
+}
+
+// hh (B, G·H) = h_{t−1} (B, K) × the packed W_hh rows of chunk [j0, j1); returns the pointer through
+// which row b's gate g of unit j is hh_rows[b·G·H + g·n + j].
+template <class T>
+const T* chunk_recurrent_product(const LayerDims& d, int64_t j0, int64_t j1, const T* h_prev, const T* w_packed,
+                                 T* hh) {
+  const int64_t G = gate_count(d.cell), K = d.state(), n = j1 - j0;
+  gemm(Trans::No, Trans::Yes, d.batch, G * n, K, T(1), h_prev, K, w_packed + G * j0 * K, K, T(0), hh + G * j0,
+       d.gates());
+  return hh + G * j0 - j0;
+}
+
 // Returns the buffer holding the final state (h or h_spare: they alternate every step).
 template <Cell kind, class T>
-T* forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool reverse, const T* bias,
+T* forward_steps(const LayerDims& d, const T* w_packed, const int64_t* lengths, bool reverse, const T* bias,
                  const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
-  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve(), G = gate_count(kind);
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
     const T* h_prev = h;
     T* h_next = h_spare;
     blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
-      // This thread's columns of W_hh h_{t−1}: for each gate g, (B, j1 − j0) = h (B, H) × W_hh[gH + j0 : gH + j1]ᵀ.
-      for (int64_t g = 0; g < G; ++g)
-        gemm(Trans::No, Trans::Yes, B, j1 - j0, H, T(1), h_prev, H, w_hh + (g * H + j0) * H, H, T(0),
-             hh + g * H + j0, GH);
+      const T* hh_rows = chunk_recurrent_product(d, j0, j1, h_prev, w_packed, hh);
       for (int64_t b = 0; b < B; ++b) {
         T* rsv = reserve + (t * B + b) * R;
         const T* hp = h_prev + b * H;
@@ -88,15 +118,15 @@ T* forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool
         T* c_b = c ? c + b * H : nullptr;
         T* y_b = y + (t * B + b) * H;
         if (is_active(lengths, b, t)) {
-          const T* hh_b = hh + b * GH;
+          const T* hh_b = hh_rows + b * GH;
 #pragma omp simd
           for (int64_t j = j0; j < j1; ++j)
-            cell::forward_element<kind>(j, H, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
+            cell::forward_element<kind>(j, H, j1 - j0, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
         } else {
           for (int64_t j = j0; j < j1; ++j) cell::forward_inactive_element<kind>(j, H, rsv, hp, hn, y_b);
         }
       }
-    });
+    }, chunks.count);
     std::swap(h, h_spare);
   }
   return h;
@@ -156,27 +186,26 @@ int64_t state_grain(const LayerDims& d) {
 // (their columns of h_t = u_t W_hrᵀ, which needs every unit's u_t: hence the second region). Returns
 // the buffer holding the final state.
 template <class T>
-T* forward_steps_projected(const LayerDims& d, const T* w_hh, const T* w_hr, const int64_t* lengths, bool reverse,
-                           const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+T* forward_steps_projected(const LayerDims& d, const T* w_packed, const T* w_hr, const int64_t* lengths,
+                           bool reverse, const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
   const int64_t B = d.batch, H = d.hidden, P = d.proj, GH = d.gates(), R = d.reserve();
+  const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
     const T* h_prev = h;
     T* h_next = h_spare;
     T* rsv_t = reserve + t * B * R;
     blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
-      for (int64_t g = 0; g < 4; ++g)  // (B, j1 − j0) = h_{t−1} (B, P) × W_hh[gH + j0 : gH + j1]ᵀ
-        gemm(Trans::No, Trans::Yes, B, j1 - j0, P, T(1), h_prev, P, w_hh + (g * H + j0) * P, P, T(0),
-             hh + g * H + j0, GH);
+      const T* hh_rows = chunk_recurrent_product(d, j0, j1, h_prev, w_packed, hh);
       for (int64_t b = 0; b < B; ++b) {
         const bool active = is_active(lengths, b, t);
         T* rsv = rsv_t + b * R;
-        const T* hh_b = hh + b * GH;
+        const T* hh_b = hh_rows + b * GH;
         T* c_b = c + b * H;
 #pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) cell::proj_unit_forward(j, H, active, rsv, hh_b, bias, c_b);
+        for (int64_t j = j0; j < j1; ++j) cell::proj_unit_forward(j, H, j1 - j0, active, rsv, hh_b, bias, c_b);
       }
-    });
+    }, chunks.count);
     blas::parallel_for_gemm(P, state_grain(d), [&](int, int64_t p0, int64_t p1) {
       // h_t[:, p0:p1] = u_t (B, H), read from the reserve with leading dimension R, × W_hr[p0:p1]ᵀ
       gemm(Trans::No, Trans::Yes, B, p1 - p0, H, T(1), rsv_t + d.reserve_u(), R, w_hr + p0 * H, H, T(0),
@@ -275,7 +304,9 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
     T* bias = hh + B * GH;            // (G·H)
     T* bias_hn = bias + GH;           // (H)
     T* h_spare = bias_hn + H;         // (B, S): the states alternate between h_n and this
+    T* w_packed = h_spare + B * S;    // (G·H, S): W_hh regrouped by thread (group_rows_by_chunk)
     fold_biases<T>(d, optional_data<T>(b_ih), optional_data<T>(b_hh), bias, bias_hn);
+    group_rows_by_chunk(d, UnitChunks(d), w_hh.data_as<const T>(), w_packed);
     T* rsv = reserve.data_as<T>();
     // The input projection of every step at once: reserve[:, :, :G·H] = x W_ihᵀ, (T·B, I) × (I, G·H).
     gemm_by_rows(Trans::No, Trans::Yes, d.steps * B, GH, d.input, x.data_as<const T>(), d.input,
@@ -287,12 +318,12 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
     const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
     const T* h_final = nullptr;
     if (d.proj > 0) {
-      h_final = forward_steps_projected<T>(d, w_hh.data_as<const T>(), w_hr->data_as<const T>(), len, reverse, bias,
-                                           y.data_as<T>(), h, h_spare, c, rsv, hh);
+      h_final = forward_steps_projected<T>(d, w_packed, w_hr->data_as<const T>(), len, reverse, bias, y.data_as<T>(),
+                                           h, h_spare, c, rsv, hh);
     } else {
       cell::dispatch_cell(d.cell, [&](auto kind) {
-        h_final = forward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, bias, bias_hn,
-                                                          y.data_as<T>(), h, h_spare, c, rsv, hh);
+        h_final = forward_steps<decltype(kind)::value, T>(d, w_packed, len, reverse, bias, bias_hn, y.data_as<T>(),
+                                                          h, h_spare, c, rsv, hh);
       });
     }
     if (h_final != h) std::memcpy(h, h_final, B * S * sizeof(T));

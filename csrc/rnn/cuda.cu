@@ -104,7 +104,7 @@ __global__ void forward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t
     float* rsv = reserve + (t * B + b) * R;
     float* y_b = y + (t * B + b) * H;
     if (is_active(lengths, b, t, steps))
-      cell::forward_element<kind>(j, H, rsv, hh + b * GH, bias, bias_hn, h_prev + b * H, h + b * H,
+      cell::forward_element<kind>(j, H, H, rsv, hh + b * GH, bias, bias_hn, h_prev + b * H, h + b * H,
                                   c ? c + b * H : nullptr, y_b);
     else
       cell::forward_inactive_element<kind>(j, H, rsv, h_prev + b * H, h + b * H, y_b);
@@ -135,7 +135,7 @@ __global__ void proj_unit_forward_kernel(int64_t t, int64_t steps, int64_t B, in
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / H, j = i % H;
-    cell::proj_unit_forward(j, H, is_active(lengths, b, t, steps), reserve + (t * B + b) * R, hh + b * 4 * H, bias,
+    cell::proj_unit_forward(j, H, H, is_active(lengths, b, t, steps), reserve + (t * B + b) * R, hh + b * 4 * H, bias,
                             c + b * H);
   }
 }

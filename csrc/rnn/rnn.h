@@ -89,10 +89,10 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
 // The geometry the workspace-size queries need (shapes only; the entry points validate fully).
 LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr);
 
-// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases and a second state
-// buffer (B, S); backward: the gate gradients of every step and the running δh (B, S) ×2, δc (B, H);
+// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases, a second state
+// buffer (B, S) and on the CPU W_hh regrouped by thread (G·H, S); backward: the gate gradients of every step and the running δh (B, S) ×2, δc (B, H);
 // with projection also δh of every step (T, B, P), for dW_hr, and one step's δu (B, H)).
-int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size);
+int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device);
 int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size);
 
 // Entry points; cpu.cpp defines the DeviceType::CPU specializations, cuda.cu the DeviceType::CUDA ones.

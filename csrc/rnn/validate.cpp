@@ -98,8 +98,9 @@ void check_lengths(Checker& check, const OptView& lengths, const LayerDims& d) {
 
 }  // namespace
 
-int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size) {
-  return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.state()) * element_size;
+int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device) {
+  const int64_t packed_w_hh = device == DeviceType::CPU ? d.gates() * d.state() : 0;  // cpu.cpp: group_rows_by_chunk
+  return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.state() + packed_w_hh) * element_size;
 }
 
 int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size) {
@@ -123,7 +124,7 @@ LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const 
   check_like_x(check, "h_n", h_n, x, {d.batch, d.state()});
   check_cell_state(check, "c_n", c_n, d, x, true);
   check_like_x(check, "reserve", reserve, x, {d.steps, d.batch, d.reserve()});
-  check.workspace(workspace, forward_workspace_bytes(d, dtype_size(x.dtype)), "x", x);
+  check.workspace(workspace, forward_workspace_bytes(d, dtype_size(x.dtype), device), "x", x);
   return d;
 }
 
@@ -173,7 +174,7 @@ LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& 
 
 template <DeviceType D>
 int64_t rnn_forward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr) {
-  return forward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype));
+  return forward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype), D);
 }
 
 template <DeviceType D>
@@ -181,7 +182,7 @@ int64_t rnn_backward_workspace_size(int cell, const TensorView& x, const TensorV
   return backward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype));
 }
 
-// The sizes are the same on both devices (the CUDA kernels use the CPU layout, float32).
+// The CUDA kernels use the CPU layout (float32), less the CPU's regrouped copy of W_hh.
 template int64_t rnn_forward_workspace_size<DeviceType::CPU>(int, const TensorView&, const TensorView&,
                                                                    const OptView&);
 template int64_t rnn_forward_workspace_size<DeviceType::CUDA>(int, const TensorView&, const TensorView&,
