@@ -74,7 +74,7 @@ int64_t unit_grain(const LayerDims& d) {
 // hh, hh[b·G·H + G·j0 + g·n + j − j0]: the cell functions read it with gate stride n (cell.h).
 struct UnitChunks {
   int count;
-  UnitChunks(const LayerDims& d) : count(parallel_chunk_count(d.hidden, unit_grain(d))) {}
+  explicit UnitChunks(const LayerDims& d) : count(parallel_chunk_count(d.hidden, unit_grain(d))) {}
 };
 
 // Each thread packs its own chunk (the same split as the steps'), so its rows start in its cache.
