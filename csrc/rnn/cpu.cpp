@@ -77,7 +77,7 @@ struct UnitChunks {
   explicit UnitChunks(const LayerDims& d) : count(parallel_chunk_count(d.hidden, unit_grain(d))) {}
 };
 
-// Each thread packs its own chunk (the same split as the steps'), so its rows start in its cache.
+// Each thread copies the rows of its own chunk (the same split as the steps').
 template <class T>
 void group_rows_by_chunk(const LayerDims& d, const UnitChunks& chunks, const T* w_hh, T* packed) {
   const int64_t G = gate_count(d.cell), H = d.hidden, K = d.state();
