@@ -8,7 +8,8 @@ the whole-sequence ops replace: the "torch" side is `for t: h, c = cell(x[t], (h
 FLOP model (multiply-add = 2; the elementwise gate math left out, under 2% of the total):
     fwd      2·T·B·G·H·(I + H)          the input projection and the recurrent products
     fwd+bwd  3 × fwd                    backward: dx and dW_ih, dh_{t−1} and dW_hh, two products per forward one
-with G = 4 (LSTM) or 3 (GRU) gates. Shape (T, B, I, H) = (128, 32, 256, 512), the issue's.
+with G = 4 (LSTM) or 3 (GRU) gates. Shape (T, B, I, H) = (128, 32, 256, 512), the issue's. The LSTM with
+projection (proj_size P = H/4) replaces the recurrent product by 2·T·B·(4H·P + P·H).
 
 Goals (issue 6): ≥ 1.0× nn.LSTM / nn.GRU, fwd and fwd+bwd; ≥ 1.8× the LSTMCell loop.
 This file uses the harness's compute-bound rows (`Case.flops`, GFLOP/s against the GEMM rate).
@@ -29,10 +30,18 @@ QUICK_SHAPE = (8, 4, 16, 32)
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
+def _proj_size(hidden: int) -> int:
+    return hidden // 4  # the "LSTM_proj" rows' projection (Sak et al. 2014 project 2048 cells to 512)
+
+
 def _flops(kind: str, passes: int):
     def flops(shape):
         steps, batch, inputs, hidden = shape
-        return passes * 2.0 * steps * batch * GATES[kind.split("_")[0]] * hidden * (inputs + hidden)
+        gates = GATES[kind.split("_")[0]] * hidden
+        if kind == "LSTM_proj":
+            proj = _proj_size(hidden)
+            return passes * 2.0 * steps * batch * (gates * (inputs + proj) + proj * hidden)
+        return passes * 2.0 * steps * batch * gates * (inputs + hidden)
 
     return flops
 
@@ -41,8 +50,11 @@ def _modules(kind, shape, dtype, device):
     """torch's layer and ours with the same weights, and the input, all seeded."""
     steps, batch, inputs, hidden = shape
     torch.manual_seed(0)
-    layer, *nonlinearity = kind.split("_")  # "RNN_relu": an Elman layer with that nonlinearity
-    kwargs = {"nonlinearity": nonlinearity[0]} if nonlinearity else {}
+    layer, *variant = kind.split("_")  # "RNN_relu": an Elman layer with that nonlinearity; "LSTM_proj"
+    if variant == ["proj"]:
+        kwargs = {"proj_size": _proj_size(hidden)}
+    else:
+        kwargs = {"nonlinearity": variant[0]} if variant else {}
     theirs = getattr(torch.nn, layer)(inputs, hidden, **kwargs).to(device=device, dtype=dtype)
     ours = getattr(replearn.nn, layer)(inputs, hidden, **kwargs).to(device=device, dtype=dtype)
     ours.load_state_dict(theirs.state_dict())
@@ -104,6 +116,9 @@ def _case(op, kind, backward, min_speedup, against_cells=False):
 CASES = [
     _case("lstm fwd+bwd", "LSTM", True, 1.0),
     _case("lstm fwd", "LSTM", False, 1.0),
+    # proj_size = H/4: torch's oneDNN LSTM does not take projections, so torch runs its generic kernel.
+    _case("lstm proj_size=H/4 fwd+bwd", "LSTM_proj", True, None),
+    _case("lstm proj_size=H/4 fwd", "LSTM_proj", False, None),
     _case("gru fwd+bwd", "GRU", True, 1.0),
     _case("gru fwd", "GRU", False, 1.0),
     # Elman layers (rnn_tanh, rnn_relu): rows without goals of their own (the issue sets none).

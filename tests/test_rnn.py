@@ -14,9 +14,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import replearn
 from replearn.nn.init import orthogonal_
+from replearn.nn.rnn import RNNBase
 from replearn.train import truncated_bptt
 
-MODES = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"})]
+MODES = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}),
+         ("LSTM", {"proj_size": 3})]  # the last: the LSTM with projection (Sak et al. 2014)
 
 
 def _pair(mode, kwargs, input_size, hidden, **more):
@@ -27,8 +29,8 @@ def _pair(mode, kwargs, input_size, hidden, **more):
     return ours, theirs
 
 
-def _initial_states(mode, num, batch, hidden, gen):
-    h0 = torch.randn(num, batch, hidden, generator=gen, dtype=torch.float64) * 0.5
+def _initial_states(mode, num, batch, hidden, gen, proj=0):
+    h0 = torch.randn(num, batch, proj or hidden, generator=gen, dtype=torch.float64) * 0.5
     if mode == "LSTM":
         return (h0, torch.randn(num, batch, hidden, generator=gen, dtype=torch.float64) * 0.5)
     return h0
@@ -38,7 +40,7 @@ def _states_list(mode, hx):
     return list(hx) if mode == "LSTM" else [hx]
 
 
-@pytest.mark.parametrize("mode,kwargs", MODES, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("mode,kwargs", MODES, ids=["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj"])
 @pytest.mark.parametrize(
     "num_layers,bidirectional,batch_first,with_lengths",
     list(itertools.product([1, 2], [False, True], [False, True], [False, True])),
@@ -52,7 +54,7 @@ def test_matches_torch_nn(mode, kwargs, num_layers, bidirectional, batch_first, 
     x = torch.randn(steps, batch, input_size, generator=gen, dtype=torch.float64)
     if batch_first:
         x = x.transpose(0, 1).contiguous()
-    hx = _initial_states(mode, num_layers * directions, batch, hidden, gen)
+    hx = _initial_states(mode, num_layers * directions, batch, hidden, gen, kwargs.get("proj_size", 0))
     lengths = torch.tensor([6, 2, 5, 1]) if with_lengths else None
 
     def run(module, use_packed):
@@ -83,15 +85,16 @@ def test_matches_torch_nn(mode, kwargs, num_layers, bidirectional, batch_first, 
                 torch.testing.assert_close(m, r, rtol=1e-9, atol=1e-10, msg=f"{group} {k} packed={use_packed}")
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_float32_parity_at_the_bench_shape_scale(mode):
+@pytest.mark.parametrize("mode,kwargs", [("LSTM", {}), ("GRU", {}), ("LSTM", {"proj_size": 20})],
+                         ids=["lstm", "gru", "lstm_proj"])  # fmt: skip
+def test_float32_parity_at_the_bench_shape_scale(mode, kwargs):
     # float32 through the fast exp/tanh paths: error within a small multiple of torch's own float32 error.
     torch.manual_seed(0)
-    theirs = getattr(torch.nn, mode)(16, 48, num_layers=2)
-    ours = getattr(replearn.nn, mode)(16, 48, num_layers=2)
+    theirs = getattr(torch.nn, mode)(16, 48, num_layers=2, **kwargs)
+    ours = getattr(replearn.nn, mode)(16, 48, num_layers=2, **kwargs)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(40, 8, 16)
-    reference = getattr(torch.nn, mode)(16, 48, num_layers=2).double()
+    reference = getattr(torch.nn, mode)(16, 48, num_layers=2, **kwargs).double()
     reference.load_state_dict(theirs.state_dict())
     ref_out = reference(x.double())[0]
     err = (ours(x)[0].double() - ref_out).abs().max().item()
@@ -124,6 +127,38 @@ def test_state_dict_keys_and_shapes_match_torch():
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     bound = 5**-0.5
     assert all(p.abs().max() <= bound for p in ours.parameters())
+
+
+@pytest.mark.parametrize("bias,bidirectional", [(True, False), (False, True)])
+def test_projection_state_dict_matches_torch(bias, bidirectional):
+    theirs = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, bias=bias, proj_size=2)
+    ours = replearn.nn.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, bias=bias, proj_size=2)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert "proj_size=2" in repr(ours)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 3)  # unbatched, default zero states
+    out, (h, c) = ours(x)
+    ref_out, (ref_h, ref_c) = theirs(x)
+    assert out.shape == (4, 2 * (2 if bidirectional else 1)) and h.shape == ref_h.shape and c.shape == ref_c.shape
+    for a, b in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,proj_size,error", [("LSTM", 5, "smaller than hidden_size"), ("LSTM", -1, "non-negative"),
+                                                  ("GRU", 2, "only supported for the LSTM")])  # fmt: skip
+def test_bad_proj_size_is_rejected(mode, proj_size, error):
+    with pytest.raises(ValueError, match=error):
+        RNNBase(mode, 3, 5, proj_size=proj_size)
+
+
+def test_projection_initial_state_shapes_are_checked():
+    model = replearn.nn.LSTM(3, 5, proj_size=2)
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match="h_0"):
+        model(x, (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)))
+    with pytest.raises(ValueError, match="c_0"):
+        model(x, (torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)))
 
 
 def test_unbatched_input():

@@ -3,7 +3,8 @@
 // Each function handles element j of one batch row at one time step; the caller loops over j (a
 // vectorized loop on the CPU, one thread per element on CUDA). Pointers are the row's slices:
 //   pre   (G·H)  the input projection W_ih x_t of this row (the reserve's gate columns, overwritten
-//                with the activated gates), hh (G·H) W_hh h_{t−1}, bias (G·H) b_ih + b_hh folded
+//                with the activated gates), hh W_hh h_{t−1} with gate g of unit j at hh[g·hs + j] (hs = H
+//                on CUDA; on the CPU a thread's own gate-major block, cpu.cpp), bias (G·H) b_ih + b_hh folded
 //                (for the GRU's n gate b_in only, b_hn in bias_hn), h_prev (H) the state entering the
 //                step, h (H) where the new state goes (another buffer: other threads still read h_prev),
 //                c (H) the LSTM's cell state, updated in place.
@@ -90,9 +91,25 @@ REPLEARN_HD float tanh_(float x) {
 REPLEARN_HD double tanh_(double x) { return tanh(x); }
 
 // ---------------------------------------------------------------------------------- forward
+// The LSTM's cell update for unit j: activates the gates in place in rsv (which holds W_ih x_t on entry),
+// saves c_{t−1} (rsv[4H + j]), updates c and returns o ⊙ tanh(c_t) (h_t, or u_t before a projection).
+template <class T>
+REPLEARN_HD T lstm_cell_forward(int64_t j, int64_t H, int64_t hs, T* rsv, const T* hh, const T* bias, T* c) {
+  const T i = sigmoid(rsv[j] + hh[j] + bias[j]);
+  const T f = sigmoid(rsv[H + j] + hh[hs + j] + bias[H + j]);
+  const T g = tanh_(rsv[2 * H + j] + hh[2 * hs + j] + bias[2 * H + j]);
+  const T o = sigmoid(rsv[3 * H + j] + hh[3 * hs + j] + bias[3 * H + j]);
+  const T c_prev = c[j];
+  const T c_new = f * c_prev + i * g;
+  rsv[j] = i, rsv[H + j] = f, rsv[2 * H + j] = g, rsv[3 * H + j] = o;
+  rsv[4 * H + j] = c_prev;
+  c[j] = c_new;
+  return o * tanh_(c_new);
+}
+
 // rsv: the row's reserve (reserve_width columns); its first G·H columns hold W_ih x_t on entry.
 template <Cell kind, class T>
-REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, const T* bias,
+REPLEARN_HD void forward_element(int64_t j, int64_t H, int64_t hs, T* rsv, const T* hh, const T* bias,
                                  const T* bias_hn, const T* h_prev_row, T* h, T* c, T* y) {
   const T h_prev = h_prev_row[j];
   T h_new;
@@ -104,23 +121,13 @@ REPLEARN_HD void forward_element(int64_t j, int64_t H, T* rsv, const T* hh, cons
       rsv[j] = h_new;
       break;
     }
-    case Cell::Lstm: {
-      const T i = sigmoid(rsv[j] + hh[j] + bias[j]);
-      const T f = sigmoid(rsv[H + j] + hh[H + j] + bias[H + j]);
-      const T g = tanh_(rsv[2 * H + j] + hh[2 * H + j] + bias[2 * H + j]);
-      const T o = sigmoid(rsv[3 * H + j] + hh[3 * H + j] + bias[3 * H + j]);
-      const T c_prev = c[j];
-      const T c_new = f * c_prev + i * g;
-      h_new = o * tanh_(c_new);
-      rsv[j] = i, rsv[H + j] = f, rsv[2 * H + j] = g, rsv[3 * H + j] = o;
-      rsv[4 * H + j] = c_prev;
-      c[j] = c_new;
+    case Cell::Lstm:
+      h_new = lstm_cell_forward(j, H, hs, rsv, hh, bias, c);
       break;
-    }
     default: {  // Gru
       const T r = sigmoid(rsv[j] + hh[j] + bias[j]);
-      const T z = sigmoid(rsv[H + j] + hh[H + j] + bias[H + j]);
-      const T hn = hh[2 * H + j] + bias_hn[j];
+      const T z = sigmoid(rsv[H + j] + hh[hs + j] + bias[H + j]);
+      const T hn = hh[2 * hs + j] + bias_hn[j];
       const T n = tanh_(rsv[2 * H + j] + bias[2 * H + j] + r * hn);
       h_new = (T(1) - z) * n + z * h_prev;
       rsv[j] = r, rsv[H + j] = z, rsv[2 * H + j] = n;
@@ -145,6 +152,20 @@ REPLEARN_HD void forward_inactive_element(int64_t j, int64_t H, T* rsv, const T*
 }
 
 // --------------------------------------------------------------------------------- backward
+// The LSTM's gate gradients for unit j given d = δ(o ⊙ tanh(c_t)) (δh_t, or δu_t with a projection):
+// writes δ(pre-activations) into dg and turns dc from δc_t (later steps' part) into δc_{t−1}.
+template <class T>
+REPLEARN_HD void lstm_cell_backward(int64_t j, int64_t H, const T* rsv, T d, T* dc, T* dg) {
+  const T i = rsv[j], f = rsv[H + j], g = rsv[2 * H + j], o = rsv[3 * H + j], c_prev = rsv[4 * H + j];
+  const T tc = tanh_(f * c_prev + i * g);
+  const T dct = dc[j] + d * o * (T(1) - tc * tc);
+  dg[j] = dct * g * i * (T(1) - i);
+  dg[H + j] = dct * c_prev * f * (T(1) - f);
+  dg[2 * H + j] = dct * i * (T(1) - g * g);
+  dg[3 * H + j] = d * tc * o * (T(1) - o);
+  dc[j] = dct * f;
+}
+
 // dh: δh_t of this row (running), dy: δy_t; writes δ(pre-activations) for the input side (dg_ih) and
 // the recurrent side (dg_hh; the same array except for the GRU), dh_next (δh_{t−1} before the
 // W_hh term the caller adds) and updates dc in place.
@@ -164,18 +185,10 @@ REPLEARN_HD void backward_element(int64_t j, int64_t H, const T* rsv, const T* d
       dh_next[j] = T(0);
       break;
     }
-    case Cell::Lstm: {
-      const T i = rsv[j], f = rsv[H + j], g = rsv[2 * H + j], o = rsv[3 * H + j], c_prev = rsv[4 * H + j];
-      const T tc = tanh_(f * c_prev + i * g);
-      const T dct = dc[j] + d * o * (T(1) - tc * tc);
-      dg_ih[j] = dct * g * i * (T(1) - i);
-      dg_ih[H + j] = dct * c_prev * f * (T(1) - f);
-      dg_ih[2 * H + j] = dct * i * (T(1) - g * g);
-      dg_ih[3 * H + j] = d * tc * o * (T(1) - o);
-      dc[j] = dct * f;
+    case Cell::Lstm:
+      lstm_cell_backward(j, H, rsv, d, dc, dg_ih);
       dh_next[j] = T(0);
       break;
-    }
     default: {  // Gru
       const T r = rsv[j], z = rsv[H + j], n = rsv[2 * H + j], hn = rsv[3 * H + j], h_prev = rsv[4 * H + j];
       const T dan = d * (T(1) - z) * (T(1) - n * n);
@@ -199,6 +212,48 @@ REPLEARN_HD void backward_inactive_element(int64_t j, int64_t H, const T* dh, T*
     dg_hh[k * H + j] = T(0);
   }
   dh_next[j] = dh[j];
+}
+
+// ------------------------------------------------------------------- LSTM with projection
+// The per-element halves of a step with h_t = W_hr u_t (rnn.h): the unit half (j < H) runs the cell
+// and leaves u_t in the reserve; the state half (p < P) runs after the projection GEMM wrote
+// h_t (B, P) into h. Rows past their end: c and h carried, output zero, u and c_prev saved as zero.
+template <class T>
+REPLEARN_HD void proj_unit_forward(int64_t j, int64_t H, int64_t hs, bool active, T* rsv, const T* hh, const T* bias,
+                                   T* c) {
+  if (active) {
+    rsv[5 * H + j] = lstm_cell_forward(j, H, hs, rsv, hh, bias, c);
+  } else {
+    rsv[4 * H + j] = T(0);
+    rsv[5 * H + j] = T(0);
+  }
+}
+
+// h: the GEMM's W_hr u_t on entry, the step's state on exit; rsv_h_prev: the reserve's h_{t−1} columns.
+template <class T>
+REPLEARN_HD void proj_state_forward(int64_t p, bool active, const T* h_prev, T* h, T* y, T* rsv_h_prev) {
+  rsv_h_prev[p] = h_prev[p];
+  if (!active) h[p] = h_prev[p];
+  y[p] = active ? h[p] : T(0);
+}
+
+// State half of backward, before the units: dh holds δh_t's later-step part (the W_hh term included);
+// δh_t = dh + δy_t is saved in dh_saved (a row of the all-steps δh for dW_hr, zero for a row past its
+// end) and the carry into δh_{t−1} (before its W_hh term) goes to dh_next.
+template <class T>
+REPLEARN_HD void proj_state_backward(int64_t p, bool active, const T* dy, const T* dh, T* dh_next, T* dh_saved) {
+  dh_saved[p] = active ? dh[p] + dy[p] : T(0);
+  dh_next[p] = active ? T(0) : dh[p];
+}
+
+// Unit half: du = δu_t = δh_t W_hr (a GEMM wrote it), then the gate gradients; none past the end.
+template <class T>
+REPLEARN_HD void proj_unit_backward(int64_t j, int64_t H, bool active, const T* rsv, const T* du, T* dc, T* dg) {
+  if (active) {
+    lstm_cell_backward(j, H, rsv, du[j], dc, dg);
+  } else {
+    for (int64_t k = 0; k < 4; ++k) dg[k * H + j] = T(0);
+  }
 }
 
 }  // namespace replearn::rnn::cell

@@ -67,20 +67,50 @@ int64_t unit_grain(const LayerDims& d) {
   return std::max<int64_t>(8, (int64_t{1} << 18) / std::max<int64_t>(1, d.batch * d.gates() * 2 * d.hidden));
 }
 
+// The forward step regions split the units into `chunks` ranges [j0, j1) = [H·c/chunks, H·(c+1)/chunks)
+// (parallel_for's split). W_hh (G·H, K) is regrouped once per call so that chunk c's rows are
+// contiguous and gate-major: packed row G·j0 + g·n + (j − j0) = W_hh row g·H + j (n = j1 − j0). A
+// thread's gate columns of h_{t−1} W_hhᵀ are then one GEMM per step (not G), written as one block of
+// hh, hh[b·G·H + G·j0 + g·n + j − j0]: the cell functions read it with gate stride n (cell.h).
+struct UnitChunks {
+  int count;
+  explicit UnitChunks(const LayerDims& d) : count(parallel_chunk_count(d.hidden, unit_grain(d))) {}
+};
+
+// Each thread copies the rows of its own chunk (the same split as the steps').
+template <class T>
+void group_rows_by_chunk(const LayerDims& d, const UnitChunks& chunks, const T* w_hh, T* packed) {
+  const int64_t G = gate_count(d.cell), H = d.hidden, K = d.state();
+  parallel_for(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = j0; j < j1; ++j)
+        std::memcpy(packed + (G * j0 + g * (j1 - j0) + j - j0) * K, w_hh + (g * H + j) * K, K * sizeof(T));
+  }, chunks.count);
+}
+
+// hh (B, G·H) = h_{t−1} (B, K) × the packed W_hh rows of chunk [j0, j1); returns the pointer through
+// which row b's gate g of unit j is hh_rows[b·G·H + g·n + j].
+template <class T>
+const T* chunk_recurrent_product(const LayerDims& d, int64_t j0, int64_t j1, const T* h_prev, const T* w_packed,
+                                 T* hh) {
+  const int64_t G = gate_count(d.cell), K = d.state(), n = j1 - j0;
+  gemm(Trans::No, Trans::Yes, d.batch, G * n, K, T(1), h_prev, K, w_packed + G * j0 * K, K, T(0), hh + G * j0,
+       d.gates());
+  return hh + G * j0 - j0;
+}
+
 // Returns the buffer holding the final state (h or h_spare: they alternate every step).
 template <Cell kind, class T>
-T* forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool reverse, const T* bias,
+T* forward_steps(const LayerDims& d, const T* w_packed, const int64_t* lengths, bool reverse, const T* bias,
                  const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
-  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve(), G = gate_count(kind);
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
     const T* h_prev = h;
     T* h_next = h_spare;
     blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
-      // This thread's columns of W_hh h_{t−1}: for each gate g, (B, j1 − j0) = h (B, H) × W_hh[gH + j0 : gH + j1]ᵀ.
-      for (int64_t g = 0; g < G; ++g)
-        gemm(Trans::No, Trans::Yes, B, j1 - j0, H, T(1), h_prev, H, w_hh + (g * H + j0) * H, H, T(0),
-             hh + g * H + j0, GH);
+      const T* hh_rows = chunk_recurrent_product(d, j0, j1, h_prev, w_packed, hh);
       for (int64_t b = 0; b < B; ++b) {
         T* rsv = reserve + (t * B + b) * R;
         const T* hp = h_prev + b * H;
@@ -88,15 +118,15 @@ T* forward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool
         T* c_b = c ? c + b * H : nullptr;
         T* y_b = y + (t * B + b) * H;
         if (is_active(lengths, b, t)) {
-          const T* hh_b = hh + b * GH;
+          const T* hh_b = hh_rows + b * GH;
 #pragma omp simd
           for (int64_t j = j0; j < j1; ++j)
-            cell::forward_element<kind>(j, H, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
+            cell::forward_element<kind>(j, H, j1 - j0, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
         } else {
           for (int64_t j = j0; j < j1; ++j) cell::forward_inactive_element<kind>(j, H, rsv, hp, hn, y_b);
         }
       }
-    });
+    }, chunks.count);
     std::swap(h, h_spare);
   }
   return h;
@@ -146,6 +176,104 @@ T* backward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, boo
   return dh;
 }
 
+// Projected state columns per thread: a column's share of the W_hr product is 2·B·H flops.
+int64_t state_grain(const LayerDims& d) {
+  return std::max<int64_t>(8, (int64_t{1} << 18) / std::max<int64_t>(1, 2 * d.batch * d.hidden));
+}
+
+// The LSTM with projection (rnn.h): per step one region over the units (their gate columns of
+// h_{t−1} W_hhᵀ, then their cell update, leaving u_t in the reserve) and one over the P state columns
+// (their columns of h_t = u_t W_hrᵀ, which needs every unit's u_t: hence the second region). Returns
+// the buffer holding the final state.
+template <class T>
+T* forward_steps_projected(const LayerDims& d, const T* w_packed, const T* w_hr, const int64_t* lengths,
+                           bool reverse, const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+  const int64_t B = d.batch, H = d.hidden, P = d.proj, GH = d.gates(), R = d.reserve();
+  const UnitChunks chunks(d);
+  for (int64_t s = 0; s < d.steps; ++s) {
+    const int64_t t = reverse ? d.steps - 1 - s : s;
+    const T* h_prev = h;
+    T* h_next = h_spare;
+    T* rsv_t = reserve + t * B * R;
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+      const T* hh_rows = chunk_recurrent_product(d, j0, j1, h_prev, w_packed, hh);
+      for (int64_t b = 0; b < B; ++b) {
+        const bool active = is_active(lengths, b, t);
+        T* rsv = rsv_t + b * R;
+        const T* hh_b = hh_rows + b * GH;
+        T* c_b = c + b * H;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) cell::proj_unit_forward(j, H, j1 - j0, active, rsv, hh_b, bias, c_b);
+      }
+    }, chunks.count);
+    blas::parallel_for_gemm(P, state_grain(d), [&](int, int64_t p0, int64_t p1) {
+      // h_t[:, p0:p1] = u_t (B, H), read from the reserve with leading dimension R, × W_hr[p0:p1]ᵀ
+      gemm(Trans::No, Trans::Yes, B, p1 - p0, H, T(1), rsv_t + d.reserve_u(), R, w_hr + p0 * H, H, T(0),
+           h_next + p0, P);
+      for (int64_t b = 0; b < B; ++b) {
+        const bool active = is_active(lengths, b, t);
+        const T* hp = h_prev + b * P;
+        T* hn = h_next + b * P;
+        T* y_b = y + (t * B + b) * P;
+        T* saved = rsv_t + b * R + d.reserve_h_prev();
+#pragma omp simd
+        for (int64_t p = p0; p < p1; ++p) cell::proj_state_forward(p, active, hp, hn, y_b, saved);
+      }
+    });
+    std::swap(h, h_spare);
+  }
+  return h;
+}
+
+// BPTT of the LSTM with projection. Region over the state columns: finish δh_t with the W_hh term of
+// the later step's gates, save δh_t + δy_t (dh_all, for dW_hr) and carry what passes a row past its end;
+// region over the units: δu_t = δh_t W_hr for their columns, then their gate gradients. A last state
+// region adds step 0's W_hh term into δh_0. Returns where δh_0 is.
+template <class T>
+T* backward_steps_projected(const LayerDims& d, const T* w_hh, const T* w_hr, const int64_t* lengths, bool reverse,
+                            const T* reserve, const T* grad_y, T* dh, T* dh_next, T* dc, T* dg, T* dh_all, T* du) {
+  const int64_t B = d.batch, H = d.hidden, P = d.proj, GH = d.gates(), R = d.reserve();
+  const T* dg_later = nullptr;
+  for (int64_t s = d.steps; s >= 0; --s) {
+    const bool gates = s > 0;
+    const int64_t t = reverse ? d.steps - s : s - 1;
+    blas::parallel_for_gemm(P, state_grain(d), [&](int, int64_t p0, int64_t p1) {
+      if (dg_later)  // δh[:, p0:p1] += δgates_later (B, 4H) × W_hh[:, p0:p1]
+        gemm(Trans::No, Trans::No, B, p1 - p0, GH, T(1), dg_later, GH, w_hh + p0, P, T(1), dh + p0, P);
+      if (!gates) return;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t row = t * B + b;
+        const bool active = is_active(lengths, b, t);
+        const T* dy = grad_y + row * P;
+        const T* dh_b = dh + b * P;
+        T* dh_next_b = dh_next + b * P;
+        T* saved = dh_all + row * P;
+#pragma omp simd
+        for (int64_t p = p0; p < p1; ++p) cell::proj_state_backward(p, active, dy, dh_b, dh_next_b, saved);
+      }
+    });
+    if (!gates) break;
+    const T* dh_t = dh_all + t * B * P;
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+      // δu[:, j0:j1] = δh_t (B, P) × W_hr[:, j0:j1]
+      gemm(Trans::No, Trans::No, B, j1 - j0, P, T(1), dh_t, P, w_hr + j0, H, T(0), du + j0, H);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t row = t * B + b;
+        const bool active = is_active(lengths, b, t);
+        const T* rsv = reserve + row * R;
+        const T* du_b = du + b * H;
+        T* dc_b = dc + b * H;
+        T* dg_b = dg + row * GH;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) cell::proj_unit_backward(j, H, active, rsv, du_b, dc_b, dg_b);
+      }
+    });
+    dg_later = dg + t * B * GH;
+    std::swap(dh, dh_next);
+  }
+  return dh;
+}
+
 // Σ over rows of a (rows, cols) matrix, columns split across threads.
 template <class T>
 void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
@@ -163,67 +291,82 @@ void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
 
 template <>
 void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
-                                  const TensorView& w_ih, const TensorView& w_hh, const OptView& b_ih,
-                                  const OptView& b_hh, const OptView& lengths, bool reverse, const TensorView& y,
-                                  const TensorView& h_n, const OptView& c_n, const TensorView& reserve,
-                                  const OptView& workspace, std::uintptr_t) {
-  const LayerDims d = check_forward(DeviceType::CPU, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, h_n, c_n,
-                                    reserve, workspace);
+                                  const TensorView& w_ih, const TensorView& w_hh, const OptView& w_hr,
+                                  const OptView& b_ih, const OptView& b_hh, const OptView& lengths, bool reverse,
+                                  const TensorView& y, const TensorView& h_n, const OptView& c_n,
+                                  const TensorView& reserve, const OptView& workspace, std::uintptr_t) {
+  const LayerDims d = check_forward(DeviceType::CPU, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n,
+                                    c_n, reserve, workspace);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+    const int64_t B = d.batch, H = d.hidden, S = d.state(), GH = d.gates(), R = d.reserve();
     T* hh = workspace->data_as<T>();  // (B, G·H)
     T* bias = hh + B * GH;            // (G·H)
     T* bias_hn = bias + GH;           // (H)
-    T* h_spare = bias_hn + H;         // (B, H): the states alternate between h_n and this
+    T* h_spare = bias_hn + H;         // (B, S): the states alternate between h_n and this
+    T* w_packed = h_spare + B * S;    // (G·H, S): W_hh regrouped by thread (group_rows_by_chunk)
     fold_biases<T>(d, optional_data<T>(b_ih), optional_data<T>(b_hh), bias, bias_hn);
+    group_rows_by_chunk(d, UnitChunks(d), w_hh.data_as<const T>(), w_packed);
     T* rsv = reserve.data_as<T>();
     // The input projection of every step at once: reserve[:, :, :G·H] = x W_ihᵀ, (T·B, I) × (I, G·H).
     gemm_by_rows(Trans::No, Trans::Yes, d.steps * B, GH, d.input, x.data_as<const T>(), d.input,
                  w_ih.data_as<const T>(), d.input, rsv, R);
     T* h = h_n.data_as<T>();  // the running state lives in the final-state outputs
-    std::memcpy(h, h0.data, B * H * sizeof(T));
+    std::memcpy(h, h0.data, B * S * sizeof(T));
     T* c = optional_data_mut<T>(c_n);
     if (c) std::memcpy(c, c0->data, B * H * sizeof(T));
     const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
     const T* h_final = nullptr;
-    cell::dispatch_cell(d.cell, [&](auto kind) {
-      h_final = forward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, bias, bias_hn,
-                                                        y.data_as<T>(), h, h_spare, c, rsv, hh);
-    });
-    if (h_final != h) std::memcpy(h, h_final, B * H * sizeof(T));
+    if (d.proj > 0) {
+      h_final = forward_steps_projected<T>(d, w_packed, w_hr->data_as<const T>(), len, reverse, bias, y.data_as<T>(),
+                                           h, h_spare, c, rsv, hh);
+    } else {
+      cell::dispatch_cell(d.cell, [&](auto kind) {
+        h_final = forward_steps<decltype(kind)::value, T>(d, w_packed, len, reverse, bias, bias_hn, y.data_as<T>(),
+                                                          h, h_spare, c, rsv, hh);
+      });
+    }
+    if (h_final != h) std::memcpy(h, h_final, B * S * sizeof(T));
   });
 }
 
 template <>
 void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const TensorView& grad_h_n,
                                    const OptView& grad_c_n, const TensorView& x, const TensorView& w_ih,
-                                   const TensorView& w_hh, const OptView& lengths, bool reverse,
-                                   const TensorView& reserve, const OptView& grad_x, const OptView& grad_h0,
-                                   const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
-                                   const OptView& grad_b_ih, const OptView& grad_b_hh, const OptView& workspace,
-                                   std::uintptr_t) {
-  const LayerDims d = check_backward(DeviceType::CPU, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, lengths,
-                                     reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
-                                     workspace);
+                                   const TensorView& w_hh, const OptView& w_hr, const OptView& lengths,
+                                   bool reverse, const TensorView& reserve, const OptView& grad_x,
+                                   const OptView& grad_h0, const OptView& grad_c0, const OptView& grad_w_ih,
+                                   const OptView& grad_w_hh, const OptView& grad_w_hr, const OptView& grad_b_ih,
+                                   const OptView& grad_b_hh, const OptView& workspace, std::uintptr_t) {
+  const LayerDims d = check_backward(DeviceType::CPU, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths,
+                                     reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih,
+                                     grad_b_hh, workspace);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const int64_t TB = d.steps * d.batch, BH = d.batch * d.hidden, GH = d.gates(), H = d.hidden;
+    const int64_t TB = d.steps * d.batch, BH = d.batch * d.hidden, BS = d.batch * d.state(), GH = d.gates();
+    const int64_t H = d.hidden, S = d.state();
     T* dg_ih = workspace->data_as<T>();                            // (T, B, G·H)
     T* dg_hh = d.cell == Cell::Gru ? dg_ih + TB * GH : dg_ih;      // the GRU's recurrent side differs
-    T* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;       // (B, H) ×3: δh, δh_{t−1}, δc
-    T* dh_next = dh + BH;
-    T* dc = d.cell == Cell::Lstm ? dh_next + BH : nullptr;
-    std::memcpy(dh, grad_h_n.data, BH * sizeof(T));
+    T* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;       // (B, S) ×2: δh, δh_{t−1}
+    T* dh_next = dh + BS;
+    T* dc = d.cell == Cell::Lstm ? dh_next + BS : nullptr;         // (B, H)
+    T* dh_all = dh_next + BS + BH;                                 // projection: (T, B, P), then δu (B, H)
+    std::memcpy(dh, grad_h_n.data, BS * sizeof(T));
     if (dc) std::memcpy(dc, grad_c_n->data, BH * sizeof(T));
     const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
     const T* rsv = reserve.data_as<const T>();
     const T* dh0 = nullptr;
-    cell::dispatch_cell(d.cell, [&](auto kind) {
-      dh0 = backward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, rsv,
-                                                     grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dg_hh);
-    });
-    if (grad_h0) std::memcpy(grad_h0->data, dh0, BH * sizeof(T));
+    if (d.proj > 0) {
+      dh0 = backward_steps_projected<T>(d, w_hh.data_as<const T>(), w_hr->data_as<const T>(), len, reverse, rsv,
+                                        grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dh_all,
+                                        dh_all + TB * d.proj);
+    } else {
+      cell::dispatch_cell(d.cell, [&](auto kind) {
+        dh0 = backward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, rsv,
+                                                       grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dg_hh);
+      });
+    }
+    if (grad_h0) std::memcpy(grad_h0->data, dh0, BS * sizeof(T));
     if (grad_c0 && dc) std::memcpy(grad_c0->data, dc, BH * sizeof(T));
     // The weight products over all steps at once.
     if (grad_x)  // (T·B, I) = δgates (T·B, G·H) × W_ih (G·H, I)
@@ -232,9 +375,12 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     if (grad_w_ih)  // (G·H, I) = δgatesᵀ x
       gemm_by_rows(Trans::Yes, Trans::No, GH, d.input, TB, dg_ih, GH, x.data_as<const T>(), d.input,
                    grad_w_ih->data_as<T>(), d.input);
-    if (grad_w_hh)  // (G·H, H) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
-      gemm_by_rows(Trans::Yes, Trans::No, GH, H, TB, dg_hh, GH, rsv + reserve_h_prev(d.cell, H), d.reserve(),
-                   grad_w_hh->data_as<T>(), H);
+    if (grad_w_hh)  // (G·H, S) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
+      gemm_by_rows(Trans::Yes, Trans::No, GH, S, TB, dg_hh, GH, rsv + d.reserve_h_prev(), d.reserve(),
+                   grad_w_hh->data_as<T>(), S);
+    if (grad_w_hr)  // (P, H) = δhᵀ u over all steps, u read from the reserve
+      gemm_by_rows(Trans::Yes, Trans::No, d.proj, H, TB, dh_all, d.proj, rsv + d.reserve_u(), d.reserve(),
+                   grad_w_hr->data_as<T>(), H);
     if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
     if (grad_b_hh) column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
   });

@@ -104,7 +104,7 @@ __global__ void forward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_t
     float* rsv = reserve + (t * B + b) * R;
     float* y_b = y + (t * B + b) * H;
     if (is_active(lengths, b, t, steps))
-      cell::forward_element<kind>(j, H, rsv, hh + b * GH, bias, bias_hn, h_prev + b * H, h + b * H,
+      cell::forward_element<kind>(j, H, H, rsv, hh + b * GH, bias, bias_hn, h_prev + b * H, h + b * H,
                                   c ? c + b * H : nullptr, y_b);
     else
       cell::forward_inactive_element<kind>(j, H, rsv, h_prev + b * H, h + b * H, y_b);
@@ -127,6 +127,51 @@ __global__ void backward_step_kernel(int64_t t, int64_t steps, int64_t B, int64_
   }
 }
 
+// The LSTM with projection (rnn.h, cell.h): the unit half of a step (before the W_hr GEMM) and the
+// state half (after it), one thread per element.
+__global__ void proj_unit_forward_kernel(int64_t t, int64_t steps, int64_t B, int64_t H, int64_t R,
+                                         const int64_t* lengths, const float* bias, const float* hh, float* c,
+                                         float* reserve) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / H, j = i % H;
+    cell::proj_unit_forward(j, H, H, is_active(lengths, b, t, steps), reserve + (t * B + b) * R, hh + b * 4 * H, bias,
+                            c + b * H);
+  }
+}
+
+__global__ void proj_state_forward_kernel(int64_t t, int64_t steps, int64_t B, int64_t P, int64_t R,
+                                          int64_t h_prev_column, const int64_t* lengths, const float* h_prev, float* h,
+                                          float* y, float* reserve) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * P;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / P, p = i % P, row = t * B + b;
+    cell::proj_state_forward(p, is_active(lengths, b, t, steps), h_prev + b * P, h + b * P, y + row * P,
+                             reserve + row * R + h_prev_column);
+  }
+}
+
+__global__ void proj_state_backward_kernel(int64_t t, int64_t steps, int64_t B, int64_t P, const int64_t* lengths,
+                                           const float* grad_y, const float* dh, float* dh_next, float* dh_all) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * P;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / P, p = i % P, row = t * B + b;
+    cell::proj_state_backward(p, is_active(lengths, b, t, steps), grad_y + row * P, dh + b * P, dh_next + b * P,
+                              dh_all + row * P);
+  }
+}
+
+__global__ void proj_unit_backward_kernel(int64_t t, int64_t steps, int64_t B, int64_t H, int64_t R,
+                                          const int64_t* lengths, const float* reserve, const float* du, float* dc,
+                                          float* dg) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * H;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / H, j = i % H, row = t * B + b;
+    cell::proj_unit_backward(j, H, is_active(lengths, b, t, steps), reserve + row * R, du + b * H, dc + b * H,
+                             dg + row * 4 * H);
+  }
+}
+
 // out (cols) = Σ over rows of m (rows, cols): one thread per column, rows read coalesced across threads.
 __global__ void column_sums_kernel(const float* __restrict__ m, int64_t rows, int64_t cols, float* __restrict__ out) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
@@ -143,18 +188,19 @@ const float* data_or_null(const OptView& v) { return v ? v->data_as<const float>
 
 template <>
 void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
-                                   const TensorView& w_ih, const TensorView& w_hh, const OptView& b_ih,
-                                   const OptView& b_hh, const OptView& lengths, bool reverse, const TensorView& y,
-                                   const TensorView& h_n, const OptView& c_n, const TensorView& reserve,
-                                   const OptView& workspace, std::uintptr_t stream_handle) {
-  const LayerDims d = check_forward(DeviceType::CUDA, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, h_n, c_n,
-                                    reserve, workspace);
+                                   const TensorView& w_ih, const TensorView& w_hh, const OptView& w_hr,
+                                   const OptView& b_ih, const OptView& b_hh, const OptView& lengths, bool reverse,
+                                   const TensorView& y, const TensorView& h_n, const OptView& c_n,
+                                   const TensorView& reserve, const OptView& workspace,
+                                   std::uintptr_t stream_handle) {
+  const LayerDims d = check_forward(DeviceType::CUDA, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n,
+                                    c_n, reserve, workspace);
   const cudaStream_t stream = as_stream(stream_handle);
-  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const int64_t B = d.batch, H = d.hidden, S = d.state(), P = d.proj, GH = d.gates(), R = d.reserve();
   float* hh = workspace->data_as<float>();  // (B, G·H)
   float* bias = hh + B * GH;                // (G·H)
   float* bias_hn = bias + GH;               // (H)
-  float* h_spare = bias_hn + H;             // (B, H): the states alternate between h_n and this
+  float* h_spare = bias_hn + H;             // (B, S): the states alternate between h_n and this
   fold_biases_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(d.cell, H, GH, data_or_null(b_ih),
                                                                 data_or_null(b_hh), bias, bias_hn);
   REPLEARN_CUDA_LAUNCH_CHECK();
@@ -162,12 +208,29 @@ void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorVi
   gemm(false, true, d.steps * B, GH, d.input, 1.f, x.data_as<const float>(), d.input, w_ih.data_as<const float>(),
        d.input, 0.f, rsv, R, stream);
   float* h = h_n.data_as<float>();
-  copy(h0.data_as<const float>(), h, B * H, stream);
+  copy(h0.data_as<const float>(), h, B * S, stream);
   float* c = c_n ? c_n->data_as<float>() : nullptr;
   if (c) copy(c0->data_as<const float>(), c, B * H, stream);
   const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
   float* h_cur = h;
   float* h_other = h_spare;
+  if (P > 0) {  // the LSTM with projection: gates, then h_t = u_t W_hrᵀ
+    for (int64_t s = 0; s < d.steps; ++s) {
+      const int64_t t = reverse ? d.steps - 1 - s : s;
+      gemm(false, true, B, GH, P, 1.f, h_cur, P, w_hh.data_as<const float>(), P, 0.f, hh, GH, stream);
+      proj_unit_forward_kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(t, d.steps, B, H, R, len, bias, hh, c,
+                                                                            rsv);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      gemm(false, true, B, P, H, 1.f, rsv + t * B * R + d.reserve_u(), R, w_hr->data_as<const float>(), H, 0.f,
+           h_other, P, stream);
+      proj_state_forward_kernel<<<blocks_for(B * P), kThreads, 0, stream>>>(
+          t, d.steps, B, P, R, d.reserve_h_prev(), len, h_cur, h_other, y.data_as<float>(), rsv);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      std::swap(h_cur, h_other);
+    }
+    if (h_cur != h) copy(h_cur, h, B * S, stream);
+    return;
+  }
   cell::dispatch_cell(d.cell, [&](auto kind) {
     for (int64_t s = 0; s < d.steps; ++s) {
       const int64_t t = reverse ? d.steps - 1 - s : s;
@@ -184,38 +247,58 @@ void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorVi
 template <>
 void rnn_backward<DeviceType::CUDA>(int cell, const TensorView& grad_y, const TensorView& grad_h_n,
                                     const OptView& grad_c_n, const TensorView& x, const TensorView& w_ih,
-                                    const TensorView& w_hh, const OptView& lengths, bool reverse,
-                                    const TensorView& reserve, const OptView& grad_x, const OptView& grad_h0,
-                                    const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
-                                    const OptView& grad_b_ih, const OptView& grad_b_hh, const OptView& workspace,
+                                    const TensorView& w_hh, const OptView& w_hr, const OptView& lengths,
+                                    bool reverse, const TensorView& reserve, const OptView& grad_x,
+                                    const OptView& grad_h0, const OptView& grad_c0, const OptView& grad_w_ih,
+                                    const OptView& grad_w_hh, const OptView& grad_w_hr, const OptView& grad_b_ih,
+                                    const OptView& grad_b_hh, const OptView& workspace,
                                     std::uintptr_t stream_handle) {
-  const LayerDims d = check_backward(DeviceType::CUDA, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, lengths,
-                                     reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
-                                     workspace);
+  const LayerDims d = check_backward(DeviceType::CUDA, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths,
+                                     reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih,
+                                     grad_b_hh, workspace);
   const cudaStream_t stream = as_stream(stream_handle);
   const int64_t TB = d.steps * d.batch, B = d.batch, BH = d.batch * d.hidden, GH = d.gates(), H = d.hidden;
+  const int64_t S = d.state(), BS = d.batch * S, P = d.proj, R = d.reserve();
   // Workspace layout as on the CPU (cpu.cpp).
   float* dg_ih = workspace->data_as<float>();
   float* dg_hh = d.cell == Cell::Gru ? dg_ih + TB * GH : dg_ih;
   float* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;
-  float* dh_next = dh + BH;
-  float* dc = d.cell == Cell::Lstm ? dh_next + BH : nullptr;
-  copy(grad_h_n.data_as<const float>(), dh, BH, stream);
+  float* dh_next = dh + BS;
+  float* dc = d.cell == Cell::Lstm ? dh_next + BS : nullptr;
+  float* dh_all = dh_next + BS + BH;  // projection: (T, B, P), then δu (B, H)
+  float* du = dh_all + TB * P;
+  copy(grad_h_n.data_as<const float>(), dh, BS, stream);
   if (dc) copy(grad_c_n->data_as<const float>(), dc, BH, stream);
   const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
   const float* rsv = reserve.data_as<const float>();
   const float* w_hh_data = w_hh.data_as<const float>();
-  cell::dispatch_cell(d.cell, [&](auto kind) {
+  if (P > 0) {  // the LSTM with projection (cpu.cpp: backward_steps_projected)
     for (int64_t s = d.steps - 1; s >= 0; --s) {
       const int64_t t = reverse ? d.steps - 1 - s : s;
-      backward_step_kernel<decltype(kind)::value><<<blocks_for(BH), kThreads, 0, stream>>>(
-          t, d.steps, B, H, len, rsv, grad_y.data_as<const float>(), dh, dh_next, dc, dg_ih, dg_hh);
+      proj_state_backward_kernel<<<blocks_for(BS), kThreads, 0, stream>>>(t, d.steps, B, P, len,
+                                                                           grad_y.data_as<const float>(), dh, dh_next,
+                                                                           dh_all);
       REPLEARN_CUDA_LAUNCH_CHECK();
-      gemm(false, false, B, H, GH, 1.f, dg_hh + t * B * GH, GH, w_hh_data, H, 1.f, dh_next, H, stream);
+      gemm(false, false, B, H, P, 1.f, dh_all + t * B * P, P, w_hr->data_as<const float>(), H, 0.f, du, H, stream);
+      proj_unit_backward_kernel<<<blocks_for(BH), kThreads, 0, stream>>>(t, d.steps, B, H, R, len, rsv, du, dc,
+                                                                          dg_ih);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      gemm(false, false, B, P, GH, 1.f, dg_ih + t * B * GH, GH, w_hh_data, P, 1.f, dh_next, P, stream);
       std::swap(dh, dh_next);
     }
-  });
-  if (grad_h0) copy(dh, grad_h0->data_as<float>(), BH, stream);
+  } else {
+    cell::dispatch_cell(d.cell, [&](auto kind) {
+      for (int64_t s = d.steps - 1; s >= 0; --s) {
+        const int64_t t = reverse ? d.steps - 1 - s : s;
+        backward_step_kernel<decltype(kind)::value><<<blocks_for(BH), kThreads, 0, stream>>>(
+            t, d.steps, B, H, len, rsv, grad_y.data_as<const float>(), dh, dh_next, dc, dg_ih, dg_hh);
+        REPLEARN_CUDA_LAUNCH_CHECK();
+        gemm(false, false, B, H, GH, 1.f, dg_hh + t * B * GH, GH, w_hh_data, H, 1.f, dh_next, H, stream);
+        std::swap(dh, dh_next);
+      }
+    });
+  }
+  if (grad_h0) copy(dh, grad_h0->data_as<float>(), BS, stream);
   if (grad_c0 && dc) copy(dc, grad_c0->data_as<float>(), BH, stream);
   if (grad_x)
     gemm(false, false, TB, d.input, GH, 1.f, dg_ih, GH, w_ih.data_as<const float>(), d.input, 0.f,
@@ -224,8 +307,10 @@ void rnn_backward<DeviceType::CUDA>(int cell, const TensorView& grad_y, const Te
     gemm(true, false, GH, d.input, TB, 1.f, dg_ih, GH, x.data_as<const float>(), d.input, 0.f,
          grad_w_ih->data_as<float>(), d.input, stream);
   if (grad_w_hh)
-    gemm(true, false, GH, H, TB, 1.f, dg_hh, GH, rsv + reserve_h_prev(d.cell, H), d.reserve(), 0.f,
-         grad_w_hh->data_as<float>(), H, stream);
+    gemm(true, false, GH, S, TB, 1.f, dg_hh, GH, rsv + d.reserve_h_prev(), R, 0.f, grad_w_hh->data_as<float>(), S,
+         stream);
+  if (grad_w_hr)
+    gemm(true, false, P, H, TB, 1.f, dh_all, P, rsv + d.reserve_u(), R, 0.f, grad_w_hr->data_as<float>(), H, stream);
   if (grad_b_ih) {
     column_sums_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(dg_ih, TB, GH, grad_b_ih->data_as<float>());
     REPLEARN_CUDA_LAUNCH_CHECK();

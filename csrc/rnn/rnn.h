@@ -9,6 +9,14 @@
 // Gate order inside W_ih (G·H, I), W_hh (G·H, H) and the biases is torch's (LSTM i, f, g, o; GRU r, z, n),
 // so torch.nn.LSTM/GRU/RNN weights map one to one. G = 1 (Elman), 4 (LSTM), 3 (GRU).
 //
+// LSTM with projections (Sak, Senior & Beaufays 2014, "Long short-term memory recurrent neural network
+// architectures for large scale acoustic modeling"; torch.nn.LSTM's proj_size): with W_hr (P, H) given,
+//           u_t = o ⊙ tanh(c_t),   h_t = W_hr u_t
+// so the state h and the outputs y have P features (the state width S = P), W_hh is (4H, P) and c stays
+// (B, H). Per step the projection is a second GEMM (B, P) = u (B, H) × W_hrᵀ after the gates; backward
+// adds δu_t = δh_t W_hr per step and dW_hr = Σ_t δh_tᵀ u_t as one GEMM over all steps at the end.
+// Without W_hr, S = H.
+//
 // Forward: the input projection of every step is one GEMM, (T·B, I) × W_ihᵀ, written into the
 // reserve; then per step one GEMM h_{t−1} W_hhᵀ (B, G·H) and one fused elementwise kernel for all gates.
 // Backward (BPTT) in one call: per step (latest first) a fused gate-gradient kernel, then one GEMM
@@ -16,7 +24,7 @@
 // as one GEMM each over all steps, and the bias gradients as column sums.
 //
 // Conventions:
-// - Time-major and contiguous: x (T, B, I), y (T, B, H); states (B, H). Callers allocate everything
+// - Time-major and contiguous: x (T, B, I), y (T, B, S); states h (B, S), c (B, H). Callers allocate everything
 //   (ARCHITECTURE.md), including the reserve (T, B, reserve_width) that forward fills and backward reads:
 //   the activated gates, the states entering each step (and for the GRU, W_hn h + b_hn).
 // - Variable lengths: `lengths` (B) int64 on the kernels' device, 1 ≤ lengths[b] ≤ T (checked on the CPU;
@@ -43,6 +51,8 @@ constexpr int64_t gate_count(Cell cell) { return cell == Cell::Lstm ? 4 : cell =
 
 // Columns of the reserve per (t, b): activated gates (G·H), then the cell's saved state columns.
 //   Elman: [a | h_prev]   LSTM: [i f g o | c_prev | h_prev]   GRU: [r z n | W_hn h + b_hn | h_prev]
+//   LSTM with projection: [i f g o | c_prev | u | h_prev (P)]  (LayerDims::reserve()).
+// The two-argument forms below are the layouts without projection.
 constexpr int64_t reserve_width(Cell cell, int64_t hidden) {
   switch (cell) {
     case Cell::Lstm: return 6 * hidden;
@@ -56,45 +66,52 @@ constexpr int64_t reserve_h_prev(Cell cell, int64_t hidden) { return reserve_wid
 struct LayerDims {
   Cell cell;
   int64_t steps, batch, input, hidden;
+  int64_t proj = 0;  // P of an LSTM with projection (W_hr given), 0 without
   int64_t gates() const { return gate_count(cell) * hidden; }
-  int64_t reserve() const { return reserve_width(cell, hidden); }
+  int64_t state() const { return proj > 0 ? proj : hidden; }  // S: features of h and y
+  int64_t reserve() const { return proj > 0 ? 6 * hidden + proj : reserve_width(cell, hidden); }
+  int64_t reserve_h_prev() const { return reserve() - state(); }
+  int64_t reserve_u() const { return 5 * hidden; }  // the LSTM-with-projection's u_t columns
 };
 
 // Validation shared by both devices: throws replearn::Error naming the argument, or returns the dims.
 LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
-                        const TensorView& w_ih, const TensorView& w_hh, const OptView& b_ih, const OptView& b_hh,
+                        const TensorView& w_ih, const TensorView& w_hh, const OptView& w_hr, const OptView& b_ih,
+                        const OptView& b_hh,
                         const OptView& lengths, const TensorView& y, const TensorView& h_n, const OptView& c_n,
                         const TensorView& reserve, const OptView& workspace);
 LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, const TensorView& grad_h_n,
                          const OptView& grad_c_n, const TensorView& x, const TensorView& w_ih, const TensorView& w_hh,
-                         const OptView& lengths, const TensorView& reserve, const OptView& grad_x,
-                         const OptView& grad_h0, const OptView& grad_c0, const OptView& grad_w_ih,
-                         const OptView& grad_w_hh, const OptView& grad_b_ih, const OptView& grad_b_hh,
-                         const OptView& workspace);
+                         const OptView& w_hr, const OptView& lengths, const TensorView& reserve,
+                         const OptView& grad_x, const OptView& grad_h0, const OptView& grad_c0,
+                         const OptView& grad_w_ih, const OptView& grad_w_hh, const OptView& grad_w_hr,
+                         const OptView& grad_b_ih, const OptView& grad_b_hh, const OptView& workspace);
 // The geometry the workspace-size queries need (shapes only; the entry points validate fully).
-LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh);
+LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr);
 
-// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases and a second state
-// buffer (B, H); backward: the gate gradients of every step and the running dh, dc).
-int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size);
+// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases, a second state
+// buffer (B, S) and on the CPU W_hh regrouped by thread (G·H, S); backward: the gate gradients of every step and the running δh (B, S) ×2, δc (B, H);
+// with projection also δh of every step (T, B, P), for dW_hr, and one step's δu (B, H)).
+int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device);
 int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size);
 
 // Entry points; cpu.cpp defines the DeviceType::CPU specializations, cuda.cu the DeviceType::CUDA ones.
+// w_hr (P, H): the LSTM's projection, or none; grad_w_hr is optional and needs w_hr.
 template <DeviceType D>
-int64_t rnn_forward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh);
+int64_t rnn_forward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr);
 template <DeviceType D>
 void rnn_forward(int cell, const TensorView& x, const TensorView& h0, const OptView& c0, const TensorView& w_ih,
-                 const TensorView& w_hh, const OptView& b_ih, const OptView& b_hh, const OptView& lengths, bool reverse,
-                 const TensorView& y, const TensorView& h_n, const OptView& c_n, const TensorView& reserve,
-                 const OptView& workspace, std::uintptr_t stream = 0);
+                 const TensorView& w_hh, const OptView& w_hr, const OptView& b_ih, const OptView& b_hh,
+                 const OptView& lengths, bool reverse, const TensorView& y, const TensorView& h_n, const OptView& c_n,
+                 const TensorView& reserve, const OptView& workspace, std::uintptr_t stream = 0);
 template <DeviceType D>
-int64_t rnn_backward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh);
+int64_t rnn_backward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr);
 template <DeviceType D>
 void rnn_backward(int cell, const TensorView& grad_y, const TensorView& grad_h_n, const OptView& grad_c_n,
-                  const TensorView& x, const TensorView& w_ih, const TensorView& w_hh, const OptView& lengths,
-                  bool reverse, const TensorView& reserve, const OptView& grad_x, const OptView& grad_h0,
-                  const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
-                  const OptView& grad_b_ih, const OptView& grad_b_hh, const OptView& workspace,
-                  std::uintptr_t stream = 0);
+                  const TensorView& x, const TensorView& w_ih, const TensorView& w_hh, const OptView& w_hr,
+                  const OptView& lengths, bool reverse, const TensorView& reserve, const OptView& grad_x,
+                  const OptView& grad_h0, const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
+                  const OptView& grad_w_hr, const OptView& grad_b_ih, const OptView& grad_b_hh,
+                  const OptView& workspace, std::uintptr_t stream = 0);
 
 }  // namespace replearn::rnn

@@ -1,6 +1,7 @@
 // The recurrent family's CPU kernels (csrc/rnn): forward against a naive double-precision loop over
 // the equations of rnn.h, backward against central finite differences of L = Σ y·r + Σ h_n·s (+ Σ c_n·u),
-// for every cell, with and without biases, lengths and reverse; and the validation errors.
+// for every cell, with and without biases, lengths and reverse, and the LSTM with projection
+// (h_t = W_hr u_t, Sak et al. 2014); and the validation errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -27,13 +28,16 @@ struct Config {
   int64_t steps, batch, input, hidden;
   std::vector<int64_t> lengths;  // empty: all full length
   bool reverse, biases;
+  int64_t proj = 0;  // the LSTM's projection size P, 0 without
+  int64_t state() const { return proj > 0 ? proj : hidden; }
 };
 
 std::string config_name(const Config& c) {
   const char* names[] = {"tanh", "relu", "lstm", "gru"};
   return std::string(names[static_cast<int>(c.cell)]) + " T" + std::to_string(c.steps) + " B" +
          std::to_string(c.batch) + " I" + std::to_string(c.input) + " H" + std::to_string(c.hidden) +
-         (c.lengths.empty() ? "" : " lengths") + (c.reverse ? " reverse" : "") + (c.biases ? "" : " no-bias");
+         (c.lengths.empty() ? "" : " lengths") + (c.reverse ? " reverse" : "") + (c.biases ? "" : " no-bias") +
+         (c.proj ? " P" + std::to_string(c.proj) : "");
 }
 
 double sigmoid(double v) { return 1 / (1 + std::exp(-v)); }
@@ -41,19 +45,20 @@ double sigmoid(double v) { return 1 / (1 + std::exp(-v)); }
 struct Problem {
   Config c;
   DType dtype;
-  Buffer x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths;
+  Buffer x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths;
 
   Problem(const Config& config, DType dt, uint64_t seed)
-      : c(config), dtype(dt), x(dt, {1}), h0(dt, {1}), c0(dt, {1}), w_ih(dt, {1}), w_hh(dt, {1}), b_ih(dt, {1}),
-        b_hh(dt, {1}), lengths(DType::Int64, {c.batch}) {
+      : c(config), dtype(dt), x(dt, {1}), h0(dt, {1}), c0(dt, {1}), w_ih(dt, {1}), w_hh(dt, {1}), w_hr(dt, {1}),
+        b_ih(dt, {1}), b_hh(dt, {1}), lengths(DType::Int64, {c.batch}) {
     Random rng(seed);
     const int64_t G = gate_count(c.cell) * c.hidden;
     const double w = 1 / std::sqrt(static_cast<double>(c.hidden));
     x = test::random_buffer(rng, dt, {c.steps, c.batch, c.input});
-    h0 = test::random_buffer(rng, dt, {c.batch, c.hidden}, -0.5, 0.5);
+    h0 = test::random_buffer(rng, dt, {c.batch, c.state()}, -0.5, 0.5);
     c0 = test::random_buffer(rng, dt, {c.batch, c.hidden}, -0.5, 0.5);
     w_ih = test::random_buffer(rng, dt, {G, c.input}, -w, w);
-    w_hh = test::random_buffer(rng, dt, {G, c.hidden}, -w, w);
+    w_hh = test::random_buffer(rng, dt, {G, c.state()}, -w, w);
+    if (c.proj) w_hr = test::random_buffer(rng, dt, {c.proj, c.hidden}, -w, w);
     b_ih = test::random_buffer(rng, dt, {G}, -0.3, 0.3);
     b_hh = test::random_buffer(rng, dt, {G}, -0.3, 0.3);
     for (int64_t b = 0; b < c.batch; ++b) lengths.set(b, c.lengths.empty() ? c.steps : c.lengths[b]);
@@ -62,6 +67,8 @@ struct Problem {
   OptView c0_view() const { return lstm() ? c0.opt() : std::nullopt; }
   OptView bias(const Buffer& b) const { return c.biases ? b.opt() : std::nullopt; }
   OptView lengths_view() const { return c.lengths.empty() ? std::nullopt : lengths.opt(); }
+  OptView w_hr_view() const { return c.proj ? w_hr.opt() : std::nullopt; }
+  LayerDims dims() const { return {c.cell, c.steps, c.batch, c.input, c.hidden, c.proj}; }
 };
 
 struct Outputs {
@@ -69,12 +76,12 @@ struct Outputs {
 };
 
 Outputs run_forward(const Problem& p) {
-  Outputs o{Buffer(p.dtype, {p.c.steps, p.c.batch, p.c.hidden}), Buffer(p.dtype, {p.c.batch, p.c.hidden}),
-            Buffer(p.dtype, {p.c.batch, p.c.hidden}),
-            Buffer(p.dtype, {p.c.steps, p.c.batch, reserve_width(p.c.cell, p.c.hidden)})};
+  Outputs o{Buffer(p.dtype, {p.c.steps, p.c.batch, p.c.state()}), Buffer(p.dtype, {p.c.batch, p.c.state()}),
+            Buffer(p.dtype, {p.c.batch, p.c.hidden}), Buffer(p.dtype, {p.c.steps, p.c.batch, p.dims().reserve()})};
   const int cell = static_cast<int>(p.c.cell);
-  Buffer ws(DType::UInt8, {rnn_forward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view())});
-  rnn_forward<CPU>(cell, p.x.view(), p.h0.view(), p.c0_view(), p.w_ih.view(), p.w_hh.view(), p.bias(p.b_ih),
+  Buffer ws(DType::UInt8, {rnn_forward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view(), p.w_hr_view())});
+  rnn_forward<CPU>(cell, p.x.view(), p.h0.view(), p.c0_view(), p.w_ih.view(), p.w_hh.view(), p.w_hr_view(),
+                   p.bias(p.b_ih),
                    p.bias(p.b_hh), p.lengths_view(), p.c.reverse, o.y.view(), o.h_n.view(),
                    p.lstm() ? o.c_n.opt() : std::nullopt, o.reserve.view(), ws.opt());
   return o;
@@ -83,23 +90,26 @@ Outputs run_forward(const Problem& p) {
 // The equations of rnn.h, one (step, row, unit) at a time, in double.
 void naive_forward(const Problem& p, std::vector<double>& y, std::vector<double>& h, std::vector<double>& c) {
   const int64_t T = p.c.steps, B = p.c.batch, I = p.c.input, H = p.c.hidden, G = gate_count(p.c.cell);
-  y.assign(T * B * H, 0);
+  const int64_t S = p.c.state();
+  y.assign(T * B * S, 0);
   h = p.h0.values();
   c = p.c0.values();
   auto bias = [&](const Buffer& b, int64_t k) { return p.c.biases ? b.get(k) : 0.0; };
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = p.c.reverse ? T - 1 - s : s;
-    std::vector<double> h_new(B * H), c_new(B * H);
+    std::vector<double> h_new(B * S), c_new(B * H);
     for (int64_t b = 0; b < B; ++b) {
       std::vector<double> gi(G * H), gh(G * H);
       for (int64_t k = 0; k < G * H; ++k) {
         double si = bias(p.b_ih, k), sh = bias(p.b_hh, k);
         for (int64_t i = 0; i < I; ++i) si += p.w_ih.get(k * I + i) * p.x.get((t * B + b) * I + i);
-        for (int64_t j = 0; j < H; ++j) sh += p.w_hh.get(k * H + j) * h[b * H + j];
+        for (int64_t j = 0; j < S; ++j) sh += p.w_hh.get(k * S + j) * h[b * S + j];
         gi[k] = si, gh[k] = sh;
       }
+      std::vector<double> out(H);  // the cell's output: h_t, or u_t before the projection
+      const bool active = t < static_cast<int64_t>(p.lengths.get(b));
       for (int64_t j = 0; j < H; ++j) {
-        const double hp = h[b * H + j];
+        const double hp = S == H ? h[b * H + j] : 0;  // the GRU reads h_{t−1} per unit (no projection there)
         double hn = 0, cn = c[b * H + j];
         switch (p.c.cell) {
           case Cell::Tanh: hn = std::tanh(gi[j] + gh[j]); break;
@@ -118,10 +128,17 @@ void naive_forward(const Problem& p, std::vector<double>& y, std::vector<double>
             break;
           }
         }
-        const bool active = t < static_cast<int64_t>(p.lengths.get(b));
-        h_new[b * H + j] = active ? hn : hp;
+        out[j] = hn;
         c_new[b * H + j] = active ? cn : c[b * H + j];
-        y[(t * B + b) * H + j] = active ? hn : 0;
+      }
+      for (int64_t q = 0; q < S; ++q) {  // h_t = W_hr u_t with a projection
+        double hn = out[q];
+        if (p.c.proj) {
+          hn = 0;
+          for (int64_t j = 0; j < H; ++j) hn += p.w_hr.get(q * H + j) * out[j];
+        }
+        h_new[b * S + q] = active ? hn : h[b * S + q];
+        y[(t * B + b) * S + q] = active ? hn : 0;
       }
     }
     h = h_new;
@@ -138,6 +155,10 @@ std::vector<Config> configs() {
     out.push_back({cell, 6, 4, 3, 5, {3, 6, 1, 4}, true, false});
     out.push_back({cell, 4, 2, 5, 3, {}, true, true});
   }
+  out.push_back({Cell::Lstm, 5, 3, 4, 6, {}, false, true, 3});
+  out.push_back({Cell::Lstm, 6, 4, 3, 5, {6, 2, 5, 1}, false, true, 2});
+  out.push_back({Cell::Lstm, 6, 4, 3, 5, {3, 6, 1, 4}, true, false, 4});
+  out.push_back({Cell::Lstm, 3, 2, 2, 4, {}, true, true, 1});
   return out;
 }
 
@@ -165,8 +186,8 @@ TEST(RnnBackward, MatchesFiniteDifferences) {
     SCOPED_TRACE(config_name(config));
     Problem p(config, DType::Float64, 7);
     Random rng(3);
-    const auto ry = rng.uniform(config.steps * config.batch * config.hidden, -1, 1);
-    const auto rh = rng.uniform(config.batch * config.hidden, -1, 1);
+    const auto ry = rng.uniform(config.steps * config.batch * config.state(), -1, 1);
+    const auto rh = rng.uniform(config.batch * config.state(), -1, 1);
     const auto rc = rng.uniform(config.batch * config.hidden, -1, 1);
     auto loss = [&] {
       const Outputs o = run_forward(p);
@@ -175,20 +196,23 @@ TEST(RnnBackward, MatchesFiniteDifferences) {
     const Outputs o = run_forward(p);
     const DType dt = DType::Float64;
     const int64_t G = gate_count(config.cell) * config.hidden;
-    Buffer gy(dt, {config.steps, config.batch, config.hidden}, ry), gh(dt, {config.batch, config.hidden}, rh),
+    Buffer gy(dt, {config.steps, config.batch, config.state()}, ry), gh(dt, {config.batch, config.state()}, rh),
         gc(dt, {config.batch, config.hidden}, rc);
     Buffer dx(dt, p.x.sizes()), dh0(dt, p.h0.sizes()), dc0(dt, p.c0.sizes()), dw_ih(dt, p.w_ih.sizes()),
-        dw_hh(dt, p.w_hh.sizes()), db_ih(dt, {G}), db_hh(dt, {G});
+        dw_hh(dt, p.w_hh.sizes()), dw_hr(dt, p.w_hr.sizes()), db_ih(dt, {G}), db_hh(dt, {G});
     const int cell = static_cast<int>(config.cell);
-    Buffer ws(DType::UInt8, {rnn_backward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view())});
+    Buffer ws(DType::UInt8, {rnn_backward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view(), p.w_hr_view())});
     rnn_backward<CPU>(cell, gy.view(), gh.view(), p.lstm() ? gc.opt() : std::nullopt, p.x.view(), p.w_ih.view(),
-                      p.w_hh.view(), p.lengths_view(), config.reverse, o.reserve.view(), dx.opt(), dh0.opt(),
-                      p.lstm() ? dc0.opt() : std::nullopt, dw_ih.opt(), dw_hh.opt(), db_ih.opt(), db_hh.opt(), ws.opt());
+                      p.w_hh.view(), p.w_hr_view(), p.lengths_view(), config.reverse, o.reserve.view(), dx.opt(),
+                      dh0.opt(), p.lstm() ? dc0.opt() : std::nullopt, dw_ih.opt(), dw_hh.opt(),
+                      config.proj ? dw_hr.opt() : std::nullopt, db_ih.opt(), db_hh.opt(), ws.opt());
     EXPECT_TRUE(AllClose(dx.values(), test::numeric_gradient(p.x, loss), kGradientTolerance)) << "grad_x";
     EXPECT_TRUE(AllClose(dh0.values(), test::numeric_gradient(p.h0, loss), kGradientTolerance)) << "grad_h0";
     if (p.lstm()) EXPECT_TRUE(AllClose(dc0.values(), test::numeric_gradient(p.c0, loss), kGradientTolerance)) << "grad_c0";
     EXPECT_TRUE(AllClose(dw_ih.values(), test::numeric_gradient(p.w_ih, loss), kGradientTolerance)) << "grad_w_ih";
     EXPECT_TRUE(AllClose(dw_hh.values(), test::numeric_gradient(p.w_hh, loss), kGradientTolerance)) << "grad_w_hh";
+    if (config.proj)
+      EXPECT_TRUE(AllClose(dw_hr.values(), test::numeric_gradient(p.w_hr, loss), kGradientTolerance)) << "grad_w_hr";
     if (config.biases) {
       EXPECT_TRUE(AllClose(db_ih.values(), test::numeric_gradient(p.b_ih, loss), kGradientTolerance)) << "grad_b_ih";
       EXPECT_TRUE(AllClose(db_hh.values(), test::numeric_gradient(p.b_hh, loss), kGradientTolerance)) << "grad_b_hh";
@@ -204,9 +228,10 @@ TEST(RnnValidation, NamesTheArgumentAndLeavesOutputsUntouched) {
   Buffer y = test::sentinel_buffer(DType::Float32, {4, 2, 5}), h_n = test::sentinel_buffer(DType::Float32, {2, 5}),
          c_n = test::sentinel_buffer(DType::Float32, {2, 5}),
          reserve = test::sentinel_buffer(DType::Float32, {4, 2, reserve_width(Cell::Lstm, 5)});
-  Buffer ws(DType::UInt8, {rnn_forward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view())});
+  Buffer ws(DType::UInt8, {rnn_forward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view(), std::nullopt)});
   Buffer bad_lengths(DType::Int64, {2}, {4, 5});
   Buffer wrong_w_hh(DType::Float32, {20, 4});
+  Buffer w_hr(DType::Float32, {3, 5}), gru_w_hh(DType::Float32, {15, 5});
   auto expect_error = [&](const std::string& arg, auto&& call) {
     try {
       call();
@@ -217,15 +242,19 @@ TEST(RnnValidation, NamesTheArgumentAndLeavesOutputsUntouched) {
     EXPECT_TRUE(test::all_equal(y, kSentinel) && test::all_equal(h_n, kSentinel) && test::all_equal(c_n, kSentinel))
         << arg;
   };
-  auto forward = [&](int cell_code, const TensorView& w_hh, OptView lengths, OptView c0, OptView workspace) {
-    rnn_forward<CPU>(cell_code, p.x.view(), p.h0.view(), c0, p.w_ih.view(), w_hh, p.b_ih.opt(), p.b_hh.opt(), lengths,
-                     false, y.view(), h_n.view(), c_n.opt(), reserve.view(), workspace);
+  auto forward = [&](int cell_code, const TensorView& w_hh, OptView lengths, OptView c0, OptView workspace,
+                     OptView w_hr_arg = std::nullopt) {
+    rnn_forward<CPU>(cell_code, p.x.view(), p.h0.view(), c0, p.w_ih.view(), w_hh, w_hr_arg, p.b_ih.opt(),
+                     p.b_hh.opt(), lengths, false, y.view(), h_n.view(), c_n.opt(), reserve.view(), workspace);
   };
   expect_error("cell", [&] { forward(7, p.w_hh.view(), std::nullopt, p.c0.opt(), ws.opt()); });
   expect_error("w_hh", [&] { forward(cell, wrong_w_hh.view(), std::nullopt, p.c0.opt(), ws.opt()); });
   expect_error("lengths", [&] { forward(cell, p.w_hh.view(), bad_lengths.opt(), p.c0.opt(), ws.opt()); });
   expect_error("c0", [&] { forward(cell, p.w_hh.view(), std::nullopt, std::nullopt, ws.opt()); });
   expect_error("workspace", [&] { forward(cell, p.w_hh.view(), std::nullopt, p.c0.opt(), std::nullopt); });
+  // A projection (3, 5) needs W_hh (20, 3), h0 (2, 3); and only the LSTM takes one.
+  expect_error("w_hh", [&] { forward(cell, p.w_hh.view(), std::nullopt, p.c0.opt(), ws.opt(), w_hr.opt()); });
+  expect_error("w_hr", [&] { forward(3, gru_w_hh.view(), std::nullopt, std::nullopt, ws.opt(), w_hr.opt()); });
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // Emulated CUDA kernels of the recurrent family (csrc/rnn/cuda.cu compiled against
 // include/cuda_runtime.h), float32, against the CPU kernels in float64 on the same values: outputs,
 // final states and every gradient, for each cell with and without lengths, reverse and biases, at
-// sizes that span several GEMM tiles. Built and run by tests/cuda_emu/run.sh rnn.
+// sizes that span several GEMM tiles; and the LSTM with projection (W_hr, grad_w_hr). Built and run by
+// tests/cuda_emu/run.sh rnn.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -69,43 +70,48 @@ void compare(const std::string& what, const Arr& got, const Arr& ref) {
   }
 }
 
-struct Side {  // one device's tensors for a problem
-  Arr x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, y, h_n, c_n, reserve, gy, gh, gc, dx, dh0, dc0, dw_ih, dw_hh,
-      db_ih, db_hh;
+struct Side {  // one device's tensors for a problem (S: the state width, P with a projection, else H)
+  Arr x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n, c_n, reserve, gy, gh, gc, dx, dh0, dc0, dw_ih, dw_hh,
+      dw_hr, db_ih, db_hh;
 };
 
-Side make_side(DType dt, DeviceType dev, Cell cell, int64_t T, int64_t B, int64_t I, int64_t H) {
-  const int64_t G = gate_count(cell) * H;
-  return Side{Arr(dt, dev, {T, B, I}),  Arr(dt, dev, {B, H}),    Arr(dt, dev, {B, H}),     Arr(dt, dev, {G, I}),
-              Arr(dt, dev, {G, H}),     Arr(dt, dev, {G}),       Arr(dt, dev, {G}),        Arr(DType::Int64, dev, {B}),
-              Arr(dt, dev, {T, B, H}),  Arr(dt, dev, {B, H}),    Arr(dt, dev, {B, H}),
-              Arr(dt, dev, {T, B, reserve_width(cell, H)}),      Arr(dt, dev, {T, B, H}),  Arr(dt, dev, {B, H}),
-              Arr(dt, dev, {B, H}),     Arr(dt, dev, {T, B, I}), Arr(dt, dev, {B, H}),     Arr(dt, dev, {B, H}),
-              Arr(dt, dev, {G, I}),     Arr(dt, dev, {G, H}),    Arr(dt, dev, {G}),        Arr(dt, dev, {G})};
+Side make_side(DType dt, DeviceType dev, Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
+  const int64_t G = gate_count(cell) * H, S = P > 0 ? P : H;
+  const LayerDims d{cell, T, B, I, H, P};
+  return Side{Arr(dt, dev, {T, B, I}),  Arr(dt, dev, {B, S}),    Arr(dt, dev, {B, H}),     Arr(dt, dev, {G, I}),
+              Arr(dt, dev, {G, S}),     Arr(dt, dev, {P, H}),    Arr(dt, dev, {G}),        Arr(dt, dev, {G}),
+              Arr(DType::Int64, dev, {B}),                       Arr(dt, dev, {T, B, S}),  Arr(dt, dev, {B, S}),
+              Arr(dt, dev, {B, H}),     Arr(dt, dev, {T, B, d.reserve()}),                 Arr(dt, dev, {T, B, S}),
+              Arr(dt, dev, {B, S}),     Arr(dt, dev, {B, H}),    Arr(dt, dev, {T, B, I}),  Arr(dt, dev, {B, S}),
+              Arr(dt, dev, {B, H}),     Arr(dt, dev, {G, I}),    Arr(dt, dev, {G, S}),     Arr(dt, dev, {P, H}),
+              Arr(dt, dev, {G}),        Arr(dt, dev, {G})};
 }
 
 template <DeviceType D>
-void run(Side& s, Cell cell, bool lengths, bool reverse, bool biases) {
+void run(Side& s, Cell cell, bool lengths, bool reverse, bool biases, bool proj) {
   const int c = static_cast<int>(cell);
   const bool lstm = cell == Cell::Lstm;
   auto opt_if = [](bool on, const Arr& a) { return on ? a.opt() : std::nullopt; };
-  Arr fws(DType::UInt8, s.x.dev, {rnn_forward_workspace_size<D>(c, s.x.view(), s.w_hh.view())});
-  rnn_forward<D>(c, s.x.view(), s.h0.view(), opt_if(lstm, s.c0), s.w_ih.view(), s.w_hh.view(), opt_if(biases, s.b_ih),
-                 opt_if(biases, s.b_hh), opt_if(lengths, s.lengths), reverse, s.y.view(), s.h_n.view(),
-                 opt_if(lstm, s.c_n), s.reserve.view(), fws.opt());
-  Arr bws(DType::UInt8, s.x.dev, {rnn_backward_workspace_size<D>(c, s.x.view(), s.w_hh.view())});
-  rnn_backward<D>(c, s.gy.view(), s.gh.view(), opt_if(lstm, s.gc), s.x.view(), s.w_ih.view(), s.w_hh.view(),
+  const OptView w_hr = opt_if(proj, s.w_hr);
+  Arr fws(DType::UInt8, s.x.dev, {rnn_forward_workspace_size<D>(c, s.x.view(), s.w_hh.view(), w_hr)});
+  rnn_forward<D>(c, s.x.view(), s.h0.view(), opt_if(lstm, s.c0), s.w_ih.view(), s.w_hh.view(), w_hr,
+                 opt_if(biases, s.b_ih), opt_if(biases, s.b_hh), opt_if(lengths, s.lengths), reverse, s.y.view(),
+                 s.h_n.view(), opt_if(lstm, s.c_n), s.reserve.view(), fws.opt());
+  Arr bws(DType::UInt8, s.x.dev, {rnn_backward_workspace_size<D>(c, s.x.view(), s.w_hh.view(), w_hr)});
+  rnn_backward<D>(c, s.gy.view(), s.gh.view(), opt_if(lstm, s.gc), s.x.view(), s.w_ih.view(), s.w_hh.view(), w_hr,
                   opt_if(lengths, s.lengths), reverse, s.reserve.view(), s.dx.opt(), s.dh0.opt(), opt_if(lstm, s.dc0),
-                  s.dw_ih.opt(), s.dw_hh.opt(), s.db_ih.opt(), s.db_hh.opt(), bws.opt());
+                  s.dw_ih.opt(), s.dw_hh.opt(), opt_if(proj, s.dw_hr), s.db_ih.opt(), s.db_hh.opt(), bws.opt());
 }
 
-void test(Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, bool reverse, bool biases) {
+void test(Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, bool reverse, bool biases,
+          int64_t P = 0) {
   const char* names[] = {"tanh", "relu", "lstm", "gru"};
   const std::string tag = std::string(names[static_cast<int>(cell)]) + " T" + std::to_string(T) + " B" +
                           std::to_string(B) + " I" + std::to_string(I) + " H" + std::to_string(H) +
-                          (lengths ? " lengths" : "") + (reverse ? " reverse" : "") + (biases ? "" : " no-bias");
-  Side dev = make_side(DType::Float32, CUDA, cell, T, B, I, H);
-  Side ref = make_side(DType::Float64, CPU, cell, T, B, I, H);
+                          (P ? " P" + std::to_string(P) : "") + (lengths ? " lengths" : "") +
+                          (reverse ? " reverse" : "") + (biases ? "" : " no-bias");
+  Side dev = make_side(DType::Float32, CUDA, cell, T, B, I, H, P);
+  Side ref = make_side(DType::Float64, CPU, cell, T, B, I, H, P);
   std::mt19937 rng(static_cast<unsigned>(T * 131 + B * 17 + H));
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const float w = 1.f / std::sqrt(static_cast<float>(H));
@@ -117,13 +123,14 @@ void test(Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, b
     }
   };
   fill(&Side::x, 1.f), fill(&Side::h0, 0.5f), fill(&Side::c0, 0.5f), fill(&Side::w_ih, w), fill(&Side::w_hh, w);
+  fill(&Side::w_hr, w);
   fill(&Side::b_ih, 0.3f), fill(&Side::b_hh, 0.3f), fill(&Side::gy, 1.f), fill(&Side::gh, 1.f), fill(&Side::gc, 1.f);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t len = lengths ? 1 + (b * 7 + 3) % T : T;
     dev.lengths.set(b, len), ref.lengths.set(b, len);
   }
-  run<CUDA>(dev, cell, lengths, reverse, biases);
-  run<CPU>(ref, cell, lengths, reverse, biases);
+  run<CUDA>(dev, cell, lengths, reverse, biases, P > 0);
+  run<CPU>(ref, cell, lengths, reverse, biases, P > 0);
   compare(tag + " y", dev.y, ref.y);
   compare(tag + " h_n", dev.h_n, ref.h_n);
   compare(tag + " grad_x", dev.dx, ref.dx);
@@ -136,6 +143,7 @@ void test(Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, b
     compare(tag + " c_n", dev.c_n, ref.c_n);
     compare(tag + " grad_c0", dev.dc0, ref.dc0);
   }
+  if (P > 0) compare(tag + " grad_w_hr", dev.dw_hr, ref.dw_hr);
 }
 
 int main(int argc, char** argv) {
@@ -148,6 +156,11 @@ int main(int argc, char** argv) {
     test(cell, 3, 2, 3, 5, true, true, false);
     if (!quick) test(cell, 5, 4, 17, 7, false, true, true);
   }
+  // The LSTM with projection: P within a tile and past one, with lengths, reverse and no biases.
+  test(Cell::Lstm, 1, 1, 1, 2, false, false, true, 1);
+  test(Cell::Lstm, 4, 3, 5, 18, true, false, true, 7);
+  test(Cell::Lstm, 3, 2, 3, 20, true, true, false, 17);
+  if (!quick) test(Cell::Lstm, 5, 4, 6, 9, false, true, true, 4);
   std::printf("%d checks, %d failures, %ld emulated launches\n", checks, failures, emu::launches.load());
   return failures ? 1 : 0;
 }

@@ -11,7 +11,8 @@ Differences from torch, by design:
 - `forward(input, hx=None, lengths=None)`: variable lengths can be given as a tensor instead of a
   PackedSequence (outputs past a sequence's end are zero, states are taken at its end). A torch
   PackedSequence is also accepted and answered with one, as torch does.
-- `proj_size` (LSTM projections) is not implemented.
+- `proj_size` (LSTM with projections, Sak et al. 2014) as torch's: h_t = W_hr (o_t ⊙ tanh(c_t)) with
+  `weight_hr_l{k}` (proj_size, hidden_size); outputs and h_n have proj_size features, c_n hidden_size.
 - CUDA tensors: float32 only.
 """
 
@@ -71,8 +72,14 @@ class RNNBase(nn.Module):
         super().__init__()
         if mode not in _GATES:
             raise ValueError(f"RNNBase: argument 'mode' expected one of {sorted(_GATES)} but got {mode!r}")
-        if proj_size:
-            raise NotImplementedError("replearn recurrent layers: proj_size (LSTM projections) is not implemented")
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
+            raise ValueError(f"{type(self).__name__}: argument 'proj_size' expected a non-negative int (0 disables the "
+                             f"projection) but got {proj_size!r}")  # fmt: skip
+        if proj_size and mode != "LSTM":
+            raise ValueError(f"{type(self).__name__}: argument 'proj_size' is only supported for the LSTM, not {mode}")
+        if proj_size and isinstance(hidden_size, int) and proj_size >= hidden_size:
+            raise ValueError(f"{type(self).__name__}: argument 'proj_size' expected a value smaller than hidden_size "
+                             f"({hidden_size}) but got {proj_size}")  # fmt: skip
         if not (isinstance(hidden_size, int) and hidden_size > 0):
             raise ValueError(f"{type(self).__name__}: argument 'hidden_size' expected a positive int but got {hidden_size!r}")
         if not (isinstance(num_layers, int) and num_layers > 0):
@@ -88,19 +95,22 @@ class RNNBase(nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
-        self.proj_size = 0
+        self.proj_size = proj_size
         self.recurrent_init = recurrent_init
         factory = {"device": device, "dtype": dtype}
         gates = _GATES[mode] * hidden_size
         directions = 2 if bidirectional else 1
+        state = proj_size or hidden_size  # features of h and of the outputs
         self._flat_weights_names = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
+            layer_input = input_size if layer == 0 else state * directions
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                params = [("weight_ih", (gates, layer_input)), ("weight_hh", (gates, hidden_size))]
+                params = [("weight_ih", (gates, layer_input)), ("weight_hh", (gates, state))]
                 if bias:
                     params += [("bias_ih", (gates,)), ("bias_hh", (gates,))]
+                if proj_size:  # torch's order: the projection comes last
+                    params += [("weight_hr", (proj_size, hidden_size))]
                 for name, shape in params:
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
                     self._flat_weights_names.append(name + suffix)
@@ -123,7 +133,7 @@ class RNNBase(nn.Module):
         if self.mode == "RNN_RELU":
             s += ", nonlinearity='relu'"
         for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                             ("recurrent_init", "uniform")):  # fmt: skip
+                             ("proj_size", 0), ("recurrent_init", "uniform")):  # fmt: skip
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
@@ -131,14 +141,16 @@ class RNNBase(nn.Module):
     def _layer_params(self, layer: int, direction: int):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda name: getattr(self, name + suffix) if self.bias or not name.startswith("bias") else None  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        w_hr = getattr(self, "weight_hr" + suffix) if self.proj_size else None
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr
 
     def forward(self, input, hx=None, lengths: torch.Tensor | None = None):
         """Runs the stack over a whole sequence.
 
         Args:
             input: (T, B, I), or (B, T, I) when batch_first, or unbatched (T, I); or a PackedSequence.
-            hx: initial states (L·D, B, H) — for the LSTM a pair (h_0, c_0) — or None for zeros.
+            hx: initial states (L·D, B, H) — for the LSTM a pair (h_0, c_0), h_0 (L·D, B, proj_size) with a
+                projection — or None for zeros.
             lengths: optional (B) lengths of the sequences in a padded batch (see the module docstring).
 
         Returns:
@@ -180,15 +192,16 @@ class RNNBase(nn.Module):
         batch = x.shape[1]
         directions = 2 if self.bidirectional else 1
         lstm = self.mode == "LSTM"
-        state_shape = (self.num_layers * directions, batch, self.hidden_size)
+        cell_shape = (self.num_layers * directions, batch, self.hidden_size)
+        state_shape = (self.num_layers * directions, batch, self.proj_size or self.hidden_size)
         if hx is None:
             h0 = x.new_zeros(state_shape)
-            c0 = x.new_zeros(state_shape) if lstm else None
+            c0 = x.new_zeros(cell_shape) if lstm else None
         else:
             h0, c0 = hx if lstm else (hx, None)
-            for name, s in (("h_0", h0), ("c_0", c0)):
-                if s is not None and tuple(s.shape) != state_shape:
-                    raise ValueError(f"{type(self).__name__}: initial state '{name}' expected shape {state_shape} "
+            for name, s, shape in (("h_0", h0, state_shape), ("c_0", c0, cell_shape)):
+                if s is not None and tuple(s.shape) != shape:
+                    raise ValueError(f"{type(self).__name__}: initial state '{name}' expected shape {shape} "
                                      f"but got {tuple(s.shape)}")  # fmt: skip
         if lengths is not None:
             lengths = torch.as_tensor(lengths)
@@ -199,9 +212,13 @@ class RNNBase(nn.Module):
             outputs = []
             for direction in range(directions):
                 k = layer * directions + direction
-                w_ih, w_hh, b_ih, b_hh = self._layer_params(layer, direction)
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, direction)
                 reverse = direction == 1
-                if lstm:
+                if w_hr is not None:
+                    y, h_n, c_n = ops.lstm_proj(layer_input, h0[k], c0[k], w_ih, w_hh, w_hr, b_ih, b_hh, lengths,
+                                                reverse)  # fmt: skip
+                    c_finals.append(c_n)
+                elif lstm:
                     y, h_n, c_n = op(layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, lengths, reverse)
                     c_finals.append(c_n)
                 else:

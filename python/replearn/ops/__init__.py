@@ -12,7 +12,7 @@ from .flow import actnorm, affine_coupling, channel_mask, checkerboard_mask, inv
 from .norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, spectral_norm, weight_norm
 from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 from .ssm import cauchy, causal_conv1d, fft_conv, s4_dplr_kernel, s4d_kernel, selective_scan
-from .rnn import gru, lstm, rnn_relu, rnn_tanh
+from .rnn import gru, lstm, lstm_proj, rnn_relu, rnn_tanh
 
 __all__ = [
     "list_ops",
@@ -47,6 +47,7 @@ __all__ = [
     "rnn_tanh",
     "rnn_relu",
     "lstm",
+    "lstm_proj",
     "gru",
     "affine_coupling",
     "actnorm",
