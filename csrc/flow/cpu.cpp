@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "core/dispatch.h"
 #include "core/gemm.h"
@@ -36,68 +37,137 @@ struct Load {  // parameters read as double (math.h's invconv helpers)
 
 // ================================================================================ affine coupling
 
-template <class T, Scale S>
-void coupling_forward(RowDims d, const T* x, const T* shift, const T* log_scale, const bool* mask, bool reverse,
-                      T* y, T* logdet) {
+constexpr int64_t kSumBlock = 512;
+
+// The inner loops take no pointer that may be null: an absent shift reads one row of zeros for every
+// sample (row stride 0), an absent mask a row of zero bytes, and an absent log_scale (additive
+// coupling) is a template flag, so each loop is one straight-line body that the compiler vectorizes
+// (with core/vmath.h's exp).
+template <class T>
+struct CouplingRows {
+  std::vector<T> zeros;
+  std::vector<uint8_t> no_mask;
+  const T* shift;
+  int64_t shift_stride;
+  const uint8_t* mask;
+  CouplingRows(int64_t n, const T* shift_in, const bool* mask_in)
+      : zeros(shift_in ? 0 : n), no_mask(mask_in ? 0 : n), shift(shift_in ? shift_in : zeros.data()),
+        shift_stride(shift_in ? n : 0),
+        mask(mask_in ? reinterpret_cast<const uint8_t*>(mask_in) : no_mask.data()) {}
+};
+
+// One sample's row: y and Σ log σ over the transformed entries. The direction is a template
+// constant (a select between the two inside the loop kept GCC from vectorizing it), and the logdet
+// is summed in T over blocks of kSumBlock values, the blocks in double (a double reduction inside
+// the loop did too).
+template <class T, Scale S, bool kScaled, bool kReverse>
+double coupling_forward_row(int64_t n, const T* __restrict__ xr, const T* __restrict__ tr, const T* __restrict__ sr,
+                            const uint8_t* __restrict__ mask, T* __restrict__ yr) {
+  double sum = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kSumBlock) {
+    const int64_t j1 = std::min(n, j0 + kSumBlock);
+    T block = T(0);
+#pragma omp simd reduction(+ : block)
+    for (int64_t j = j0; j < j1; ++j) {
+      T dlog = T(0);
+      const T ls = kScaled ? coupling_log_sigma<S>(sr[j], dlog) : T(0);
+      // forward x·σ + t; reverse (x − t)/σ = (x − t)·e^{−log σ}
+      T out;
+      if constexpr (kReverse) out = (xr[j] - tr[j]) * (kScaled ? fexp(-ls) : T(1));
+      else out = xr[j] * (kScaled ? fexp(ls) : T(1)) + tr[j];
+      const bool keep = mask[j] != 0;
+      yr[j] = keep ? xr[j] : out;
+      block += keep ? T(0) : ls;
+    }
+    sum += static_cast<double>(block);
+  }
+  return sum;
+}
+
+template <class T, Scale S, bool kScaled>
+void coupling_forward_rows(RowDims d, const T* x, const CouplingRows<T>& rows, const T* log_scale, bool reverse,
+                           T* y, T* logdet) {
   const int64_t n = d.features;
   parallel_for(d.batch, grain_for(n), [&](int, int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* xr = x + b * n;
-      const T* tr = shift ? shift + b * n : nullptr;
-      const T* sr = log_scale ? log_scale + b * n : nullptr;
-      T* yr = y + b * n;
-      double sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < n; ++j) {
-        T dlog;
-        const T ls = sr ? coupling_log_sigma<S>(sr[j], dlog) : T(0);
-        const T t = tr ? tr[j] : T(0);
-        const T out = reverse ? (xr[j] - t) * std::exp(-ls) : xr[j] * std::exp(ls) + t;
-        const bool keep = mask && mask[j];
-        yr[j] = keep ? xr[j] : out;
-        sum += keep ? 0.0 : static_cast<double>(ls);
-      }
+      const T* tr = rows.shift + b * rows.shift_stride;
+      const T* sr = kScaled ? log_scale + b * n : xr;  // (unread when not scaled)
+      const double sum = reverse ? coupling_forward_row<T, S, kScaled, true>(n, xr, tr, sr, rows.mask, y + b * n)
+                                 : coupling_forward_row<T, S, kScaled, false>(n, xr, tr, sr, rows.mask, y + b * n);
       logdet[b] = static_cast<T>(reverse ? -sum : sum);
     }
   });
 }
 
+template <class T, Scale S>
+void coupling_forward(RowDims d, const T* x, const T* shift, const T* log_scale, const bool* mask, bool reverse,
+                      T* y, T* logdet) {
+  const CouplingRows<T> rows(d.features, shift, mask);
+  if (log_scale) coupling_forward_rows<T, S, true>(d, x, rows, log_scale, reverse, y, logdet);
+  else coupling_forward_rows<T, S, false>(d, x, rows, nullptr, reverse, y, logdet);
+}
+
+template <class T, Scale S, bool kScaled, bool kReverse>
+void coupling_backward_row(int64_t n, T gl, const T* __restrict__ g, const T* __restrict__ xr, const T* __restrict__ tr,
+                           const T* __restrict__ sr, const uint8_t* __restrict__ mask, T* __restrict__ dx,
+                           T* __restrict__ dt, T* __restrict__ ds) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    T dlog = T(0);
+    const T ls = kScaled ? coupling_log_sigma<S>(sr[j], dlog) : T(0);
+    const T factor = kScaled ? fexp(kReverse ? -ls : ls) : T(1);  // σ forward, 1/σ reverse
+    const T gx = g[j] * factor;
+    const T d_shift = kReverse ? -gx : g[j];
+    const T d_scale = kReverse ? -dlog * (g[j] * (xr[j] - tr[j]) * factor + gl) : dlog * (g[j] * xr[j] * factor + gl);
+    const bool keep = mask[j] != 0;
+    dx[j] = keep ? g[j] : gx;
+    dt[j] = keep ? T(0) : d_shift;
+    ds[j] = keep ? T(0) : d_scale;
+  }
+}
+
 // Forward: dx = g·σ, dt = g, ds = δ·(g·x·σ + ḡ); reverse (x' = (y − t)/σ): dy = g/σ, dt = −g/σ,
-// ds = −δ·(g·x' + ḡ); masked elements pass g through and get no parameter gradient.
+// ds = −δ·(g·x' + ḡ); masked elements pass g through and get no parameter gradient. Absent outputs
+// are written to a per-chunk scratch row instead of being tested for inside the loop.
+template <class T, Scale S, bool kScaled>
+void coupling_backward_rows(RowDims d, const T* grad_y, const T* grad_logdet, const T* x,
+                            const CouplingRows<T>& rows, const T* log_scale, bool reverse, T* grad_x, T* grad_shift,
+                            T* grad_log_scale) {
+  const int64_t n = d.features;
+  parallel_for(d.batch, grain_for(n), [&](int, int64_t b0, int64_t b1) {
+    std::vector<T> scratch((grad_x ? 0 : n) + (grad_shift ? 0 : n) + (grad_log_scale ? 0 : n));
+    T* spare = scratch.data();
+    T* dx_spare = grad_x ? nullptr : spare;
+    T* dt_spare = grad_shift ? nullptr : spare + (grad_x ? 0 : n);
+    T* ds_spare = grad_log_scale ? nullptr : spare + (grad_x ? 0 : n) + (grad_shift ? 0 : n);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * n;
+      const T* xr = x + o;
+      const T* tr = rows.shift + b * rows.shift_stride;
+      const T* sr = kScaled ? log_scale + o : xr;  // (unread when not scaled)
+      T* dx = grad_x ? grad_x + o : dx_spare;
+      T* dt = grad_shift ? grad_shift + o : dt_spare;
+      T* ds = grad_log_scale ? grad_log_scale + o : ds_spare;
+      if (reverse)
+        coupling_backward_row<T, S, kScaled, true>(n, grad_logdet[b], grad_y + o, xr, tr, sr, rows.mask, dx, dt, ds);
+      else
+        coupling_backward_row<T, S, kScaled, false>(n, grad_logdet[b], grad_y + o, xr, tr, sr, rows.mask, dx, dt, ds);
+    }
+  });
+}
+
 template <class T, Scale S>
 void coupling_backward(RowDims d, const T* grad_y, const T* grad_logdet, const T* x, const T* shift,
                        const T* log_scale, const bool* mask, bool reverse, T* grad_x, T* grad_shift,
                        T* grad_log_scale) {
-  const int64_t n = d.features;
-  parallel_for(d.batch, grain_for(n), [&](int, int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = b * n;
-      const T gl = grad_logdet[b];
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const T g = grad_y[o + j];
-        T dlog = T(0);
-        const T ls = log_scale ? coupling_log_sigma<S>(log_scale[o + j], dlog) : T(0);
-        const bool keep = mask && mask[j];
-        T dx, dt, ds;
-        if (!reverse) {
-          const T sigma = std::exp(ls);
-          dx = g * sigma;
-          dt = g;
-          ds = dlog * (g * x[o + j] * sigma + gl);
-        } else {
-          const T inv_sigma = std::exp(-ls);
-          const T t = shift ? shift[o + j] : T(0);
-          dx = g * inv_sigma;
-          dt = -dx;
-          ds = -dlog * (g * (x[o + j] - t) * inv_sigma + gl);
-        }
-        if (grad_x) grad_x[o + j] = keep ? g : dx;
-        if (grad_shift) grad_shift[o + j] = keep ? T(0) : dt;
-        if (grad_log_scale) grad_log_scale[o + j] = keep ? T(0) : ds;
-      }
-    }
-  });
+  const CouplingRows<T> rows(d.features, shift, mask);
+  if (log_scale)
+    coupling_backward_rows<T, S, true>(d, grad_y, grad_logdet, x, rows, log_scale, reverse, grad_x, grad_shift,
+                                       grad_log_scale);
+  else
+    coupling_backward_rows<T, S, false>(d, grad_y, grad_logdet, x, rows, nullptr, reverse, grad_x, grad_shift,
+                                        grad_log_scale);
 }
 
 // ======================================================================================== actnorm
@@ -137,52 +207,60 @@ void actnorm_forward_cpu(ChannelDims d, const T* x, const T* scale, const T* bia
 }
 
 // Forward: dx = g·a, da = Σ g·x + S·Σ_b ḡ/a, db = Σ g. Reverse (x' = (y − b)/a): dy = g/a,
-// da = −(Σ g·x' + S·Σ_b ḡ)/a, db = −Σ g/a. One channel per task, every sample in a fixed order.
+// da = −(Σ g·x' + S·Σ_b ḡ)/a, db = −Σ g/a. The planes (sample, channel) are visited in memory order,
+// so the pass streams (a channel-major walk reads runs of one plane, C·S apart, which the prefetcher
+// restarts on); each plane's sums go to its own slot and are added per channel in sample order, so
+// the result does not depend on the thread count.
 template <class T>
 void actnorm_backward_cpu(ChannelDims d, const T* grad_y, const T* grad_logdet, const T* x, const T* scale,
                           const T* bias, bool reverse, T* grad_x, T* grad_scale, T* grad_bias) {
-  const int64_t sp = d.spatial;
+  const int64_t sp = d.spatial, planes = d.batch * d.channels;
   double gl_sum = 0;
   for (int64_t b = 0; b < d.batch; ++b) gl_sum += static_cast<double>(grad_logdet[b]);
-  parallel_for(d.channels, grain_for(d.batch * sp), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
+  std::vector<double> plane_gx(planes), plane_g(planes);
+  parallel_for(planes, grain_for(sp), [&](int, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % d.channels, o = p * sp;
       const T a = scale[c], bb = bias[c];
-      double sum_gx = 0, sum_g = 0;
-      for (int64_t b = 0; b < d.batch; ++b) {
-        const int64_t o = (b * d.channels + c) * sp;
-        const T* g = grad_y + o;
-        const T* xp = x + o;
-        double pgx = 0, pg = 0;
-        if (reverse) {
+      const T* g = grad_y + o;
+      const T* xp = x + o;
+      double pgx = 0, pg = 0;
+      if (reverse) {
 #pragma omp simd reduction(+ : pgx, pg)
-          for (int64_t i = 0; i < sp; ++i) {
-            const T out = (xp[i] - bb) / a;
-            pgx += static_cast<double>(g[i]) * static_cast<double>(out);
-            pg += static_cast<double>(g[i]);
-          }
-          if (grad_x) {
-#pragma omp simd
-            for (int64_t i = 0; i < sp; ++i) grad_x[o + i] = g[i] / a;
-          }
-        } else {
-#pragma omp simd reduction(+ : pgx, pg)
-          for (int64_t i = 0; i < sp; ++i) {
-            pgx += static_cast<double>(g[i]) * static_cast<double>(xp[i]);
-            pg += static_cast<double>(g[i]);
-          }
-          if (grad_x) {
-#pragma omp simd
-            for (int64_t i = 0; i < sp; ++i) grad_x[o + i] = g[i] * a;
-          }
+        for (int64_t i = 0; i < sp; ++i) {
+          const T out = (xp[i] - bb) / a;
+          pgx += static_cast<double>(g[i]) * static_cast<double>(out);
+          pg += static_cast<double>(g[i]);
         }
-        sum_gx += pgx;
-        sum_g += pg;
+        if (grad_x) {
+#pragma omp simd
+          for (int64_t i = 0; i < sp; ++i) grad_x[o + i] = g[i] / a;
+        }
+      } else {
+#pragma omp simd reduction(+ : pgx, pg)
+        for (int64_t i = 0; i < sp; ++i) {
+          pgx += static_cast<double>(g[i]) * static_cast<double>(xp[i]);
+          pg += static_cast<double>(g[i]);
+        }
+        if (grad_x) {
+#pragma omp simd
+          for (int64_t i = 0; i < sp; ++i) grad_x[o + i] = g[i] * a;
+        }
       }
-      const double ad = static_cast<double>(a), logdet_term = static_cast<double>(sp) * gl_sum;
-      if (grad_scale) grad_scale[c] = static_cast<T>(reverse ? -(sum_gx + logdet_term) / ad : sum_gx + logdet_term / ad);
-      if (grad_bias) grad_bias[c] = static_cast<T>(reverse ? -sum_g / ad : sum_g);
+      plane_gx[p] = pgx;
+      plane_g[p] = pg;
     }
   });
+  for (int64_t c = 0; c < d.channels; ++c) {
+    double sum_gx = 0, sum_g = 0;
+    for (int64_t b = 0; b < d.batch; ++b) {
+      sum_gx += plane_gx[b * d.channels + c];
+      sum_g += plane_g[b * d.channels + c];
+    }
+    const double ad = static_cast<double>(scale[c]), logdet_term = static_cast<double>(sp) * gl_sum;
+    if (grad_scale) grad_scale[c] = static_cast<T>(reverse ? -(sum_gx + logdet_term) / ad : sum_gx + logdet_term / ad);
+    if (grad_bias) grad_bias[c] = static_cast<T>(reverse ? -sum_g / ad : sum_g);
+  }
 }
 
 // ===================================================================================== invconv1x1

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "core/vmath.h"
 #include "flow/flow.h"
 
 #if defined(__CUDACC__)
@@ -22,6 +23,33 @@
 #endif
 
 namespace replearn::flow {
+
+// exp, tanh and log1p of the elementwise kernels: the device's own functions on the GPU, the
+// vectorizable ones of core/vmath.h on the CPU (std::exp in a `omp simd` loop stays a scalar call).
+template <class A>
+REPLEARN_HD A fexp(A x) {
+#if defined(__CUDA_ARCH__)
+  return std::exp(x);
+#else
+  return vmath::exp_approx(x);
+#endif
+}
+template <class A>
+REPLEARN_HD A ftanh(A x) {
+#if defined(__CUDA_ARCH__)
+  return std::tanh(x);
+#else
+  return vmath::tanh_approx(x);
+#endif
+}
+template <class A>
+REPLEARN_HD A flog1p(A x) {  // x ≥ 0
+#if defined(__CUDA_ARCH__)
+  return std::log1p(x);
+#else
+  return vmath::log1p_approx(x);
+#endif
+}
 
 // Calls f(std::integral_constant<Scale, scale>{}): the scale becomes a template argument of the kernels
 // (validation has rejected other codes).
@@ -41,14 +69,14 @@ REPLEARN_HD A coupling_log_sigma(A s, A& dlog) {
     dlog = A(1);
     return s;
   } else if constexpr (S == Scale::Tanh) {
-    const A t = std::tanh(s);
+    const A t = ftanh(s);
     dlog = A(1) - t * t;
     return t;
   } else {
     // logsigmoid(a) = min(a, 0) − log1p(exp(−|a|)) never overflows; sigmoid(−a) = exp(logsigmoid(a) − a).
     const A a = s + A(2);
-    const A ls = (a < A(0) ? a : A(0)) - std::log1p(std::exp(-std::abs(a)));
-    dlog = std::exp(ls - a);
+    const A ls = (a < A(0) ? a : A(0)) - flog1p(fexp(-std::abs(a)));
+    dlog = fexp(ls - a);
     return ls;
   }
 }

@@ -40,32 +40,7 @@ T* ptr_or_null(const OptView& v) {
   return v ? v->data_as<T>() : nullptr;
 }
 
-// log(x) for normal x > 0 that GCC vectorizes: Cephes' logf, x = m·2^e with m ∈ [√½, √2), a
-// degree-8 polynomial in m − 1 (S. Moshier, Cephes Math Library, logf.c; ~1 ulp).
-inline float log_approx(float x) {
-  int32_t bits = __builtin_bit_cast(int32_t, x);
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
-  bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-  float m = __builtin_bit_cast(float, bits);
-  const bool small = m < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += -2.12194440e-4f * e;
-  y += -0.5f * z;
-  return m + y + 0.693359375f * e;
-}
-inline double log_approx(double x) { return std::log(x); }
+using vmath::log1p_approx;
 
 // σ(x) and softplus(x) = max(x, 0) + log1p(e^−|x|), both vectorizable. log1p(y) is log(1 + y)·y/((1 + y) − 1),
 // exact to rounding where 1 + y rounds (Goldberg 1991, "What every computer scientist should know
@@ -76,9 +51,7 @@ T sigmoid(T x) {
 }
 template <class T>
 T softplus(T x) {
-  const T y = exp_approx(-std::abs(x)), one_plus = T(1) + y;
-  const T log1p = one_plus == T(1) ? y : log_approx(one_plus) * y / (one_plus - T(1));
-  return std::max(x, T(0)) + log1p;
+  return std::max(x, T(0)) + log1p_approx(exp_approx(-std::abs(x)));
 }
 
 // --------------------------------------------------------------------------------- selective scan

@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/vmath.h"
+
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -64,35 +66,14 @@ inline void store_unaligned(T* p, Vec<T> v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
 
-// Cody–Waite constants and the input range: below kExpMin, e^x < 2^−150 rounds to 0; above kExpMax,
-// e^x > FLT_MAX. Clamping to them only keeps k finite (±inf would give r = inf − inf).
-constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-constexpr float kExpMin = -104.0f, kExpMax = 89.0f;
-
-// e^r for |r| ≤ ln2/2 (Cephes expf.c's coefficients); V is float or Vec<float>.
-template <class V>
-inline V expf_reduced(V r) {
-  V p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * (r * r) + r + 1.0f;
-}
-
-// Scalar float exp, written so that `#pragma omp simd` loops vectorize it.
-inline float exp_approx(float x) {
-  const bool nan = x != x;
-  x = x < kExpMin ? kExpMin : x;
-  x = x > kExpMax ? kExpMax : x;
-  const float k = nan ? 0.0f : std::nearbyint(x * kLog2e);
-  const float r = (x - k * kLn2Hi) - k * kLn2Lo;
-  const int32_t ki = static_cast<int32_t>(k), k1 = ki >> 1, k2 = ki - k1;
-  const float e = expf_reduced(r) * __builtin_bit_cast(float, (k1 + 127) << 23) *
-                  __builtin_bit_cast(float, (k2 + 127) << 23);
-  return nan ? x : e;
-}
-inline double exp_approx(double x) { return std::exp(x); }
+// The scalar exp and its constants live in core/vmath.h, shared with the other families' kernels.
+using vmath::exp_approx;
+using vmath::expf_reduced;
+using vmath::kExpMax;
+using vmath::kExpMin;
+using vmath::kLn2Hi;
+using vmath::kLn2Lo;
+using vmath::kLog2e;
 
 // exp of every lane.
 inline Vec<float> exp_lanes(Vec<float> x) {

@@ -1,0 +1,95 @@
+// Vectorizable elementary functions for CPU kernels: written with selects and bit casts instead of
+// library calls, so `#pragma omp simd` loops compile them to SIMD (glibc's vector libm is only
+// declared under -ffast-math, which the project does not use). float versions are accurate to a few
+// ulp; the double overloads call the C library (float64 is the gradcheck dtype, not a fast path).
+//
+//   exp: 2^k · e^r, k = round(x·log2 e), r = x − k·ln2 with ln2 split in two (Cody & Waite 1980,
+//        "Software Manual for the Elementary Functions"), e^r by Cephes' expf minimax polynomial
+//        (S. Moshier, Cephes Math Library, expf.c); 2^k as two exponent-field factors so gradual
+//        underflow and overflow to inf come out right. NaN passes through. ≤ 2 ulp against std::exp
+//        over all of float32 (tests/cpp/test_ssm.cpp checks it through ssm::scan_exp).
+//   log: Cephes' logf (x = m·2^e, m ∈ [√½, √2), degree-8 polynomial in m − 1; ~1 ulp), normal x > 0.
+//   log1p: log(1 + y)·y/((1 + y) − 1), exact to rounding where 1 + y rounds (Goldberg 1991, "What
+//        every computer scientist should know about floating-point arithmetic", Theorem 4).
+//   tanh: Cephes' tanhf (x + x³·P(x²) for |x| < 0.625, else 1 − 2/(e^{2|x|} + 1), sign restored).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+namespace replearn::vmath {
+
+// Cody–Waite constants and the input range: below kExpMin, e^x < 2^−150 rounds to 0; above kExpMax,
+// e^x > FLT_MAX. Clamping to them only keeps k finite (±inf would give r = inf − inf).
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpMin = -104.0f, kExpMax = 89.0f;
+
+// e^r for |r| ≤ ln2/2 (Cephes expf.c's coefficients); V is float or a float vector type.
+template <class V>
+inline V expf_reduced(V r) {
+  V p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
+inline float exp_approx(float x) {
+  const bool nan = x != x;
+  x = x < kExpMin ? kExpMin : x;
+  x = x > kExpMax ? kExpMax : x;
+  const float k = nan ? 0.0f : std::nearbyint(x * kLog2e);
+  const float r = (x - k * kLn2Hi) - k * kLn2Lo;
+  const int32_t ki = static_cast<int32_t>(k), k1 = ki >> 1, k2 = ki - k1;
+  const float e = expf_reduced(r) * __builtin_bit_cast(float, (k1 + 127) << 23) *
+                  __builtin_bit_cast(float, (k2 + 127) << 23);
+  return nan ? x : e;
+}
+inline double exp_approx(double x) { return std::exp(x); }
+
+inline float log_approx(float x) {
+  int32_t bits = __builtin_bit_cast(int32_t, x);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+  float m = __builtin_bit_cast(float, bits);
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+inline double log_approx(double x) { return std::log(x); }
+
+// log(1 + y) for y ≥ 0 (log_approx needs 1 + y normal, which y ≥ 0 guarantees).
+template <class T>
+inline T log1p_approx(T y) {
+  const T one_plus = T(1) + y;
+  return one_plus == T(1) ? y : log_approx(one_plus) * y / (one_plus - T(1));
+}
+
+inline float tanh_approx(float x) {
+  const float a = std::abs(x);
+  const float z = x * x;
+  const float poly =
+      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
+       3.33332819422e-1f) * z * x + x;  // fmt: skip
+  const float big = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+  const float r = a < 0.625f ? poly : (x < 0.0f ? -big : big);
+  return x != x ? x : r;
+}
+inline double tanh_approx(double x) { return std::tanh(x); }
+
+}  // namespace replearn::vmath
