@@ -13,14 +13,9 @@
 #include <cmath>
 #include <type_traits>
 
+#include "core/host_device.h"
 #include "core/vmath.h"
 #include "flow/flow.h"
-
-#if defined(__CUDACC__)
-#define REPLEARN_HD __host__ __device__ __forceinline__
-#else
-#define REPLEARN_HD inline
-#endif
 
 namespace replearn::flow {
 

@@ -23,13 +23,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "core/host_device.h"
 #include "rnn/rnn.h"
-
-#if defined(__CUDACC__)
-#define REPLEARN_HD __host__ __device__ __forceinline__
-#else
-#define REPLEARN_HD inline
-#endif
 
 namespace replearn::rnn::cell {
 
