@@ -254,41 +254,61 @@ int64_t channel_grain(const ChannelDims& d) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.batch * d.spatial));
 }
 
+// Channels per block. A channel of x (N, C, S) is N runs of S values, C·S apart; a block of k
+// consecutive channels turns them into N runs of k·S contiguous values, which the hardware
+// prefetcher streams better (measured standalone at 64×64×56×56 float32, 2 threads: forward 3.57 ms
+// with k = 1, 2.88 with k = 4; backward 4.82 ms with k = 1, 4.43 with k = 2). Every channel's sums
+// are still taken over n in order, so the results do not depend on k.
+constexpr int64_t kForwardBlock = 4, kBackwardBlock = 2;
+
 template <class T>
 void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, T* running_mean, T* running_var,
                                bool training, double momentum, double eps, ChannelDims d, T* __restrict__ y,
                                T* save_mean, T* save_rstd) {
   const int64_t C = d.channels, S = d.spatial;
   const double count = static_cast<double>(d.batch * S);
-  // One channel per task: its statistics pass leaves the channel's values in L2 for the apply pass.
+  // A block of channels per step: its statistics pass leaves the block's values in L2/L3 for the
+  // apply pass.
   parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double mean, rstd;
+    for (int64_t cb = c0; cb < c1; cb += kForwardBlock) {
+      const int64_t ce = std::min(c1, cb + kForwardBlock), k = ce - cb;
+      double mean[kForwardBlock], rstd[kForwardBlock];
       if (training) {
-        const double shift = x[c * S];
-        double sum = 0, sum_sq = 0;
+        double shift[kForwardBlock], sum[kForwardBlock] = {}, sum_sq[kForwardBlock] = {};
+        for (int64_t i = 0; i < k; ++i) shift[i] = x[(cb + i) * S];
         for (int64_t n = 0; n < d.batch; ++n) {
-          if (n + 1 < d.batch) prefetch_head(x + ((n + 1) * C + c) * S);
-          shifted_sums(x + (n * C + c) * S, S, shift, sum, sum_sq);
+          if (n + 1 < d.batch) prefetch_head(x + ((n + 1) * C + cb) * S);
+          for (int64_t i = 0; i < k; ++i) shifted_sums(x + (n * C + cb + i) * S, S, shift[i], sum[i], sum_sq[i]);
         }
-        const Moments m = moments_from_shifted(shift, sum, sum_sq, count, eps);
-        mean = m.mean;
-        rstd = m.rstd;
-        if (running_mean) {
-          // PyTorch's convention: the running variance is the unbiased one.
-          running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * m.mean);
-          running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * m.var * count / (count - 1));
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t c = cb + i;
+          const Moments m = moments_from_shifted(shift[i], sum[i], sum_sq[i], count, eps);
+          mean[i] = m.mean;
+          rstd[i] = m.rstd;
+          if (running_mean) {
+            // PyTorch's convention: the running variance is the unbiased one.
+            running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * m.mean);
+            running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * m.var * count / (count - 1));
+          }
         }
       } else {
-        mean = running_mean[c];
-        rstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+        for (int64_t i = 0; i < k; ++i) {
+          mean[i] = running_mean[cb + i];
+          rstd[i] = 1.0 / std::sqrt(static_cast<double>(running_var[cb + i]) + eps);
+        }
       }
-      save_mean[c] = static_cast<T>(mean);
-      save_rstd[c] = static_cast<T>(rstd);
-      const T a = static_cast<T>(rstd * (w ? static_cast<double>(w[c]) : 1.0));
-      const T m = static_cast<T>(mean), shift_out = b ? b[c] : T(0);
+      T a[kForwardBlock], m[kForwardBlock], shift_out[kForwardBlock];
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t c = cb + i;
+        save_mean[c] = static_cast<T>(mean[i]);
+        save_rstd[c] = static_cast<T>(rstd[i]);
+        a[i] = static_cast<T>(rstd[i] * (w ? static_cast<double>(w[c]) : 1.0));
+        m[i] = static_cast<T>(mean[i]);
+        shift_out[i] = b ? b[c] : T(0);
+      }
       for (int64_t n = 0; n < d.batch; ++n)
-        center_scale_shift(x + (n * C + c) * S, S, m, a, shift_out, y + (n * C + c) * S);
+        for (int64_t i = 0; i < k; ++i)
+          center_scale_shift(x + (n * C + cb + i) * S, S, m[i], a[i], shift_out[i], y + (n * C + cb + i) * S);
     }
   });
 }
@@ -299,43 +319,53 @@ void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
   const int64_t C = d.channels, S = d.spatial;
   const double count = static_cast<double>(d.batch * S);
   parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mu = save_mean[c], rs = save_rstd[c];
-      double sum_dy = 0, sum_dy_xc = 0;  // Σ dy, Σ dy·(x − μ)
+    for (int64_t cb = c0; cb < c1; cb += kBackwardBlock) {
+      const int64_t ce = std::min(c1, cb + kBackwardBlock), k = ce - cb;
+      double sum_dy[kBackwardBlock] = {}, sum_dy_xc[kBackwardBlock] = {};  // Σ dy, Σ dy·(x − μ)
       for (int64_t n = 0; n < d.batch; ++n) {
-        const T* xs = x + (n * C + c) * S;
-        const T* dys = dy + (n * C + c) * S;
         if (n + 1 < d.batch) {
-          prefetch_head(xs + C * S);
-          prefetch_head(dys + C * S);
+          prefetch_head(x + ((n + 1) * C + cb) * S);
+          prefetch_head(dy + ((n + 1) * C + cb) * S);
         }
-        double s = 0, sx = 0;
+        for (int64_t i = 0; i < k; ++i) {
+          const T* xs = x + (n * C + cb + i) * S;
+          const T* dys = dy + (n * C + cb + i) * S;
+          const double mu = save_mean[cb + i];
+          double s = 0, sx = 0;
 #pragma omp simd reduction(+ : s, sx)
-        for (int64_t i = 0; i < S; ++i) {
-          s += dys[i];
-          sx += dys[i] * (xs[i] - mu);
+          for (int64_t j = 0; j < S; ++j) {
+            s += dys[j];
+            sx += dys[j] * (xs[j] - mu);
+          }
+          sum_dy[i] += s;
+          sum_dy_xc[i] += sx;
         }
-        sum_dy += s;
-        sum_dy_xc += sx;
       }
-      if (db) db[c] = static_cast<T>(sum_dy);
-      if (dw) dw[c] = static_cast<T>(sum_dy_xc * rs);
+      T ta[kBackwardBlock], tb[kBackwardBlock], tc[kBackwardBlock], m[kBackwardBlock];
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t c = cb + i;
+        const double rs = save_rstd[c];
+        if (db) db[c] = static_cast<T>(sum_dy[i]);
+        if (dw) dw[c] = static_cast<T>(sum_dy_xc[i] * rs);
+        const double gamma = w ? static_cast<double>(w[c]) : 1.0;
+        // training: dx = γ·rstd·(dy − mean(dy) − (x − μ)·rstd²·mean(dy·(x − μ)));
+        // evaluation: the statistics are constants, dx = γ·rstd·dy.
+        const double a = gamma * rs;
+        ta[i] = static_cast<T>(a);
+        tb[i] = static_cast<T>(training ? -a * rs * rs * sum_dy_xc[i] / count : 0.0);
+        tc[i] = static_cast<T>(training ? -a * sum_dy[i] / count : 0.0);
+        m[i] = static_cast<T>(static_cast<double>(save_mean[c]));
+      }
       if (!dx) continue;
-      const double gamma = w ? static_cast<double>(w[c]) : 1.0;
-      // training: dx = γ·rstd·(dy − mean(dy) − (x − μ)·rstd²·mean(dy·(x − μ)));
-      // evaluation: the statistics are constants, dx = γ·rstd·dy.
-      const double a = gamma * rs;
-      const T ta = static_cast<T>(a);
-      const T tb = static_cast<T>(training ? -a * rs * rs * sum_dy_xc / count : 0.0);
-      const T tc = static_cast<T>(training ? -a * sum_dy / count : 0.0);
-      const T m = static_cast<T>(mu);
-      for (int64_t n = 0; n < d.batch; ++n) {
-        const T* xs = x + (n * C + c) * S;
-        const T* dys = dy + (n * C + c) * S;
-        T* dxs = dx + (n * C + c) * S;
+      for (int64_t n = 0; n < d.batch; ++n)
+        for (int64_t i = 0; i < k; ++i) {
+          const T* xs = x + (n * C + cb + i) * S;
+          const T* dys = dy + (n * C + cb + i) * S;
+          T* dxs = dx + (n * C + cb + i) * S;
+          const T a = ta[i], bb = tb[i], cc = tc[i], mm = m[i];
 #pragma omp simd
-        for (int64_t i = 0; i < S; ++i) dxs[i] = ta * dys[i] + tb * (xs[i] - m) + tc;
-      }
+          for (int64_t j = 0; j < S; ++j) dxs[j] = a * dys[j] + bb * (xs[j] - mm) + cc;
+        }
     }
   });
 }
