@@ -613,10 +613,13 @@ void spectral_norm_forward_kernel(const T* W, MatrixDims d, const T* u_in, const
   for (int it = 0; it < iterations; ++it) {
     matvec(W, d, true, u.data(), v.data());
     normalize_in_place(v, eps);
-    matvec(W, d, false, v.data(), u.data());
+    matvec(W, d, false, v.data(), t.data());
+    u = t;
     normalize_in_place(u, eps);
   }
-  matvec(W, d, false, v.data(), t.data());
+  // σ = uᵀ W v needs W v for the final v: after an iteration that is t already (the same product
+  // that u was normalized from), which saves a pass over W; without iterations it is computed here.
+  if (iterations == 0) matvec(W, d, false, v.data(), t.data());
   double sigma = 0;  // σ = uᵀ W v
   for (int64_t i = 0; i < d.rows; ++i) sigma += static_cast<double>(u[i]) * t[i];
   // w = W / σ, or W / max(1, σ/coeff) (Behrmann et al. 2019: only contract when σ exceeds coeff)
