@@ -31,6 +31,7 @@
 #include "core/check.h"
 #include "core/dispatch.h"
 #include "core/parallel.h"
+#include "core/vmath.h"
 
 namespace replearn::attention {
 
@@ -105,22 +106,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
   for (; m < M; ++m) gemm_rows<T, 1, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
 }
 
-// e^x for float32, vectorizable; exactly 0 below the smallest normal result (so masked = -inf → 0).
-inline float exp_approx(float x) {
-  const float xc = std::min(std::max(x, -87.3f), 88.3f);
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;  // Cody–Waite: ln 2 in two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const float two_n = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-  return x < -87.3f ? 0.0f : y * two_n;
-}
-inline double exp_approx(double x) { return std::exp(x); }
+// e^x that `omp simd` loops vectorize (core/vmath.h); −inf (a masked score) gives exactly 0.
+using vmath::exp_approx;
 
 // max(init, s[0..n)). GCC does not vectorize a float max reduction without -ffast-math (it keeps
 // std::max's NaN ordering), and this loop ran scalar at a quarter of the forward's softmax time;

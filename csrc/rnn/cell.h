@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "core/host_device.h"
+#include "core/vmath.h"
 #include "rnn/rnn.h"
 
 namespace replearn::rnn::cell {
@@ -40,47 +41,24 @@ inline void dispatch_cell(Cell cell, const F& f) {
 }
 
 
-// e^x. float on the host: Cephes' expf (range reduction to [−ln2/2, ln2/2], degree-6 polynomial;
-// coefficients from Moshier's Cephes library, cephes/single/expf.c), written branch-free so loops
-// over it vectorize, ≈ 1 ulp. Device and double: the math library.
+// e^x and tanh. float on the host: core/vmath.h's (Cephes' expf and tanhf, written so loops over
+// them vectorize). Device and double: the math library.
 REPLEARN_HD float exp_(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);
 #else
-  x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;  // not fmin/fmax: their NaN rules keep them library calls
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return e * scale;
+  return vmath::exp_approx(x);
 #endif
 }
 REPLEARN_HD double exp_(double x) { return exp(x); }
 
 template <class T>
 REPLEARN_HD T sigmoid(T x) { return T(1) / (T(1) + exp_(-x)); }
-// tanh. float on the host: Cephes' tanhf (cephes/single/tanhf.c): an odd polynomial for |x| ≤ 0.625,
-// where 1 − 2/(e^{2x} + 1) would cancel, that formula beyond; both computed and one selected, so
-// loops over it vectorize. Device and double: the math library.
 REPLEARN_HD float tanh_(float x) {
 #if defined(__CUDA_ARCH__)
   return tanhf(x);
 #else
-  const float a = std::fabs(x);
-  const float big = 1.0f - 2.0f / (exp_(a + a) + 1.0f);
-  const float s = x * x;
-  const float small =
-      ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s + 1.33314422036e-1f) * s -
-       3.33332819422e-1f) * s * a + a;
-  return std::copysign(a > 0.625f ? big : small, x);
+  return vmath::tanh_approx(x);
 #endif
 }
 REPLEARN_HD double tanh_(double x) { return tanh(x); }
