@@ -188,7 +188,6 @@ def _modules():
         ("coupling-vector", mlp_split, (7, 5)),
         ("actnorm", ActNorm(4), (3, 4, 4, 4)),
         ("invconv", InvConv1x1(4), (3, 4, 4, 4)),
-        ("invconv-plain", InvConv1x1(4, lu=False), (3, 4, 4, 4)),
         ("planar", PlanarFlow(5), (7, 5)),
     ]
 

@@ -24,24 +24,17 @@ class InvConv1x1(Flow):
     construction (``torch.linalg.lu``). Parameters: ``lower`` and ``upper`` (C, C; only their strict
     triangles are used and get gradients) and ``log_s`` (C,); buffers ``perm`` (int64) and
     ``sign_s``, with s = sign_s·exp(log_s) so the sign of det W never changes during training.
-
-    ``lu=False`` keeps a plain weight W (C, C) instead, as the paper's O(C³) variant: its logdet
-    (``torch.linalg.slogdet``) and inverse (``torch.linalg.solve``) are computed with torch, not
-    by a native op.
+    Forward and inverse are the native `replearn.ops.invconv1x1` (the paper's O(C³) plain-weight
+    variant is not offered: its logdet and inverse would be torch's, not native).
 
     Args:
         num_channels: C.
-        lu: use the LU parameterization (the native op).
     """
 
-    def __init__(self, num_channels: int, lu: bool = True):
+    def __init__(self, num_channels: int):
         super().__init__()
         self.num_channels = num_channels
-        self.lu = lu
         rotation = torch.linalg.qr(torch.randn(num_channels, num_channels, dtype=torch.float64))[0]
-        if not lu:
-            self.weight = nn.Parameter(rotation.float())
-            return
         p, lower, upper = torch.linalg.lu(rotation)  # rotation = p @ lower @ upper
         s = torch.diagonal(upper)
         # (P z)[i] = z[perm[i]]: row i of the permutation matrix has its one at column perm[i].
@@ -53,22 +46,13 @@ class InvConv1x1(Flow):
 
     def weight_matrix(self) -> torch.Tensor:
         """W as a dense (C, C) matrix (for inspection and tests)."""
-        if not self.lu:
-            return self.weight
         eye = torch.eye(self.num_channels, dtype=self.lower.dtype, device=self.lower.device)
         s = self.sign_s * torch.exp(self.log_s)
         return eye[self.perm] @ (torch.tril(self.lower, -1) + eye) @ (torch.triu(self.upper, 1) + torch.diag(s))
 
     def _transform(self, x: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.lu:
-            s = self.sign_s.to(self.log_s.dtype) * torch.exp(self.log_s)
-            return invconv1x1(x, self.perm, self.lower, self.upper, s, reverse)
-        pixels = x[0, 0].numel() if x.dim() > 2 else 1
-        logdet = (pixels * torch.linalg.slogdet(self.weight)[1]).expand(x.shape[0])
-        flat = x.reshape(x.shape[0], self.num_channels, -1)
-        if reverse:
-            return torch.linalg.solve(self.weight, flat).reshape(x.shape), -logdet
-        return (self.weight @ flat).reshape(x.shape), logdet
+        s = self.sign_s.to(self.log_s.dtype) * torch.exp(self.log_s)
+        return invconv1x1(x, self.perm, self.lower, self.upper, s, reverse)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(x, reverse=False)
@@ -77,4 +61,4 @@ class InvConv1x1(Flow):
         return self._transform(y, reverse=True)
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, lu={self.lu}"
+        return f"{self.num_channels}"
