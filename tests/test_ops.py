@@ -218,3 +218,22 @@ def test_inductor_compiles_a_training_step_through_native_ops():
         results.append([loss.detach(), x.grad, weight.grad, bias.grad])
     for eager, comp in zip(*results):
         torch.testing.assert_close(comp, eager, rtol=1e-10, atol=1e-12)
+
+
+def test_recorded_graph_accepts_a_leaked_functorch_wrapper():
+    """A tensor leaked out of torch.func.grad (a dead wrapper) takes the Python Function.apply path."""
+    leaked = []
+
+    def capture(x):
+        leaked.append(x)
+        return x.sum()
+
+    x = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.func.grad(capture)(x)
+    weight = torch.linspace(0.5, 1.5, 8, dtype=torch.float64, requires_grad=True)
+    y = replearn.ops.layer_norm(leaked[0], 8, weight)
+    y.sum().backward()
+    expected_weight = weight.detach().clone().requires_grad_(True)
+    torch.nn.functional.layer_norm(x, (8,), expected_weight).sum().backward()
+    torch.testing.assert_close(y.detach(), torch.nn.functional.layer_norm(x, (8,), weight.detach()))
+    torch.testing.assert_close(weight.grad, expected_weight.grad)

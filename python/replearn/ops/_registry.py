@@ -85,6 +85,12 @@ _Parameter = torch.nn.Parameter
 _dispatch_stack_len = torch._C._len_torch_dispatch_stack
 _function_mode_on = torch._C._is_torch_function_mode_enabled
 _functorch_on = torch._C._are_functorch_transforms_active
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+# The C++ entry point under `torch.autograd.Function.apply`. The Python classmethod above it binds
+# default arguments (only for Functions with a separate setup_context; ours have none) and unwraps
+# dead functorch wrappers (only possible for wrapped tensors, which take the Python path); calling
+# the C++ entry directly saves ~1 µs per call.
+_function_apply = torch._C._FunctionBase.__dict__["apply"]
 
 
 class NativeOp:
@@ -98,18 +104,23 @@ class NativeOp:
       `autograd.Function` built from the same `setup_context` and `backward` otherwise. The
       dispatcher adds ~6 µs to every call and torch's `register_autograd` path ~15 µs more, which
       would dominate small ops; these paths skip both and run the same native kernels.
+    - `eager`, when given, replaces `impl` inside that `autograd.Function`: ops whose schema returns
+      updated copies of mutated arguments (running statistics) update them in place there, as the
+      inference path does, instead of copying them twice.
     """
 
-    def __init__(self, name, overload, impl, setup_context=None, backward=None, inference=None):
+    def __init__(self, name, overload, impl, setup_context=None, backward=None, inference=None, eager=None):
         self.name = name
         self.overload = overload
         self.impl = impl
         self.inference = inference or impl
         self.function = None
+        self._apply = None
         if backward is not None:
+            eager_impl = eager or impl
 
             def forward(ctx, *args):
-                output = impl(*args)
+                output = eager_impl(*args)
                 setup_context(ctx, args, output)
                 return output
 
@@ -118,12 +129,13 @@ class NativeOp:
                 (torch.autograd.Function,),
                 {"forward": staticmethod(forward), "backward": staticmethod(backward)},
             )
+            self._apply = _function_apply.__get__(None, self.function)
 
     def __call__(self, *args):
         if torch.compiler.is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
             return self.overload(*args)
         grad = torch.is_grad_enabled()
-        needs_grad = False
+        needs_grad = wrapped = False
         for a in args:
             if isinstance(a, _Tensor):
                 kind = type(a)
@@ -131,11 +143,14 @@ class NativeOp:
                     return self.overload(*args)
                 if grad and a.requires_grad:
                     needs_grad = True
+                    wrapped = wrapped or _functorch_wrapped(a)
         if not needs_grad:
             return self.inference(*args)
         if self.function is None:  # no formula: the dispatcher raises torch's own error
             return self.overload(*args)
-        return self.function.apply(*args)
+        if wrapped:  # a functorch wrapper outliving its transform: the Python apply unwraps it
+            return self.function.apply(*args)
+        return self._apply(*args)
 
 
 def define(
@@ -146,13 +161,15 @@ def define(
     backward: Callable | None = None,
     setup_context: Callable | None = None,
     inference: Callable | None = None,
+    eager: Callable | None = None,
 ) -> NativeOp:
     """Registers `replearn::<schema>` with one implementation for CPU and CUDA, a fake, and autograd.
 
     `impl` is device-generic: it allocates outputs with torch on the input's device and calls the
     native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`. `inference`,
     when given, replaces `impl` in eager calls that need no gradient: it may leave outputs that only
-    backward uses (saved statistics) as None. Returns the `NativeOp` that public functions and
+    backward uses (saved statistics) as None. `eager`, when given, replaces `impl` in eager calls that
+    record the autograd graph (see `NativeOp`). Returns the `NativeOp` that public functions and
     backward formulas call.
     """
     name = schema.split("(", 1)[0]
@@ -162,7 +179,7 @@ def define(
     torch.library.register_fake(f"replearn::{name}", fake, lib=LIBRARY)
     if backward is not None:
         torch.library.register_autograd(f"replearn::{name}", backward, setup_context=setup_context, lib=LIBRARY)
-    return NativeOp(name, getattr(torch.ops.replearn, name).default, impl, setup_context, backward, inference)
+    return NativeOp(name, getattr(torch.ops.replearn, name).default, impl, setup_context, backward, inference, eager)
 
 
 def register_info(info: OpInfo) -> None:

@@ -20,9 +20,8 @@ into the caller's buffers), because torch only accepts autograd formulas for fun
 
 from __future__ import annotations
 
-import math
-
 import functools
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -36,6 +35,15 @@ __all__ = ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm"
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     # Statistics are float64 for float64 inputs and float32 otherwise (csrc/core/check.h).
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _new_stats(x: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """An uninitialized statistics tensor of `sizes` in x's statistics dtype, on x's device."""
+    # Sizes passed as separate ints, without a dtype argument where x's is the statistics dtype:
+    # ~0.4 µs cheaper per call than a shape tuple plus a dtype (the per-call overhead row).
+    if sizes and (x.dtype is torch.float32 or x.dtype is torch.float64):
+        return x.new_empty(*sizes)
+    return x.new_empty(sizes, dtype=_stats_dtype(x))
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -84,8 +92,8 @@ def _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=True):
     mean = rstd = None
     if stats:  # saved for backward; inference skips them
         stats_shape = x.shape[: x.dim() - k]
-        mean = x.new_empty(stats_shape, dtype=_stats_dtype(x))
-        rstd = x.new_empty(stats_shape, dtype=_stats_dtype(x))
+        mean = _new_stats(x, *stats_shape)
+        rstd = _new_stats(x, *stats_shape)
     _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
     return y, mean, rstd
 
@@ -271,7 +279,7 @@ def _rms_norm_impl(x, normalized_shape, weight, eps, stats=True):
     k = _normalized_ndim("rms_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    rstd = x.new_empty(x.shape[: x.dim() - k], dtype=_stats_dtype(x)) if stats else None
+    rstd = _new_stats(x, *x.shape[: x.dim() - k]) if stats else None
     _native.launch("rms_norm_forward", x, x, k, _contiguous(weight), _rms_eps(x, eps), y, rstd)
     return y, rstd
 
@@ -372,8 +380,8 @@ def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, mom
     x = x.contiguous()
     y = torch.empty_like(x)
     channels = x.shape[1] if x.dim() >= 2 else 0
-    save_mean = x.new_empty((channels,), dtype=_stats_dtype(x))
-    save_rstd = x.new_empty((channels,), dtype=_stats_dtype(x))
+    save_mean = _new_stats(x, channels)
+    save_rstd = _new_stats(x, channels)
     _native.launch(
         "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
         training, momentum, eps, y, save_mean, save_rstd,
@@ -394,7 +402,7 @@ def _batch_norm_impl(x, weight, bias, running_mean, running_var, training, momen
 
 
 def _batch_norm_in_place(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    # Eager calls without autograd update the caller's running averages directly: no copies.
+    # Eager calls update the caller's running averages directly: no copies.
     return (*_batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps), None, None)
 
 
@@ -459,6 +467,7 @@ _batch_norm = define(
     backward=_batch_norm_grad,
     setup_context=_batch_norm_setup,
     inference=_batch_norm_in_place,
+    eager=_batch_norm_in_place,
 )
 
 
@@ -597,8 +606,8 @@ def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True):
     mean = rstd = None
     if stats:  # saved for backward; inference skips them
         batch = x.shape[0] if x.dim() >= 1 else 0
-        mean = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
-        rstd = x.new_empty((batch, num_groups), dtype=_stats_dtype(x))
+        mean = _new_stats(x, batch, num_groups)
+        rstd = _new_stats(x, batch, num_groups)
     _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
     return y, mean, rstd
 
@@ -762,19 +771,23 @@ register_info(
 # running averages it is batch normalization in evaluation mode. It reuses those kernels.
 
 
-def _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    """Runs the kernels; updates running_mean/running_var in place when using input statistics."""
+def _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats=True):
+    """Runs the kernels; updates running_mean/running_var in place when using input statistics.
+
+    stats=False (inference) may leave the instance statistics out when no running average needs them.
+    """
     if x.dim() < 2:
         raise ValueError(f"instance_norm: argument 'x' expected at least 2 dimensions (N, C, *) but got shape {tuple(x.shape)}")
     if not use_input_stats:
         return _batch_norm_launch(x, weight, bias, running_mean, running_var, False, momentum, eps)
-    spatial = x[0, 0].numel() if x.shape[0] * x.shape[1] > 0 else 0
+    spatial = math.prod(x.shape[2:]) if x.shape[0] * x.shape[1] > 0 else 0
     if spatial <= 1 and x.numel() > 0:
         raise ValueError(
             f"instance_norm: argument 'x' expected more than 1 spatial element per channel but got shape {tuple(x.shape)}"
         )
-    y, mean, rstd = _group_norm_impl(x, x.shape[1], weight, bias, eps)
-    if running_mean is not None or running_var is not None:
+    update = running_mean is not None or running_var is not None
+    y, mean, rstd = _group_norm_impl(x, x.shape[1], weight, bias, eps, stats=stats or update)
+    if update:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: arguments 'running_mean' and 'running_var' expected both or neither")
         _native.launch(
@@ -792,9 +805,9 @@ def _instance_norm_impl(x, weight, bias, running_mean, running_var, use_input_st
     return y, mean, rstd, (new_mean if update else None), (new_var if update else None)
 
 
-def _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    # Eager calls without autograd update the caller's running averages directly: no copies.
-    launched = _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)
+def _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats=True):
+    # Eager calls update the caller's running averages directly: no copies.
+    launched = _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats)
     return (*launched, None, None)
 
 
@@ -836,7 +849,8 @@ _instance_norm = define(
     _instance_norm_fake,
     backward=_instance_norm_grad,
     setup_context=_instance_norm_setup,
-    inference=_instance_norm_in_place,
+    inference=functools.partial(_instance_norm_in_place, stats=False),
+    eager=_instance_norm_in_place,
 )
 
 
