@@ -1,4 +1,4 @@
-// CUDA kernels of the recurrent family (rnn.h), float32.
+// CUDA kernels of the recurrent family (rnn.h): float32, float16 and bfloat16 storage, float32 arithmetic.
 //
 // The same algorithm as cpu.cpp: one GEMM for the input projection of all steps, per step one GEMM
 // h W_hhᵀ and one fused gate kernel (cell.h), BPTT in one call with the weight gradients as GEMMs
@@ -6,7 +6,14 @@
 // written here: the core links no cuBLAS (static CUDA runtime only, ARCHITECTURE.md §8). At the
 // per-step sizes of a recurrence (B × 4H × H with B ≈ 32) the step is latency-bound anyway; a
 // CUTLASS kernel is the upgrade path for the large input and weight-gradient GEMMs (TODO, measured on a GPU).
+//
+// Precision: inputs, weights, outputs and gradients are stored in the caller's dtype T; everything the
+// recurrence carries from step to step (the states h and c, the gate pre-activations, the reserve and
+// the gate gradients) is float32, and the GEMMs accumulate in float32. So for float16/bfloat16 the only
+// roundings are the ones of the stored tensors: y and the final states once per value, not h once per
+// step. The cells (cell.h) run on float32 buffers; y and grad_y pass through float32 copies.
 #include <algorithm>
+#include <type_traits>
 
 #include "core/cuda_utils.cuh"
 #include "rnn/cell.h"
@@ -21,10 +28,11 @@ constexpr int kThreads = 256;
 
 // C (m, n) = alpha · op(A) op(B) + beta · C with op(A)(i, k) = a[i·a_row + k·a_col] and
 // op(B)(k, j) = b[k·b_row + j·b_col]: transposes are strides. One 16 × 16 tile of C per block of
-// 256 threads; beta = 0 never reads C.
-__global__ void gemm_kernel(int64_t m, int64_t n, int64_t k, float alpha, const float* __restrict__ a, int64_t a_row,
-                            int64_t a_col, const float* __restrict__ b, int64_t b_row, int64_t b_col, float beta,
-                            float* __restrict__ c, int64_t ldc) {
+// 256 threads, float32 accumulation whatever the storage types; beta = 0 never reads C.
+template <class TA, class TB, class TC>
+__global__ void gemm_kernel(int64_t m, int64_t n, int64_t k, float alpha, const TA* __restrict__ a, int64_t a_row,
+                            int64_t a_col, const TB* __restrict__ b, int64_t b_row, int64_t b_col, float beta,
+                            TC* __restrict__ c, int64_t ldc) {
   __shared__ float a_tile[kTile][kTile + 1];
   __shared__ float b_tile[kTile][kTile + 1];
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
@@ -34,29 +42,30 @@ __global__ void gemm_kernel(int64_t m, int64_t n, int64_t k, float alpha, const 
     const int64_t col = col0 + tx;
     float acc = 0.f;
     for (int64_t k0 = 0; k0 < k; k0 += kTile) {
-      a_tile[ty][tx] = row < m && k0 + tx < k ? a[row * a_row + (k0 + tx) * a_col] : 0.f;
-      b_tile[ty][tx] = k0 + ty < k && col < n ? b[(k0 + ty) * b_row + col * b_col] : 0.f;
+      a_tile[ty][tx] = row < m && k0 + tx < k ? to_float(a[row * a_row + (k0 + tx) * a_col]) : 0.f;
+      b_tile[ty][tx] = k0 + ty < k && col < n ? to_float(b[(k0 + ty) * b_row + col * b_col]) : 0.f;
       __syncthreads();
 #pragma unroll
       for (int kk = 0; kk < kTile; ++kk) acc += a_tile[ty][kk] * b_tile[kk][tx];
       __syncthreads();
     }
     if (row < m && col < n) {
-      float* out = c + row * ldc + col;
-      *out = beta == 0.f ? alpha * acc : alpha * acc + beta * *out;
+      TC* out = c + row * ldc + col;
+      *out = from_float<TC>(beta == 0.f ? alpha * acc : alpha * acc + beta * to_float(*out));
     }
   }
 }
 
 // Row-major op(A) (m, k), op(B) (k, n) with leading dimensions, as core/gemm.h on the CPU.
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float beta, float* c, int64_t ldc, cudaStream_t stream) {
+template <class TA, class TB, class TC>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const TA* a, int64_t lda,
+          const TB* b, int64_t ldb, float beta, TC* c, int64_t ldc, cudaStream_t stream) {
   if (m <= 0 || n <= 0) return;
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((n + kTile - 1) / kTile, 1 << 30)),
                   static_cast<unsigned>((m + kTile - 1) / kTile));
   REPLEARN_CHECK(grid.y <= 65535, Value, "rnn gemm: ", m, " rows exceed the CUDA grid");
-  gemm_kernel<<<grid, kThreads, 0, stream>>>(m, n, k, alpha, a, trans_a ? 1 : lda, trans_a ? lda : 1, b,
-                                               trans_b ? 1 : ldb, trans_b ? ldb : 1, beta, c, ldc);
+  gemm_kernel<TA, TB, TC><<<grid, kThreads, 0, stream>>>(m, n, k, alpha, a, trans_a ? 1 : lda, trans_a ? lda : 1, b,
+                                                           trans_b ? 1 : ldb, trans_b ? ldb : 1, beta, c, ldc);
   REPLEARN_CUDA_LAUNCH_CHECK();
 }
 
@@ -70,23 +79,28 @@ __device__ __forceinline__ bool is_active(const int64_t* lengths, int64_t b, int
   return t < len;
 }
 
-__global__ void copy_kernel(const float* __restrict__ src, float* __restrict__ dst, int64_t n) {
+// dst = src converted between storage types (a copy when both are the same).
+template <class From, class To>
+__global__ void convert_kernel(const From* __restrict__ src, To* __restrict__ dst, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    dst[i] = src[i];
+    dst[i] = from_float<To>(to_float(src[i]));
 }
 
-void copy(const float* src, float* dst, int64_t n, cudaStream_t stream) {
-  copy_kernel<<<blocks_for(n), kThreads, 0, stream>>>(src, dst, n);
+template <class From, class To>
+void convert(const From* src, To* dst, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  convert_kernel<From, To><<<blocks_for(n), kThreads, 0, stream>>>(src, dst, n);
   REPLEARN_CUDA_LAUNCH_CHECK();
 }
 
 // bias (G·H) = b_ih + b_hh except the GRU's n gate (b_in), bias_hn (H) = b_hn: see cpu.cpp.
-__global__ void fold_biases_kernel(Cell cell, int64_t H, int64_t GH, const float* b_ih, const float* b_hh, float* bias,
+template <class T>
+__global__ void fold_biases_kernel(Cell cell, int64_t H, int64_t GH, const T* b_ih, const T* b_hh, float* bias,
                                    float* bias_hn) {
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < GH;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float bi = b_ih ? b_ih[k] : 0.f, bh = b_hh ? b_hh[k] : 0.f;
+    const float bi = b_ih ? to_float(b_ih[k]) : 0.f, bh = b_hh ? to_float(b_hh[k]) : 0.f;
     const bool hn = cell == Cell::Gru && k >= 2 * H;
     bias[k] = hn ? bi : bi + bh;
     if (hn) bias_hn[k - 2 * H] = bh;
@@ -173,16 +187,154 @@ __global__ void proj_unit_backward_kernel(int64_t t, int64_t steps, int64_t B, i
 }
 
 // out (cols) = Σ over rows of m (rows, cols): one thread per column, rows read coalesced across threads.
-__global__ void column_sums_kernel(const float* __restrict__ m, int64_t rows, int64_t cols, float* __restrict__ out) {
+template <class T>
+__global__ void column_sums_kernel(const float* __restrict__ m, int64_t rows, int64_t cols, T* __restrict__ out) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float sum = 0.f;
     for (int64_t r = 0; r < rows; ++r) sum += m[r * cols + c];
-    out[c] = sum;
+    out[c] = from_float<T>(sum);
   }
 }
 
-const float* data_or_null(const OptView& v) { return v ? v->data_as<const float>() : nullptr; }
+template <class T>
+const T* data_or_null(const OptView& v) {
+  return v ? v->data_as<const T>() : nullptr;
+}
+
+template <class T>
+void forward(const LayerDims& d, const TensorView& x, const TensorView& h0, const OptView& c0, const TensorView& w_ih,
+             const TensorView& w_hh, const OptView& w_hr, const OptView& b_ih, const OptView& b_hh,
+             const OptView& lengths, bool reverse, const TensorView& y, const TensorView& h_n, const OptView& c_n,
+             const TensorView& reserve, const TensorView& workspace, cudaStream_t stream) {
+  const int64_t B = d.batch, H = d.hidden, S = d.state(), P = d.proj, GH = d.gates(), R = d.reserve();
+  // Workspace (rnn.h: forward_workspace_bytes), float32 throughout.
+  float* hh = workspace.data_as<float>();  // (B, G·H)
+  float* bias = hh + B * GH;               // (G·H)
+  float* bias_hn = bias + GH;              // (H)
+  float* h_cur = bias_hn + H;              // (B, S): the running state alternates between these two
+  float* h_other = h_cur + B * S;          // (B, S)
+  float* c = h_other + B * S;              // (B, H)
+  // y straight into the output for float32, through a float32 copy otherwise.
+  float* y_f = std::is_same_v<T, float> ? reinterpret_cast<float*>(y.data_as<T>()) : c + B * H;  // (T, B, S)
+  const T* w_hh_data = w_hh.data_as<const T>();
+  fold_biases_kernel<T><<<blocks_for(GH), kThreads, 0, stream>>>(d.cell, H, GH, data_or_null<T>(b_ih),
+                                                                   data_or_null<T>(b_hh), bias, bias_hn);
+  REPLEARN_CUDA_LAUNCH_CHECK();
+  float* rsv = reserve.data_as<float>();
+  gemm(false, true, d.steps * B, GH, d.input, 1.f, x.data_as<const T>(), d.input, w_ih.data_as<const T>(), d.input,
+       0.f, rsv, R, stream);
+  convert(h0.data_as<const T>(), h_cur, B * S, stream);
+  const bool lstm = d.cell == Cell::Lstm;
+  if (lstm) convert(c0->data_as<const T>(), c, B * H, stream);
+  const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+  if (P > 0) {  // the LSTM with projection: gates, then h_t = u_t W_hrᵀ
+    for (int64_t s = 0; s < d.steps; ++s) {
+      const int64_t t = reverse ? d.steps - 1 - s : s;
+      gemm(false, true, B, GH, P, 1.f, h_cur, P, w_hh_data, P, 0.f, hh, GH, stream);
+      proj_unit_forward_kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(t, d.steps, B, H, R, len, bias, hh, c,
+                                                                            rsv);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      gemm(false, true, B, P, H, 1.f, rsv + t * B * R + d.reserve_u(), R, w_hr->data_as<const T>(), H, 0.f, h_other,
+           P, stream);
+      proj_state_forward_kernel<<<blocks_for(B * P), kThreads, 0, stream>>>(t, d.steps, B, P, R, d.reserve_h_prev(),
+                                                                             len, h_cur, h_other, y_f, rsv);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      std::swap(h_cur, h_other);
+    }
+  } else {
+    cell::dispatch_cell(d.cell, [&](auto kind) {
+      for (int64_t s = 0; s < d.steps; ++s) {
+        const int64_t t = reverse ? d.steps - 1 - s : s;
+        gemm(false, true, B, GH, H, 1.f, h_cur, H, w_hh_data, H, 0.f, hh, GH, stream);
+        forward_step_kernel<decltype(kind)::value><<<blocks_for(B * H), kThreads, 0, stream>>>(
+            t, d.steps, B, H, len, bias, bias_hn, hh, h_cur, h_other, lstm ? c : nullptr, y_f, rsv);
+        REPLEARN_CUDA_LAUNCH_CHECK();
+        std::swap(h_cur, h_other);
+      }
+    });
+  }
+  convert(h_cur, h_n.data_as<T>(), B * S, stream);
+  if (lstm) convert(c, c_n->data_as<T>(), B * H, stream);
+  if (!std::is_same_v<T, float>) convert(y_f, y.data_as<T>(), d.steps * B * S, stream);
+}
+
+template <class T>
+void backward(const LayerDims& d, const TensorView& grad_y, const TensorView& grad_h_n, const OptView& grad_c_n,
+              const TensorView& x, const TensorView& w_ih, const TensorView& w_hh, const OptView& w_hr,
+              const OptView& lengths, bool reverse, const TensorView& reserve, const OptView& grad_x,
+              const OptView& grad_h0, const OptView& grad_c0, const OptView& grad_w_ih, const OptView& grad_w_hh,
+              const OptView& grad_w_hr, const OptView& grad_b_ih, const OptView& grad_b_hh,
+              const TensorView& workspace, cudaStream_t stream) {
+  const int64_t TB = d.steps * d.batch, B = d.batch, BH = d.batch * d.hidden, GH = d.gates(), H = d.hidden;
+  const int64_t S = d.state(), BS = d.batch * S, P = d.proj, R = d.reserve();
+  // Workspace layout as on the CPU (cpu.cpp), float32, then grad_y in float32 for float16/bfloat16.
+  float* dg_ih = workspace.data_as<float>();
+  float* dg_hh = d.cell == Cell::Gru ? dg_ih + TB * GH : dg_ih;
+  float* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;
+  float* dh_next = dh + BS;
+  float* dc = d.cell == Cell::Lstm ? dh_next + BS : nullptr;
+  float* dh_all = dh_next + BS + BH;  // projection: (T, B, P), then δu (B, H)
+  float* du = dh_all + TB * P;
+  const float* grad_y_f = reinterpret_cast<const float*>(grad_y.data_as<const T>());
+  if constexpr (!std::is_same_v<T, float>) {
+    float* copy = du + (P > 0 ? BH : 0);  // (T, B, S)
+    convert(grad_y.data_as<const T>(), copy, TB * S, stream);
+    grad_y_f = copy;
+  }
+  convert(grad_h_n.data_as<const T>(), dh, BS, stream);
+  if (dc) convert(grad_c_n->data_as<const T>(), dc, BH, stream);
+  const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
+  const float* rsv = reserve.data_as<const float>();
+  const T* w_hh_data = w_hh.data_as<const T>();
+  if (P > 0) {  // the LSTM with projection (cpu.cpp: backward_steps_projected)
+    for (int64_t s = d.steps - 1; s >= 0; --s) {
+      const int64_t t = reverse ? d.steps - 1 - s : s;
+      proj_state_backward_kernel<<<blocks_for(BS), kThreads, 0, stream>>>(t, d.steps, B, P, len, grad_y_f, dh,
+                                                                           dh_next, dh_all);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      gemm(false, false, B, H, P, 1.f, dh_all + t * B * P, P, w_hr->data_as<const T>(), H, 0.f, du, H, stream);
+      proj_unit_backward_kernel<<<blocks_for(BH), kThreads, 0, stream>>>(t, d.steps, B, H, R, len, rsv, du, dc,
+                                                                          dg_ih);
+      REPLEARN_CUDA_LAUNCH_CHECK();
+      gemm(false, false, B, P, GH, 1.f, dg_ih + t * B * GH, GH, w_hh_data, P, 1.f, dh_next, P, stream);
+      std::swap(dh, dh_next);
+    }
+  } else {
+    cell::dispatch_cell(d.cell, [&](auto kind) {
+      for (int64_t s = d.steps - 1; s >= 0; --s) {
+        const int64_t t = reverse ? d.steps - 1 - s : s;
+        backward_step_kernel<decltype(kind)::value><<<blocks_for(BH), kThreads, 0, stream>>>(
+            t, d.steps, B, H, len, rsv, grad_y_f, dh, dh_next, dc, dg_ih, dg_hh);
+        REPLEARN_CUDA_LAUNCH_CHECK();
+        gemm(false, false, B, H, GH, 1.f, dg_hh + t * B * GH, GH, w_hh_data, H, 1.f, dh_next, H, stream);
+        std::swap(dh, dh_next);
+      }
+    });
+  }
+  if (grad_h0) convert(dh, grad_h0->data_as<T>(), BS, stream);
+  if (grad_c0 && dc) convert(dc, grad_c0->data_as<T>(), BH, stream);
+  if (grad_x)
+    gemm(false, false, TB, d.input, GH, 1.f, static_cast<const float*>(dg_ih), GH, w_ih.data_as<const T>(), d.input,
+         0.f, grad_x->data_as<T>(), d.input, stream);
+  if (grad_w_ih)
+    gemm(true, false, GH, d.input, TB, 1.f, static_cast<const float*>(dg_ih), GH, x.data_as<const T>(), d.input, 0.f,
+         grad_w_ih->data_as<T>(), d.input, stream);
+  if (grad_w_hh)
+    gemm(true, false, GH, S, TB, 1.f, static_cast<const float*>(dg_hh), GH, rsv + d.reserve_h_prev(), R, 0.f,
+         grad_w_hh->data_as<T>(), S, stream);
+  if (grad_w_hr)
+    gemm(true, false, P, H, TB, 1.f, static_cast<const float*>(dh_all), P, rsv + d.reserve_u(), R, 0.f,
+         grad_w_hr->data_as<T>(), H, stream);
+  if (grad_b_ih) {
+    column_sums_kernel<T><<<blocks_for(GH), kThreads, 0, stream>>>(dg_ih, TB, GH, grad_b_ih->data_as<T>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  }
+  if (grad_b_hh) {
+    column_sums_kernel<T><<<blocks_for(GH), kThreads, 0, stream>>>(dg_hh, TB, GH, grad_b_hh->data_as<T>());
+    REPLEARN_CUDA_LAUNCH_CHECK();
+  }
+}
 
 }  // namespace
 
@@ -195,53 +347,10 @@ void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorVi
                                    std::uintptr_t stream_handle) {
   const LayerDims d = check_forward(DeviceType::CUDA, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n,
                                     c_n, reserve, workspace);
-  const cudaStream_t stream = as_stream(stream_handle);
-  const int64_t B = d.batch, H = d.hidden, S = d.state(), P = d.proj, GH = d.gates(), R = d.reserve();
-  float* hh = workspace->data_as<float>();  // (B, G·H)
-  float* bias = hh + B * GH;                // (G·H)
-  float* bias_hn = bias + GH;               // (H)
-  float* h_spare = bias_hn + H;             // (B, S): the states alternate between h_n and this
-  fold_biases_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(d.cell, H, GH, data_or_null(b_ih),
-                                                                data_or_null(b_hh), bias, bias_hn);
-  REPLEARN_CUDA_LAUNCH_CHECK();
-  float* rsv = reserve.data_as<float>();
-  gemm(false, true, d.steps * B, GH, d.input, 1.f, x.data_as<const float>(), d.input, w_ih.data_as<const float>(),
-       d.input, 0.f, rsv, R, stream);
-  float* h = h_n.data_as<float>();
-  copy(h0.data_as<const float>(), h, B * S, stream);
-  float* c = c_n ? c_n->data_as<float>() : nullptr;
-  if (c) copy(c0->data_as<const float>(), c, B * H, stream);
-  const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
-  float* h_cur = h;
-  float* h_other = h_spare;
-  if (P > 0) {  // the LSTM with projection: gates, then h_t = u_t W_hrᵀ
-    for (int64_t s = 0; s < d.steps; ++s) {
-      const int64_t t = reverse ? d.steps - 1 - s : s;
-      gemm(false, true, B, GH, P, 1.f, h_cur, P, w_hh.data_as<const float>(), P, 0.f, hh, GH, stream);
-      proj_unit_forward_kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(t, d.steps, B, H, R, len, bias, hh, c,
-                                                                            rsv);
-      REPLEARN_CUDA_LAUNCH_CHECK();
-      gemm(false, true, B, P, H, 1.f, rsv + t * B * R + d.reserve_u(), R, w_hr->data_as<const float>(), H, 0.f,
-           h_other, P, stream);
-      proj_state_forward_kernel<<<blocks_for(B * P), kThreads, 0, stream>>>(
-          t, d.steps, B, P, R, d.reserve_h_prev(), len, h_cur, h_other, y.data_as<float>(), rsv);
-      REPLEARN_CUDA_LAUNCH_CHECK();
-      std::swap(h_cur, h_other);
-    }
-    if (h_cur != h) copy(h_cur, h, B * S, stream);
-    return;
-  }
-  cell::dispatch_cell(d.cell, [&](auto kind) {
-    for (int64_t s = 0; s < d.steps; ++s) {
-      const int64_t t = reverse ? d.steps - 1 - s : s;
-      gemm(false, true, B, GH, H, 1.f, h_cur, H, w_hh.data_as<const float>(), H, 0.f, hh, GH, stream);
-      forward_step_kernel<decltype(kind)::value><<<blocks_for(B * H), kThreads, 0, stream>>>(
-          t, d.steps, B, H, len, bias, bias_hn, hh, h_cur, h_other, c, y.data_as<float>(), rsv);
-      REPLEARN_CUDA_LAUNCH_CHECK();
-      std::swap(h_cur, h_other);
-    }
+  dispatch_cuda_floating(x.dtype, [&](auto tag) {
+    forward<typename decltype(tag)::type>(d, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, y, h_n, c_n,
+                                          reserve, *workspace, as_stream(stream_handle));
   });
-  if (h_cur != h) copy(h_cur, h, B * H, stream);
 }
 
 template <>
@@ -256,69 +365,11 @@ void rnn_backward<DeviceType::CUDA>(int cell, const TensorView& grad_y, const Te
   const LayerDims d = check_backward(DeviceType::CUDA, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths,
                                      reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih,
                                      grad_b_hh, workspace);
-  const cudaStream_t stream = as_stream(stream_handle);
-  const int64_t TB = d.steps * d.batch, B = d.batch, BH = d.batch * d.hidden, GH = d.gates(), H = d.hidden;
-  const int64_t S = d.state(), BS = d.batch * S, P = d.proj, R = d.reserve();
-  // Workspace layout as on the CPU (cpu.cpp).
-  float* dg_ih = workspace->data_as<float>();
-  float* dg_hh = d.cell == Cell::Gru ? dg_ih + TB * GH : dg_ih;
-  float* dh = (d.cell == Cell::Gru ? dg_hh : dg_ih) + TB * GH;
-  float* dh_next = dh + BS;
-  float* dc = d.cell == Cell::Lstm ? dh_next + BS : nullptr;
-  float* dh_all = dh_next + BS + BH;  // projection: (T, B, P), then δu (B, H)
-  float* du = dh_all + TB * P;
-  copy(grad_h_n.data_as<const float>(), dh, BS, stream);
-  if (dc) copy(grad_c_n->data_as<const float>(), dc, BH, stream);
-  const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
-  const float* rsv = reserve.data_as<const float>();
-  const float* w_hh_data = w_hh.data_as<const float>();
-  if (P > 0) {  // the LSTM with projection (cpu.cpp: backward_steps_projected)
-    for (int64_t s = d.steps - 1; s >= 0; --s) {
-      const int64_t t = reverse ? d.steps - 1 - s : s;
-      proj_state_backward_kernel<<<blocks_for(BS), kThreads, 0, stream>>>(t, d.steps, B, P, len,
-                                                                           grad_y.data_as<const float>(), dh, dh_next,
-                                                                           dh_all);
-      REPLEARN_CUDA_LAUNCH_CHECK();
-      gemm(false, false, B, H, P, 1.f, dh_all + t * B * P, P, w_hr->data_as<const float>(), H, 0.f, du, H, stream);
-      proj_unit_backward_kernel<<<blocks_for(BH), kThreads, 0, stream>>>(t, d.steps, B, H, R, len, rsv, du, dc,
-                                                                          dg_ih);
-      REPLEARN_CUDA_LAUNCH_CHECK();
-      gemm(false, false, B, P, GH, 1.f, dg_ih + t * B * GH, GH, w_hh_data, P, 1.f, dh_next, P, stream);
-      std::swap(dh, dh_next);
-    }
-  } else {
-    cell::dispatch_cell(d.cell, [&](auto kind) {
-      for (int64_t s = d.steps - 1; s >= 0; --s) {
-        const int64_t t = reverse ? d.steps - 1 - s : s;
-        backward_step_kernel<decltype(kind)::value><<<blocks_for(BH), kThreads, 0, stream>>>(
-            t, d.steps, B, H, len, rsv, grad_y.data_as<const float>(), dh, dh_next, dc, dg_ih, dg_hh);
-        REPLEARN_CUDA_LAUNCH_CHECK();
-        gemm(false, false, B, H, GH, 1.f, dg_hh + t * B * GH, GH, w_hh_data, H, 1.f, dh_next, H, stream);
-        std::swap(dh, dh_next);
-      }
-    });
-  }
-  if (grad_h0) copy(dh, grad_h0->data_as<float>(), BS, stream);
-  if (grad_c0 && dc) copy(dc, grad_c0->data_as<float>(), BH, stream);
-  if (grad_x)
-    gemm(false, false, TB, d.input, GH, 1.f, dg_ih, GH, w_ih.data_as<const float>(), d.input, 0.f,
-         grad_x->data_as<float>(), d.input, stream);
-  if (grad_w_ih)
-    gemm(true, false, GH, d.input, TB, 1.f, dg_ih, GH, x.data_as<const float>(), d.input, 0.f,
-         grad_w_ih->data_as<float>(), d.input, stream);
-  if (grad_w_hh)
-    gemm(true, false, GH, S, TB, 1.f, dg_hh, GH, rsv + d.reserve_h_prev(), R, 0.f, grad_w_hh->data_as<float>(), S,
-         stream);
-  if (grad_w_hr)
-    gemm(true, false, P, H, TB, 1.f, dh_all, P, rsv + d.reserve_u(), R, 0.f, grad_w_hr->data_as<float>(), H, stream);
-  if (grad_b_ih) {
-    column_sums_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(dg_ih, TB, GH, grad_b_ih->data_as<float>());
-    REPLEARN_CUDA_LAUNCH_CHECK();
-  }
-  if (grad_b_hh) {
-    column_sums_kernel<<<blocks_for(GH), kThreads, 0, stream>>>(dg_hh, TB, GH, grad_b_hh->data_as<float>());
-    REPLEARN_CUDA_LAUNCH_CHECK();
-  }
+  dispatch_cuda_floating(x.dtype, [&](auto tag) {
+    backward<typename decltype(tag)::type>(d, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse,
+                                           reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr,
+                                           grad_b_ih, grad_b_hh, *workspace, as_stream(stream_handle));
+  });
 }
 
 }  // namespace replearn::rnn

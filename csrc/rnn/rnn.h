@@ -26,7 +26,9 @@
 // Conventions:
 // - Time-major and contiguous: x (T, B, I), y (T, B, S); states h (B, S), c (B, H). Callers allocate everything
 //   (ARCHITECTURE.md), including the reserve (T, B, reserve_width) that forward fills and backward reads:
-//   the activated gates, the states entering each step (and for the GRU, W_hn h + b_hn).
+//   the activated gates, the states entering each step (and for the GRU, W_hn h + b_hn), in x's
+//   accumulation dtype (stats_dtype: float32 for float16/bfloat16 inputs, whose kernels compute in float32).
+// - Dtypes: float32 and float64 on the CPU; float32, float16 and bfloat16 on CUDA (ARCHITECTURE.md §5).
 // - Variable lengths: `lengths` (B) int64 on the kernels' device, 1 ≤ lengths[b] ≤ T (checked on the CPU;
 //   on CUDA a value out of range is clamped, reading it back would synchronize). A sequence is active at
 //   time t iff t < lengths[b]: outside, its state is carried unchanged and its output is zero, as with
@@ -89,11 +91,15 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
 // The geometry the workspace-size queries need (shapes only; the entry points validate fully).
 LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr);
 
-// Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases, a second state
-// buffer (B, S) and on the CPU W_hh regrouped by thread (G·H, S); backward: the gate gradients of every step and the running δh (B, S) ×2, δc (B, H);
-// with projection also δh of every step (T, B, P), for dW_hr, and one step's δu (B, H)).
-int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device);
-int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size);
+// Scratch sizes in bytes, in elements of x's accumulation dtype (stats_dtype: float64 for float64,
+// float32 otherwise). Forward: one step's W_hh h (B, G·H), the folded biases, a second state buffer
+// (B, S), on the CPU W_hh regrouped by thread (G·H, S), on CUDA the running states (B, S) and (B, H)
+// and, for float16/bfloat16, y (T, B, S) in float32 (the cells compute in float32). Backward: the
+// gate gradients of every step and the running δh (B, S) ×2, δc (B, H); with projection also δh of
+// every step (T, B, P), for dW_hr, and one step's δu (B, H); on CUDA for float16/bfloat16 grad_y in
+// float32 (T, B, S).
+int64_t forward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device);
+int64_t backward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device);
 
 // Entry points; cpu.cpp defines the DeviceType::CPU specializations, cuda.cu the DeviceType::CUDA ones.
 // w_hr (P, H): the LSTM's projection, or none; grad_w_hr is optional and needs w_hr.

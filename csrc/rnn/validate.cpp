@@ -22,6 +22,14 @@ void check_like_x(Checker& check, const char* arg, const TensorView& t, const Te
   check.contiguous(arg, t);
 }
 
+// The reserve (T, B, width) in the accumulation dtype of x (stats_dtype: float32 for float16/bfloat16).
+void check_reserve(Checker& check, const TensorView& reserve, const TensorView& x, const LayerDims& d) {
+  check.floating("reserve", reserve);
+  check.dtype("reserve", reserve, stats_dtype(x.dtype));
+  check.shape("reserve", reserve, {d.steps, d.batch, d.reserve()});
+  check.contiguous("reserve", reserve);
+}
+
 void check_optional_like_x(Checker& check, const char* arg, const OptView& t, const TensorView& x,
                            std::initializer_list<int64_t> sizes) {
   if (t) check_like_x(check, arg, *t, x, sizes);
@@ -46,11 +54,6 @@ LayerDims layer_dims(Checker& check, int cell, const TensorView& x, const Tensor
                      const OptView& w_hr) {
   LayerDims d{cell_of(check, cell), 0, 0, 0, 0};
   check.floating("x", x);
-  if (x.device.type == DeviceType::CUDA) {
-    REPLEARN_CHECK(x.dtype == DType::Float32, Type, check.function(),
-                   ": argument 'x' expected float32 (the CUDA recurrent kernels take float32 only) but got ",
-                   dtype_name(x.dtype));
-  }
   REPLEARN_CHECK(x.ndim == 3, Value, check.function(), ": argument 'x' expected 3 dimensions (T, B, I) but got shape ",
                  x.shape_string());
   check.contiguous("x", x);
@@ -98,15 +101,21 @@ void check_lengths(Checker& check, const OptView& lengths, const LayerDims& d) {
 
 }  // namespace
 
-int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device) {
+int64_t forward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device) {
   const int64_t packed_w_hh = device == DeviceType::CPU ? d.gates() * d.state() : 0;  // cpu.cpp: group_rows_by_chunk
-  return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.state() + packed_w_hh) * element_size;
+  const int64_t cuda_states = device == DeviceType::CUDA ? d.batch * d.state() + d.batch * d.hidden : 0;
+  const int64_t float_y = device == DeviceType::CUDA && dtype != stats_dtype(dtype) ? d.steps * d.batch * d.state() : 0;
+  return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.state() + packed_w_hh + cuda_states + float_y) *
+         dtype_size(stats_dtype(dtype));
 }
 
-int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size) {
+int64_t backward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device) {
   const int64_t gate_grads = d.steps * d.batch * d.gates() * (d.cell == Cell::Gru ? 2 : 1);
   const int64_t projection = d.proj > 0 ? d.steps * d.batch * d.proj + d.batch * d.hidden : 0;
-  return (gate_grads + 2 * d.batch * d.state() + d.batch * d.hidden + projection) * element_size;
+  const int64_t float_grad_y =
+      device == DeviceType::CUDA && dtype != stats_dtype(dtype) ? d.steps * d.batch * d.state() : 0;
+  return (gate_grads + 2 * d.batch * d.state() + d.batch * d.hidden + projection + float_grad_y) *
+         dtype_size(stats_dtype(dtype));
 }
 
 LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
@@ -123,8 +132,8 @@ LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const 
   check_like_x(check, "y", y, x, {d.steps, d.batch, d.state()});
   check_like_x(check, "h_n", h_n, x, {d.batch, d.state()});
   check_cell_state(check, "c_n", c_n, d, x, true);
-  check_like_x(check, "reserve", reserve, x, {d.steps, d.batch, d.reserve()});
-  check.workspace(workspace, forward_workspace_bytes(d, dtype_size(x.dtype), device), "x", x);
+  check_reserve(check, reserve, x, d);
+  check.workspace(workspace, forward_workspace_bytes(d, x.dtype, device), "x", x);
   return d;
 }
 
@@ -140,7 +149,7 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
   check_like_x(check, "grad_h_n", grad_h_n, x, {d.batch, d.state()});
   check_cell_state(check, "grad_c_n", grad_c_n, d, x, true);
   check_lengths(check, lengths, d);
-  check_like_x(check, "reserve", reserve, x, {d.steps, d.batch, d.reserve()});
+  check_reserve(check, reserve, x, d);
   check_optional_like_x(check, "grad_x", grad_x, x, {d.steps, d.batch, d.input});
   check_optional_like_x(check, "grad_h0", grad_h0, x, {d.batch, d.state()});
   check_cell_state(check, "grad_c0", grad_c0, d, x, false);
@@ -153,7 +162,7 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
   }
   check_optional_like_x(check, "grad_b_ih", grad_b_ih, x, {d.gates()});
   check_optional_like_x(check, "grad_b_hh", grad_b_hh, x, {d.gates()});
-  check.workspace(workspace, backward_workspace_bytes(d, dtype_size(x.dtype)), "x", x);
+  check.workspace(workspace, backward_workspace_bytes(d, x.dtype, device), "x", x);
   return d;
 }
 
@@ -174,12 +183,12 @@ LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& 
 
 template <DeviceType D>
 int64_t rnn_forward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr) {
-  return forward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype), D);
+  return forward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), x.dtype, D);
 }
 
 template <DeviceType D>
 int64_t rnn_backward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr) {
-  return backward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype));
+  return backward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), x.dtype, D);
 }
 
 // The CUDA kernels use the CPU layout (float32), less the CPU's regrouped copy of W_hh.

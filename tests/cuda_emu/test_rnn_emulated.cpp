@@ -1,7 +1,8 @@
 // Emulated CUDA kernels of the recurrent family (csrc/rnn/cuda.cu compiled against
-// include/cuda_runtime.h), float32, against the CPU kernels in float64 on the same values: outputs,
-// final states and every gradient, for each cell with and without lengths, reverse and biases, at
-// sizes that span several GEMM tiles; and the LSTM with projection (W_hr, grad_w_hr). Built and run by
+// include/cuda_runtime.h), float32, float16 and bfloat16, against the CPU kernels in float64 on the
+// same values (the inputs rounded to the device dtype first): outputs, final states and every
+// gradient, for each cell with and without lengths, reverse and biases, at sizes that span several
+// GEMM tiles; and the LSTM with projection (W_hr, grad_w_hr). Built and run by
 // tests/cuda_emu/run.sh rnn.
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/cuda_utils.cuh"
 #include "rnn/rnn.h"
 
@@ -19,7 +21,7 @@ using namespace replearn;
 using namespace replearn::rnn;
 constexpr DeviceType CUDA = DeviceType::CUDA, CPU = DeviceType::CPU;
 
-struct Arr {  // exact-size heap buffer as float32 ("CUDA") or float64 (CPU reference)
+struct Arr {  // exact-size heap buffer in the device dtype ("CUDA") or float64 (CPU reference)
   DType dt;
   DeviceType dev;
   std::vector<int64_t> shape;
@@ -42,25 +44,42 @@ struct Arr {  // exact-size heap buffer as float32 ("CUDA") or float64 (CPU refe
   }
   std::optional<TensorView> opt() const { return view(); }
   double get(int64_t i) const {
-    if (dt == DType::Float64) return reinterpret_cast<const double*>(mem.get())[i];
-    if (dt == DType::Int64) return static_cast<double>(reinterpret_cast<const int64_t*>(mem.get())[i]);
-    return reinterpret_cast<const float*>(mem.get())[i];
+    switch (dt) {
+      case DType::Float64: return reinterpret_cast<const double*>(mem.get())[i];
+      case DType::Int64: return static_cast<double>(reinterpret_cast<const int64_t*>(mem.get())[i]);
+      case DType::Float16: return to_float(reinterpret_cast<const __half*>(mem.get())[i]);
+      case DType::BFloat16: return to_float(reinterpret_cast<const __nv_bfloat16*>(mem.get())[i]);
+      default: return reinterpret_cast<const float*>(mem.get())[i];
+    }
   }
   void set(int64_t i, double v) {
-    if (dt == DType::Float64) reinterpret_cast<double*>(mem.get())[i] = v;
-    else if (dt == DType::Int64) reinterpret_cast<int64_t*>(mem.get())[i] = static_cast<int64_t>(v);
-    else reinterpret_cast<float*>(mem.get())[i] = static_cast<float>(v);
+    switch (dt) {
+      case DType::Float64: reinterpret_cast<double*>(mem.get())[i] = v; break;
+      case DType::Int64: reinterpret_cast<int64_t*>(mem.get())[i] = static_cast<int64_t>(v); break;
+      case DType::Float16: reinterpret_cast<__half*>(mem.get())[i] = from_float<__half>(static_cast<float>(v)); break;
+      case DType::BFloat16:
+        reinterpret_cast<__nv_bfloat16*>(mem.get())[i] = from_float<__nv_bfloat16>(static_cast<float>(v));
+        break;
+      default: reinterpret_cast<float*>(mem.get())[i] = static_cast<float>(v);
+    }
   }
 };
 
 int checks = 0, failures = 0;
 
+// Error normalized by (atol + rtol·|want|): float32 matches to 1e-4; float16/bfloat16 store y, the
+// states and the gradients rounded once (relative 2^-11 / 2^-8) after float32 arithmetic, so their
+// bound is a few roundings of the tensor's largest value (the rounding of a sum of T·B terms is
+// relative to its magnitude, not to a small cancelled result).
 void compare(const std::string& what, const Arr& got, const Arr& ref) {
   ++checks;
-  double worst = 0;
+  double worst = 0, scale = 0;
   int64_t at = 0;
+  for (int64_t i = 0; i < ref.n; ++i) scale = std::max(scale, std::fabs(ref.get(i)));
+  const double tol = got.dt == DType::Float16 ? 4e-3 : got.dt == DType::BFloat16 ? 3e-2 : 1e-4;
+  const double atol = got.dt == DType::Float32 ? 1e-4 : tol * std::max(1.0, scale);
   for (int64_t i = 0; i < ref.n; ++i) {
-    const double err = std::fabs(got.get(i) - ref.get(i)) / (1e-4 + 1e-4 * std::fabs(ref.get(i)));
+    const double err = std::fabs(got.get(i) - ref.get(i)) / (atol + tol * std::fabs(ref.get(i)));
     if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err, at = i;
   }
   if (worst > 1) {
@@ -81,7 +100,7 @@ Side make_side(DType dt, DeviceType dev, Cell cell, int64_t T, int64_t B, int64_
   return Side{Arr(dt, dev, {T, B, I}),  Arr(dt, dev, {B, S}),    Arr(dt, dev, {B, H}),     Arr(dt, dev, {G, I}),
               Arr(dt, dev, {G, S}),     Arr(dt, dev, {P, H}),    Arr(dt, dev, {G}),        Arr(dt, dev, {G}),
               Arr(DType::Int64, dev, {B}),                       Arr(dt, dev, {T, B, S}),  Arr(dt, dev, {B, S}),
-              Arr(dt, dev, {B, H}),     Arr(dt, dev, {T, B, d.reserve()}),                 Arr(dt, dev, {T, B, S}),
+              Arr(dt, dev, {B, H}),     Arr(stats_dtype(dt), dev, {T, B, d.reserve()}),    Arr(dt, dev, {T, B, S}),
               Arr(dt, dev, {B, S}),     Arr(dt, dev, {B, H}),    Arr(dt, dev, {T, B, I}),  Arr(dt, dev, {B, S}),
               Arr(dt, dev, {B, H}),     Arr(dt, dev, {G, I}),    Arr(dt, dev, {G, S}),     Arr(dt, dev, {P, H}),
               Arr(dt, dev, {G}),        Arr(dt, dev, {G})};
@@ -103,23 +122,22 @@ void run(Side& s, Cell cell, bool lengths, bool reverse, bool biases, bool proj)
                   s.dw_ih.opt(), s.dw_hh.opt(), opt_if(proj, s.dw_hr), s.db_ih.opt(), s.db_hh.opt(), bws.opt());
 }
 
-void test(Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, bool reverse, bool biases,
+void test(DType dt, Cell cell, int64_t T, int64_t B, int64_t I, int64_t H, bool lengths, bool reverse, bool biases,
           int64_t P = 0) {
   const char* names[] = {"tanh", "relu", "lstm", "gru"};
-  const std::string tag = std::string(names[static_cast<int>(cell)]) + " T" + std::to_string(T) + " B" +
+  const std::string tag = std::string(dtype_name(dt)) + " " + names[static_cast<int>(cell)] + " T" + std::to_string(T) + " B" +
                           std::to_string(B) + " I" + std::to_string(I) + " H" + std::to_string(H) +
                           (P ? " P" + std::to_string(P) : "") + (lengths ? " lengths" : "") +
                           (reverse ? " reverse" : "") + (biases ? "" : " no-bias");
-  Side dev = make_side(DType::Float32, CUDA, cell, T, B, I, H, P);
+  Side dev = make_side(dt, CUDA, cell, T, B, I, H, P);
   Side ref = make_side(DType::Float64, CPU, cell, T, B, I, H, P);
   std::mt19937 rng(static_cast<unsigned>(T * 131 + B * 17 + H));
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const float w = 1.f / std::sqrt(static_cast<float>(H));
   auto fill = [&](Arr Side::*member, float scale) {
     for (int64_t i = 0; i < (dev.*member).n; ++i) {
-      const float v = scale * u(rng);  // float32 values, so both sides see the same inputs
-      (dev.*member).set(i, v);
-      (ref.*member).set(i, v);
+      (dev.*member).set(i, scale * u(rng));
+      (ref.*member).set(i, (dev.*member).get(i));  // rounded to the device dtype: both sides see the same inputs
     }
   };
   fill(&Side::x, 1.f), fill(&Side::h0, 0.5f), fill(&Side::c0, 0.5f), fill(&Side::w_ih, w), fill(&Side::w_hh, w);
@@ -150,17 +168,20 @@ int main(int argc, char** argv) {
   emu::grid_x_cap = argc > 1 ? std::atoi(argv[1]) : 0;
   const bool quick = argc > 2;
   std::printf("grid.x cap: %u\n", emu::grid_x_cap);
-  for (Cell cell : {Cell::Tanh, Cell::Relu, Cell::Lstm, Cell::Gru}) {
-    test(cell, 1, 1, 1, 1, false, false, true);
-    test(cell, 4, 3, 5, 18, true, false, true);  // G·H and H past one 16-wide tile, k over two tiles
-    test(cell, 3, 2, 3, 5, true, true, false);
-    if (!quick) test(cell, 5, 4, 17, 7, false, true, true);
+  for (DType dt : {DType::Float32, DType::Float16, DType::BFloat16}) {
+    const bool all = dt == DType::Float32 && !quick;
+    for (Cell cell : {Cell::Tanh, Cell::Relu, Cell::Lstm, Cell::Gru}) {
+      test(dt, cell, 1, 1, 1, 1, false, false, true);
+      test(dt, cell, 4, 3, 5, 18, true, false, true);  // G·H and H past one 16-wide tile, k over two tiles
+      test(dt, cell, 3, 2, 3, 5, true, true, false);
+      if (all) test(dt, cell, 5, 4, 17, 7, false, true, true);
+    }
+    // The LSTM with projection: P within a tile and past one, with lengths, reverse and no biases.
+    test(dt, Cell::Lstm, 1, 1, 1, 2, false, false, true, 1);
+    test(dt, Cell::Lstm, 4, 3, 5, 18, true, false, true, 7);
+    test(dt, Cell::Lstm, 3, 2, 3, 20, true, true, false, 17);
+    if (all) test(dt, Cell::Lstm, 5, 4, 6, 9, false, true, true, 4);
   }
-  // The LSTM with projection: P within a tile and past one, with lengths, reverse and no biases.
-  test(Cell::Lstm, 1, 1, 1, 2, false, false, true, 1);
-  test(Cell::Lstm, 4, 3, 5, 18, true, false, true, 7);
-  test(Cell::Lstm, 3, 2, 3, 20, true, true, false, 17);
-  if (!quick) test(Cell::Lstm, 5, 4, 6, 9, false, true, true, 4);
   std::printf("%d checks, %d failures, %ld emulated launches\n", checks, failures, emu::launches.load());
   return failures ? 1 : 0;
 }

@@ -13,7 +13,7 @@ Differences from torch, by design:
   PackedSequence is also accepted and answered with one, as torch does.
 - `proj_size` (LSTM with projections, Sak et al. 2014) as torch's: h_t = W_hr (o_t ⊙ tanh(c_t)) with
   `weight_hr_l{k}` (proj_size, hidden_size); outputs and h_n have proj_size features, c_n hidden_size.
-- CUDA tensors: float32 only.
+- CUDA tensors: float32, float16 and bfloat16 (float32 states and accumulation inside the kernels).
 """
 
 from __future__ import annotations

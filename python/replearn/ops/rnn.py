@@ -17,7 +17,9 @@ processes each sequence from its own last step back to t = 0. Multi-layer and bi
 are composed of these in `replearn.nn.RNN/LSTM/GRU` (no Python loop over time anywhere).
 
 The torch ops also return the `reserve` (T, B, ·) that backward reads: activated gates and the states
-entering each step (rnn.h). On CUDA the kernels take float32 only (docs/design.md).
+entering each step (rnn.h), in float32 for float16/bfloat16 inputs (float64 for float64). Dtypes:
+float32/float64 on the CPU; float32, float16 and bfloat16 on CUDA, where the states, gates and GEMM
+accumulators are float32 and only stored tensors are rounded to the input dtype.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def _lengths_on(lengths: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor |
 # ============================================================================= native forward/backward
 
 
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    # The reserve's dtype (csrc/rnn/rnn.h): what the kernels compute in.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _forward_impl(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse):
     cell = _CELL[kind]
     x = x.contiguous()
@@ -84,7 +91,7 @@ def _forward_impl(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, revers
     y = x.new_empty(steps, batch, state)
     h_n = x.new_empty(batch, state)
     c_n = x.new_empty(batch, hidden) if c0 is not None else None
-    reserve = x.new_empty(steps, batch, _reserve_width(kind, hidden, state))
+    reserve = x.new_empty(steps, batch, _reserve_width(kind, hidden, state), dtype=_accumulation_dtype(x))
     ws = _native.workspace("rnn_forward", x, cell, x, w_hh, w_hr)
     _native.launch("rnn_forward", x, cell, x, h0.contiguous(), _contiguous(c0), w_ih.contiguous(), w_hh, w_hr,
                    _contiguous(b_ih), _contiguous(b_hh), _contiguous(lengths), reverse, y, h_n, c_n, reserve, ws)
@@ -99,7 +106,7 @@ def _forward_fake(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, revers
     hidden, state = _sizes(w_hh, w_hr)
     return (x.new_empty(steps, batch, state), x.new_empty(batch, state),
             x.new_empty(batch, hidden) if c0 is not None else None,
-            x.new_empty(steps, batch, _reserve_width(kind, hidden, state)))  # fmt: skip
+            x.new_empty(steps, batch, _reserve_width(kind, hidden, state), dtype=_accumulation_dtype(x)))  # fmt: skip
 
 
 def _grad_shapes(x, w_ih, w_hh, w_hr):
@@ -419,8 +426,6 @@ def _args(kind, values):
 
 
 def _samples(kind, device, dtype, gen, cases=None) -> Iterable[Sample]:
-    if device.type == "cuda" and dtype != torch.float32:
-        return  # the CUDA kernels take float32 only (module docstring)
     cases = cases or (_PROJ_CASES if kind == "lstm_proj" else _CASES)
     for steps, batch, inputs, hidden, lengths, reverse, biases, *proj in cases:
         values = _tensors(kind, steps, batch, inputs, hidden, biases, dtype, device, gen, *proj)
