@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: setup demo test test-cpp test-python test-cuda-emu bench clean
+.PHONY: setup demo test test-cpp test-python test-cuda-emu gpu-check bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -32,6 +32,11 @@ test-cuda-emu:
 	  family=$$(basename $$f | sed 's/^test_//; s/_emulated.cpp$$//'); \
 	  tests/cuda_emu/run.sh $$family 0 quick || exit 1; \
 	done
+
+# On a GPU machine: build the CUDA kernels, run the tests marked `gpu` and the CUDA benchmark rows
+# (scripts/gpu_check.sh; logs under $$OUT or gpu-results/).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 bench: setup
 	$(PY) bench/run.py

@@ -71,6 +71,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--malloc", choices=("both", "default", "reuse"), default="both",
                         help="glibc malloc setting(s) to run under (default: both, each in its own process)")  # fmt: skip
     parser.add_argument("--filter", metavar="TEXT", help="run only the cases whose op name contains TEXT")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="run only the cases on this device (default: every available one)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # measure here, as launched by a parent
     args = parser.parse_args(argv)
     unknown = sorted(set(args.families) - set(discover()))
@@ -169,6 +170,8 @@ def measure(args: argparse.Namespace, mode: str) -> list[dict]:
         for case in cases:
             if not _harness.device_available(case.device) or (args.filter and args.filter not in case.op):
                 continue
+            if args.device and case.device != args.device:
+                continue
             row = _harness.run_case(family, case, mode, settings["repeat"], settings["warmup"], args.quick)
             unit, scale = ("µs", 1e3) if case.overhead else ("ms", 1.0)
             print(
@@ -193,6 +196,8 @@ def launch(args: argparse.Namespace, mode: str, json_path: Path) -> list[dict]:
         command += ["--repeat", str(args.repeat)]
     if args.filter:
         command += ["--filter", args.filter]
+    if args.device:
+        command += ["--device", args.device]
     sys.stdout.flush()
     subprocess.run(command, env=env, check=True)
     return json.loads(json_path.read_text())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU checks in one command on a lent GPU machine (ARCHITECTURE.md §8: GPU tests are marked, skip
+# without a GPU, and run there with one script): build replearn with its CUDA kernels (sm_80, sm_90),
+# run every test marked `gpu`, then the CUDA rows of the benchmarks, with logs under $OUT
+# (./gpu-results without it). Each stage writes as it goes, so a run cut short still returns what
+# finished; the exit status is the tests'.
+#
+#   here:        bash scripts/gpu_prepare.sh            (wheels the GPU machine lacks, into .whl/)
+#   GPU machine: bash scripts/gpu_check.sh              (device tool: carry [".whl"], timeout_s ≤ 600)
+#
+# The device lease is 15 minutes including start-up: the build takes most of what is left on 16 cores,
+# so BENCH=0 skips the benchmarks and PYTEST_ARGS narrows the tests (e.g. "-k rnn").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$PWD/gpu-results}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+site=/tmp/replearn-gpu
+stage() { echo "[gpu-check $(date +%T)] $*" | tee -a "$out/summary.txt"; }
+
+stage "$(nvidia-smi -L 2>&1 | head -1); $("$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site/deps" .whl/*.whl >"$out/deps.log" 2>&1 ||
+    { stage "installing .whl/ failed"; tail -20 "$out/deps.log"; exit 2; }
+fi
+export PYTHONPATH="$site/pkg:$site/deps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+stage "build (REPLEARN_CUDA=ON)"
+CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} REPLEARN_CUDA=ON "$python" -m pip install -q --no-build-isolation \
+  --no-deps --no-index --upgrade --target "$site/pkg" . >"$out/build.log" 2>&1 ||
+  { stage "build failed"; tail -40 "$out/build.log"; exit 2; }
+"$python" -c "import replearn._native as n; assert n.has_cuda_kernels(), 'no replearn._C_cuda'" >>"$out/build.log" 2>&1 ||
+  { stage "the build made no CUDA module (replearn._C_cuda)"; tail -20 "$out/build.log"; exit 2; }
+"$python" -c "import torch; assert torch.cuda.is_available(), 'no GPU'" >>"$out/build.log" 2>&1 ||
+  { stage "torch sees no GPU"; exit 2; }
+
+stage "pytest -m gpu ${PYTEST_ARGS:-}"
+# shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
+"$python" -m pytest tests -q -m gpu -p no:cacheprovider ${PYTEST_ARGS:-} >"$out/pytest-gpu.log" 2>&1
+status=$?
+stage "pytest exit status $status: $(tail -1 "$out/pytest-gpu.log")"
+
+if [ "${BENCH:-1}" != 0 ]; then
+  stage "bench/run.py --device cuda --malloc reuse"
+  "$python" bench/run.py --device cuda --malloc reuse --json "$out/bench-cuda.json" >"$out/bench-cuda.md" 2>"$out/bench-cuda.log" ||
+    stage "benchmarks failed: $(tail -3 "$out/bench-cuda.log")"
+fi
+stage "done"
+exit $status
