@@ -28,6 +28,10 @@
 // - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
 //   to the input, its input gradient conv's forward, its weight gradient conv's weight gradient
 //   with the roles of x and dy exchanged.
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -93,6 +97,50 @@ inline void for_row_segments(const Geometry& g, int64_t p0, int64_t p1, const F&
   }
 }
 
+// One row segment of col: dst[ow] = src[ow·S] for ow ∈ [ow0, ow1) within `valid` (the outputs whose
+// input column lies inside the row), zero elsewhere; src (the input row, shifted by the tap's column
+// offset) is null when the tap's input row lies in the padding.
+template <class T>
+inline void fill_segment(T* __restrict__ dst, int64_t ow0, int64_t ow1, const T* __restrict__ src, int64_t stride,
+                         Range valid) {
+  if (!src) {
+    std::fill(dst + ow0, dst + ow1, T(0));
+    return;
+  }
+  const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+  std::fill(dst + ow0, dst + lo, T(0));
+  if (stride == 1) {
+    std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
+  } else {
+    for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * stride];
+  }
+  std::fill(dst + hi, dst + ow1, T(0));
+}
+
+#if defined(__AVX512F__)
+// float with stride 1 (the dense 3×3 layers): the segments are short (a panel row of the implicit
+// GEMM holds 16–64 columns across one to a few output rows), so three library calls per segment
+// would cost as much as the copy. 16 lanes at a time, a masked load reading only the valid lanes
+// (masked-off lanes do not fault) and a masked store of the segment's lanes.
+template <>
+inline void fill_segment<float>(float* __restrict__ dst, int64_t ow0, int64_t ow1, const float* __restrict__ src,
+                                int64_t stride, Range valid) {
+  if (src && stride != 1) {
+    const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+    for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = ow >= lo && ow < hi ? src[ow * stride] : 0.f;
+    return;
+  }
+  const auto lanes_below = [](int64_t count) {  // the lowest `count` lanes, count clamped to [0, 16]
+    return count <= 0 ? __mmask16(0) : count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+  };
+  for (int64_t ow = ow0; ow < ow1; ow += 16) {
+    const __mmask16 keep = lanes_below(ow1 - ow);
+    const __mmask16 read = src ? __mmask16(keep & lanes_below(valid.hi - ow) & ~lanes_below(valid.lo - ow)) : 0;
+    _mm512_mask_storeu_ps(dst + ow, keep, _mm512_maskz_loadu_ps(read, read ? src + ow : dst + ow));
+  }
+}
+#endif
+
 // col (Ci·kH·kW, p1 − p0) from one group's x (Ci, H, W), output positions [p0, p1).
 template <class T>
 void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, T* __restrict__ col) {
@@ -105,27 +153,59 @@ void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, 
           const int64_t offset_w = kw * g.dilation_w - g.pad_w;
           const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
           for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
-            T* __restrict__ dst = row + at - ow0;  // dst[ow]
             const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) {
-              std::fill(dst + ow0, dst + ow1, T(0));
-              return;
-            }
-            const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
-            std::fill(dst + ow0, dst + lo, T(0));
-            const T* __restrict__ src = x + (c * g.in_h + ih) * g.in_w + offset_w;  // src[ow·S]
-            if (g.stride_w == 1) {
-              std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
-            } else {
-              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.stride_w];
-            }
-            std::fill(dst + hi, dst + ow1, T(0));
+            const T* src = ih < 0 || ih >= g.in_h ? nullptr : x + (c * g.in_h + ih) * g.in_w + offset_w;
+            fill_segment(row + at - ow0, ow0, ow1, src, g.stride_w, valid);
           });
         }
       }
     }
   });
 }
+
+// col (Ci·kH·kW, P) of one group as the B operand of an implicit GEMM (core/gemm.h, PanelSource): the
+// GEMM asks for blocks of col in its panel layout and they are built straight from x, so col is never
+// stored; its rows are written where the GEMM reads them, while they are in cache.
+template <class T>
+class Im2colPanels final : public blas::PanelSource<T> {
+ public:
+  Im2colPanels(const Geometry& g, const T* x) : g_(g), x_(x) {}
+
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    const Geometry& g = g_;
+    // The block's columns as runs inside one output row and one panel: (oh, ow0, ow1, where the run's
+    // first column lies in a panel row). The same runs serve every row of col.
+    struct Run {
+      int64_t oh, ow0, ow1, at;
+    };
+    thread_local std::vector<Run> runs;
+    runs.clear();
+    for (int64_t j = 0; j < nc;) {
+      const int64_t position = j0 + j, oh = position / g.out_w, ow0 = position % g.out_w;
+      const int64_t length = std::min({g.out_w - ow0, nc - j, nr - j % nr});
+      runs.push_back({oh, ow0, ow0 + length, (j / nr) * kc * nr + j % nr});
+      j += length;
+    }
+    const int64_t tail = (nc + nr - 1) / nr * nr - nc, tail_at = (nc / nr) * kc * nr + nc % nr;  // zero columns
+    const int64_t K = g.kernel_size();
+    for (int64_t p = 0; p < kc; ++p) {
+      const int64_t r = p0 + p, c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
+      const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+      const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+      T* row = dst + p * nr;
+      for (const Run& run : runs) {
+        const int64_t ih = run.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+        const T* src = ih < 0 || ih >= g.in_h ? nullptr : x_ + (c * g.in_h + ih) * g.in_w + offset_w;
+        fill_segment(row + run.at - run.ow0, run.ow0, run.ow1, src, g.stride_w, valid);
+      }
+      if (tail > 0) std::fill(row + tail_at, row + tail_at + tail, T(0));
+    }
+  }
+
+ private:
+  const Geometry& g_;
+  const T* x_;  // (Ci, H, W)
+};
 
 // dx (Ci, H, W) of one group += col2im(col), output positions [p0, p1). Threads split channels, so
 // no two write the same element.
@@ -232,17 +312,18 @@ void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf
           wf[((grp * Ci + c) * Co + o) * K + (K - 1 - k)] = w[((grp * Co + o) * Ci + c) * K + k];
 }
 
-// Workspace bytes for the dense kernels: with the input gradient (`dx`: backward, or conv_transpose's
-// forward) through the flipped forward, the flipped weights first and then the larger of the two
-// scratches; otherwise dense_backward's (im2col block, plus partials with `dw`) or the forward's.
-// `minimum`: one chunk's worth, what validation demands; otherwise the split the kernels will use.
+// Workspace bytes for the dense kernels: none for the forward (an implicit GEMM); with the input
+// gradient (`dx`: backward, or conv_transpose's forward) through the flipped forward, the flipped
+// weights, then dense_backward's scratch if `dw`; otherwise dense_backward's (im2col block, plus
+// partials with `dw`). `minimum`: one chunk's worth, what validation demands; otherwise the split
+// the kernels will use.
 int64_t scratch_bytes(const Geometry& g, bool dx, bool dw, size_t element, bool minimum) {
+  if (!dx && !dw) return 0;
   const int64_t own = dense_scratch(g, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
   const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
   if (!f) return own;
-  const int64_t flipped = dense_scratch(*f, false).bytes_for(minimum ? 1 : batch_chunks(*f), element);
   const int64_t weights = g.out_channels() * g.col_rows() * static_cast<int64_t>(element);
-  return weights + std::max(flipped, dw ? own : int64_t{0});
+  return weights + (dw ? own : int64_t{0});
 }
 
 // ------------------------------------------------------------------------------- small helpers
@@ -288,13 +369,12 @@ void zero(T* t, int64_t n) {
 // --------------------------------------------------------------------------------- dense kernels
 
 // y (N, G·Co, P) = conv(x) + b
+// (an implicit GEMM: no workspace)
 template <class T>
-void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
-  const DenseScratch scratch = dense_scratch(g, false);
-  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
+void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group;
   const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
-  for_each_sample(g, scratch.chunks_in(ws_elements), [&](int chunk, int64_t n) {
-    T* col = ws + chunk * scratch.col_elements;
+  for_each_sample(g, 1 << 30, [&](int, int64_t n) {
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
       T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
@@ -303,11 +383,7 @@ void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, 
         blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
         continue;
       }
-      for (int64_t p0 = 0; p0 < P; p0 += block) {
-        const int64_t cols = std::min(block, P - p0);
-        im2col(g, xg, p0, p0 + cols, col);
-        blas::gemm<T>(Trans::No, Trans::No, Co, cols, R, T(1), wg, R, col, cols, T(0), yg + p0, P);
-      }
+      blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg), T(0), yg, P);
     }
     add_channel_bias(y + n * g.out_channels() * P, 1, g.out_channels(), P, b);
   });
@@ -546,12 +622,12 @@ void depthwise_backward_weight(const Geometry& g, const T* dy, const T* x, T* dw
 // ----------------------------------------------------------------------- the three directions
 
 template <class T>
-void forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
+void forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
   if (g.batch == 0 || g.out_channels() == 0) return;
   if (g.depthwise()) {
     depthwise_forward(g, x, w, b, y);
   } else {
-    dense_forward(g, x, w, b, y, ws, ws_elements);
+    dense_forward(g, x, w, b, y);
   }
 }
 
@@ -575,7 +651,7 @@ void backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* 
   const int64_t weights = g.out_channels() * g.col_rows();
   flip_weights(g, w, ws);
   // f may be depthwise (one output channel per group here): forward() picks the kernel.
-  forward(*f, dy, static_cast<const T*>(ws), static_cast<const T*>(nullptr), dx, ws + weights, ws_elements - weights);
+  forward(*f, dy, static_cast<const T*>(ws), static_cast<const T*>(nullptr), dx);
   if (dw) dense_backward(g, dy, x, w, static_cast<T*>(nullptr), dw, ws + weights, ws_elements - weights);
 }
 
@@ -625,8 +701,7 @@ void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight
   check_workspace("conv_forward", workspace, scratch_bytes(g, false, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>(),
-               workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
+    forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>());
   });
 }
 
@@ -718,7 +793,7 @@ void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const Tensor
     T* ws = workspace_ptr<T>(workspace);
     const int64_t ws_elements = workspace_elements<T>(workspace);
     // dx = conv(dy): conv's forward with dy on its input side, no bias.
-    if (dx) forward<T>(g, dy.data_as<T>(), weight.data_as<T>(), nullptr, dx->data_as<T>(), ws, ws_elements);
+    if (dx) forward<T>(g, dy.data_as<T>(), weight.data_as<T>(), nullptr, dx->data_as<T>());
     // dW: conv's weight gradient with conv's x = dy and conv's dy = x.
     if (dweight)
       backward<T>(g, x.data_as<T>(), dy.data_as<T>(), weight.data_as<T>(), nullptr, dweight->data_as<T>(), ws,
