@@ -135,12 +135,13 @@ def test_native_validation_names_the_argument_and_leaves_outputs_untouched():
     with pytest.raises(ValueError, match=r"conv_forward: argument 'y' expected shape \(1, 3, 2, 2\)"):
         _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, y, None)
     assert torch.all(y == 7)
-    # The forward is an implicit GEMM without workspace; the weight gradient needs one.
+    # The forward and the weight gradient are implicit GEMMs without workspace; a strided input
+    # gradient (col2im) needs one.
     _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, torch.empty(1, 3, 2, 2), None)
-    dw = torch.full_like(w, 7.0)
+    dx = torch.full_like(x, 7.0)
     with pytest.raises(ValueError, match=r"argument 'workspace' expected a buffer"):
-        _C.conv_backward(torch.randn(1, 3, 2, 2), x, w, [1, 1], [0, 0], [0, 0], [1, 1], 1, None, dw, None, None)
-    assert torch.all(dw == 7)
+        _C.conv_backward(torch.randn(1, 3, 1, 1), x, w, [2, 2], [0, 0], [0, 0], [1, 1], 1, dx, None, None, None)
+    assert torch.all(dx == 7)
     y = torch.full((1, 3, 5, 5), 7.0)
     with pytest.raises(ValueError, match=r"conv_transpose_forward: argument 'y' expected spatial size 4"):
         _C.conv_transpose_forward(torch.randn(1, 2, 2, 2), torch.randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, y,

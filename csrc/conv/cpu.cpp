@@ -141,37 +141,42 @@ inline void fill_segment<float>(float* __restrict__ dst, int64_t ow0, int64_t ow
 }
 #endif
 
-// col (Ci·kH·kW, p1 − p0) from one group's x (Ci, H, W), output positions [p0, p1).
+// Rows [r0, r1) of col (Ci·kH·kW, P) over output positions [p0, p1), from one group's x (Ci, H, W):
+// out[(r − r0)·(p1 − p0) + (p − p0)] = col[r, p].
 template <class T>
-void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, T* __restrict__ col) {
-  const int64_t cols = p1 - p0;
-  parallel_for(g.in_per_group, grain_for(g.kernel_size() * cols), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          T* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * cols;
-          const int64_t offset_w = kw * g.dilation_w - g.pad_w;
-          const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
-          for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-            const T* src = ih < 0 || ih >= g.in_h ? nullptr : x + (c * g.in_h + ih) * g.in_w + offset_w;
-            fill_segment(row + at - ow0, ow0, ow1, src, g.stride_w, valid);
-          });
-        }
-      }
-    }
-  });
+void im2col_rows(const Geometry& g, const T* __restrict__ x, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
+                 T* __restrict__ out) {
+  const int64_t cols = p1 - p0, K = g.kernel_size();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
+    T* row = out + (r - r0) * cols;
+    const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+    const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+    for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+      const T* src = ih < 0 || ih >= g.in_h ? nullptr : x + (c * g.in_h + ih) * g.in_w + offset_w;
+      fill_segment(row + at - ow0, ow0, ow1, src, g.stride_w, valid);
+    });
+  }
 }
 
-// col (Ci·kH·kW, P) of one group as the B operand of an implicit GEMM (core/gemm.h, PanelSource): the
-// GEMM asks for blocks of col in its panel layout and they are built straight from x, so col is never
+// col (Ci·kH·kW, P) of one group, or its transpose, as the B operand of an implicit GEMM (core/gemm.h,
+// PanelSource): the GEMM asks for blocks of B and they are built straight from x, so col is never
 // stored; its rows are written where the GEMM reads them, while they are in cache.
+// - B = col (the forward, y = W·col): blocks in the GEMM's panel layout;
+// - B = colᵀ (the weight gradient, dW = dy·colᵀ): blocks of col's rows, which the GEMM transposes.
 template <class T>
 class Im2colPanels final : public blas::PanelSource<T> {
  public:
-  Im2colPanels(const Geometry& g, const T* x) : g_(g), x_(x) {}
+  using Layout = typename blas::PanelSource<T>::Layout;
+  Im2colPanels(const Geometry& g, const T* x, bool transposed)
+      : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels), g_(g), x_(x) {}
 
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    if (this->layout == Layout::TransposedRows) {  // B(p, j) = col[j, p]: rows j of col, positions p
+      im2col_rows(g_, x_, j0, j0 + nc, p0, p0 + kc, dst);
+      return;
+    }
     const Geometry& g = g_;
     // The block's columns as runs inside one output row and one panel: (oh, ow0, ow1, where the run's
     // first column lies in a panel row). The same runs serve every row of col.
@@ -275,9 +280,10 @@ struct DenseScratch {
   }
 };
 
-DenseScratch dense_scratch(const Geometry& g, bool weight_grad) {
+// `columns`: col2im's blocks (dense_backward's input gradient).
+DenseScratch dense_scratch(const Geometry& g, bool columns, bool weight_grad) {
   if (g.depthwise()) return {0, 0};
-  const int64_t col = g.pointwise() ? 0 : g.col_rows() * block_columns(g);
+  const int64_t col = g.pointwise() || !columns ? 0 : g.col_rows() * block_columns(g);
   const int64_t partial = weight_grad ? g.out_channels() * g.col_rows() : 0;
   return {col, partial};
 }
@@ -319,8 +325,8 @@ void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf
 // the kernels will use.
 int64_t scratch_bytes(const Geometry& g, bool dx, bool dw, size_t element, bool minimum) {
   if (!dx && !dw) return 0;
-  const int64_t own = dense_scratch(g, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
   const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
+  const int64_t own = dense_scratch(g, dx && !f, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
   if (!f) return own;
   const int64_t weights = g.out_channels() * g.col_rows() * static_cast<int64_t>(element);
   return weights + (dw ? own : int64_t{0});
@@ -383,7 +389,7 @@ void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) 
         blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
         continue;
       }
-      blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg), T(0), yg, P);
+      blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg, false), T(0), yg, P);
     }
     add_channel_bias(y + n * g.out_channels() * P, 1, g.out_channels(), P, b);
   });
@@ -393,7 +399,7 @@ void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) 
 template <class T>
 void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* ws,
                     int64_t ws_elements) {
-  const DenseScratch scratch = dense_scratch(g, dw != nullptr);
+  const DenseScratch scratch = dense_scratch(g, dx != nullptr, dw != nullptr);
   const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
   const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
   const int chunks = std::max(1, std::min(batch_chunks(g), scratch.chunks_in(ws_elements)));
@@ -414,17 +420,13 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
         if (dx) blas::gemm<T>(Trans::Yes, Trans::No, R, P, Co, T(1), wg, R, dyg, P, T(0), dxg, P);
         continue;
       }
-      for (int64_t p0 = 0; p0 < P; p0 += block) {
+      if (dw)
+        blas::gemm_panels<T>(Trans::No, Co, R, P, T(1), dyg, P, Im2colPanels<T>(g, xg, true),
+                             started[chunk] ? T(1) : T(0), dwg, R);
+      for (int64_t p0 = 0; dx && p0 < P; p0 += block) {
         const int64_t cols = std::min(block, P - p0);
-        if (dw) {
-          im2col(g, xg, p0, p0 + cols, col);
-          const T beta = started[chunk] || p0 > 0 ? T(1) : T(0);
-          blas::gemm<T>(Trans::No, Trans::Yes, Co, R, cols, T(1), dyg + p0, P, col, cols, beta, dwg, R);
-        }
-        if (dx) {
-          blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
-          col2im_add(g, col, p0, p0 + cols, dxg);
-        }
+        blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
+        col2im_add(g, col, p0, p0 + cols, dxg);
       }
     }
     started[chunk] = 1;

@@ -137,9 +137,10 @@ void gemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, T alpha, const 
     }
   }
   if (k <= 0) return gemm<T>(trans_a, Trans::No, m, n, 0, alpha, a, lda, nullptr, n, beta, c, ldc);
-  // OpenBLAS: b writes row-major blocks of B (one panel as wide as the block) into a per-thread
-  // buffer, each multiplied in turn; the first block of k applies beta.
+  // OpenBLAS: b writes row-major blocks of B (one panel as wide as the block) or of Bᵀ into a
+  // per-thread buffer, each multiplied in turn; the first block of k applies beta.
   constexpr int64_t kBlockRows = 256, kBlockColumns = 4096;
+  const bool transposed = b.layout == PanelSource<T>::Layout::TransposedRows;
   thread_local std::vector<T> block;
   block.resize(std::min(k, kBlockRows) * std::min(n, kBlockColumns));
   for (int64_t j0 = 0; j0 < n; j0 += kBlockColumns) {
@@ -147,7 +148,8 @@ void gemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, T alpha, const 
     for (int64_t p0 = 0; p0 < k; p0 += kBlockRows) {
       const int64_t kc = std::min(kBlockRows, k - p0);
       b.pack(p0, kc, j0, nc, nc, block.data());
-      gemm<T>(trans_a, Trans::No, m, nc, kc, alpha, trans_a == Trans::No ? a + p0 : a + p0 * lda, lda, block.data(), nc,
+      gemm<T>(trans_a, transposed ? Trans::Yes : Trans::No, m, nc, kc, alpha,
+              trans_a == Trans::No ? a + p0 : a + p0 * lda, lda, block.data(), transposed ? kc : nc,
               p0 == 0 ? beta : T(1), c + j0, ldc);
     }
   }

@@ -38,14 +38,21 @@ void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha
 // im2col columns straight into the GEMM's panels from the image ("implicit GEMM"), which saves
 // writing the column matrix (larger than L2) and reading it again to pack it.
 //
-// pack(p0, kc, j0, nc, nr, dst) writes B[p0 : p0 + kc, j0 : j0 + nc] as ⌈nc / nr⌉ panels of nr
-// columns, each kc × nr row-major:
-//     dst[(j / nr)·kc·nr + p·nr + j % nr] = B(p0 + p, j0 + j),   zeros for j ≥ nc up to the panel's end.
-// nr is the kernel's choice (the native float32 kernel asks for 16, 32 or 64; other backends for
-// nr = nc, a plain row-major block). Several threads may call pack at once.
+// pack(p0, kc, j0, nc, nr, dst) writes the block B[p0 : p0 + kc, j0 : j0 + nc] in the source's layout:
+// - Layout::Panels: ⌈nc / nr⌉ panels of nr columns, each kc × nr row-major,
+//       dst[(j / nr)·kc·nr + p·nr + j % nr] = B(p0 + p, j0 + j),   zeros for j ≥ nc up to the panel's end;
+//   nr is the kernel's choice (the native float32 kernel asks for 16, 32 or 64; other backends for
+//   nr = nc, a plain row-major block);
+// - Layout::TransposedRows: the block of Bᵀ row-major, dst[j·kc + p] = B(p0 + p, j0 + j) (nr unused),
+//   for a B whose columns are stored as rows (a weight gradient's B = colᵀ); the GEMM transposes
+//   the block into its panels itself.
+// Several threads may call pack at once.
 template <class T>
 class PanelSource {
  public:
+  enum class Layout : int8_t { Panels, TransposedRows };
+  explicit PanelSource(Layout layout) : layout(layout) {}
+  const Layout layout;
   virtual void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const = 0;
 
  protected:

@@ -87,6 +87,7 @@ struct Buffer {
   }
 };
 thread_local Buffer t_pack_a, t_pack_b;
+thread_local Buffer t_source_rows;  // a PanelSource's block of Bᵀ rows
 
 inline __mmask16 low_mask(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
@@ -255,9 +256,13 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
     for (int64_t pc = 0; pc < k; pc += kc_max) {
       const int64_t kc = std::min(kc_max, k - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
-      if (source)
+      if (source && source->layout == PanelSource<float>::Layout::Panels) {
         source->pack(pc, kc, source_j + jc, nc, S::kNR, pb);
-      else
+      } else if (source) {  // Bᵀ rows (nc × kc), transposed into panels here
+        float* rows = t_source_rows.get(nc * kc);
+        source->pack(pc, kc, source_j + jc, nc, nc, rows);
+        pack_b<S>(Trans::Yes, rows, kc, kc, nc, pb);
+      } else
         pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, pb);
       for (int64_t ic = 0; ic < m; ic += S::kMC) {
         const int64_t mc = std::min(S::kMC, m - ic);

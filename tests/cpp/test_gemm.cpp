@@ -51,12 +51,14 @@ struct Case {
 template <class T>
 class MatrixPanels final : public PanelSource<T> {
  public:
-  MatrixPanels(const T* b, int64_t ldb, bool trans, int64_t k, int64_t n) : b_(b), ldb_(ldb), trans_(trans), k_(k), n_(n) {}
+  MatrixPanels(typename PanelSource<T>::Layout layout, const T* b, int64_t ldb, bool trans, int64_t k, int64_t n)
+      : PanelSource<T>(layout), b_(b), ldb_(ldb), trans_(trans), k_(k), n_(n) {}
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
     if (p0 < 0 || kc <= 0 || p0 + kc > k_ || j0 < 0 || nc <= 0 || j0 + nc > n_ || nr <= 0) bad_request = true;
-    for (int64_t j = 0; j < (nc + nr - 1) / nr * nr; ++j)
+    const bool rows = this->layout == PanelSource<T>::Layout::TransposedRows;
+    for (int64_t j = 0; j < (rows ? nc : (nc + nr - 1) / nr * nr); ++j)
       for (int64_t p = 0; p < kc; ++p)
-        dst[(j / nr) * kc * nr + p * nr + j % nr] =
+        dst[rows ? j * kc + p : (j / nr) * kc * nr + p * nr + j % nr] =
             j < nc ? (trans_ ? b_[(j0 + j) * ldb_ + p0 + p] : b_[(p0 + p) * ldb_ + j0 + j]) : T(0);
   }
   mutable std::atomic<bool> bad_request{false};
@@ -68,9 +70,11 @@ class MatrixPanels final : public PanelSource<T> {
   int64_t k_, n_;
 };
 
-// gemm (or gemm_panels with `panels`) against a naive double loop.
+// gemm, or gemm_panels from a source of the given layout, against a naive double loop.
+enum class Via { Stored, Panels, TransposedRows };
 template <class T>
-void check(const Case& c, int threads, bool panels = false) {
+void check(const Case& c, int threads, Via via = Via::Stored) {
+  const bool panels = via != Via::Stored;
   ScopedThreads scoped(threads);
   Random rng(c.m * 131 + c.n * 17 + c.k + (c.trans_a ? 7 : 0) + (c.trans_b ? 3 : 0));
   // op(A) is (m, k): A is stored (m, k), or (k, m) when transposed; likewise B.
@@ -82,7 +86,9 @@ void check(const Case& c, int threads, bool panels = false) {
       for (int64_t j = 0; j < c.n; ++j) cm.values[i * cm.ld + j] = NAN;  // must not be read
   std::vector<T> av = a.as<T>(), bv = b.as<T>(), cv = cm.as<T>();
   if (panels) {
-    const MatrixPanels<T> source(bv.data(), b.ld, c.trans_b, c.k, c.n);
+    using Layout = typename PanelSource<T>::Layout;
+    const MatrixPanels<T> source(via == Via::Panels ? Layout::Panels : Layout::TransposedRows, bv.data(), b.ld,
+                                 c.trans_b, c.k, c.n);
     gemm_panels<T>(c.trans_a ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, source, T(c.beta),
                    cv.data(), cm.ld);
     EXPECT_FALSE(source.bad_request.load()) << "a request outside B";
@@ -101,7 +107,7 @@ void check(const Case& c, int threads, bool panels = false) {
       got.push_back(cv[i * cm.ld + j]);
     }
   const double tol = sizeof(T) == 8 ? 1e-12 : 2e-5 * std::sqrt(double(std::max<int64_t>(c.k, 1)));
-  EXPECT_TRUE(AllClose(got, want, {tol, tol})) << "panels=" << panels << " m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.trans_a
+  EXPECT_TRUE(AllClose(got, want, {tol, tol})) << "via=" << int(via) << " m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.trans_a
                                                << " tb=" << c.trans_b << " pad=" << c.pad << " threads=" << threads;
   // Padding between rows of C is never written.
   for (int64_t i = 0; i < c.m; ++i)
@@ -150,12 +156,14 @@ TEST(Gemm, Float32MatchesNaiveLoop) {
 // B from a PanelSource (the implicit GEMM of the convolutions), on both float32 backends and float64
 // (which multiplies row-major blocks of at most 256 rows: k = 257, 300, 513, 600, 700 cross them).
 TEST(Gemm, PanelSourceMatchesNaiveLoop) {
-  for (const Case& c : kCases)
-    for (int threads : {1, 2}) check<double>(c, threads, true);
-  for_each_float32_backend([] {
+  for (Via via : {Via::Panels, Via::TransposedRows}) {
     for (const Case& c : kCases)
-      for (int threads : {1, 2}) check<float>(c, threads, true);
-  });
+      for (int threads : {1, 2}) check<double>(c, threads, via);
+    for_each_float32_backend([via] {
+      for (const Case& c : kCases)
+        for (int threads : {1, 2}) check<float>(c, threads, via);
+    });
+  }
 }
 
 TEST(Gemm, NativeBackendNeedsAvx512) {
