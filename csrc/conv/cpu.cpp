@@ -118,18 +118,13 @@ inline void fill_segment(T* __restrict__ dst, int64_t ow0, int64_t ow1, const T*
 }
 
 #if defined(__AVX512F__)
-// float with stride 1 (the dense 3×3 layers): the segments are short (a panel row of the implicit
-// GEMM holds 16–64 columns across one to a few output rows), so three library calls per segment
-// would cost as much as the copy. 16 lanes at a time, a masked load reading only the valid lanes
-// (masked-off lanes do not fault) and a masked store of the segment's lanes.
-template <>
-inline void fill_segment<float>(float* __restrict__ dst, int64_t ow0, int64_t ow1, const float* __restrict__ src,
-                                int64_t stride, Range valid) {
-  if (src && stride != 1) {
-    const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
-    for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = ow >= lo && ow < hi ? src[ow * stride] : 0.f;
-    return;
-  }
+// The float overload for stride 1 (the dense 3×3 layers): the segments are short (a panel row of
+// the implicit GEMM holds 16–64 columns across one to a few output rows), so three library calls
+// per segment would cost as much as the copy. 16 lanes at a time, a masked load reading only the
+// valid lanes (masked-off lanes do not fault) and a masked store of the segment's lanes.
+inline void fill_segment(float* __restrict__ dst, int64_t ow0, int64_t ow1, const float* __restrict__ src,
+                         int64_t stride, Range valid) {
+  if (src && stride != 1) return fill_segment<float>(dst, ow0, ow1, src, stride, valid);
   const auto lanes_below = [](int64_t count) {  // the lowest `count` lanes, count clamped to [0, 16]
     return count <= 0 ? __mmask16(0) : count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
   };
@@ -141,22 +136,42 @@ inline void fill_segment<float>(float* __restrict__ dst, int64_t ow0, int64_t ow
 }
 #endif
 
-// Rows [r0, r1) of col (Ci·kH·kW, P) over output positions [p0, p1), from one group's x (Ci, H, W):
-// out[(r − r0)·(p1 − p0) + (p − p0)] = col[r, p].
+// A stretch of output positions inside one output row, and where its first position goes in the
+// block being written.
+struct Run {
+  int64_t oh, ow0, ow1, at;
+};
+
+// Output positions [p0, p0 + count) as runs that break at output rows and at every `width` positions
+// (the panels of a packed block, `panel_stride` elements apart): position p goes to
+// at = ((p − p0) / width)·panel_stride + (p − p0) % width.
+inline void position_runs(const Geometry& g, int64_t p0, int64_t count, int64_t width, int64_t panel_stride,
+                          std::vector<Run>& runs) {
+  runs.clear();
+  for (int64_t j = 0; j < count;) {
+    const int64_t oh = (p0 + j) / g.out_w, ow0 = (p0 + j) % g.out_w;
+    const int64_t length = std::min({g.out_w - ow0, count - j, width - j % width});
+    runs.push_back({oh, ow0, ow0 + length, (j / width) * panel_stride + j % width});
+    j += length;
+  }
+}
+
+// Rows [r0, r0 + rows) of col (Ci·kH·kW, P) from one group's x (Ci, H, W) over the positions of
+// `runs`: row r − r0 starts at dst + (r − r0)·row_stride.
 template <class T>
-void im2col_rows(const Geometry& g, const T* __restrict__ x, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
-                 T* __restrict__ out) {
-  const int64_t cols = p1 - p0, K = g.kernel_size();
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
-    T* row = out + (r - r0) * cols;
+void im2col_rows(const Geometry& g, const T* x, int64_t r0, int64_t rows, const std::vector<Run>& runs,
+                 int64_t row_stride, T* dst) {
+  const int64_t K = g.kernel_size();
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t r = r0 + i, c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
     const int64_t offset_w = kw * g.dilation_w - g.pad_w;
     const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
-    for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+    T* row = dst + i * row_stride;
+    for (const Run& run : runs) {
+      const int64_t ih = run.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
       const T* src = ih < 0 || ih >= g.in_h ? nullptr : x + (c * g.in_h + ih) * g.in_w + offset_w;
-      fill_segment(row + at - ow0, ow0, ow1, src, g.stride_w, valid);
-    });
+      fill_segment(row + run.at - run.ow0, run.ow0, run.ow1, src, g.stride_w, valid);
+    }
   }
 }
 
@@ -173,38 +188,18 @@ class Im2colPanels final : public blas::PanelSource<T> {
       : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels), g_(g), x_(x) {}
 
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
-    if (this->layout == Layout::TransposedRows) {  // B(p, j) = col[j, p]: rows j of col, positions p
-      im2col_rows(g_, x_, j0, j0 + nc, p0, p0 + kc, dst);
+    thread_local std::vector<Run> runs;  // the same runs serve every row of col
+    if (this->layout == Layout::TransposedRows) {  // B(p, j) = col[j0 + j, p0 + p] at dst[j·kc + p]
+      position_runs(g_, p0, kc, kc, 0, runs);
+      im2col_rows(g_, x_, j0, nc, runs, kc, dst);
       return;
     }
-    const Geometry& g = g_;
-    // The block's columns as runs inside one output row and one panel: (oh, ow0, ow1, where the run's
-    // first column lies in a panel row). The same runs serve every row of col.
-    struct Run {
-      int64_t oh, ow0, ow1, at;
-    };
-    thread_local std::vector<Run> runs;
-    runs.clear();
-    for (int64_t j = 0; j < nc;) {
-      const int64_t position = j0 + j, oh = position / g.out_w, ow0 = position % g.out_w;
-      const int64_t length = std::min({g.out_w - ow0, nc - j, nr - j % nr});
-      runs.push_back({oh, ow0, ow0 + length, (j / nr) * kc * nr + j % nr});
-      j += length;
-    }
+    // B(p, j) = col[p0 + p, j0 + j]: panels of nr positions, kc rows of col each.
+    position_runs(g_, j0, nc, nr, kc * nr, runs);
+    im2col_rows(g_, x_, p0, kc, runs, nr, dst);
     const int64_t tail = (nc + nr - 1) / nr * nr - nc, tail_at = (nc / nr) * kc * nr + nc % nr;  // zero columns
-    const int64_t K = g.kernel_size();
-    for (int64_t p = 0; p < kc; ++p) {
-      const int64_t r = p0 + p, c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
-      const int64_t offset_w = kw * g.dilation_w - g.pad_w;
-      const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
-      T* row = dst + p * nr;
-      for (const Run& run : runs) {
-        const int64_t ih = run.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-        const T* src = ih < 0 || ih >= g.in_h ? nullptr : x_ + (c * g.in_h + ih) * g.in_w + offset_w;
-        fill_segment(row + run.at - run.ow0, run.ow0, run.ow1, src, g.stride_w, valid);
-      }
-      if (tail > 0) std::fill(row + tail_at, row + tail_at + tail, T(0));
-    }
+    if (tail > 0)
+      for (int64_t p = 0; p < kc; ++p) std::fill(dst + p * nr + tail_at, dst + p * nr + tail_at + tail, T(0));
   }
 
  private:

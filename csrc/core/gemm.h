@@ -59,6 +59,28 @@ class PanelSource {
   ~PanelSource() = default;
 };
 
+// A PanelSource over a stored op(B) (k, n), in either layout: the contract's reference, with which
+// the tests check gemm_panels against gemm.
+template <class T>
+class StoredPanels final : public PanelSource<T> {
+ public:
+  StoredPanels(typename PanelSource<T>::Layout layout, Trans trans_b, const T* b, int64_t ldb)
+      : PanelSource<T>(layout), trans_b_(trans_b), b_(b), ldb_(ldb) {}
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    const bool rows = this->layout == PanelSource<T>::Layout::TransposedRows;
+    const int64_t width = rows ? nc : (nc + nr - 1) / nr * nr;
+    for (int64_t j = 0; j < width; ++j)
+      for (int64_t p = 0; p < kc; ++p)
+        dst[rows ? j * kc + p : (j / nr) * kc * nr + p * nr + j % nr] =
+            j >= nc ? T(0) : trans_b_ == Trans::Yes ? b_[(j0 + j) * ldb_ + p0 + p] : b_[(p0 + p) * ldb_ + j0 + j];
+  }
+
+ private:
+  Trans trans_b_;
+  const T* b_;
+  int64_t ldb_;
+};
+
 // C = alpha·op(A)·B + beta·C with B (k, n) supplied by `b`; otherwise the contract of gemm().
 // The native float32 kernel packs from b directly; OpenBLAS (float64, or float32 without the native
 // kernel) multiplies blocks of B that b writes into a per-thread buffer.

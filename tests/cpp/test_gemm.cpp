@@ -45,28 +45,21 @@ struct Case {
   double alpha, beta;
 };
 
-// op(B) of a stored matrix handed to gemm_panels through PanelSource, so that the panel path is
-// checked on the same cases as the stored one. Records any request outside B or with an nr the
-// contract does not allow.
+// StoredPanels (op(B) of a stored matrix) handed to gemm_panels, so that the panel path is checked on
+// the same cases as the stored one; records any request outside B or with an nr the contract does
+// not allow.
 template <class T>
-class MatrixPanels final : public PanelSource<T> {
+class CheckedPanels final : public PanelSource<T> {
  public:
-  MatrixPanels(typename PanelSource<T>::Layout layout, const T* b, int64_t ldb, bool trans, int64_t k, int64_t n)
-      : PanelSource<T>(layout), b_(b), ldb_(ldb), trans_(trans), k_(k), n_(n) {}
+  CheckedPanels(const StoredPanels<T>& inner, int64_t k, int64_t n) : PanelSource<T>(inner.layout), inner_(inner), k_(k), n_(n) {}
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
     if (p0 < 0 || kc <= 0 || p0 + kc > k_ || j0 < 0 || nc <= 0 || j0 + nc > n_ || nr <= 0) bad_request = true;
-    const bool rows = this->layout == PanelSource<T>::Layout::TransposedRows;
-    for (int64_t j = 0; j < (rows ? nc : (nc + nr - 1) / nr * nr); ++j)
-      for (int64_t p = 0; p < kc; ++p)
-        dst[rows ? j * kc + p : (j / nr) * kc * nr + p * nr + j % nr] =
-            j < nc ? (trans_ ? b_[(j0 + j) * ldb_ + p0 + p] : b_[(p0 + p) * ldb_ + j0 + j]) : T(0);
+    inner_.pack(p0, kc, j0, nc, nr, dst);
   }
   mutable std::atomic<bool> bad_request{false};
 
  private:
-  const T* b_;
-  int64_t ldb_;
-  bool trans_;
+  const StoredPanels<T>& inner_;
   int64_t k_, n_;
 };
 
@@ -87,8 +80,9 @@ void check(const Case& c, int threads, Via via = Via::Stored) {
   std::vector<T> av = a.as<T>(), bv = b.as<T>(), cv = cm.as<T>();
   if (panels) {
     using Layout = typename PanelSource<T>::Layout;
-    const MatrixPanels<T> source(via == Via::Panels ? Layout::Panels : Layout::TransposedRows, bv.data(), b.ld,
-                                 c.trans_b, c.k, c.n);
+    const StoredPanels<T> stored(via == Via::Panels ? Layout::Panels : Layout::TransposedRows,
+                                 c.trans_b ? Trans::Yes : Trans::No, bv.data(), b.ld);
+    const CheckedPanels<T> source(stored, c.k, c.n);
     gemm_panels<T>(c.trans_a ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, source, T(c.beta),
                    cv.data(), cm.ld);
     EXPECT_FALSE(source.bad_request.load()) << "a request outside B";
