@@ -11,10 +11,15 @@
 // Pointwise convolutions (1×1, stride 1, no padding) skip im2col: col is x itself.
 //
 // Why it is written this way:
-// - Bounded workspace: im2col runs over blocks of output columns (about kColBlockElements
-//   elements of col), so a large image never asks for a huge buffer.
+// - Implicit GEMM: the forward and the weight gradient never store col. The GEMM asks for blocks
+//   of it (blas::gemm_panels, Im2colPanels below) and they are built straight from x in the GEMM's
+//   packed layout while they are in cache: col is larger than L2 for the big layers, and writing
+//   it only to read it back for packing cost more than building the panels directly.
+// - Bounded workspace: col2im (the input gradient where it is not a stride-1 convolution) runs over
+//   blocks of output columns (about kColBlockElements elements of col), so a large image never asks
+//   for a huge buffer.
 // - Threads: with at least as many samples as threads, samples are spread over threads and each
-//   runs single-threaded GEMMs (no synchronization inside a product, im2col and GEMM of a sample on
+//   runs single-threaded GEMMs (no synchronization inside a product, packing and GEMM of a sample on
 //   the same core); with fewer, samples run one after another on multi-threaded GEMMs
 //   (blas::parallel_for_gemm keeps OpenBLAS from oversubscribing OpenMP). Weight gradients of the
 //   per-thread samples go to per-chunk partials in the workspace, added in chunk order after the
