@@ -294,3 +294,37 @@ def test_images_larger_than_one_im2col_block(gen):
     theirs.backward(dy)
     _close(xs[0].grad, xs[1].grad)
     _close(ws[0].grad, ws[1].grad)
+
+
+@pytest.mark.parametrize(
+    "batch,cin,cout,h,w,kernel,stride,padding,dilation,groups",
+    [
+        (1, 16, 32, 40, 70, 3, 1, 1, 1, 1),  # rows wider than a 64-column panel; one sample: the GEMM splits n
+        (3, 6, 5, 13, 13, 3, 1, 1, 1, 1),  # short rows: several output rows per panel
+        (2, 4, 6, 9, 37, 3, 2, 1, 1, 2),  # stride 2 (two-register gather), groups
+        (2, 3, 4, 16, 16, 4, 2, 1, 1, 1),  # the 4×4 stride-2 decoder geometry
+        (2, 5, 7, 11, 20, 3, 1, 2, 2, 1),  # dilation: taps beyond the padding
+        (2, 4, 3, 8, 9, 5, 3, 2, 1, 1),  # stride 3 (scalar copies)
+        (4, 3, 2, 3, 4, 3, 1, 1, 1, 1),  # output of 12 positions: one narrow panel
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_implicit_gemm_float32_matches_float64(batch, cin, cout, h, w, kernel, stride, padding, dilation, groups, threads, gen):
+    """float32 forward, input and weight gradients (the implicit GEMM's im2col panels and row blocks,
+    csrc/conv/cpu.cpp) over panel and row edges, strides, dilation and groups, against float64."""
+    x = torch.randn(batch, cin, h, w, generator=gen)
+    weight = torch.randn(cout, cin // groups, kernel, kernel, generator=gen) / (cin * kernel) ** 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xs, ws = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        y = ops.conv2d(xs, ws, None, stride, padding, dilation, groups)
+        dy = torch.randn(y.shape, generator=gen)
+        dx, dw = torch.autograd.grad(y, (xs, ws), dy)
+    finally:
+        torch.set_num_threads(before)
+    x64, w64 = x.double().requires_grad_(True), weight.double().requires_grad_(True)
+    y64 = F.conv2d(x64, w64, None, stride, padding, dilation, groups)
+    dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
+    for ours, want in ((y, y64), (dx, dx64), (dw, dw64)):
+        torch.testing.assert_close(ours.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

@@ -33,7 +33,7 @@
 // - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
 //   to the input, its input gradient conv's forward, its weight gradient conv's weight gradient
 //   with the roles of x and dy exchanged.
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__BMI2__)
 #include <immintrin.h>
 #endif
 
@@ -122,21 +122,31 @@ inline void fill_segment(T* __restrict__ dst, int64_t ow0, int64_t ow1, const T*
   std::fill(dst + hi, dst + ow1, T(0));
 }
 
-#if defined(__AVX512F__)
-// The float overload for stride 1 (the dense 3×3 layers): the segments are short (a panel row of
-// the implicit GEMM holds 16–64 columns across one to a few output rows), so three library calls
-// per segment would cost as much as the copy. 16 lanes at a time, a masked load reading only the
-// valid lanes (masked-off lanes do not fault) and a masked store of the segment's lanes.
+#if defined(__AVX512F__) && defined(__BMI2__)
+// The float overload for strides 1 and 2 (the dense 3×3 layers; the 4×4 stride-2 layers of
+// decoders): the segments are short (a panel row of the implicit GEMM holds 16–64 columns across
+// one to a few output rows), so three library calls per segment would cost as much as the copy.
+// 16 lanes at a time, masked loads reading only the valid lanes (masked-off lanes do not fault)
+// and a masked store of the segment's lanes; stride 2 loads 32 floats and keeps the even ones.
 inline void fill_segment(float* __restrict__ dst, int64_t ow0, int64_t ow1, const float* __restrict__ src,
                          int64_t stride, Range valid) {
-  if (src && stride != 1) return fill_segment<float>(dst, ow0, ow1, src, stride, valid);
+  if (src && stride > 2) return fill_segment<float>(dst, ow0, ow1, src, stride, valid);
   const auto lanes_below = [](int64_t count) {  // the lowest `count` lanes, count clamped to [0, 16]
     return count <= 0 ? __mmask16(0) : count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
   };
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int64_t ow = ow0; ow < ow1; ow += 16) {
     const __mmask16 keep = lanes_below(ow1 - ow);
     const __mmask16 read = src ? __mmask16(keep & lanes_below(valid.hi - ow) & ~lanes_below(valid.lo - ow)) : 0;
-    _mm512_mask_storeu_ps(dst + ow, keep, _mm512_maskz_loadu_ps(read, read ? src + ow : dst + ow));
+    __m512 v;
+    if (stride == 2 && read) {  // output lane i reads src[2·(ow + i)]: lanes 2i of two 16-float loads
+      const __mmask16 low = _pdep_u32(read & 0xFF, 0x5555), high = _pdep_u32(read >> 8, 0x5555);
+      v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(low, src + 2 * ow), evens,
+                                 _mm512_maskz_loadu_ps(high, src + 2 * ow + 16));
+    } else {
+      v = _mm512_maskz_loadu_ps(read, read ? src + ow : dst + ow);
+    }
+    _mm512_mask_storeu_ps(dst + ow, keep, v);
   }
 }
 #endif
