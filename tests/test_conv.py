@@ -306,6 +306,9 @@ def test_images_larger_than_one_im2col_block(gen):
         (2, 5, 7, 11, 20, 3, 1, 2, 2, 1),  # dilation: taps beyond the padding
         (2, 4, 3, 8, 9, 5, 3, 2, 1, 1),  # stride 3 (scalar copies)
         (4, 3, 2, 3, 4, 3, 1, 1, 1, 1),  # output of 12 positions: one narrow panel
+        (5, 32, 8, 5, 6, 3, 1, 1, 1, 1),  # P = 30 < Ci·K = 288: samples share a product (odd batch)
+        (7, 16, 6, 4, 4, 3, 1, 1, 1, 2),  # the same with groups, 4×4 like ResNet's last stage
+        (3, 24, 4, 6, 5, 3, 2, 1, 1, 1),  # shared products with stride 2
     ],
 )
 @pytest.mark.parametrize("threads", [1, 2])

@@ -151,31 +151,35 @@ inline void fill_segment(float* __restrict__ dst, int64_t ow0, int64_t ow1, cons
 }
 #endif
 
-// A stretch of output positions inside one output row, and where its first position goes in the
-// block being written.
+// A stretch of output positions inside one output row of one sample, and where its first position
+// goes in the block being written.
 struct Run {
-  int64_t oh, ow0, ow1, at;
+  int64_t sample, oh, ow0, ow1, at;
 };
 
-// Output positions [p0, p0 + count) as runs that break at output rows and at every `width` positions
-// (the panels of a packed block, `panel_stride` elements apart): position p goes to
-// at = ((p − p0) / width)·panel_stride + (p − p0) % width.
+// Columns [p0, p0 + count) of col, whose column q is output position q % P of sample q / P (the
+// columns of consecutive samples follow each other), as runs that break at output rows and at every
+// `width` columns (the panels of a packed block, `panel_stride` elements apart): column q goes to
+// at = ((q − p0) / width)·panel_stride + (q − p0) % width.
 inline void position_runs(const Geometry& g, int64_t p0, int64_t count, int64_t width, int64_t panel_stride,
                           std::vector<Run>& runs) {
   runs.clear();
+  const int64_t P = g.out_plane();
   for (int64_t j = 0; j < count;) {
-    const int64_t oh = (p0 + j) / g.out_w, ow0 = (p0 + j) % g.out_w;
+    const int64_t sample = (p0 + j) / P, position = (p0 + j) % P;
+    const int64_t oh = position / g.out_w, ow0 = position % g.out_w;
     const int64_t length = std::min({g.out_w - ow0, count - j, width - j % width});
-    runs.push_back({oh, ow0, ow0 + length, (j / width) * panel_stride + j % width});
+    runs.push_back({sample, oh, ow0, ow0 + length, (j / width) * panel_stride + j % width});
     j += length;
   }
 }
 
-// Rows [r0, r0 + rows) of col (Ci·kH·kW, P) from one group's x (Ci, H, W) over the positions of
-// `runs`: row r − r0 starts at dst + (r − r0)·row_stride.
+// Rows [r0, r0 + rows) of col (Ci·kH·kW, P per sample) from one group's x (Ci, H, W), the group's
+// x in the run's sample `sample_stride` elements further on, over the positions of `runs`: row
+// r − r0 starts at dst + (r − r0)·row_stride.
 template <class T>
-void im2col_rows(const Geometry& g, const T* x, int64_t r0, int64_t rows, const std::vector<Run>& runs,
-                 int64_t row_stride, T* dst) {
+void im2col_rows(const Geometry& g, const T* x, int64_t sample_stride, int64_t r0, int64_t rows,
+                 const std::vector<Run>& runs, int64_t row_stride, T* dst) {
   const int64_t K = g.kernel_size();
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t r = r0 + i, c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
@@ -184,7 +188,8 @@ void im2col_rows(const Geometry& g, const T* x, int64_t r0, int64_t rows, const 
     T* row = dst + i * row_stride;
     for (const Run& run : runs) {
       const int64_t ih = run.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-      const T* src = ih < 0 || ih >= g.in_h ? nullptr : x + (c * g.in_h + ih) * g.in_w + offset_w;
+      const T* src =
+          ih < 0 || ih >= g.in_h ? nullptr : x + run.sample * sample_stride + (c * g.in_h + ih) * g.in_w + offset_w;
       fill_segment(row + run.at - run.ow0, run.ow0, run.ow1, src, g.stride_w, valid);
     }
   }
@@ -199,19 +204,24 @@ template <class T>
 class Im2colPanels final : public blas::PanelSource<T> {
  public:
   using Layout = typename blas::PanelSource<T>::Layout;
-  Im2colPanels(const Geometry& g, const T* x, bool transposed)
-      : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels), g_(g), x_(x) {}
+  // x: the group's (Ci, H, W) of the first sample; sample_stride: to the next sample's (B = col of
+  // several samples side by side, the forward's batched products).
+  Im2colPanels(const Geometry& g, const T* x, bool transposed, int64_t sample_stride = 0)
+      : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels),
+        g_(g),
+        x_(x),
+        sample_stride_(sample_stride) {}
 
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
     thread_local std::vector<Run> runs;  // the same runs serve every row of col
     if (this->layout == Layout::TransposedRows) {  // B(p, j) = col[j0 + j, p0 + p] at dst[j·kc + p]
       position_runs(g_, p0, kc, kc, 0, runs);
-      im2col_rows(g_, x_, j0, nc, runs, kc, dst);
+      im2col_rows(g_, x_, sample_stride_, j0, nc, runs, kc, dst);
       return;
     }
     // B(p, j) = col[p0 + p, j0 + j]: panels of nr positions, kc rows of col each.
     position_runs(g_, j0, nc, nr, kc * nr, runs);
-    im2col_rows(g_, x_, p0, kc, runs, nr, dst);
+    im2col_rows(g_, x_, sample_stride_, p0, kc, runs, nr, dst);
     const int64_t tail = (nc + nr - 1) / nr * nr - nc, tail_at = (nc / nr) * kc * nr + nc % nr;  // zero columns
     if (tail > 0)
       for (int64_t p = 0; p < kc; ++p) std::fill(dst + p * nr + tail_at, dst + p * nr + tail_at + tail, T(0));
@@ -220,6 +230,7 @@ class Im2colPanels final : public blas::PanelSource<T> {
  private:
   const Geometry& g_;
   const T* x_;  // (Ci, H, W)
+  int64_t sample_stride_;
 };
 
 // dx (Ci, H, W) of one group += col2im(col), output positions [p0, p1). Threads split channels, so
@@ -328,18 +339,40 @@ void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf
           wf[((grp * Ci + c) * Co + o) * K + (K - 1 - k)] = w[((grp * Co + o) * Ci + c) * K + k];
 }
 
-// Workspace bytes for the dense kernels: none for the forward (an implicit GEMM); with the input
-// gradient (`dx`: backward, or conv_transpose's forward) through the flipped forward, the flipped
-// weights, then dense_backward's scratch if `dw`; otherwise dense_backward's (im2col block, plus
-// partials with `dw`). `minimum`: one chunk's worth, what validation demands; otherwise the split
-// the kernels will use.
-int64_t scratch_bytes(const Geometry& g, bool dx, bool dw, size_t element, bool minimum) {
-  if (!dx && !dw) return 0;
+// Samples per forward product. A product per sample packs the weights (Co × Ci·K) for only P
+// columns; when P is small next to Ci·K (the deep layers: 256 channels on 14², 512 on 4²), packing
+// them costs about as much as the product. Consecutive samples of a chunk then share one product
+// of about kBatchedColumns columns (B = their col side by side), written to the workspace and
+// copied out: Co·P elements per sample, fewer than the Co·Ci·K the per-sample packing reads.
+constexpr int64_t kBatchedColumns = 1024;
+int64_t samples_per_product(const Geometry& g) {
+  if (g.depthwise() || g.pointwise() || g.out_plane() >= g.col_rows() || g.batch <= 1) return 1;
+  const int64_t per_chunk = (g.batch + batch_chunks(g) - 1) / batch_chunks(g);
+  return std::clamp<int64_t>((kBatchedColumns + g.out_plane() - 1) / g.out_plane(), 1, per_chunk);
+}
+
+// Workspace elements per chunk of dense_forward: the batched product's output.
+int64_t forward_scratch(const Geometry& g) {
+  const int64_t samples = samples_per_product(g);
+  return samples > 1 ? g.out_per_group * samples * g.out_plane() : 0;
+}
+
+// Workspace bytes for the dense kernels, for conv's `forward` on g, and/or its input gradient `dx`
+// (backward, or conv_transpose's forward) and weight gradient `dw`. The forward: its batched
+// products' outputs. The input gradient through the flipped forward: the flipped weights, then the
+// larger of that forward's scratch and dense_backward's for `dw`; otherwise dense_backward's (col2im
+// blocks, plus partials with `dw`). Passes run one after another, so the total is the largest.
+// `minimum`: one chunk's worth, what validation demands; otherwise the split the kernels will use.
+int64_t scratch_bytes(const Geometry& g, bool forward, bool dx, bool dw, size_t element, bool minimum) {
+  const auto chunks = [&](const Geometry& h) { return minimum ? 1 : batch_chunks(h); };
+  const int64_t own_forward = forward ? chunks(g) * forward_scratch(g) * static_cast<int64_t>(element) : 0;
+  if (!dx && !dw) return own_forward;
   const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
-  const int64_t own = dense_scratch(g, dx && !f, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
-  if (!f) return own;
+  const int64_t own = dense_scratch(g, dx && !f, dw).bytes_for(chunks(g), element);
+  if (!f) return std::max(own_forward, own);
   const int64_t weights = g.out_channels() * g.col_rows() * static_cast<int64_t>(element);
-  return weights + (dw ? own : int64_t{0});
+  const int64_t flipped_forward = chunks(*f) * forward_scratch(*f) * static_cast<int64_t>(element);
+  return std::max(own_forward, weights + std::max(flipped_forward, dw ? own : int64_t{0}));
 }
 
 // ------------------------------------------------------------------------------- small helpers
@@ -384,25 +417,40 @@ void zero(T* t, int64_t n) {
 
 // --------------------------------------------------------------------------------- dense kernels
 
-// y (N, G·Co, P) = conv(x) + b
-// (an implicit GEMM: no workspace)
+// y (N, G·Co, P) = conv(x) + b: implicit GEMMs, one per sample and group, or one per run of
+// samples_per_product() samples and group through the workspace.
 template <class T>
-void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
-  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group;
-  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
-  for_each_sample(g, 1 << 30, [&](int, int64_t n) {
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
-      T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
-      const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
-      if (g.pointwise()) {
-        blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
-        continue;
-      }
-      blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg, false), T(0), yg, P);
-    }
-    add_channel_bias(y + n * g.out_channels() * P, 1, g.out_channels(), P, b);
-  });
+void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, S = samples_per_product(g);
+  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P, per_chunk = forward_scratch(g);
+  const int max_chunks = per_chunk > 0 ? static_cast<int>(std::max<int64_t>(1, ws_elements / per_chunk)) : 1 << 30;
+  const int chunks = std::max(1, std::min(batch_chunks(g), max_chunks));
+  blas::parallel_for_gemm(
+      g.batch, 1,
+      [&](int chunk, int64_t n0, int64_t n1) {
+        T* out = per_chunk > 0 ? ws + chunk * per_chunk : nullptr;  // (Co, count·P)
+        for (int64_t n = n0; n < n1; n += S) {
+          const int64_t count = std::min(S, n1 - n);
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
+            T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
+            const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
+            if (g.pointwise()) {
+              blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
+            } else if (count == 1) {
+              blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg, false), T(0), yg, P);
+            } else {
+              const Im2colPanels<T> col(g, xg, false, g.groups * x_group);
+              blas::gemm_panels<T>(Trans::No, Co, count * P, R, T(1), wg, R, col, T(0), out, count * P);
+              for (int64_t s = 0; s < count; ++s)
+                for (int64_t o = 0; o < Co; ++o)
+                  std::memcpy(yg + s * g.groups * y_group + o * P, out + o * count * P + s * P, sizeof(T) * P);
+            }
+          }
+          add_channel_bias(y + n * g.out_channels() * P, count, g.out_channels(), P, b);
+        }
+      },
+      chunks);
 }
 
 // dx (x's shape) and dw (weight's shape) from dy; either may be null.
@@ -634,12 +682,12 @@ void depthwise_backward_weight(const Geometry& g, const T* dy, const T* x, T* dw
 // ----------------------------------------------------------------------- the three directions
 
 template <class T>
-void forward(const Geometry& g, const T* x, const T* w, const T* b, T* y) {
+void forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
   if (g.batch == 0 || g.out_channels() == 0) return;
   if (g.depthwise()) {
     depthwise_forward(g, x, w, b, y);
   } else {
-    dense_forward(g, x, w, b, y);
+    dense_forward(g, x, w, b, y, ws, ws_elements);
   }
 }
 
@@ -663,7 +711,7 @@ void backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* 
   const int64_t weights = g.out_channels() * g.col_rows();
   flip_weights(g, w, ws);
   // f may be depthwise (one output channel per group here): forward() picks the kernel.
-  forward(*f, dy, static_cast<const T*>(ws), static_cast<const T*>(nullptr), dx);
+  forward(*f, dy, static_cast<const T*>(ws), static_cast<const T*>(nullptr), dx, ws + weights, ws_elements - weights);
   if (dw) dense_backward(g, dy, x, w, static_cast<T*>(nullptr), dw, ws + weights, ws_elements - weights);
 }
 
@@ -699,7 +747,7 @@ int64_t conv_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const 
   return size_or_zero([&] {
     const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding_begin,
                                           padding_end, dilation, groups, y);
-    return scratch_bytes(g, false, false, element_size(x.dtype), false);
+    return scratch_bytes(g, true, false, false, element_size(x.dtype), false);
   });
 }
 
@@ -710,10 +758,11 @@ void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight
                                    const OptView& workspace, std::uintptr_t) {
   const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, bias, stride, padding_begin, padding_end,
                                         dilation, groups, y);
-  check_workspace("conv_forward", workspace, scratch_bytes(g, false, false, element_size(x.dtype), true), x);
+  check_workspace("conv_forward", workspace, scratch_bytes(g, true, false, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>());
+    forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>(),
+               workspace_ptr<T>(workspace), workspace_elements<T>(workspace));
   });
 }
 
@@ -725,7 +774,7 @@ int64_t conv_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, cons
   return size_or_zero([&] {
     const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
                                            dilation, groups, std::nullopt, std::nullopt, std::nullopt);
-    return scratch_bytes(g, true, true, element_size(x.dtype), false);
+    return scratch_bytes(g, false, true, true, element_size(x.dtype), false);
   });
 }
 
@@ -738,7 +787,7 @@ void conv_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, c
                                          dilation, groups, dx, dweight, dbias);
   if (dx || dweight)
     check_workspace("conv_backward", workspace,
-                    scratch_bytes(g, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
+                    scratch_bytes(g, false, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (dx || dweight)
@@ -756,7 +805,7 @@ int64_t conv_transpose_forward_workspace_size<DeviceType::CPU>(const TensorView&
   return size_or_zero([&] {
     const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding,
                                                     dilation, groups, y);
-    return scratch_bytes(g, true, false, element_size(x.dtype), false);
+    return scratch_bytes(g, false, true, false, element_size(x.dtype), false);
   });
 }
 
@@ -767,7 +816,7 @@ void conv_transpose_forward<DeviceType::CPU>(const TensorView& x, const TensorVi
                                              std::uintptr_t) {
   const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, bias, stride, padding, dilation,
                                                   groups, y);
-  check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, true, false, element_size(x.dtype), true), x);
+  check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, false, true, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     // y is conv's input side: y = convᵀ(x), conv's backward to its input with dy = x.
@@ -786,7 +835,7 @@ int64_t conv_transpose_backward_workspace_size<DeviceType::CPU>(const TensorView
     const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
                                                      groups, std::nullopt, std::nullopt, std::nullopt);
     // dx is conv's forward, dW conv's weight gradient (no dx there: the flipped path never applies).
-    return scratch_bytes(g, false, true, element_size(x.dtype), false);
+    return scratch_bytes(g, true, false, true, element_size(x.dtype), false);
   });
 }
 
@@ -799,13 +848,13 @@ void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const Tensor
                                                    groups, dx, dweight, dbias);
   if (dx || dweight)
     check_workspace("conv_transpose_backward", workspace,
-                    scratch_bytes(g, false, dweight.has_value(), element_size(x.dtype), true), x);
+                    scratch_bytes(g, dx.has_value(), false, dweight.has_value(), element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* ws = workspace_ptr<T>(workspace);
     const int64_t ws_elements = workspace_elements<T>(workspace);
     // dx = conv(dy): conv's forward with dy on its input side, no bias.
-    if (dx) forward<T>(g, dy.data_as<T>(), weight.data_as<T>(), nullptr, dx->data_as<T>());
+    if (dx) forward<T>(g, dy.data_as<T>(), weight.data_as<T>(), nullptr, dx->data_as<T>(), ws, ws_elements);
     // dW: conv's weight gradient with conv's x = dy and conv's dy = x.
     if (dweight)
       backward<T>(g, x.data_as<T>(), dy.data_as<T>(), weight.data_as<T>(), nullptr, dweight->data_as<T>(), ws,
