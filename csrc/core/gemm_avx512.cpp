@@ -262,8 +262,9 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
         float* rows = t_source_rows.get(nc * kc);
         source->pack(pc, kc, source_j + jc, nc, nc, rows);
         pack_b<S>(Trans::Yes, rows, kc, kc, nc, pb);
-      } else
+      } else {
         pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, pb);
+      }
       for (int64_t ic = 0; ic < m; ic += S::kMC) {
         const int64_t mc = std::min(S::kMC, m - ic);
         pack_a<S>(ta, ta == Trans::No ? a + ic * lda + pc : a + pc * lda + ic, lda, mc, kc, pa);
