@@ -135,8 +135,13 @@ def test_native_validation_names_the_argument_and_leaves_outputs_untouched():
     with pytest.raises(ValueError, match=r"conv_forward: argument 'y' expected shape \(1, 3, 2, 2\)"):
         _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, y, None)
     assert torch.all(y == 7)
+    # The forward and the weight gradient are implicit GEMMs without workspace; a strided input
+    # gradient (col2im) needs one.
+    _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, torch.empty(1, 3, 2, 2), None)
+    dx = torch.full_like(x, 7.0)
     with pytest.raises(ValueError, match=r"argument 'workspace' expected a buffer"):
-        _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, torch.empty(1, 3, 2, 2), None)
+        _C.conv_backward(torch.randn(1, 3, 1, 1), x, w, [2, 2], [0, 0], [0, 0], [1, 1], 1, dx, None, None, None)
+    assert torch.all(dx == 7)
     y = torch.full((1, 3, 5, 5), 7.0)
     with pytest.raises(ValueError, match=r"conv_transpose_forward: argument 'y' expected spatial size 4"):
         _C.conv_transpose_forward(torch.randn(1, 2, 2, 2), torch.randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, y,
@@ -289,3 +294,40 @@ def test_images_larger_than_one_im2col_block(gen):
     theirs.backward(dy)
     _close(xs[0].grad, xs[1].grad)
     _close(ws[0].grad, ws[1].grad)
+
+
+@pytest.mark.parametrize(
+    "batch,cin,cout,h,w,kernel,stride,padding,dilation,groups",
+    [
+        (1, 16, 32, 40, 70, 3, 1, 1, 1, 1),  # rows wider than a 64-column panel; one sample: the GEMM splits n
+        (3, 6, 5, 13, 13, 3, 1, 1, 1, 1),  # short rows: several output rows per panel
+        (2, 4, 6, 9, 37, 3, 2, 1, 1, 2),  # stride 2 (two-register gather), groups
+        (2, 3, 4, 16, 16, 4, 2, 1, 1, 1),  # the 4×4 stride-2 decoder geometry
+        (2, 5, 7, 11, 20, 3, 1, 2, 2, 1),  # dilation: taps beyond the padding
+        (2, 4, 3, 8, 9, 5, 3, 2, 1, 1),  # stride 3 (scalar copies)
+        (4, 3, 2, 3, 4, 3, 1, 1, 1, 1),  # output of 12 positions: one narrow panel
+        (5, 32, 8, 5, 6, 3, 1, 1, 1, 1),  # P = 30 < Ci·K = 288: samples share a product (odd batch)
+        (7, 16, 6, 4, 4, 3, 1, 1, 1, 2),  # the same with groups, 4×4 like ResNet's last stage
+        (3, 24, 4, 6, 5, 3, 2, 1, 1, 1),  # shared products with stride 2
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_implicit_gemm_float32_matches_float64(batch, cin, cout, h, w, kernel, stride, padding, dilation, groups, threads, gen):
+    """float32 forward, input and weight gradients (the implicit GEMM's im2col panels and row blocks,
+    csrc/conv/cpu.cpp) over panel and row edges, strides, dilation and groups, against float64."""
+    x = torch.randn(batch, cin, h, w, generator=gen)
+    weight = torch.randn(cout, cin // groups, kernel, kernel, generator=gen) / (cin * kernel) ** 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xs, ws = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        y = ops.conv2d(xs, ws, None, stride, padding, dilation, groups)
+        dy = torch.randn(y.shape, generator=gen)
+        dx, dw = torch.autograd.grad(y, (xs, ws), dy)
+    finally:
+        torch.set_num_threads(before)
+    x64, w64 = x.double().requires_grad_(True), weight.double().requires_grad_(True)
+    y64 = F.conv2d(x64, w64, None, stride, padding, dilation, groups)
+    dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
+    for ours, want in ((y, y64), (dx, dx64), (dw, dw64)):
+        torch.testing.assert_close(ours.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

@@ -1,5 +1,5 @@
 """core/gemm through its test binding (_C.gemm): both float32 backends against a float64 product
-written with torch.mm, and REPLEARN_GEMM's handling (docs/design.md, "GEMM"). The C++ tests
+written with torch.mm (the stored product and gemm_panels, B through a PanelSource), and REPLEARN_GEMM's handling (docs/design.md, "GEMM"). The C++ tests
 (tests/cpp/test_gemm.cpp) cover the kernel's edges against a naive loop; these check the binding,
 the backend switch and the environment variable, and the same results from Python's side.
 """
@@ -51,6 +51,28 @@ def test_gemm_matches_float64_product(backend, m, n, k, ta, tb):
         C.gemm(a, b, c, ta, tb, alpha, beta)
         want = alpha * (op_a @ op_b) + (beta * c0.double() if beta != 0 else 0)
         tol = 2e-6 * (k + 1) ** 0.5 * 4
+        torch.testing.assert_close(c.double(), want, rtol=tol, atol=tol)
+
+
+# Odd sizes; k = 257, 300 and 513 are not multiples of any KC (192, 256, 512) nor of the OpenBLAS
+# path's 256-row blocks; n = 1000 crosses several 64-column panels; (3, 1000, 0): k = 0.
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("source", ["panels", "rows"])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gemm_panels_matches_float64_product(backend, source, m, n, k, ta, tb, dtype):
+    """gemm_panels (B through a PanelSource, the convolutions' implicit GEMM) in both layouts."""
+    g = torch.Generator().manual_seed(m * 1000 + n * 10 + k + 7)
+    a = _matrix(*((k, m) if ta else (m, k)), 3, g).to(dtype)
+    b = _matrix(*((n, k) if tb else (k, n)), 1, g).to(dtype)
+    c0 = _matrix(m, n, 2, g).to(dtype)
+    op_a, op_b = (a.t() if ta else a).double(), (b.t() if tb else b).double()
+    for alpha, beta in [(1.0, 0.0), (-0.5, 1.0)]:
+        c = c0.clone() if beta != 0 else torch.full_like(c0, float("nan"))  # beta = 0 must not read c
+        C.gemm(a, b, c, ta, tb, alpha, beta, source)
+        want = alpha * (op_a @ op_b) + (beta * c0.double() if beta != 0 else 0)
+        tol = (2e-6 * (k + 1) ** 0.5 * 4) if dtype == torch.float32 else 1e-12
         torch.testing.assert_close(c.double(), want, rtol=tol, atol=tol)
 
 

@@ -11,10 +11,15 @@
 // Pointwise convolutions (1×1, stride 1, no padding) skip im2col: col is x itself.
 //
 // Why it is written this way:
-// - Bounded workspace: im2col runs over blocks of output columns (about kColBlockElements
-//   elements of col), so a large image never asks for a huge buffer.
+// - Implicit GEMM: the forward and the weight gradient never store col. The GEMM asks for blocks
+//   of it (blas::gemm_panels, Im2colPanels below) and they are built straight from x in the GEMM's
+//   packed layout while they are in cache: col is larger than L2 for the big layers, and writing
+//   it only to read it back for packing cost more than building the panels directly.
+// - Bounded workspace: col2im (the input gradient where it is not a stride-1 convolution) runs over
+//   blocks of output columns (about kColBlockElements elements of col), so a large image never asks
+//   for a huge buffer.
 // - Threads: with at least as many samples as threads, samples are spread over threads and each
-//   runs single-threaded GEMMs (no synchronization inside a product, im2col and GEMM of a sample on
+//   runs single-threaded GEMMs (no synchronization inside a product, packing and GEMM of a sample on
 //   the same core); with fewer, samples run one after another on multi-threaded GEMMs
 //   (blas::parallel_for_gemm keeps OpenBLAS from oversubscribing OpenMP). Weight gradients of the
 //   per-thread samples go to per-chunk partials in the workspace, added in chunk order after the
@@ -28,6 +33,10 @@
 // - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
 //   to the input, its input gradient conv's forward, its weight gradient conv's weight gradient
 //   with the roles of x and dy exchanged.
+#if defined(__AVX512F__) && defined(__BMI2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -93,39 +102,136 @@ inline void for_row_segments(const Geometry& g, int64_t p0, int64_t p1, const F&
   }
 }
 
-// col (Ci·kH·kW, p1 − p0) from one group's x (Ci, H, W), output positions [p0, p1).
+// One row segment of col: dst[ow] = src[ow·S] for ow ∈ [ow0, ow1) within `valid` (the outputs whose
+// input column lies inside the row), zero elsewhere; src (the input row, shifted by the tap's column
+// offset) is null when the tap's input row lies in the padding.
 template <class T>
-void im2col(const Geometry& g, const T* __restrict__ x, int64_t p0, int64_t p1, T* __restrict__ col) {
-  const int64_t cols = p1 - p0;
-  parallel_for(g.in_per_group, grain_for(g.kernel_size() * cols), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          T* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * cols;
-          const int64_t offset_w = kw * g.dilation_w - g.pad_w;
-          const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
-          for_row_segments(g, p0, p1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
-            T* __restrict__ dst = row + at - ow0;  // dst[ow]
-            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) {
-              std::fill(dst + ow0, dst + ow1, T(0));
-              return;
-            }
-            const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
-            std::fill(dst + ow0, dst + lo, T(0));
-            const T* __restrict__ src = x + (c * g.in_h + ih) * g.in_w + offset_w;  // src[ow·S]
-            if (g.stride_w == 1) {
-              std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
-            } else {
-              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.stride_w];
-            }
-            std::fill(dst + hi, dst + ow1, T(0));
-          });
-        }
-      }
-    }
-  });
+inline void fill_segment(T* __restrict__ dst, int64_t ow0, int64_t ow1, const T* __restrict__ src, int64_t stride,
+                         Range valid) {
+  if (!src) {
+    std::fill(dst + ow0, dst + ow1, T(0));
+    return;
+  }
+  const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
+  std::fill(dst + ow0, dst + lo, T(0));
+  if (stride == 1) {
+    std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
+  } else {
+    for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * stride];
+  }
+  std::fill(dst + hi, dst + ow1, T(0));
 }
+
+#if defined(__AVX512F__) && defined(__BMI2__)
+// The float overload for strides 1 and 2 (the dense 3×3 layers; the 4×4 stride-2 layers of
+// decoders): the segments are short (a panel row of the implicit GEMM holds 16–64 columns across
+// one to a few output rows), so three library calls per segment would cost as much as the copy.
+// 16 lanes at a time, masked loads reading only the valid lanes (masked-off lanes do not fault)
+// and a masked store of the segment's lanes; stride 2 loads 32 floats and keeps the even ones.
+inline void fill_segment(float* __restrict__ dst, int64_t ow0, int64_t ow1, const float* __restrict__ src,
+                         int64_t stride, Range valid) {
+  if (src && stride > 2) return fill_segment<float>(dst, ow0, ow1, src, stride, valid);
+  const auto lanes_below = [](int64_t count) {  // the lowest `count` lanes, count clamped to [0, 16]
+    return count <= 0 ? __mmask16(0) : count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+  };
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t ow = ow0; ow < ow1; ow += 16) {
+    const __mmask16 keep = lanes_below(ow1 - ow);
+    const __mmask16 read = src ? __mmask16(keep & lanes_below(valid.hi - ow) & ~lanes_below(valid.lo - ow)) : 0;
+    __m512 v;
+    if (stride == 2 && read) {  // output lane i reads src[2·(ow + i)]: lanes 2i of two 16-float loads
+      const __mmask16 low = _pdep_u32(read & 0xFF, 0x5555), high = _pdep_u32(read >> 8, 0x5555);
+      v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(low, src + 2 * ow), evens,
+                                 _mm512_maskz_loadu_ps(high, src + 2 * ow + 16));
+    } else {
+      v = _mm512_maskz_loadu_ps(read, read ? src + ow : dst + ow);
+    }
+    _mm512_mask_storeu_ps(dst + ow, keep, v);
+  }
+}
+#endif
+
+// A stretch of output positions inside one output row of one sample, and where its first position
+// goes in the block being written.
+struct Run {
+  int64_t sample, oh, ow0, ow1, at;
+};
+
+// Columns [p0, p0 + count) of col, whose column q is output position q % P of sample q / P (the
+// columns of consecutive samples follow each other), as runs that break at output rows and at every
+// `width` columns (the panels of a packed block, `panel_stride` elements apart): column q goes to
+// at = ((q − p0) / width)·panel_stride + (q − p0) % width.
+inline void position_runs(const Geometry& g, int64_t p0, int64_t count, int64_t width, int64_t panel_stride,
+                          std::vector<Run>& runs) {
+  runs.clear();
+  const int64_t P = g.out_plane();
+  for (int64_t j = 0; j < count;) {
+    const int64_t sample = (p0 + j) / P, position = (p0 + j) % P;
+    const int64_t oh = position / g.out_w, ow0 = position % g.out_w;
+    const int64_t length = std::min({g.out_w - ow0, count - j, width - j % width});
+    runs.push_back({sample, oh, ow0, ow0 + length, (j / width) * panel_stride + j % width});
+    j += length;
+  }
+}
+
+// Rows [r0, r0 + rows) of col (Ci·kH·kW, P per sample) from one group's x (Ci, H, W), the group's
+// x in the run's sample `sample_stride` elements further on, over the positions of `runs`: row
+// r − r0 starts at dst + (r − r0)·row_stride.
+template <class T>
+void im2col_rows(const Geometry& g, const T* x, int64_t sample_stride, int64_t r0, int64_t rows,
+                 const std::vector<Run>& runs, int64_t row_stride, T* dst) {
+  const int64_t K = g.kernel_size();
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t r = r0 + i, c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
+    const int64_t offset_w = kw * g.dilation_w - g.pad_w;
+    const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
+    T* row = dst + i * row_stride;
+    for (const Run& run : runs) {
+      const int64_t ih = run.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+      const T* src =
+          ih < 0 || ih >= g.in_h ? nullptr : x + run.sample * sample_stride + (c * g.in_h + ih) * g.in_w + offset_w;
+      fill_segment(row + run.at - run.ow0, run.ow0, run.ow1, src, g.stride_w, valid);
+    }
+  }
+}
+
+// col (Ci·kH·kW, P) of one group, or its transpose, as the B operand of an implicit GEMM (core/gemm.h,
+// PanelSource): the GEMM asks for blocks of B and they are built straight from x, so col is never
+// stored; its rows are written where the GEMM reads them, while they are in cache.
+// - B = col (the forward, y = W·col): blocks in the GEMM's panel layout;
+// - B = colᵀ (the weight gradient, dW = dy·colᵀ): blocks of col's rows, which the GEMM transposes.
+template <class T>
+class Im2colPanels final : public blas::PanelSource<T> {
+ public:
+  using Layout = typename blas::PanelSource<T>::Layout;
+  // x: the group's (Ci, H, W) of the first sample; sample_stride: to the next sample's (B = col of
+  // several samples side by side, the forward's batched products).
+  Im2colPanels(const Geometry& g, const T* x, bool transposed, int64_t sample_stride = 0)
+      : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels),
+        g_(g),
+        x_(x),
+        sample_stride_(sample_stride) {}
+
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    thread_local std::vector<Run> runs;  // the same runs serve every row of col
+    if (this->layout == Layout::TransposedRows) {  // B(p, j) = col[j0 + j, p0 + p] at dst[j·kc + p]
+      position_runs(g_, p0, kc, kc, 0, runs);
+      im2col_rows(g_, x_, sample_stride_, j0, nc, runs, kc, dst);
+      return;
+    }
+    // B(p, j) = col[p0 + p, j0 + j]: panels of nr positions, kc rows of col each.
+    position_runs(g_, j0, nc, nr, kc * nr, runs);
+    im2col_rows(g_, x_, sample_stride_, p0, kc, runs, nr, dst);
+    const int64_t tail = (nc + nr - 1) / nr * nr - nc, tail_at = (nc / nr) * kc * nr + nc % nr;  // zero columns
+    if (tail > 0)
+      for (int64_t p = 0; p < kc; ++p) std::fill(dst + p * nr + tail_at, dst + p * nr + tail_at + tail, T(0));
+  }
+
+ private:
+  const Geometry& g_;
+  const T* x_;  // (Ci, H, W)
+  int64_t sample_stride_;
+};
 
 // dx (Ci, H, W) of one group += col2im(col), output positions [p0, p1). Threads split channels, so
 // no two write the same element.
@@ -195,9 +301,10 @@ struct DenseScratch {
   }
 };
 
-DenseScratch dense_scratch(const Geometry& g, bool weight_grad) {
+// `columns`: col2im's blocks (dense_backward's input gradient).
+DenseScratch dense_scratch(const Geometry& g, bool columns, bool weight_grad) {
   if (g.depthwise()) return {0, 0};
-  const int64_t col = g.pointwise() ? 0 : g.col_rows() * block_columns(g);
+  const int64_t col = g.pointwise() || !columns ? 0 : g.col_rows() * block_columns(g);
   const int64_t partial = weight_grad ? g.out_channels() * g.col_rows() : 0;
   return {col, partial};
 }
@@ -232,17 +339,40 @@ void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf
           wf[((grp * Ci + c) * Co + o) * K + (K - 1 - k)] = w[((grp * Co + o) * Ci + c) * K + k];
 }
 
-// Workspace bytes for the dense kernels: with the input gradient (`dx`: backward, or conv_transpose's
-// forward) through the flipped forward, the flipped weights first and then the larger of the two
-// scratches; otherwise dense_backward's (im2col block, plus partials with `dw`) or the forward's.
+// Samples per forward product. A product per sample packs the weights (Co × Ci·K) for only P
+// columns; when P is small next to Ci·K (the deep layers: 256 channels on 14², 512 on 4²), packing
+// them costs about as much as the product. Consecutive samples of a chunk then share one product
+// of about kBatchedColumns columns (B = their col side by side), written to the workspace and
+// copied out: Co·P elements per sample, fewer than the Co·Ci·K the per-sample packing reads.
+constexpr int64_t kBatchedColumns = 1024;
+int64_t samples_per_product(const Geometry& g) {
+  if (g.depthwise() || g.pointwise() || g.out_plane() >= g.col_rows() || g.batch <= 1) return 1;
+  const int64_t per_chunk = (g.batch + batch_chunks(g) - 1) / batch_chunks(g);
+  return std::clamp<int64_t>((kBatchedColumns + g.out_plane() - 1) / g.out_plane(), 1, per_chunk);
+}
+
+// Workspace elements per chunk of dense_forward: the batched product's output.
+int64_t forward_scratch(const Geometry& g) {
+  const int64_t samples = samples_per_product(g);
+  return samples > 1 ? g.out_per_group * samples * g.out_plane() : 0;
+}
+
+// Workspace bytes for the dense kernels, for conv's `forward` on g, and/or its input gradient `dx`
+// (backward, or conv_transpose's forward) and weight gradient `dw`. The forward: its batched
+// products' outputs. The input gradient through the flipped forward: the flipped weights, then the
+// larger of that forward's scratch and dense_backward's for `dw`; otherwise dense_backward's (col2im
+// blocks, plus partials with `dw`). Passes run one after another, so the total is the largest.
 // `minimum`: one chunk's worth, what validation demands; otherwise the split the kernels will use.
-int64_t scratch_bytes(const Geometry& g, bool dx, bool dw, size_t element, bool minimum) {
-  const int64_t own = dense_scratch(g, dw).bytes_for(minimum ? 1 : batch_chunks(g), element);
+int64_t scratch_bytes(const Geometry& g, bool forward, bool dx, bool dw, size_t element, bool minimum) {
+  const auto chunks = [&](const Geometry& h) { return minimum ? 1 : batch_chunks(h); };
+  const int64_t own_forward = forward ? chunks(g) * forward_scratch(g) * static_cast<int64_t>(element) : 0;
+  if (!dx && !dw) return own_forward;
   const std::optional<Geometry> f = dx ? flipped_geometry(g) : std::nullopt;
-  if (!f) return own;
-  const int64_t flipped = dense_scratch(*f, false).bytes_for(minimum ? 1 : batch_chunks(*f), element);
+  const int64_t own = dense_scratch(g, dx && !f, dw).bytes_for(chunks(g), element);
+  if (!f) return std::max(own_forward, own);
   const int64_t weights = g.out_channels() * g.col_rows() * static_cast<int64_t>(element);
-  return weights + std::max(flipped, dw ? own : int64_t{0});
+  const int64_t flipped_forward = chunks(*f) * forward_scratch(*f) * static_cast<int64_t>(element);
+  return std::max(own_forward, weights + std::max(flipped_forward, dw ? own : int64_t{0}));
 }
 
 // ------------------------------------------------------------------------------- small helpers
@@ -287,37 +417,47 @@ void zero(T* t, int64_t n) {
 
 // --------------------------------------------------------------------------------- dense kernels
 
-// y (N, G·Co, P) = conv(x) + b
+// y (N, G·Co, P) = conv(x) + b: implicit GEMMs, one per sample and group, or one per run of
+// samples_per_product() samples and group through the workspace.
 template <class T>
 void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, T* ws, int64_t ws_elements) {
-  const DenseScratch scratch = dense_scratch(g, false);
-  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
-  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
-  for_each_sample(g, scratch.chunks_in(ws_elements), [&](int chunk, int64_t n) {
-    T* col = ws + chunk * scratch.col_elements;
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
-      T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
-      const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
-      if (g.pointwise()) {
-        blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
-        continue;
-      }
-      for (int64_t p0 = 0; p0 < P; p0 += block) {
-        const int64_t cols = std::min(block, P - p0);
-        im2col(g, xg, p0, p0 + cols, col);
-        blas::gemm<T>(Trans::No, Trans::No, Co, cols, R, T(1), wg, R, col, cols, T(0), yg + p0, P);
-      }
-    }
-    add_channel_bias(y + n * g.out_channels() * P, 1, g.out_channels(), P, b);
-  });
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, S = samples_per_product(g);
+  const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P, per_chunk = forward_scratch(g);
+  const int max_chunks = per_chunk > 0 ? static_cast<int>(std::max<int64_t>(1, ws_elements / per_chunk)) : 1 << 30;
+  const int chunks = std::max(1, std::min(batch_chunks(g), max_chunks));
+  blas::parallel_for_gemm(
+      g.batch, 1,
+      [&](int chunk, int64_t n0, int64_t n1) {
+        T* out = per_chunk > 0 ? ws + chunk * per_chunk : nullptr;  // (Co, count·P)
+        for (int64_t n = n0; n < n1; n += S) {
+          const int64_t count = std::min(S, n1 - n);
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            const T* xg = x + (n * g.groups + grp) * x_group;  // (Ci, H, W)
+            T* yg = y + (n * g.groups + grp) * y_group;        // (Co, P)
+            const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
+            if (g.pointwise()) {
+              blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
+            } else if (count == 1) {
+              blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg, false), T(0), yg, P);
+            } else {
+              const Im2colPanels<T> col(g, xg, false, g.groups * x_group);
+              blas::gemm_panels<T>(Trans::No, Co, count * P, R, T(1), wg, R, col, T(0), out, count * P);
+              for (int64_t s = 0; s < count; ++s)
+                for (int64_t o = 0; o < Co; ++o)
+                  std::memcpy(yg + s * g.groups * y_group + o * P, out + o * count * P + s * P, sizeof(T) * P);
+            }
+          }
+          add_channel_bias(y + n * g.out_channels() * P, count, g.out_channels(), P, b);
+        }
+      },
+      chunks);
 }
 
 // dx (x's shape) and dw (weight's shape) from dy; either may be null.
 template <class T>
 void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* ws,
                     int64_t ws_elements) {
-  const DenseScratch scratch = dense_scratch(g, dw != nullptr);
+  const DenseScratch scratch = dense_scratch(g, dx != nullptr, dw != nullptr);
   const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
   const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
   const int chunks = std::max(1, std::min(batch_chunks(g), scratch.chunks_in(ws_elements)));
@@ -338,17 +478,13 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
         if (dx) blas::gemm<T>(Trans::Yes, Trans::No, R, P, Co, T(1), wg, R, dyg, P, T(0), dxg, P);
         continue;
       }
-      for (int64_t p0 = 0; p0 < P; p0 += block) {
+      if (dw)
+        blas::gemm_panels<T>(Trans::No, Co, R, P, T(1), dyg, P, Im2colPanels<T>(g, xg, true),
+                             started[chunk] ? T(1) : T(0), dwg, R);
+      for (int64_t p0 = 0; dx && p0 < P; p0 += block) {
         const int64_t cols = std::min(block, P - p0);
-        if (dw) {
-          im2col(g, xg, p0, p0 + cols, col);
-          const T beta = started[chunk] || p0 > 0 ? T(1) : T(0);
-          blas::gemm<T>(Trans::No, Trans::Yes, Co, R, cols, T(1), dyg + p0, P, col, cols, beta, dwg, R);
-        }
-        if (dx) {
-          blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
-          col2im_add(g, col, p0, p0 + cols, dxg);
-        }
+        blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
+        col2im_add(g, col, p0, p0 + cols, dxg);
       }
     }
     started[chunk] = 1;
@@ -611,7 +747,7 @@ int64_t conv_forward_workspace_size<DeviceType::CPU>(const TensorView& x, const 
   return size_or_zero([&] {
     const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding_begin,
                                           padding_end, dilation, groups, y);
-    return scratch_bytes(g, false, false, element_size(x.dtype), false);
+    return scratch_bytes(g, true, false, false, element_size(x.dtype), false);
   });
 }
 
@@ -622,7 +758,7 @@ void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight
                                    const OptView& workspace, std::uintptr_t) {
   const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, bias, stride, padding_begin, padding_end,
                                         dilation, groups, y);
-  check_workspace("conv_forward", workspace, scratch_bytes(g, false, false, element_size(x.dtype), true), x);
+  check_workspace("conv_forward", workspace, scratch_bytes(g, true, false, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     forward<T>(g, x.data_as<T>(), weight.data_as<T>(), ptr_or_null<T>(bias), y.data_as<T>(),
@@ -638,7 +774,7 @@ int64_t conv_backward_workspace_size<DeviceType::CPU>(const TensorView& dy, cons
   return size_or_zero([&] {
     const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
                                            dilation, groups, std::nullopt, std::nullopt, std::nullopt);
-    return scratch_bytes(g, true, true, element_size(x.dtype), false);
+    return scratch_bytes(g, false, true, true, element_size(x.dtype), false);
   });
 }
 
@@ -651,7 +787,7 @@ void conv_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, c
                                          dilation, groups, dx, dweight, dbias);
   if (dx || dweight)
     check_workspace("conv_backward", workspace,
-                    scratch_bytes(g, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
+                    scratch_bytes(g, false, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (dx || dweight)
@@ -669,7 +805,7 @@ int64_t conv_transpose_forward_workspace_size<DeviceType::CPU>(const TensorView&
   return size_or_zero([&] {
     const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, std::nullopt, stride, padding,
                                                     dilation, groups, y);
-    return scratch_bytes(g, true, false, element_size(x.dtype), false);
+    return scratch_bytes(g, false, true, false, element_size(x.dtype), false);
   });
 }
 
@@ -680,7 +816,7 @@ void conv_transpose_forward<DeviceType::CPU>(const TensorView& x, const TensorVi
                                              std::uintptr_t) {
   const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, bias, stride, padding, dilation,
                                                   groups, y);
-  check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, true, false, element_size(x.dtype), true), x);
+  check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, false, true, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     // y is conv's input side: y = convᵀ(x), conv's backward to its input with dy = x.
@@ -699,7 +835,7 @@ int64_t conv_transpose_backward_workspace_size<DeviceType::CPU>(const TensorView
     const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
                                                      groups, std::nullopt, std::nullopt, std::nullopt);
     // dx is conv's forward, dW conv's weight gradient (no dx there: the flipped path never applies).
-    return scratch_bytes(g, false, true, element_size(x.dtype), false);
+    return scratch_bytes(g, true, false, true, element_size(x.dtype), false);
   });
 }
 
@@ -712,7 +848,7 @@ void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const Tensor
                                                    groups, dx, dweight, dbias);
   if (dx || dweight)
     check_workspace("conv_transpose_backward", workspace,
-                    scratch_bytes(g, false, dweight.has_value(), element_size(x.dtype), true), x);
+                    scratch_bytes(g, dx.has_value(), false, dweight.has_value(), element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* ws = workspace_ptr<T>(workspace);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include "core/error.h"
 #include "core/gemm_native.h"
@@ -121,6 +122,43 @@ void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha
     cblas_gemm(ta, tb, rows, n32, k32, alpha, a_block, lda32, b, ldb32, beta, c + i * ldc, ldc32);
   }
 }
+
+template <class T>
+void gemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                 const PanelSource<T>& b, T beta, T* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (float32_backend() == Backend::Native) {
+      const bool nested = omp_in_parallel();
+      if (!nested) set_gemm_threads(num_threads());
+      native::sgemm_panels(trans_a, m, n, std::max<int64_t>(k, 0), alpha, a, lda, b, beta, c, ldc,
+                           nested ? 1 : num_threads());
+      return;
+    }
+  }
+  if (k <= 0) return gemm<T>(trans_a, Trans::No, m, n, 0, alpha, a, lda, nullptr, n, beta, c, ldc);
+  // OpenBLAS: b writes row-major blocks of B (one panel as wide as the block) or of Bᵀ into a
+  // per-thread buffer, each multiplied in turn; the first block of k applies beta.
+  constexpr int64_t kBlockRows = 256, kBlockColumns = 4096;
+  const bool transposed = b.layout == PanelSource<T>::Layout::TransposedRows;
+  thread_local std::vector<T> block;
+  block.resize(std::min(k, kBlockRows) * std::min(n, kBlockColumns));
+  for (int64_t j0 = 0; j0 < n; j0 += kBlockColumns) {
+    const int64_t nc = std::min(kBlockColumns, n - j0);
+    for (int64_t p0 = 0; p0 < k; p0 += kBlockRows) {
+      const int64_t kc = std::min(kBlockRows, k - p0);
+      b.pack(p0, kc, j0, nc, nc, block.data());
+      gemm<T>(trans_a, transposed ? Trans::Yes : Trans::No, m, nc, kc, alpha,
+              trans_a == Trans::No ? a + p0 : a + p0 * lda, lda, block.data(), transposed ? kc : nc,
+              p0 == 0 ? beta : T(1), c + j0, ldc);
+    }
+  }
+}
+
+template void gemm_panels<float>(Trans, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                                 const PanelSource<float>&, float, float*, int64_t);
+template void gemm_panels<double>(Trans, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                                  const PanelSource<double>&, double, double*, int64_t);
 
 template void gemm<float>(Trans, Trans, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                           int64_t, float, float*, int64_t);

@@ -33,6 +33,61 @@ template <class T>
 void gemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
+// An operand B that the GEMM asks for in its own packed layout instead of reading a stored matrix:
+// for products whose B is cheaper to produce than to store and read back. A convolution builds its
+// im2col columns straight into the GEMM's panels from the image ("implicit GEMM"), which saves
+// writing the column matrix (larger than L2) and reading it again to pack it.
+//
+// pack(p0, kc, j0, nc, nr, dst) writes the block B[p0 : p0 + kc, j0 : j0 + nc] in the source's layout:
+// - Layout::Panels: ⌈nc / nr⌉ panels of nr columns, each kc × nr row-major,
+//       dst[(j / nr)·kc·nr + p·nr + j % nr] = B(p0 + p, j0 + j),   zeros for j ≥ nc up to the panel's end;
+//   nr is the kernel's choice (the native float32 kernel asks for 16, 32 or 64; other backends for
+//   nr = nc, a plain row-major block);
+// - Layout::TransposedRows: the block of Bᵀ row-major, dst[j·kc + p] = B(p0 + p, j0 + j) (nr unused),
+//   for a B whose columns are stored as rows (a weight gradient's B = colᵀ); the GEMM transposes
+//   the block into its panels itself.
+// Several threads may call pack at once.
+template <class T>
+class PanelSource {
+ public:
+  enum class Layout : int8_t { Panels, TransposedRows };
+  explicit PanelSource(Layout layout) : layout(layout) {}
+  const Layout layout;
+  virtual void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const = 0;
+
+ protected:
+  ~PanelSource() = default;
+};
+
+// A PanelSource over a stored op(B) (k, n), in either layout: the contract's reference, with which
+// the tests check gemm_panels against gemm.
+template <class T>
+class StoredPanels final : public PanelSource<T> {
+ public:
+  StoredPanels(typename PanelSource<T>::Layout layout, Trans trans_b, const T* b, int64_t ldb)
+      : PanelSource<T>(layout), trans_b_(trans_b), b_(b), ldb_(ldb) {}
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    const bool rows = this->layout == PanelSource<T>::Layout::TransposedRows;
+    const int64_t width = rows ? nc : (nc + nr - 1) / nr * nr;
+    for (int64_t j = 0; j < width; ++j)
+      for (int64_t p = 0; p < kc; ++p)
+        dst[rows ? j * kc + p : (j / nr) * kc * nr + p * nr + j % nr] =
+            j >= nc ? T(0) : trans_b_ == Trans::Yes ? b_[(j0 + j) * ldb_ + p0 + p] : b_[(p0 + p) * ldb_ + j0 + j];
+  }
+
+ private:
+  Trans trans_b_;
+  const T* b_;
+  int64_t ldb_;
+};
+
+// C = alpha·op(A)·B + beta·C with B (k, n) supplied by `b`; otherwise the contract of gemm().
+// The native float32 kernel packs from b directly; OpenBLAS (float64, or float32 without the native
+// kernel) multiplies blocks of B that b writes into a per-thread buffer.
+template <class T>
+void gemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                 const PanelSource<T>& b, T beta, T* c, int64_t ldc);
+
 // Who computes gemm<float>: OpenBLAS, or the native AVX-512 kernel. The default comes from
 // REPLEARN_GEMM (read once): "openblas", "native" (an error on a CPU without AVX-512F), or unset for
 // native where the CPU supports it. set_float32_backend overrides it (tests, benchmarks); Native

@@ -87,6 +87,7 @@ struct Buffer {
   }
 };
 thread_local Buffer t_pack_a, t_pack_b;
+thread_local Buffer t_source_rows;  // a PanelSource's block of Bᵀ rows
 
 inline __mmask16 low_mask(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
@@ -235,9 +236,11 @@ void micro_for(int64_t kc, const float* a, const float* b, float* c, int64_t ldc
   micro<S, NV>(kc, a, b, c, ldc, alpha, beta, mr, nr);
 }
 
+// B is read from b (ldb, tb), or packed by `source` from its column source_j on when one is given.
 template <class S>
 void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                  const PanelSource<float>* source = nullptr, int64_t source_j = 0) {
   if (k == 0 || alpha == 0.f) {  // C = beta·C (BLAS: A and B are not read)
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
@@ -253,7 +256,15 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
     for (int64_t pc = 0; pc < k; pc += kc_max) {
       const int64_t kc = std::min(kc_max, k - pc);
       const float beta_block = pc == 0 ? beta : 1.f;
-      pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, pb);
+      if (source && source->layout == PanelSource<float>::Layout::Panels) {
+        source->pack(pc, kc, source_j + jc, nc, S::kNR, pb);
+      } else if (source) {  // Bᵀ rows (nc × kc), transposed into panels here
+        float* rows = t_source_rows.get(nc * kc);
+        source->pack(pc, kc, source_j + jc, nc, nc, rows);
+        pack_b<S>(Trans::Yes, rows, kc, kc, nc, pb);
+      } else {
+        pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, pb);
+      }
       for (int64_t ic = 0; ic < m; ic += S::kMC) {
         const int64_t mc = std::min(S::kMC, m - ic);
         pack_a<S>(ta, ta == Trans::No ? a + ic * lda + pc : a + pc * lda + ic, lda, mc, kc, pa);
@@ -273,7 +284,8 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
 
 template <class S>
 void sgemm_shape(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads) {
+                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads,
+                 const PanelSource<float>* source = nullptr) {
   // Threads take slabs of C along its longer side, in whole tiles; each packs its own operands
   // (the other operand is packed once per thread, a small cost next to the product).
   const bool split_n = n >= m;
@@ -281,7 +293,7 @@ void sgemm_shape(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alph
   const int64_t tiles = ((split_n ? n : m) + tile - 1) / tile;
   // Below ~2 M multiply-adds a team's start-up costs more than it saves.
   if (threads <= 1 || tiles < 2 || m * n * k < (int64_t{1} << 21)) {
-    sgemm_serial<S>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    sgemm_serial<S>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, source);
     return;
   }
   const int chunks = static_cast<int>(std::min<int64_t>(threads, tiles));
@@ -293,11 +305,11 @@ void sgemm_shape(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alph
       const int64_t lo = t0 * tile, hi = std::min(t1 * tile, split_n ? n : m);
       if (lo >= hi) continue;
       if (split_n)
-        sgemm_serial<S>(ta, tb, m, hi - lo, k, alpha, a, lda, tb == Trans::No ? b + lo : b + lo * ldb, ldb, beta, c + lo,
-                     ldc);
+        sgemm_serial<S>(ta, tb, m, hi - lo, k, alpha, a, lda, source ? b : tb == Trans::No ? b + lo : b + lo * ldb, ldb,
+                        beta, c + lo, ldc, source, lo);
       else
         sgemm_serial<S>(ta, tb, hi - lo, n, k, alpha, ta == Trans::No ? a + lo * lda : a + lo, lda, b, ldb, beta,
-                     c + lo * ldc, ldc);
+                        c + lo * ldc, ldc, source);
     }
   }
 }
@@ -310,14 +322,30 @@ double useful_work(int64_t m, int64_t n, double peak) {
   return peak * covered(m, S::kMR) * covered(n, 16);
 }
 
+namespace {
+
+// The microkernel shape with the most useful work per cycle for C (m, n).
+void sgemm_any(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+               const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads,
+               const PanelSource<float>* source) {
+  if (n <= Tall::kNR)
+    sgemm_shape<Tall>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
+  else if (useful_work<Big>(m, n, 1.1) >= useful_work<Wide>(m, n, 1.0))
+    sgemm_shape<Big>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
+  else
+    sgemm_shape<Wide>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
+}
+
+}  // namespace
+
 void sgemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads) {
-  if (n <= Tall::kNR)
-    sgemm_shape<Tall>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
-  else if (useful_work<Big>(m, n, 1.1) >= useful_work<Wide>(m, n, 1.0))
-    sgemm_shape<Big>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
-  else
-    sgemm_shape<Wide>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+  sgemm_any(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, nullptr);
+}
+
+void sgemm_panels(Trans ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                  const PanelSource<float>& b, float beta, float* c, int64_t ldc, int threads) {
+  sgemm_any(ta, Trans::No, m, n, k, alpha, a, lda, nullptr, 0, beta, c, ldc, threads, &b);
 }
 
 }  // namespace replearn::blas::native

@@ -17,4 +17,8 @@ bool cpu_supported();
 void sgemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads);
 
+// The same with B packed by `b` (blas::gemm_panels).
+void sgemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                  const PanelSource<float>& b, float beta, float* c, int64_t ldc, int threads);
+
 }  // namespace replearn::blas::native

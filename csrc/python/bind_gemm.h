@@ -1,5 +1,5 @@
 // Python bindings of core/gemm for tests and benchmarks (bench/gemm.py, tests/test_gemm.py): the
-// product itself on CPU tensors, and the float32 backend (REPLEARN_GEMM's setting, overridable).
+// product itself on CPU tensors (gemm, or gemm_panels with op(b) behind a PanelSource), and the float32 backend (REPLEARN_GEMM's setting, overridable).
 // Not an op: no autograd, no op registry; the library's ops call blas::gemm from C++.
 #pragma once
 
@@ -23,15 +23,28 @@ inline int64_t leading_dim(const TensorView& t, const char* name) {
   return std::max<int64_t>({t.stride(0), t.size(1), 1});
 }
 
+// source: "" multiplies the stored b (gemm); "panels" or "rows" hands it to gemm_panels through
+// StoredPanels in that layout.
 template <class T>
-void run(const TensorView& a, const TensorView& b, const TensorView& c, bool ta, bool tb, double alpha, double beta) {
+void run(const TensorView& a, const TensorView& b, const TensorView& c, bool ta, bool tb, double alpha, double beta,
+         const std::string& source) {
   const int64_t lda = leading_dim(a, "a"), ldb = leading_dim(b, "b"), ldc = leading_dim(c, "c");
   const int64_t m = c.size(0), n = c.size(1), k = ta ? a.size(0) : a.size(1);
   REPLEARN_CHECK((ta ? a.size(1) : a.size(0)) == m && (tb ? b.size(0) : b.size(1)) == n &&
                      (tb ? b.size(1) : b.size(0)) == k,
                  Value, "gemm: op(a) (", m, ", ", k, "), op(b) and c (", m, ", ", n, ") do not match");
-  blas::gemm<T>(ta ? blas::Trans::Yes : blas::Trans::No, tb ? blas::Trans::Yes : blas::Trans::No, m, n, k, T(alpha),
-                a.data_as<const T>(), lda, b.data_as<const T>(), ldb, T(beta), c.data_as<T>(), ldc);
+  const blas::Trans trans_a = ta ? blas::Trans::Yes : blas::Trans::No, trans_b = tb ? blas::Trans::Yes : blas::Trans::No;
+  if (source.empty()) {
+    blas::gemm<T>(trans_a, trans_b, m, n, k, T(alpha), a.data_as<const T>(), lda, b.data_as<const T>(), ldb, T(beta),
+                  c.data_as<T>(), ldc);
+    return;
+  }
+  REPLEARN_CHECK(source == "panels" || source == "rows", Value, "gemm: source must be '', 'panels' or 'rows', got '",
+                 source, "'");
+  using Layout = typename blas::PanelSource<T>::Layout;
+  const blas::StoredPanels<T> panels(source == "panels" ? Layout::Panels : Layout::TransposedRows, trans_b,
+                                     b.data_as<const T>(), ldb);
+  blas::gemm_panels<T>(trans_a, m, n, k, T(alpha), a.data_as<const T>(), lda, panels, T(beta), c.data_as<T>(), ldc);
 }
 
 }  // namespace gemm_detail
@@ -42,18 +55,19 @@ inline void bind_gemm(pybind11::module_& m) {
   m.def(
       "gemm",
       [](const TensorView& a, const TensorView& b, const TensorView& c, bool trans_a, bool trans_b, double alpha,
-         double beta) {
+         double beta, const std::string& source) {
         REPLEARN_CHECK(a.dtype == c.dtype && b.dtype == c.dtype, Type, "gemm: a, b and c must share a dtype");
         if (c.dtype == DType::Float32)
-          gemm_detail::run<float>(a, b, c, trans_a, trans_b, alpha, beta);
+          gemm_detail::run<float>(a, b, c, trans_a, trans_b, alpha, beta, source);
         else if (c.dtype == DType::Float64)
-          gemm_detail::run<double>(a, b, c, trans_a, trans_b, alpha, beta);
+          gemm_detail::run<double>(a, b, c, trans_a, trans_b, alpha, beta, source);
         else
           REPLEARN_CHECK(false, Type, "gemm: float32 or float64, got ", dtype_name(c.dtype));
       },
       arg("a"), arg("b"), arg("c"), arg("trans_a") = false, arg("trans_b") = false, arg("alpha") = 1.0,
-      arg("beta") = 0.0, py::call_guard<py::gil_scoped_release>(),
-      "c = alpha·op(a)·op(b) + beta·c through core/gemm (tests and benchmarks).");
+      arg("beta") = 0.0, arg("source") = "", py::call_guard<py::gil_scoped_release>(),
+      "c = alpha·op(a)·op(b) + beta·c through core/gemm (tests and benchmarks); source 'panels' or 'rows' "
+      "supplies op(b) through gemm_panels in that PanelSource layout.");
   m.def("gemm_backend", [] { return blas::float32_backend() == blas::Backend::Native ? "native" : "openblas"; },
         "Who computes float32 GEMMs: 'native' (AVX-512 kernel) or 'openblas' (REPLEARN_GEMM).");
   m.def(

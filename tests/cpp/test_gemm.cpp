@@ -7,6 +7,7 @@
 // and products large enough to be split over two threads along m and along n.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -44,8 +45,29 @@ struct Case {
   double alpha, beta;
 };
 
+// StoredPanels (op(B) of a stored matrix) handed to gemm_panels, so that the panel path is checked on
+// the same cases as the stored one; records any request outside B or with an nr the contract does
+// not allow.
 template <class T>
-void check(const Case& c, int threads) {
+class CheckedPanels final : public PanelSource<T> {
+ public:
+  CheckedPanels(const StoredPanels<T>& inner, int64_t k, int64_t n) : PanelSource<T>(inner.layout), inner_(inner), k_(k), n_(n) {}
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    if (p0 < 0 || kc <= 0 || p0 + kc > k_ || j0 < 0 || nc <= 0 || j0 + nc > n_ || nr <= 0) bad_request = true;
+    inner_.pack(p0, kc, j0, nc, nr, dst);
+  }
+  mutable std::atomic<bool> bad_request{false};
+
+ private:
+  const StoredPanels<T>& inner_;
+  int64_t k_, n_;
+};
+
+// gemm, or gemm_panels from a source of the given layout, against a naive double loop.
+enum class Via { Stored, Panels, TransposedRows };
+template <class T>
+void check(const Case& c, int threads, Via via = Via::Stored) {
+  const bool panels = via != Via::Stored;
   ScopedThreads scoped(threads);
   Random rng(c.m * 131 + c.n * 17 + c.k + (c.trans_a ? 7 : 0) + (c.trans_b ? 3 : 0));
   // op(A) is (m, k): A is stored (m, k), or (k, m) when transposed; likewise B.
@@ -56,8 +78,18 @@ void check(const Case& c, int threads) {
     for (int64_t i = 0; i < c.m; ++i)
       for (int64_t j = 0; j < c.n; ++j) cm.values[i * cm.ld + j] = NAN;  // must not be read
   std::vector<T> av = a.as<T>(), bv = b.as<T>(), cv = cm.as<T>();
-  gemm<T>(c.trans_a ? Trans::Yes : Trans::No, c.trans_b ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha),
-          av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
+  if (panels) {
+    using Layout = typename PanelSource<T>::Layout;
+    const StoredPanels<T> stored(via == Via::Panels ? Layout::Panels : Layout::TransposedRows,
+                                 c.trans_b ? Trans::Yes : Trans::No, bv.data(), b.ld);
+    const CheckedPanels<T> source(stored, c.k, c.n);
+    gemm_panels<T>(c.trans_a ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, source, T(c.beta),
+                   cv.data(), cm.ld);
+    EXPECT_FALSE(source.bad_request.load()) << "a request outside B";
+  } else {
+    gemm<T>(c.trans_a ? Trans::Yes : Trans::No, c.trans_b ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha),
+            av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
+  }
   std::vector<double> got, want;
   for (int64_t i = 0; i < c.m; ++i)
     for (int64_t j = 0; j < c.n; ++j) {
@@ -69,7 +101,7 @@ void check(const Case& c, int threads) {
       got.push_back(cv[i * cm.ld + j]);
     }
   const double tol = sizeof(T) == 8 ? 1e-12 : 2e-5 * std::sqrt(double(std::max<int64_t>(c.k, 1)));
-  EXPECT_TRUE(AllClose(got, want, {tol, tol})) << "m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.trans_a
+  EXPECT_TRUE(AllClose(got, want, {tol, tol})) << "via=" << int(via) << " m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.trans_a
                                                << " tb=" << c.trans_b << " pad=" << c.pad << " threads=" << threads;
   // Padding between rows of C is never written.
   for (int64_t i = 0; i < c.m; ++i)
@@ -113,6 +145,19 @@ TEST(Gemm, Float32MatchesNaiveLoop) {
     for (const Case& c : kCases)
       for (int threads : {1, 2}) check<float>(c, threads);
   });
+}
+
+// B from a PanelSource (the implicit GEMM of the convolutions), on both float32 backends and float64
+// (which multiplies row-major blocks of at most 256 rows: k = 257, 300, 513, 600, 700 cross them).
+TEST(Gemm, PanelSourceMatchesNaiveLoop) {
+  for (Via via : {Via::Panels, Via::TransposedRows}) {
+    for (const Case& c : kCases)
+      for (int threads : {1, 2}) check<double>(c, threads, via);
+    for_each_float32_backend([via] {
+      for (const Case& c : kCases)
+        for (int threads : {1, 2}) check<float>(c, threads, via);
+    });
+  }
 }
 
 TEST(Gemm, NativeBackendNeedsAvx512) {
