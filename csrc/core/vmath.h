@@ -32,7 +32,7 @@ inline V expf_reduced(V r) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  return p * (r * r) + r + 1.0f;
+  return (p * r + 1.0f) * r + 1.0f;  // 1 + r + r²·p as two FMAs
 }
 
 inline float exp_approx(float x) {
