@@ -32,7 +32,7 @@ inline V expf_reduced(V r) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  return p * (r * r) + r + 1.0f;
+  return (p * r + 1.0f) * r + 1.0f;  // 1 + r + r²·p as two FMAs
 }
 
 inline float exp_approx(float x) {
@@ -48,6 +48,23 @@ inline float exp_approx(float x) {
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
+// log(2^e · (1 + x)) for 1 + x ∈ [√½, √2) (Cephes logf's polynomial); V is float or a float vector type.
+template <class V>
+inline V logf_reduced(V x, V e) {
+  const V z = x * x;
+  V y = 7.0376836292e-2f * x - 1.1514610310e-1f;
+  y = y * x + 1.1676998740e-1f;
+  y = y * x - 1.2420140846e-1f;
+  y = y * x + 1.4249322787e-1f;
+  y = y * x - 1.6668057665e-1f;
+  y = y * x + 2.0000714765e-1f;
+  y = y * x - 2.4999993993e-1f;
+  y = y * x + 3.3333331174e-1f;
+  y = y * x * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return x + y + 0.693359375f * e;
+}
 inline float log_approx(float x) {
   int32_t bits = __builtin_bit_cast(int32_t, x);
   float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
@@ -56,20 +73,7 @@ inline float log_approx(float x) {
   const bool small = m < 0.707106781186547524f;
   e = small ? e - 1.0f : e;
   m = small ? m + m - 1.0f : m - 1.0f;
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += -2.12194440e-4f * e;
-  y += -0.5f * z;
-  return m + y + 0.693359375f * e;
+  return logf_reduced(m, e);
 }
 inline double log_approx(double x) { return std::log(x); }
 

@@ -95,6 +95,33 @@ inline Vec<double> exp_lanes(Vec<double> x) {
   return x;
 }
 
+// log(1 + y) of every lane, for y ∈ [0, 1] (e^−|x| in softplus). u = 1 + y rounds, but its error
+// c = y − (u − 1) is exact (Fast2Sum, since 1 ≥ y), and log(1 + y) = log(u) + c/u to within c² ≤
+// 2^−48; log(u), u ∈ [1, 2], by Cephes' logf polynomial after halving u ≥ √2 (core/vmath.h).
+inline Vec<float> log1p_lanes(Vec<float> y) {
+  const Vec<float> u = 1.0f + y;
+  const auto big = u >= 1.41421356237309505f;
+  const Vec<float> m = big ? u * 0.5f : u;
+  return vmath::logf_reduced(m - 1.0f, big ? splat(1.0f) : Vec<float>{}) + (y - (u - 1.0f)) / u;
+}
+inline Vec<double> log1p_lanes(Vec<double> y) {
+  for (int i = 0; i < kLanes<double>; ++i) y[i] = std::log1p(y[i]);
+  return y;
+}
+
+// softplus(x) = max(x, 0) + log(1 + e^−|x|) and σ(x) = 1/(1 + e^−x) of every lane. Above torch's
+// softplus threshold (x > 20) e^−|x| < 2^−28·x, so the sum is x, as torch returns.
+template <class V>  // Vec<float> or Vec<double>
+inline V softplus_lanes(V x) {
+  const V zero{};
+  return (x > zero ? x : zero) + log1p_lanes(exp_lanes(-(x < zero ? -x : x)));
+}
+template <class V>
+inline V sigmoid_lanes(V x) {
+  const V one = splat(decltype(x[0] + 0)(1));
+  return one / (one + exp_lanes(-x));
+}
+
 // Transposes a kLanes × kLanes tile held as kLanes vectors (v[i][j] ↔ v[j][i]): at each scale s the
 // off-diagonal s×s blocks of every 2s×2s block swap, two two-source permutes per pair of vectors.
 template <class T>
