@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/error.h"
@@ -44,8 +45,10 @@ struct Case {
   double alpha, beta;
 };
 
+// packed: op(B) through pack_b + gemm_packed_b, the packed operand used twice (a first product into a
+// scratch copy of C), with a row-count hint that differs from m for every other case.
 template <class T>
-void check(const Case& c, int threads) {
+void check(const Case& c, int threads, bool packed = false) {
   ScopedThreads scoped(threads);
   Random rng(c.m * 131 + c.n * 17 + c.k + (c.trans_a ? 7 : 0) + (c.trans_b ? 3 : 0));
   // op(A) is (m, k): A is stored (m, k), or (k, m) when transposed; likewise B.
@@ -56,8 +59,18 @@ void check(const Case& c, int threads) {
     for (int64_t i = 0; i < c.m; ++i)
       for (int64_t j = 0; j < c.n; ++j) cm.values[i * cm.ld + j] = NAN;  // must not be read
   std::vector<T> av = a.as<T>(), bv = b.as<T>(), cv = cm.as<T>();
-  gemm<T>(c.trans_a ? Trans::Yes : Trans::No, c.trans_b ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha),
-          av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
+  const Trans ta = c.trans_a ? Trans::Yes : Trans::No, tb = c.trans_b ? Trans::Yes : Trans::No;
+  if (packed) {
+    const int64_t m_hint = c.m % 2 ? c.m : 32;
+    std::vector<T> buffer(packed_b_size<T>(c.k, c.n, m_hint) + 64);
+    T* aligned = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buffer.data()) + 63) / 64 * 64);
+    const PackedB<T> pb = pack_b<T>(tb, c.k, c.n, bv.data(), b.ld, m_hint, aligned);
+    std::vector<T> scratch = cv;
+    gemm_packed_b<T>(ta, c.m, T(c.alpha), av.data(), a.ld, pb, T(c.beta), scratch.data(), cm.ld);
+    gemm_packed_b<T>(ta, c.m, T(c.alpha), av.data(), a.ld, pb, T(c.beta), cv.data(), cm.ld);
+  } else {
+    gemm<T>(ta, tb, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
+  }
   std::vector<double> got, want;
   for (int64_t i = 0; i < c.m; ++i)
     for (int64_t j = 0; j < c.n; ++j) {
@@ -70,7 +83,8 @@ void check(const Case& c, int threads) {
     }
   const double tol = sizeof(T) == 8 ? 1e-12 : 2e-5 * std::sqrt(double(std::max<int64_t>(c.k, 1)));
   EXPECT_TRUE(AllClose(got, want, {tol, tol})) << "m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.trans_a
-                                               << " tb=" << c.trans_b << " pad=" << c.pad << " threads=" << threads;
+                                               << " tb=" << c.trans_b << " pad=" << c.pad << " threads=" << threads
+                                               << " packed=" << packed;
   // Padding between rows of C is never written.
   for (int64_t i = 0; i < c.m; ++i)
     for (int64_t j = c.n; j < cm.ld; ++j) EXPECT_TRUE(std::isnan(double(cv[i * cm.ld + j])));
@@ -113,6 +127,33 @@ TEST(Gemm, Float32MatchesNaiveLoop) {
     for (const Case& c : kCases)
       for (int threads : {1, 2}) check<float>(c, threads);
   });
+}
+
+// The packed-B API on every case (its k blocks, tile shapes and slabs are sgemm's), both backends.
+TEST(Gemm, PackedBMatchesNaiveLoop) {
+  for (const Case& c : kCases)
+    for (int threads : {1, 2}) check<double>(c, threads, true);
+  for_each_float32_backend([] {
+    for (const Case& c : kCases)
+      for (int threads : {1, 2}) check<float>(c, threads, true);
+  });
+}
+
+// A native packing survives a switch to OpenBLAS (it falls back to the operand's own pointer).
+TEST(Gemm, PackedBAfterBackendSwitch) {
+  if (!native_supported()) GTEST_SKIP() << "no AVX-512F";
+  const Backend saved = float32_backend();
+  set_float32_backend(Backend::Native);
+  const int64_t m = 5, n = 70, k = 300;
+  std::vector<float> a(m * k, 0.5f), b(k * n, 2.f), c(m * n, NAN);
+  std::vector<float> buffer(packed_b_size<float>(k, n, m) + 64);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(buffer.data()) + 63) / 64 * 64);
+  const PackedB<float> pb = pack_b<float>(Trans::No, k, n, b.data(), n, m, aligned);
+  EXPECT_NE(pb.panels, nullptr);
+  set_float32_backend(Backend::OpenBLAS);
+  gemm_packed_b<float>(Trans::No, m, 1.f, a.data(), k, pb, 0.f, c.data(), n);
+  set_float32_backend(saved);
+  for (float v : c) EXPECT_EQ(v, 300.f);
 }
 
 TEST(Gemm, NativeBackendNeedsAvx512) {
