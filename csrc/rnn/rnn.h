@@ -90,10 +90,14 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
 LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr);
 
 // Scratch sizes in bytes (forward: one step's W_hh h (B, G·H), the folded biases, a second state
-// buffer (B, S) and on the CPU W_hh regrouped by thread (G·H, S); backward: the gate gradients of every step and the running δh (B, S) ×2, δc (B, H);
-// with projection also δh of every step (T, B, P), for dW_hr, and one step's δu (B, H)).
+// buffer (B, S) and on the CPU W_hh regrouped by thread (G·H, S) and packed (cpu_panel_elements);
+// backward: the gate gradients of every step and the running δh (B, S) ×2, δc (B, H); with projection
+// also δh of every step (T, B, P), for dW_hr, and one step's δu (B, H); on the CPU without projection,
+// W_hh's columns packed by thread).
+// Elements of the CPU workspaces' packed-W_hh panels (cpu.cpp; blas::pack_b), alignment slack included.
+int64_t cpu_panel_elements(const LayerDims& d, int64_t element_size, bool backward);
 int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device);
-int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size);
+int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device);
 
 // Entry points; cpu.cpp defines the DeviceType::CPU specializations, cuda.cu the DeviceType::CUDA ones.
 // w_hr (P, H): the LSTM's projection, or none; grad_w_hr is optional and needs w_hr.

@@ -99,14 +99,17 @@ void check_lengths(Checker& check, const OptView& lengths, const LayerDims& d) {
 }  // namespace
 
 int64_t forward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device) {
-  const int64_t packed_w_hh = device == DeviceType::CPU ? d.gates() * d.state() : 0;  // cpu.cpp: group_rows_by_chunk
+  // cpu.cpp: W_hh regrouped by chunk, and its packed panels
+  const int64_t packed_w_hh =
+      device == DeviceType::CPU ? d.gates() * d.state() + cpu_panel_elements(d, element_size, false) : 0;
   return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.state() + packed_w_hh) * element_size;
 }
 
-int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size) {
+int64_t backward_workspace_bytes(const LayerDims& d, int64_t element_size, DeviceType device) {
   const int64_t gate_grads = d.steps * d.batch * d.gates() * (d.cell == Cell::Gru ? 2 : 1);
   const int64_t projection = d.proj > 0 ? d.steps * d.batch * d.proj + d.batch * d.hidden : 0;
-  return (gate_grads + 2 * d.batch * d.state() + d.batch * d.hidden + projection) * element_size;
+  const int64_t panels = device == DeviceType::CPU ? cpu_panel_elements(d, element_size, true) : 0;
+  return (gate_grads + 2 * d.batch * d.state() + d.batch * d.hidden + projection + panels) * element_size;
 }
 
 LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
@@ -153,7 +156,7 @@ LayerDims check_backward(DeviceType device, int cell, const TensorView& grad_y, 
   }
   check_optional_like_x(check, "grad_b_ih", grad_b_ih, x, {d.gates()});
   check_optional_like_x(check, "grad_b_hh", grad_b_hh, x, {d.gates()});
-  check.workspace(workspace, backward_workspace_bytes(d, dtype_size(x.dtype)), "x", x);
+  check.workspace(workspace, backward_workspace_bytes(d, dtype_size(x.dtype), device), "x", x);
   return d;
 }
 
@@ -179,7 +182,7 @@ int64_t rnn_forward_workspace_size(int cell, const TensorView& x, const TensorVi
 
 template <DeviceType D>
 int64_t rnn_backward_workspace_size(int cell, const TensorView& x, const TensorView& w_hh, const OptView& w_hr) {
-  return backward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype));
+  return backward_workspace_bytes(workspace_query_dims(cell, x, w_hh, w_hr), dtype_size(x.dtype), D);
 }
 
 // The CUDA kernels use the CPU layout (float32), less the CPU's regrouped copy of W_hh.
