@@ -50,16 +50,30 @@ void fold_biases(const LayerDims& d, const T* b_ih, const T* b_hh, T* bias, T* b
   }
 }
 
-// C = op(A) op(B) with C's rows split across the OpenMP threads (single-threaded OpenBLAS in each):
+// C = op(A) op(B) with C's rows split across the OpenMP threads (single-threaded GEMMs in each), op(B)
+// packed once into `panels` for all of them (blas::pack_b; all_steps_panel_elements sizes the buffer):
 // the all-steps products stay on the same pool as the step loop (see the top of this file).
 template <class T>
 void gemm_by_rows(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                  int64_t ldb, T* c, int64_t ldc) {
+                  int64_t ldb, T* c, int64_t ldc, T* panels) {
+  const blas::PackedB<T> packed = blas::pack_b(trans_b, k, n, b, ldb, m, panels);
   const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, 2 * n * k));
   blas::parallel_for_gemm(m, grain, [&](int, int64_t m0, int64_t m1) {
     const T* a_rows = trans_a == Trans::Yes ? a + m0 : a + m0 * lda;
-    gemm(trans_a, trans_b, m1 - m0, n, k, T(1), a_rows, lda, b, ldb, T(0), c + m0 * ldc, ldc);
+    blas::gemm_packed_b(trans_a, m1 - m0, T(1), a_rows, lda, packed, T(0), c + m0 * ldc, ldc);
   });
+}
+
+// Elements of gemm_by_rows' panels for the call's all-steps products (backward: the largest of dx's
+// op(B) = W_ih, dW_ih's x, dW_hh's h_{t−1} and dW_hr's u, packed one after the other into one buffer).
+template <class T>
+int64_t all_steps_panel_elements(const LayerDims& d, bool backward) {
+  const int64_t TB = d.steps * d.batch, GH = d.gates();
+  if (!backward) return blas::packed_b_size<T>(d.input, GH, TB);
+  int64_t most = std::max({blas::packed_b_size<T>(GH, d.input, TB), blas::packed_b_size<T>(TB, d.input, GH),
+                           blas::packed_b_size<T>(TB, d.state(), GH)});
+  if (d.proj > 0) most = std::max(most, blas::packed_b_size<T>(TB, d.hidden, d.proj));
+  return most;
 }
 
 // Hidden units per thread: enough that a thread's share of a step (B·G·2H flops per unit) outweighs
@@ -334,12 +348,16 @@ void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
 
 }  // namespace
 
+// Two aligned buffers: the recurrent panels (none for the projected backward, which splits the state
+// columns instead), then gemm_by_rows'.
+template <class T>
+int64_t panel_elements(const LayerDims& d, bool backward) {
+  const int64_t recurrent = backward && d.proj > 0 ? 0 : panel_offsets<T>(d, UnitChunks(d), backward).back();
+  return recurrent + all_steps_panel_elements<T>(d, backward) + 2 * kPanelSlack;
+}
+
 int64_t cpu_panel_elements(const LayerDims& d, int64_t element_size, bool backward) {
-  if (backward && d.proj > 0) return 0;  // backward_steps_projected splits the state columns instead
-  const UnitChunks chunks(d);
-  const int64_t elements = element_size == 4 ? panel_offsets<float>(d, chunks, backward).back()
-                                             : panel_offsets<double>(d, chunks, backward).back();
-  return elements > 0 ? elements + kPanelSlack : 0;
+  return element_size == 4 ? panel_elements<float>(d, backward) : panel_elements<double>(d, backward);
 }
 
 template <>
@@ -358,14 +376,15 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
     T* bias_hn = bias + GH;           // (H)
     T* h_spare = bias_hn + H;         // (B, S): the states alternate between h_n and this
     T* regrouped = h_spare + B * S;   // (G·H, S): W_hh regrouped by chunk (pack_forward_weights)
-    T* panels = align_panels(regrouped + GH * S);  // the chunks' packed W_hh
+    T* panels = align_panels(regrouped + GH * S);  // the chunks' packed W_hh, then gemm_by_rows'
+    T* all_steps_panels = align_panels(panels + panel_offsets<T>(d, UnitChunks(d), false).back());
     fold_biases<T>(d, optional_data<T>(b_ih), optional_data<T>(b_hh), bias, bias_hn);
     const std::vector<blas::PackedB<T>> w_chunks =
         pack_forward_weights(d, UnitChunks(d), w_hh.data_as<const T>(), regrouped, panels);
     T* rsv = reserve.data_as<T>();
     // The input projection of every step at once: reserve[:, :, :G·H] = x W_ihᵀ, (T·B, I) × (I, G·H).
     gemm_by_rows(Trans::No, Trans::Yes, d.steps * B, GH, d.input, x.data_as<const T>(), d.input,
-                 w_ih.data_as<const T>(), d.input, rsv, R);
+                 w_ih.data_as<const T>(), d.input, rsv, R, all_steps_panels);
     T* h = h_n.data_as<T>();  // the running state lives in the final-state outputs
     std::memcpy(h, h0.data, B * S * sizeof(T));
     T* c = optional_data_mut<T>(c_n);
@@ -411,12 +430,15 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
     const T* rsv = reserve.data_as<const T>();
     const T* dh0 = nullptr;
+    // After the projection's buffers: the chunks' packed W_hh columns (no projection), then gemm_by_rows'.
+    T* panels = align_panels(dh_all + (d.proj > 0 ? TB * d.proj + BH : 0));
+    T* all_steps_panels =
+        align_panels(panels + (d.proj > 0 ? 0 : panel_offsets<T>(d, UnitChunks(d), true).back()));
     if (d.proj > 0) {
       dh0 = backward_steps_projected<T>(d, w_hh.data_as<const T>(), w_hr->data_as<const T>(), len, reverse, rsv,
                                         grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dh_all,
                                         dh_all + TB * d.proj);
     } else {
-      T* panels = align_panels(dh_all);  // after δc: the chunks' packed W_hh columns
       const std::vector<blas::PackedB<T>> w_columns =
           pack_backward_weights(d, UnitChunks(d), w_hh.data_as<const T>(), panels);
       cell::dispatch_cell(d.cell, [&](auto kind) {
@@ -429,16 +451,16 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     // The weight products over all steps at once.
     if (grad_x)  // (T·B, I) = δgates (T·B, G·H) × W_ih (G·H, I)
       gemm_by_rows(Trans::No, Trans::No, TB, d.input, GH, dg_ih, GH, w_ih.data_as<const T>(), d.input,
-                   grad_x->data_as<T>(), d.input);
+                   grad_x->data_as<T>(), d.input, all_steps_panels);
     if (grad_w_ih)  // (G·H, I) = δgatesᵀ x
       gemm_by_rows(Trans::Yes, Trans::No, GH, d.input, TB, dg_ih, GH, x.data_as<const T>(), d.input,
-                   grad_w_ih->data_as<T>(), d.input);
+                   grad_w_ih->data_as<T>(), d.input, all_steps_panels);
     if (grad_w_hh)  // (G·H, S) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
       gemm_by_rows(Trans::Yes, Trans::No, GH, S, TB, dg_hh, GH, rsv + d.reserve_h_prev(), d.reserve(),
-                   grad_w_hh->data_as<T>(), S);
+                   grad_w_hh->data_as<T>(), S, all_steps_panels);
     if (grad_w_hr)  // (P, H) = δhᵀ u over all steps, u read from the reserve
       gemm_by_rows(Trans::Yes, Trans::No, d.proj, H, TB, dh_all, d.proj, rsv + d.reserve_u(), d.reserve(),
-                   grad_w_hr->data_as<T>(), H);
+                   grad_w_hr->data_as<T>(), H, all_steps_panels);
     if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
     if (grad_b_hh) column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
   });
