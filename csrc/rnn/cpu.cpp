@@ -462,7 +462,10 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
       gemm_by_rows(Trans::Yes, Trans::No, d.proj, H, TB, dh_all, d.proj, rsv + d.reserve_u(), d.reserve(),
                    grad_w_hr->data_as<T>(), H, all_steps_panels);
     if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
-    if (grad_b_hh) column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
+    if (grad_b_hh && grad_b_ih && dg_hh == dg_ih)  // every cell but the GRU: the same sums
+      std::memcpy(grad_b_hh->data, grad_b_ih->data, GH * sizeof(T));
+    else if (grad_b_hh)
+      column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
   });
 }
 
