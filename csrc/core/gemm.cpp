@@ -126,7 +126,8 @@ template <class T>
 int64_t packed_b_size(int64_t k, int64_t n, int64_t m_hint) {
   // Whatever the backend now: a workspace sized here stays valid if it changes before pack_b.
   if constexpr (std::is_same_v<T, float>) {
-    if (native::cpu_supported() && k > 0 && n > 0) return native::packed_b_floats(native::packed_b_shape(m_hint, n), k, n);
+    if (native::cpu_supported() && k > 0 && n > 0)
+      return native::packed_b_floats(native::packed_b_shape(m_hint, n), k, n);
   }
   return 0;
 }

@@ -36,7 +36,8 @@ void run(const TensorView& a, const TensorView& b, const TensorView& c, bool ta,
   REPLEARN_CHECK((ta ? a.size(1) : a.size(0)) == m && (tb ? b.size(0) : b.size(1)) == n &&
                      (tb ? b.size(1) : b.size(0)) == k,
                  Value, "gemm: op(a) (", m, ", ", k, "), op(b) and c (", m, ", ", n, ") do not match");
-  const blas::Trans trans_a = ta ? blas::Trans::Yes : blas::Trans::No, trans_b = tb ? blas::Trans::Yes : blas::Trans::No;
+  const blas::Trans trans_a = ta ? blas::Trans::Yes : blas::Trans::No;
+  const blas::Trans trans_b = tb ? blas::Trans::Yes : blas::Trans::No;
   if (!packed) {
     blas::gemm<T>(trans_a, trans_b, m, n, k, T(alpha), a.data_as<const T>(), lda, b.data_as<const T>(), ldb, T(beta),
                   c.data_as<T>(), ldc);

@@ -159,8 +159,8 @@ const T* chunk_recurrent_product(const LayerDims& d, int64_t j0, const T* h_prev
 
 // Returns the buffer holding the final state (h or h_spare: they alternate every step).
 template <Cell kind, class T>
-T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const int64_t* lengths, bool reverse, const T* bias,
-                 const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const int64_t* lengths,
+                 bool reverse, const T* bias, const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
   const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
   const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
@@ -197,8 +197,8 @@ T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chun
 // direct terms), then the gate gradients of step t for those units. One last region adds the
 // W_hh term of step 0's gates into δh_0.
 template <Cell kind, class T>
-T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_columns, const int64_t* lengths, bool reverse, const T* reserve,
-                  const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh) {
+T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_columns, const int64_t* lengths,
+                  bool reverse, const T* reserve, const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh) {
   const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
   const T* dg_hh_later = nullptr;  // δgates of the step processed before (t + 1 forward, t − 1 reverse)
   const int chunks = static_cast<int>(w_columns.size());
@@ -245,8 +245,8 @@ int64_t state_grain(const LayerDims& d) {
 // (their columns of h_t = u_t W_hrᵀ, which needs every unit's u_t: hence the second region). Returns
 // the buffer holding the final state.
 template <class T>
-T* forward_steps_projected(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const T* w_hr, const int64_t* lengths,
-                           bool reverse, const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+T* forward_steps_projected(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const T* w_hr,
+                           const int64_t* lengths, bool reverse, const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
   const int64_t B = d.batch, H = d.hidden, P = d.proj, GH = d.gates(), R = d.reserve();
   const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
