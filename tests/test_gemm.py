@@ -76,9 +76,34 @@ def test_gemm_panels_matches_float64_product(backend, source, m, n, k, ta, tb, d
         torch.testing.assert_close(c.double(), want, rtol=tol, atol=tol)
 
 
+PACKED_SHAPES = [(1, 1, 1), (7, 5, 3), (32, 1024, 512), (33, 70, 641), (15, 17, 300), (400, 64, 250), (3, 4100, 9)]
+
+
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-def test_gemm_threads_split_large_products(backend):
-    # ≥ 2 M multiply-adds: the native kernel splits C over torch's threads.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m,n,k", PACKED_SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_packed_b_matches_float64_product(backend, dtype, m, n, k, ta, tb):
+    # op(b) packed once, used twice (C.gemm_packed_b), with a row-count hint equal to m and another.
+    # k = 641, 512 and 300 are not multiples of the native kernel's k blocks (KC = 192/256/512).
+    g = torch.Generator().manual_seed(m * 1000 + n * 10 + k + 7)
+    a = _matrix(*((k, m) if ta else (m, k)), 3, g).to(dtype)
+    b = _matrix(*((n, k) if tb else (k, n)), 1, g).to(dtype)
+    c0 = _matrix(m, n, 2, g).to(dtype)
+    op_a, op_b = (a.t() if ta else a).double(), (b.t() if tb else b).double()
+    for m_hint in (0, 32):
+        for alpha, beta in [(1.0, 0.0), (1.0, 1.0), (-0.5, 0.25)]:
+            c = c0.clone() if beta != 0 else c0.clone().fill_(float("nan"))
+            C.gemm_packed_b(a, b, c, ta, tb, alpha, beta, m_hint)
+            want = alpha * (op_a @ op_b) + (beta * c0.double() if beta != 0 else 0)
+            tol = (2e-6 if dtype == torch.float32 else 1e-14) * (k + 1) ** 0.5 * 4
+            torch.testing.assert_close(c.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("packed", [False, True])
+def test_gemm_threads_split_large_products(backend, packed):
+    # ≥ 2 M multiply-adds: the native kernel splits C over torch's threads (the packed product: its rows).
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(300, 257, generator=g), torch.randn(257, 190, generator=g)
     before = torch.get_num_threads()
@@ -86,7 +111,7 @@ def test_gemm_threads_split_large_products(backend):
     try:
         _native._sync_threads()
         c = torch.empty(300, 190)
-        C.gemm(a, b, c)
+        (C.gemm_packed_b if packed else C.gemm)(a, b, c)
     finally:
         torch.set_num_threads(before)
         _native._sync_threads()

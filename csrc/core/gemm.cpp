@@ -160,9 +160,54 @@ template void gemm_panels<float>(Trans, int64_t, int64_t, int64_t, float, const 
 template void gemm_panels<double>(Trans, int64_t, int64_t, int64_t, double, const double*, int64_t,
                                   const PanelSource<double>&, double, double*, int64_t);
 
+template <class T>
+int64_t packed_b_size(int64_t k, int64_t n, int64_t m_hint) {
+  // Whatever the backend now: a workspace sized here stays valid if it changes before pack_b.
+  if constexpr (std::is_same_v<T, float>) {
+    if (native::cpu_supported() && k > 0 && n > 0)
+      return native::packed_b_floats(native::packed_b_shape(m_hint, n), k, n);
+  }
+  return 0;
+}
+
+template <class T>
+PackedB<T> pack_b(Trans trans_b, int64_t k, int64_t n, const T* b, int64_t ldb, int64_t m_hint, T* buffer) {
+  PackedB<T> packed;
+  packed.trans = trans_b, packed.k = k, packed.n = n, packed.b = b, packed.ldb = ldb;
+  if constexpr (std::is_same_v<T, float>) {
+    if (float32_backend() == Backend::Native && k > 0 && n > 0) {
+      packed.shape = native::packed_b_shape(m_hint, n);
+      native::pack_b_panels(packed.shape, trans_b, k, n, b, ldb, buffer);
+      packed.panels = buffer;
+    }
+  }
+  return packed;
+}
+
+template <class T>
+void gemm_packed_b(Trans trans_a, int64_t m, T alpha, const T* a, int64_t lda, const PackedB<T>& b, T beta, T* c,
+                   int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (b.panels != nullptr && m > 0 && float32_backend() == Backend::Native) {
+      native::sgemm_packed_b(b.shape, trans_a, m, b.n, b.k, alpha, a, lda, b.panels, beta, c, ldc,
+                             omp_in_parallel() ? 1 : num_threads());
+      return;
+    }
+  }
+  gemm(trans_a, b.trans, m, b.n, b.k, alpha, a, lda, b.b, b.ldb, beta, c, ldc);
+}
+
 template void gemm<float>(Trans, Trans, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                           int64_t, float, float*, int64_t);
 template void gemm<double>(Trans, Trans, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
                            int64_t, double, double*, int64_t);
+
+#define REPLEARN_PACKED_B(T)                                                                                   \
+  template int64_t packed_b_size<T>(int64_t, int64_t, int64_t);                                               \
+  template PackedB<T> pack_b<T>(Trans, int64_t, int64_t, const T*, int64_t, int64_t, T*);                    \
+  template void gemm_packed_b<T>(Trans, int64_t, T, const T*, int64_t, const PackedB<T>&, T, T*, int64_t);
+REPLEARN_PACKED_B(float)
+REPLEARN_PACKED_B(double)
+#undef REPLEARN_PACKED_B
 
 }  // namespace replearn::blas

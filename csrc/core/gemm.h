@@ -87,6 +87,41 @@ class StoredPanels final : public PanelSource<T> {
 template <class T>
 void gemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
                  const PanelSource<T>& b, T beta, T* c, int64_t ldc);
+// An op(B) operand packed once and multiplied many times: a recurrent layer's W_hh meets a new
+// h_{t−1} every step, and repacking it for each product (a 16 × 16-transpose pass over the whole
+// matrix) costs as much as a third of the product itself at batch 32 (docs/design.md, "GEMM").
+//
+//   buffer.resize(packed_b_size<T>(k, n, m_hint));          // the caller allocates (a workspace)
+//   const PackedB<T> w = pack_b(trans, k, n, b, ldb, m_hint, buffer.data());
+//   for (...) gemm_packed_b(Trans::No, m, T(1), a, lda, w, T(0), c, ldc);  // C = alpha·op(A)·op(B) + beta·C
+//
+// Only the native float32 kernel has a packed layout (its NR-wide, k-major panels, zero-padded); for
+// float64 and for OpenBLAS, packed_b_size is 0 or unused and the PackedB keeps the operand's own
+// pointer, so the same code runs on every backend. Both b and the buffer must outlive the PackedB
+// (a backend switched after packing falls back to b). m_hint is the row count of the products to come:
+// the native kernel's tile shape is chosen at packing time from (m_hint, n), and products with another
+// m are still exact (only the tile fit changes). gemm_packed_b follows gemm()'s thread contract.
+template <class T>
+struct PackedB {
+  Trans trans = Trans::No;
+  int64_t k = 0, n = 0;
+  const T* b = nullptr;        // op(B) as given
+  int64_t ldb = 0;
+  const T* panels = nullptr;   // the native kernel's layout, or null
+  int shape = -1;              // which native tile shape packed the panels
+};
+
+// Elements of the buffer pack_b needs (0 for float64).
+template <class T>
+int64_t packed_b_size(int64_t k, int64_t n, int64_t m_hint);
+
+template <class T>
+PackedB<T> pack_b(Trans trans_b, int64_t k, int64_t n, const T* b, int64_t ldb, int64_t m_hint, T* buffer);
+
+// C (m, n) = alpha · op(A) · op(B) + beta · C with op(A) (m, b.k); the contract of gemm().
+template <class T>
+void gemm_packed_b(Trans trans_a, int64_t m, T alpha, const T* a, int64_t lda, const PackedB<T>& b, T beta, T* c,
+                   int64_t ldc);
 
 // Who computes gemm<float>: OpenBLAS, or the native AVX-512 kernel. The default comes from
 // REPLEARN_GEMM (read once): "openblas", "native" (an error on a CPU without AVX-512F), or unset for

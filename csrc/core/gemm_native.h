@@ -20,5 +20,14 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float 
 // The same with B packed by `b` (blas::gemm_panels).
 void sgemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                   const PanelSource<float>& b, float beta, float* c, int64_t ldc, int threads);
+// The packed op(B) of blas::pack_b (gemm.h). `shape` names the tile shape sgemm would pick for an
+// (m_hint, n) product; the buffer holds, per NC block of columns and per k block, that shape's
+// NR-wide panels; sgemm_packed_b is sgemm with op(B) read from them (`threads` as in sgemm; the
+// slabs are rows of C).
+int packed_b_shape(int64_t m_hint, int64_t n);
+int64_t packed_b_floats(int shape, int64_t k, int64_t n);
+void pack_b_panels(int shape, Trans trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, float* panels);
+void sgemm_packed_b(int shape, Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                    int64_t lda, const float* panels, float beta, float* c, int64_t ldc, int threads);
 
 }  // namespace replearn::blas::native

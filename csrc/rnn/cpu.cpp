@@ -1,5 +1,6 @@
-// CPU kernels of the recurrent family (rnn.h): OpenBLAS GEMMs (core/gemm.h) for every product with
-// a weight, and per step one fused elementwise pass (cell.h).
+// CPU kernels of the recurrent family (rnn.h): core/gemm.h's GEMMs for every product with a weight,
+// W_hh packed once per call for the per-step products (blas::pack_b), and per step one fused
+// elementwise pass (cell.h).
 //
 // Threads. Time is the one sequential dimension; each step splits the hidden units across threads
 // in one parallel region (parallel_for_gemm: single-threaded OpenBLAS inside), and each thread does
@@ -49,16 +50,30 @@ void fold_biases(const LayerDims& d, const T* b_ih, const T* b_hh, T* bias, T* b
   }
 }
 
-// C = op(A) op(B) with C's rows split across the OpenMP threads (single-threaded OpenBLAS in each):
+// C = op(A) op(B) with C's rows split across the OpenMP threads (single-threaded GEMMs in each), op(B)
+// packed once into `panels` for all of them (blas::pack_b; all_steps_panel_elements sizes the buffer):
 // the all-steps products stay on the same pool as the step loop (see the top of this file).
 template <class T>
 void gemm_by_rows(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                  int64_t ldb, T* c, int64_t ldc) {
+                  int64_t ldb, T* c, int64_t ldc, T* panels) {
+  const blas::PackedB<T> packed = blas::pack_b(trans_b, k, n, b, ldb, m, panels);
   const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, 2 * n * k));
   blas::parallel_for_gemm(m, grain, [&](int, int64_t m0, int64_t m1) {
     const T* a_rows = trans_a == Trans::Yes ? a + m0 : a + m0 * lda;
-    gemm(trans_a, trans_b, m1 - m0, n, k, T(1), a_rows, lda, b, ldb, T(0), c + m0 * ldc, ldc);
+    blas::gemm_packed_b(trans_a, m1 - m0, T(1), a_rows, lda, packed, T(0), c + m0 * ldc, ldc);
   });
+}
+
+// Elements of gemm_by_rows' panels for the call's all-steps products (backward: the largest of dx's
+// op(B) = W_ih, dW_ih's x, dW_hh's h_{t−1} and dW_hr's u, packed one after the other into one buffer).
+template <class T>
+int64_t all_steps_panel_elements(const LayerDims& d, bool backward) {
+  const int64_t TB = d.steps * d.batch, GH = d.gates();
+  if (!backward) return blas::packed_b_size<T>(d.input, GH, TB);
+  int64_t most = std::max({blas::packed_b_size<T>(GH, d.input, TB), blas::packed_b_size<T>(TB, d.input, GH),
+                           blas::packed_b_size<T>(TB, d.state(), GH)});
+  if (d.proj > 0) most = std::max(most, blas::packed_b_size<T>(TB, d.hidden, d.proj));
+  return most;
 }
 
 // Hidden units per thread: enough that a thread's share of a step (B·G·2H flops per unit) outweighs
@@ -67,50 +82,93 @@ int64_t unit_grain(const LayerDims& d) {
   return std::max<int64_t>(8, (int64_t{1} << 18) / std::max<int64_t>(1, d.batch * d.gates() * 2 * d.hidden));
 }
 
-// The forward step regions split the units into `chunks` ranges [j0, j1) = [H·c/chunks, H·(c+1)/chunks)
-// (parallel_for's split). W_hh (G·H, K) is regrouped once per call so that chunk c's rows are
-// contiguous and gate-major: packed row G·j0 + g·n + (j − j0) = W_hh row g·H + j (n = j1 − j0). A
-// thread's gate columns of h_{t−1} W_hhᵀ are then one GEMM per step (not G), written as one block of
-// hh, hh[b·G·H + G·j0 + g·n + j − j0]: the cell functions read it with gate stride n (cell.h).
+// The step regions split the units into `chunks` ranges [j0, j1) = [H·c/chunks, H·(c+1)/chunks)
+// (parallel_for's split), and each chunk's W_hh operand is packed once per call (blas::pack_b: the
+// GEMM's panel layout, reused by every step instead of repacked by each step's GEMM).
+//
+// Forward: W_hh (G·H, K) is first regrouped so that chunk c's rows are contiguous and gate-major:
+// regrouped row G·j0 + g·n + (j − j0) = W_hh row g·H + j (n = j1 − j0). A thread's gate columns of
+// h_{t−1} W_hhᵀ are then one GEMM per step (not G) with op(B) = those rows transposed (K, G·n),
+// written as one block of hh, hh[b·G·H + G·j0 + g·n + j − j0]: the cell functions read it with gate
+// stride n (cell.h). Backward: op(B) = W_hh[:, j0:j1] (G·H, n), for δh[:, j0:j1] += δgates W_hh[:, j0:j1].
 struct UnitChunks {
   int count;
   explicit UnitChunks(const LayerDims& d) : count(parallel_chunk_count(d.hidden, unit_grain(d))) {}
+  int64_t begin(const LayerDims& d, int c) const { return d.hidden * c / count; }
 };
 
-// Each thread copies the rows of its own chunk (the same split as the steps').
+// Where each chunk's packed W_hh starts in the panel buffer (count + 1 entries; the last is the total).
 template <class T>
-void group_rows_by_chunk(const LayerDims& d, const UnitChunks& chunks, const T* w_hh, T* packed) {
-  const int64_t G = gate_count(d.cell), H = d.hidden, K = d.state();
-  parallel_for(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
-    for (int64_t g = 0; g < G; ++g)
-      for (int64_t j = j0; j < j1; ++j)
-        std::memcpy(packed + (G * j0 + g * (j1 - j0) + j - j0) * K, w_hh + (g * H + j) * K, K * sizeof(T));
-  }, chunks.count);
+std::vector<int64_t> panel_offsets(const LayerDims& d, const UnitChunks& chunks, bool backward) {
+  const int64_t G = gate_count(d.cell);
+  std::vector<int64_t> offsets(chunks.count + 1, 0);
+  for (int c = 0; c < chunks.count; ++c) {
+    const int64_t n = chunks.begin(d, c + 1) - chunks.begin(d, c);
+    offsets[c + 1] = offsets[c] + (backward ? blas::packed_b_size<T>(d.gates(), n, d.batch)
+                                            : blas::packed_b_size<T>(d.state(), G * n, d.batch));
+  }
+  return offsets;
 }
 
-// hh (B, G·H) = h_{t−1} (B, K) × the packed W_hh rows of chunk [j0, j1); returns the pointer through
-// which row b's gate g of unit j is hh_rows[b·G·H + g·n + j].
+// The panel buffer inside a workspace: 64-byte aligned (the packed layout's loads are), so the
+// workspace holds kPanelSlack elements more than the panels.
+constexpr int64_t kPanelSlack = 64;
 template <class T>
-const T* chunk_recurrent_product(const LayerDims& d, int64_t j0, int64_t j1, const T* h_prev, const T* w_packed,
+T* align_panels(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) / 64 * 64);
+}
+
+// Forward: regroups each chunk's rows of W_hh into `regrouped` (G·H, K) and packs them; each thread
+// handles its own chunk (the same split as the steps').
+template <class T>
+std::vector<blas::PackedB<T>> pack_forward_weights(const LayerDims& d, const UnitChunks& chunks, const T* w_hh,
+                                                   T* regrouped, T* panels) {
+  const int64_t G = gate_count(d.cell), H = d.hidden, K = d.state();
+  const std::vector<int64_t> offsets = panel_offsets<T>(d, chunks, false);
+  std::vector<blas::PackedB<T>> packed(chunks.count);
+  parallel_for(H, unit_grain(d), [&](int c, int64_t j0, int64_t j1) {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = j0; j < j1; ++j)
+        std::memcpy(regrouped + (G * j0 + g * (j1 - j0) + j - j0) * K, w_hh + (g * H + j) * K, K * sizeof(T));
+    packed[c] = blas::pack_b(Trans::Yes, K, G * (j1 - j0), regrouped + G * j0 * K, K, d.batch, panels + offsets[c]);
+  }, chunks.count);
+  return packed;
+}
+
+// Backward: packs W_hh[:, j0:j1] of each chunk.
+template <class T>
+std::vector<blas::PackedB<T>> pack_backward_weights(const LayerDims& d, const UnitChunks& chunks, const T* w_hh,
+                                                    T* panels) {
+  const std::vector<int64_t> offsets = panel_offsets<T>(d, chunks, true);
+  std::vector<blas::PackedB<T>> packed(chunks.count);
+  parallel_for(d.hidden, unit_grain(d), [&](int c, int64_t j0, int64_t j1) {
+    packed[c] = blas::pack_b(Trans::No, d.gates(), j1 - j0, w_hh + j0, d.hidden, d.batch, panels + offsets[c]);
+  }, chunks.count);
+  return packed;
+}
+
+// hh (B, G·n) = h_{t−1} (B, K) × chunk c's packed W_hh rows; returns the pointer through which row
+// b's gate g of unit j is hh_rows[b·G·H + g·n + j].
+template <class T>
+const T* chunk_recurrent_product(const LayerDims& d, int64_t j0, const T* h_prev, const blas::PackedB<T>& w_chunk,
                                  T* hh) {
-  const int64_t G = gate_count(d.cell), K = d.state(), n = j1 - j0;
-  gemm(Trans::No, Trans::Yes, d.batch, G * n, K, T(1), h_prev, K, w_packed + G * j0 * K, K, T(0), hh + G * j0,
-       d.gates());
+  const int64_t G = gate_count(d.cell);
+  blas::gemm_packed_b(Trans::No, d.batch, T(1), h_prev, d.state(), w_chunk, T(0), hh + G * j0, d.gates());
   return hh + G * j0 - j0;
 }
 
 // Returns the buffer holding the final state (h or h_spare: they alternate every step).
 template <Cell kind, class T>
-T* forward_steps(const LayerDims& d, const T* w_packed, const int64_t* lengths, bool reverse, const T* bias,
-                 const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const int64_t* lengths,
+                 bool reverse, const T* bias, const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
   const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
   const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
     const T* h_prev = h;
     T* h_next = h_spare;
-    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
-      const T* hh_rows = chunk_recurrent_product(d, j0, j1, h_prev, w_packed, hh);
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int chunk, int64_t j0, int64_t j1) {
+      const T* hh_rows = chunk_recurrent_product(d, j0, h_prev, w_chunks[chunk], hh);
       for (int64_t b = 0; b < B; ++b) {
         T* rsv = reserve + (t * B + b) * R;
         const T* hp = h_prev + b * H;
@@ -139,16 +197,17 @@ T* forward_steps(const LayerDims& d, const T* w_packed, const int64_t* lengths, 
 // direct terms), then the gate gradients of step t for those units. One last region adds the
 // W_hh term of step 0's gates into δh_0.
 template <Cell kind, class T>
-T* backward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, bool reverse, const T* reserve,
-                  const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh) {
+T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_columns, const int64_t* lengths,
+                  bool reverse, const T* reserve, const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh) {
   const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
   const T* dg_hh_later = nullptr;  // δgates of the step processed before (t + 1 forward, t − 1 reverse)
+  const int chunks = static_cast<int>(w_columns.size());
   for (int64_t s = d.steps; s >= 0; --s) {
     const bool gates = s > 0;
     const int64_t t = reverse ? d.steps - s : s - 1;
-    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int chunk, int64_t j0, int64_t j1) {
       if (dg_hh_later)  // δh[:, j0:j1] += δgates_later (B, G·H) × W_hh[:, j0:j1]
-        gemm(Trans::No, Trans::No, B, j1 - j0, GH, T(1), dg_hh_later, GH, w_hh + j0, H, T(1), dh + j0, H);
+        blas::gemm_packed_b(Trans::No, B, T(1), dg_hh_later, GH, w_columns[chunk], T(1), dh + j0, H);
       if (!gates) return;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
@@ -168,7 +227,7 @@ T* backward_steps(const LayerDims& d, const T* w_hh, const int64_t* lengths, boo
             cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
         }
       }
-    });
+    }, chunks);
     if (!gates) break;
     dg_hh_later = dg_hh + t * B * GH;
     std::swap(dh, dh_next);
@@ -186,8 +245,8 @@ int64_t state_grain(const LayerDims& d) {
 // (their columns of h_t = u_t W_hrᵀ, which needs every unit's u_t: hence the second region). Returns
 // the buffer holding the final state.
 template <class T>
-T* forward_steps_projected(const LayerDims& d, const T* w_packed, const T* w_hr, const int64_t* lengths,
-                           bool reverse, const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
+T* forward_steps_projected(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const T* w_hr,
+                           const int64_t* lengths, bool reverse, const T* bias, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
   const int64_t B = d.batch, H = d.hidden, P = d.proj, GH = d.gates(), R = d.reserve();
   const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
@@ -195,8 +254,8 @@ T* forward_steps_projected(const LayerDims& d, const T* w_packed, const T* w_hr,
     const T* h_prev = h;
     T* h_next = h_spare;
     T* rsv_t = reserve + t * B * R;
-    blas::parallel_for_gemm(H, unit_grain(d), [&](int, int64_t j0, int64_t j1) {
-      const T* hh_rows = chunk_recurrent_product(d, j0, j1, h_prev, w_packed, hh);
+    blas::parallel_for_gemm(H, unit_grain(d), [&](int chunk, int64_t j0, int64_t j1) {
+      const T* hh_rows = chunk_recurrent_product(d, j0, h_prev, w_chunks[chunk], hh);
       for (int64_t b = 0; b < B; ++b) {
         const bool active = is_active(lengths, b, t);
         T* rsv = rsv_t + b * R;
@@ -289,6 +348,18 @@ void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
 
 }  // namespace
 
+// Two aligned buffers: the recurrent panels (none for the projected backward, which splits the state
+// columns instead), then gemm_by_rows'.
+template <class T>
+int64_t panel_elements(const LayerDims& d, bool backward) {
+  const int64_t recurrent = backward && d.proj > 0 ? 0 : panel_offsets<T>(d, UnitChunks(d), backward).back();
+  return recurrent + all_steps_panel_elements<T>(d, backward) + 2 * kPanelSlack;
+}
+
+int64_t cpu_panel_elements(const LayerDims& d, int64_t element_size, bool backward) {
+  return element_size == 4 ? panel_elements<float>(d, backward) : panel_elements<double>(d, backward);
+}
+
 template <>
 void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorView& h0, const OptView& c0,
                                   const TensorView& w_ih, const TensorView& w_hh, const OptView& w_hr,
@@ -304,13 +375,16 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
     T* bias = hh + B * GH;            // (G·H)
     T* bias_hn = bias + GH;           // (H)
     T* h_spare = bias_hn + H;         // (B, S): the states alternate between h_n and this
-    T* w_packed = h_spare + B * S;    // (G·H, S): W_hh regrouped by thread (group_rows_by_chunk)
+    T* regrouped = h_spare + B * S;   // (G·H, S): W_hh regrouped by chunk (pack_forward_weights)
+    T* panels = align_panels(regrouped + GH * S);  // the chunks' packed W_hh, then gemm_by_rows'
+    T* all_steps_panels = align_panels(panels + panel_offsets<T>(d, UnitChunks(d), false).back());
     fold_biases<T>(d, optional_data<T>(b_ih), optional_data<T>(b_hh), bias, bias_hn);
-    group_rows_by_chunk(d, UnitChunks(d), w_hh.data_as<const T>(), w_packed);
+    const std::vector<blas::PackedB<T>> w_chunks =
+        pack_forward_weights(d, UnitChunks(d), w_hh.data_as<const T>(), regrouped, panels);
     T* rsv = reserve.data_as<T>();
     // The input projection of every step at once: reserve[:, :, :G·H] = x W_ihᵀ, (T·B, I) × (I, G·H).
     gemm_by_rows(Trans::No, Trans::Yes, d.steps * B, GH, d.input, x.data_as<const T>(), d.input,
-                 w_ih.data_as<const T>(), d.input, rsv, R);
+                 w_ih.data_as<const T>(), d.input, rsv, R, all_steps_panels);
     T* h = h_n.data_as<T>();  // the running state lives in the final-state outputs
     std::memcpy(h, h0.data, B * S * sizeof(T));
     T* c = optional_data_mut<T>(c_n);
@@ -318,11 +392,11 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
     const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
     const T* h_final = nullptr;
     if (d.proj > 0) {
-      h_final = forward_steps_projected<T>(d, w_packed, w_hr->data_as<const T>(), len, reverse, bias, y.data_as<T>(),
+      h_final = forward_steps_projected<T>(d, w_chunks, w_hr->data_as<const T>(), len, reverse, bias, y.data_as<T>(),
                                            h, h_spare, c, rsv, hh);
     } else {
       cell::dispatch_cell(d.cell, [&](auto kind) {
-        h_final = forward_steps<decltype(kind)::value, T>(d, w_packed, len, reverse, bias, bias_hn, y.data_as<T>(),
+        h_final = forward_steps<decltype(kind)::value, T>(d, w_chunks, len, reverse, bias, bias_hn, y.data_as<T>(),
                                                           h, h_spare, c, rsv, hh);
       });
     }
@@ -356,13 +430,19 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     const int64_t* len = lengths ? lengths->data_as<const int64_t>() : nullptr;
     const T* rsv = reserve.data_as<const T>();
     const T* dh0 = nullptr;
+    // After the projection's buffers: the chunks' packed W_hh columns (no projection), then gemm_by_rows'.
+    T* panels = align_panels(dh_all + (d.proj > 0 ? TB * d.proj + BH : 0));
+    T* all_steps_panels =
+        align_panels(panels + (d.proj > 0 ? 0 : panel_offsets<T>(d, UnitChunks(d), true).back()));
     if (d.proj > 0) {
       dh0 = backward_steps_projected<T>(d, w_hh.data_as<const T>(), w_hr->data_as<const T>(), len, reverse, rsv,
                                         grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dh_all,
                                         dh_all + TB * d.proj);
     } else {
+      const std::vector<blas::PackedB<T>> w_columns =
+          pack_backward_weights(d, UnitChunks(d), w_hh.data_as<const T>(), panels);
       cell::dispatch_cell(d.cell, [&](auto kind) {
-        dh0 = backward_steps<decltype(kind)::value, T>(d, w_hh.data_as<const T>(), len, reverse, rsv,
+        dh0 = backward_steps<decltype(kind)::value, T>(d, w_columns, len, reverse, rsv,
                                                        grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dg_hh);
       });
     }
@@ -371,18 +451,21 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     // The weight products over all steps at once.
     if (grad_x)  // (T·B, I) = δgates (T·B, G·H) × W_ih (G·H, I)
       gemm_by_rows(Trans::No, Trans::No, TB, d.input, GH, dg_ih, GH, w_ih.data_as<const T>(), d.input,
-                   grad_x->data_as<T>(), d.input);
+                   grad_x->data_as<T>(), d.input, all_steps_panels);
     if (grad_w_ih)  // (G·H, I) = δgatesᵀ x
       gemm_by_rows(Trans::Yes, Trans::No, GH, d.input, TB, dg_ih, GH, x.data_as<const T>(), d.input,
-                   grad_w_ih->data_as<T>(), d.input);
+                   grad_w_ih->data_as<T>(), d.input, all_steps_panels);
     if (grad_w_hh)  // (G·H, S) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
       gemm_by_rows(Trans::Yes, Trans::No, GH, S, TB, dg_hh, GH, rsv + d.reserve_h_prev(), d.reserve(),
-                   grad_w_hh->data_as<T>(), S);
+                   grad_w_hh->data_as<T>(), S, all_steps_panels);
     if (grad_w_hr)  // (P, H) = δhᵀ u over all steps, u read from the reserve
       gemm_by_rows(Trans::Yes, Trans::No, d.proj, H, TB, dh_all, d.proj, rsv + d.reserve_u(), d.reserve(),
-                   grad_w_hr->data_as<T>(), H);
+                   grad_w_hr->data_as<T>(), H, all_steps_panels);
     if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
-    if (grad_b_hh) column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
+    if (grad_b_hh && grad_b_ih && dg_hh == dg_ih)  // every cell but the GRU: the same sums
+      std::memcpy(grad_b_hh->data, grad_b_ih->data, GH * sizeof(T));
+    else if (grad_b_hh)
+      column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
   });
 }
 

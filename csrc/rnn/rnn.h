@@ -93,11 +93,14 @@ LayerDims workspace_query_dims(int cell, const TensorView& x, const TensorView& 
 
 // Scratch sizes in bytes, in elements of x's accumulation dtype (stats_dtype: float64 for float64,
 // float32 otherwise). Forward: one step's W_hh h (B, G·H), the folded biases, a second state buffer
-// (B, S), on the CPU W_hh regrouped by thread (G·H, S), on CUDA the running states (B, S) and (B, H)
-// and, for float16/bfloat16, y (T, B, S) in float32 (the cells compute in float32). Backward: the
-// gate gradients of every step and the running δh (B, S) ×2, δc (B, H); with projection also δh of
-// every step (T, B, P), for dW_hr, and one step's δu (B, H); on CUDA for float16/bfloat16 grad_y in
-// float32 (T, B, S).
+// (B, S); on the CPU W_hh regrouped by thread (G·H, S) and packed (cpu_panel_elements); on CUDA the
+// running states (B, S) and (B, H) and, for float16/bfloat16, y (T, B, S) in float32 (the cells
+// compute in float32). Backward: the gate gradients of every step and the running δh (B, S) ×2,
+// δc (B, H); with projection also δh of every step (T, B, P), for dW_hr, and one step's δu (B, H);
+// on the CPU without projection, W_hh's columns packed by thread; on CUDA for float16/bfloat16
+// grad_y in float32 (T, B, S).
+// Elements of the CPU workspaces' packed-W_hh panels (cpu.cpp; blas::pack_b), alignment slack included.
+int64_t cpu_panel_elements(const LayerDims& d, int64_t element_size, bool backward);
 int64_t forward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device);
 int64_t backward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device);
 

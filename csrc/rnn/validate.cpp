@@ -102,20 +102,25 @@ void check_lengths(Checker& check, const OptView& lengths, const LayerDims& d) {
 }  // namespace
 
 int64_t forward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device) {
-  const int64_t packed_w_hh = device == DeviceType::CPU ? d.gates() * d.state() : 0;  // cpu.cpp: group_rows_by_chunk
+  const int64_t element_size = dtype_size(stats_dtype(dtype));
+  // cpu.cpp: W_hh regrouped by chunk, and its packed panels
+  const int64_t packed_w_hh =
+      device == DeviceType::CPU ? d.gates() * d.state() + cpu_panel_elements(d, element_size, false) : 0;
   const int64_t cuda_states = device == DeviceType::CUDA ? d.batch * d.state() + d.batch * d.hidden : 0;
   const int64_t float_y = device == DeviceType::CUDA && dtype != stats_dtype(dtype) ? d.steps * d.batch * d.state() : 0;
   return (d.batch * d.gates() + d.gates() + d.hidden + d.batch * d.state() + packed_w_hh + cuda_states + float_y) *
-         dtype_size(stats_dtype(dtype));
+         element_size;
 }
 
 int64_t backward_workspace_bytes(const LayerDims& d, DType dtype, DeviceType device) {
+  const int64_t element_size = dtype_size(stats_dtype(dtype));
   const int64_t gate_grads = d.steps * d.batch * d.gates() * (d.cell == Cell::Gru ? 2 : 1);
   const int64_t projection = d.proj > 0 ? d.steps * d.batch * d.proj + d.batch * d.hidden : 0;
+  const int64_t panels = device == DeviceType::CPU ? cpu_panel_elements(d, element_size, true) : 0;
   const int64_t float_grad_y =
       device == DeviceType::CUDA && dtype != stats_dtype(dtype) ? d.steps * d.batch * d.state() : 0;
-  return (gate_grads + 2 * d.batch * d.state() + d.batch * d.hidden + projection + float_grad_y) *
-         dtype_size(stats_dtype(dtype));
+  return (gate_grads + 2 * d.batch * d.state() + d.batch * d.hidden + projection + panels + float_grad_y) *
+         element_size;
 }
 
 LayerDims check_forward(DeviceType device, int cell, const TensorView& x, const TensorView& h0, const OptView& c0,

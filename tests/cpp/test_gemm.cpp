@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/error.h"
@@ -63,11 +64,12 @@ class CheckedPanels final : public PanelSource<T> {
   int64_t k_, n_;
 };
 
-// gemm, or gemm_panels from a source of the given layout, against a naive double loop.
-enum class Via { Stored, Panels, TransposedRows };
+// gemm, gemm_panels from a source of the given layout, or pack_b + gemm_packed_b (the packed operand
+// used twice, a first product into a scratch copy of C, with a row-count hint that differs from m for
+// every other case), against a naive double loop.
+enum class Via { Stored, Panels, TransposedRows, Packed };
 template <class T>
 void check(const Case& c, int threads, Via via = Via::Stored) {
-  const bool panels = via != Via::Stored;
   ScopedThreads scoped(threads);
   Random rng(c.m * 131 + c.n * 17 + c.k + (c.trans_a ? 7 : 0) + (c.trans_b ? 3 : 0));
   // op(A) is (m, k): A is stored (m, k), or (k, m) when transposed; likewise B.
@@ -78,17 +80,23 @@ void check(const Case& c, int threads, Via via = Via::Stored) {
     for (int64_t i = 0; i < c.m; ++i)
       for (int64_t j = 0; j < c.n; ++j) cm.values[i * cm.ld + j] = NAN;  // must not be read
   std::vector<T> av = a.as<T>(), bv = b.as<T>(), cv = cm.as<T>();
-  if (panels) {
+  const Trans ta = c.trans_a ? Trans::Yes : Trans::No, tb = c.trans_b ? Trans::Yes : Trans::No;
+  if (via == Via::Panels || via == Via::TransposedRows) {
     using Layout = typename PanelSource<T>::Layout;
-    const StoredPanels<T> stored(via == Via::Panels ? Layout::Panels : Layout::TransposedRows,
-                                 c.trans_b ? Trans::Yes : Trans::No, bv.data(), b.ld);
+    const StoredPanels<T> stored(via == Via::Panels ? Layout::Panels : Layout::TransposedRows, tb, bv.data(), b.ld);
     const CheckedPanels<T> source(stored, c.k, c.n);
-    gemm_panels<T>(c.trans_a ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, source, T(c.beta),
-                   cv.data(), cm.ld);
+    gemm_panels<T>(ta, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, source, T(c.beta), cv.data(), cm.ld);
     EXPECT_FALSE(source.bad_request.load()) << "a request outside B";
+  } else if (via == Via::Packed) {
+    const int64_t m_hint = c.m % 2 ? c.m : 32;
+    std::vector<T> buffer(packed_b_size<T>(c.k, c.n, m_hint) + 64);
+    T* aligned = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buffer.data()) + 63) / 64 * 64);
+    const PackedB<T> pb = pack_b<T>(tb, c.k, c.n, bv.data(), b.ld, m_hint, aligned);
+    std::vector<T> scratch = cv;
+    gemm_packed_b<T>(ta, c.m, T(c.alpha), av.data(), a.ld, pb, T(c.beta), scratch.data(), cm.ld);
+    gemm_packed_b<T>(ta, c.m, T(c.alpha), av.data(), a.ld, pb, T(c.beta), cv.data(), cm.ld);
   } else {
-    gemm<T>(c.trans_a ? Trans::Yes : Trans::No, c.trans_b ? Trans::Yes : Trans::No, c.m, c.n, c.k, T(c.alpha),
-            av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
+    gemm<T>(ta, tb, c.m, c.n, c.k, T(c.alpha), av.data(), a.ld, bv.data(), b.ld, T(c.beta), cv.data(), cm.ld);
   }
   std::vector<double> got, want;
   for (int64_t i = 0; i < c.m; ++i)
@@ -158,6 +166,33 @@ TEST(Gemm, PanelSourceMatchesNaiveLoop) {
         for (int threads : {1, 2}) check<float>(c, threads, via);
     });
   }
+}
+
+// The packed-B API on every case (its k blocks, tile shapes and slabs are sgemm's), both backends.
+TEST(Gemm, PackedBMatchesNaiveLoop) {
+  for (const Case& c : kCases)
+    for (int threads : {1, 2}) check<double>(c, threads, Via::Packed);
+  for_each_float32_backend([] {
+    for (const Case& c : kCases)
+      for (int threads : {1, 2}) check<float>(c, threads, Via::Packed);
+  });
+}
+
+// A native packing survives a switch to OpenBLAS (it falls back to the operand's own pointer).
+TEST(Gemm, PackedBAfterBackendSwitch) {
+  if (!native_supported()) GTEST_SKIP() << "no AVX-512F";
+  const Backend saved = float32_backend();
+  set_float32_backend(Backend::Native);
+  const int64_t m = 5, n = 70, k = 300;
+  std::vector<float> a(m * k, 0.5f), b(k * n, 2.f), c(m * n, NAN);
+  std::vector<float> buffer(packed_b_size<float>(k, n, m) + 64);
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(buffer.data()) + 63) / 64 * 64);
+  const PackedB<float> pb = pack_b<float>(Trans::No, k, n, b.data(), n, m, aligned);
+  EXPECT_NE(pb.panels, nullptr);
+  set_float32_backend(Backend::OpenBLAS);
+  gemm_packed_b<float>(Trans::No, m, 1.f, a.data(), k, pb, 0.f, c.data(), n);
+  set_float32_backend(saved);
+  for (float v : c) EXPECT_EQ(v, 300.f);
 }
 
 TEST(Gemm, NativeBackendNeedsAvx512) {
