@@ -183,6 +183,14 @@ def test_coupling_sees_in_place_changes_of_a_reused_mask():
         float_mask.mul_(0.5)
     with pytest.raises(ValueError, match="'mask'"):
         affine_coupling(x, t, s, float_mask)
+    from replearn.ops import flow as flow_ops
+
+    dying_mask = checkerboard_mask(4, 4, dtype=torch.bool)
+    affine_coupling(x, t, s, dying_mask)
+    ident = id(dying_mask)
+    assert ident in flow_ops._FLAT_MASKS
+    del dying_mask
+    assert ident not in flow_ops._FLAT_MASKS  # the cache holds no mask that is gone
     with torch.inference_mode():
         inference_mask = checkerboard_mask(4, 4, dtype=torch.bool)
         torch.testing.assert_close(affine_coupling(x, t, s, inference_mask)[0],

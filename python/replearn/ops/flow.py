@@ -146,7 +146,8 @@ def _native_mask(fn: str, mask: torch.Tensor | None, x: torch.Tensor) -> torch.T
     if version is not None:
         if len(_FLAT_MASKS) >= _FLAT_MASKS_MAX:
             _FLAT_MASKS.clear()
-        _FLAT_MASKS[id(mask)] = (weakref.ref(mask), key, flat)
+        ident = id(mask)  # the entry goes when the mask does
+        _FLAT_MASKS[ident] = (weakref.ref(mask, lambda _, ident=ident: _FLAT_MASKS.pop(ident, None)), key, flat)
     return flat
 
 
