@@ -1,7 +1,9 @@
 """Flow family: each fused native op against the same composition written with torch ops.
 
-The torch side is the op's `reference` in replearn.ops.flow (the equations in plain PyTorch, the
-composition a user would write), float32, run at the same shapes: batch 64, 32 channels, 32×32 for
+The torch side is the composition a user would write, float32: for the coupling, RealNVP's masked
+form as torch implementations write it (zero s and t on the passed-through half, then x·exp(s) + t,
+logdet = Σ s: fewer passes than the op's `reference`, which spells out m·x + (1−m)·(…)); for the
+others, the op's `reference` in replearn.ops.flow (the equations in plain PyTorch). Same shapes: batch 64, 32 channels, 32×32 for
 the coupling (checkerboard mask, exp scale), ActNorm and the 1×1 convolution; batch 4096, 64 features
 for the planar flow. Rows per op: `fwd` (y and logdet, inputs not requiring grad) and `fwd+bwd`
 (forward, then the gradients of x and of every parameter for fixed random gradients of y and logdet).
@@ -39,11 +41,19 @@ def _randn(generator, shape, dtype, device, scale=1.0):
 # spec(shape, dtype, device, side) -> (differentiable inputs, call returning (y, logdet))
 
 
+def coupling_as_users_write_it(x, shift, log_scale, mask):
+    """RealNVP's affine coupling with exp scale the way torch implementations write it (Dinh et al.
+    2017, eq. 9 with the mask folded into s and t): masked s = 0 gives σ = 1 and t = 0 there."""
+    transformed = ~mask
+    s, t = log_scale * transformed, shift * transformed
+    return x * torch.exp(s) + t, s.flatten(1).sum(1)
+
+
 def coupling(shape, dtype, device, side):
     g = torch.Generator().manual_seed(0)
     x, t, s = _randn(g, shape, dtype, device), _randn(g, shape, dtype, device), _randn(g, shape, dtype, device, 0.3)
     mask = ops.checkerboard_mask(shape[2], shape[3], device=device, dtype=torch.bool)
-    fn = flow_ops.affine_coupling_reference if side == "torch" else ops.affine_coupling
+    fn = coupling_as_users_write_it if side == "torch" else ops.affine_coupling
     return [x, t, s], lambda: fn(x, t, s, mask)
 
 

@@ -159,6 +159,44 @@ def test_coupling_masked_elements_pass_through_and_take_no_parameter_gradient():
     torch.testing.assert_close(logdet, (s * ~keep).sum((1, 2, 3)))
 
 
+def test_coupling_sees_in_place_changes_of_a_reused_mask():
+    # The op caches the flattened mask per mask tensor (ops/flow.py: _native_mask); the cache must
+    # follow in-place changes of that tensor, a new shape of x, and inference tensors.
+    from replearn.ops.flow import affine_coupling_reference
+
+    gen = _gen(7)
+    x, t, s = (_randn(2, 3, 4, 4, gen=gen) for _ in range(3))
+    for mask in (checkerboard_mask(4, 4, dtype=torch.bool), checkerboard_mask(4, 4)):
+        for _ in range(2):
+            y, logdet = affine_coupling(x, t, s, mask)
+            y_ref, logdet_ref = affine_coupling_reference(x, t, s, mask)
+            torch.testing.assert_close(y, y_ref)
+            torch.testing.assert_close(logdet, logdet_ref)
+            with torch.no_grad():
+                mask.copy_(~mask.bool())  # flip the parity in place
+        x_wide, t_wide, s_wide = (_randn(1, 5, 4, 4, gen=gen) for _ in range(3))
+        torch.testing.assert_close(affine_coupling(x_wide, t_wide, s_wide, mask)[0],
+                                   affine_coupling_reference(x_wide, t_wide, s_wide, mask)[0])  # fmt: skip
+    float_mask = checkerboard_mask(4, 4)
+    affine_coupling(x, t, s, float_mask)
+    with torch.no_grad():
+        float_mask.mul_(0.5)
+    with pytest.raises(ValueError, match="'mask'"):
+        affine_coupling(x, t, s, float_mask)
+    from replearn.ops import flow as flow_ops
+
+    dying_mask = checkerboard_mask(4, 4, dtype=torch.bool)
+    affine_coupling(x, t, s, dying_mask)
+    ident = id(dying_mask)
+    assert ident in flow_ops._FLAT_MASKS
+    del dying_mask
+    assert ident not in flow_ops._FLAT_MASKS  # the cache holds no mask that is gone
+    with torch.inference_mode():
+        inference_mask = checkerboard_mask(4, 4, dtype=torch.bool)
+        torch.testing.assert_close(affine_coupling(x, t, s, inference_mask)[0],
+                                   affine_coupling_reference(x, t, s, inference_mask)[0])  # fmt: skip
+
+
 # ========================================================================================= modules
 
 

@@ -56,6 +56,31 @@ struct CouplingRows {
         mask(mask_in ? reinterpret_cast<const uint8_t*>(mask_in) : no_mask.data()) {}
 };
 
+// The mask enters the loops as whole-lane bit patterns (all ones where the element is passed
+// through) and selects with bit operations. Written as `keep ? a : b`, GCC compiles the select to
+// AVX-512 masked loads of b's inputs (only the lanes it needs), and masked loads that miss the
+// cache ran ~3× slower than full ones here (AMD Zen 5; coupling forward, one thread, inputs in
+// DRAM: 2.7 ms with the select, 1.0 ms with bit operations, 0.9 ms without a mask); bit operations
+// make every input a full load. Passed-through elements still come out exactly as x.
+template <class T>
+using LaneBits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+
+template <class T>
+inline LaneBits<T> lane_mask(uint8_t keep) {  // keep ∈ {0, 1} → all zeros or all ones
+  return LaneBits<T>{0} - LaneBits<T>{keep};
+}
+
+template <class T>
+inline T kept_or(LaneBits<T> keep, T kept, T other) {  // keep ? kept : other, lane-wise
+  using U = LaneBits<T>;
+  return __builtin_bit_cast(T, (__builtin_bit_cast(U, kept) & keep) | (__builtin_bit_cast(U, other) & ~keep));
+}
+
+template <class T>
+inline T zero_if_kept(LaneBits<T> keep, T v) {  // keep ? 0 : v, lane-wise
+  return __builtin_bit_cast(T, __builtin_bit_cast(LaneBits<T>, v) & ~keep);
+}
+
 // One sample's row: y and Σ log σ over the transformed entries. The direction is a template
 // constant (a select between the two inside the loop kept GCC from vectorizing it), and the logdet
 // is summed in T over blocks of kSumBlock values, the blocks in double (a double reduction inside
@@ -75,9 +100,9 @@ double coupling_forward_row(int64_t n, const T* __restrict__ xr, const T* __rest
       T out;
       if constexpr (kReverse) out = (xr[j] - tr[j]) * (kScaled ? fexp(-ls) : T(1));
       else out = xr[j] * (kScaled ? fexp(ls) : T(1)) + tr[j];
-      const bool keep = mask[j] != 0;
-      yr[j] = keep ? xr[j] : out;
-      block += keep ? T(0) : ls;
+      const LaneBits<T> keep = lane_mask<T>(mask[j]);
+      yr[j] = kept_or(keep, xr[j], out);
+      block += zero_if_kept(keep, ls);
     }
     sum += static_cast<double>(block);
   }
@@ -120,10 +145,10 @@ void coupling_backward_row(int64_t n, T gl, const T* __restrict__ g, const T* __
     const T gx = g[j] * factor;
     const T d_shift = kReverse ? -gx : g[j];
     const T d_scale = kReverse ? -dlog * (g[j] * (xr[j] - tr[j]) * factor + gl) : dlog * (g[j] * xr[j] * factor + gl);
-    const bool keep = mask[j] != 0;
-    dx[j] = keep ? g[j] : gx;
-    dt[j] = keep ? T(0) : d_shift;
-    ds[j] = keep ? T(0) : d_scale;
+    const LaneBits<T> keep = lane_mask<T>(mask[j]);
+    dx[j] = kept_or(keep, g[j], gx);
+    dt[j] = zero_if_kept(keep, d_shift);
+    ds[j] = zero_if_kept(keep, d_scale);
   }
 }
 
