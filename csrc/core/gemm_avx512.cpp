@@ -70,6 +70,11 @@ struct Shape {
 using Big = Shape<6, 4, 192>;
 using Wide = Shape<14, 2, 256>;
 using Tall = Shape<28, 1, 512>;
+// 8 × 48 (24 accumulators; 3 loads + 8 broadcasts per 24 FMAs): measured here (one thread, CPU time,
+// shared machine) against 6 × 64 with the same packed B, it ran 32 × 2048 × 512 (an LSTM step, batch
+// 32: no padded rows) at 250–262 against 211–221 GFLOP/s, and 1024 × 2048 × 256 / 2048 × 512 × 4096
+// at 242–244 against 215–224. KC 256 measured ≥ 192.
+using Square = Shape<8, 3, 256>;
 
 // Per-thread packing buffers, grown on demand and kept (a GEMM per step of an RNN must not allocate).
 struct Buffer {
@@ -324,16 +329,30 @@ double useful_work(int64_t m, int64_t n, double peak) {
 
 namespace {
 
-// The microkernel shape with the most useful work per cycle for C (m, n).
+// The microkernel shape with the most useful work per cycle for C (m, n): 0 = 6 × 64, 1 = 14 × 32,
+// 2 = 28 × 16 (n ≤ 16), 3 = 8 × 48; the weights are the shapes' measured peaks relative to 14 × 32.
+int choose_shape(int64_t m, int64_t n) {
+  if (n <= Tall::kNR) return 2;
+  const double big = useful_work<Big>(m, n, 1.1), wide = useful_work<Wide>(m, n, 1.0);
+  const double square = useful_work<Square>(m, n, 1.2);
+  return square >= std::max(big, wide) ? 3 : big >= wide ? 0 : 1;
+}
+
+// Calls f(S{}) for the shape numbered as choose_shape numbers them.
+template <class F>
+void with_shape(int shape, const F& f) {
+  if (shape == 0) f(Big{});
+  else if (shape == 1) f(Wide{});
+  else if (shape == 2) f(Tall{});
+  else f(Square{});
+}
+
 void sgemm_any(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads,
                const PanelSource<float>* source) {
-  if (n <= Tall::kNR)
-    sgemm_shape<Tall>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
-  else if (useful_work<Big>(m, n, 1.1) >= useful_work<Wide>(m, n, 1.0))
-    sgemm_shape<Big>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
-  else
-    sgemm_shape<Wide>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
+  with_shape(choose_shape(m, n), [&](auto shape) {
+    sgemm_shape<decltype(shape)>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads, source);
+  });
 }
 
 }  // namespace
@@ -362,20 +381,6 @@ int64_t k_block(int64_t k) {
   return (k + blocks - 1) / blocks;
 }
 
-// 8 × 48 (24 accumulators; 3 loads + 8 broadcasts per 24 FMAs), for packed products only so far:
-// measured here (one thread, CPU time, shared machine) against 6 × 64 with the same packed B, it ran
-// 32 × 2048 × 512 (an LSTM step, batch 32: no padded rows) at 250–262 against 211–221 GFLOP/s,
-// and 1024 × 2048 × 256 / 2048 × 512 × 4096 at 242–244 against 215–224. KC 256 measured ≥ 192.
-using Square = Shape<8, 3, 256>;
-
-// Calls f(S{}) for the shape numbered as packed_b_shape numbers them.
-template <class F>
-void with_shape(int shape, const F& f) {
-  if (shape == 0) f(Big{});
-  else if (shape == 1) f(Wide{});
-  else if (shape == 2) f(Tall{});
-  else f(Square{});
-}
 
 template <class S>
 void sgemm_serial_packed_b(Trans ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
@@ -409,12 +414,7 @@ void sgemm_serial_packed_b(Trans ta, int64_t m, int64_t n, int64_t k, float alph
 
 }  // namespace
 
-int packed_b_shape(int64_t m_hint, int64_t n) {  // sgemm's rule, with 8 × 48 among the candidates
-  if (n <= Tall::kNR) return 2;
-  const double big = useful_work<Big>(m_hint, n, 1.1), wide = useful_work<Wide>(m_hint, n, 1.0);
-  const double square = useful_work<Square>(m_hint, n, 1.2);
-  return square >= std::max(big, wide) ? 3 : big >= wide ? 0 : 1;
-}
+int packed_b_shape(int64_t m_hint, int64_t n) { return choose_shape(m_hint, n); }  // sgemm's own choice
 
 int64_t packed_b_floats(int shape, int64_t k, int64_t n) {
   int64_t floats = 0;
