@@ -68,8 +68,8 @@ def _logdet_grad(grad_logdet: torch.Tensor | None, x: torch.Tensor) -> torch.Ten
     return x.new_zeros(x.shape[:1]) if grad_logdet is None else grad_logdet.contiguous()
 
 
-def _cpu_workspace(name: str, x: torch.Tensor, *args) -> torch.Tensor | None:
-    """The workspace of kernel `name`, None on the CPU.
+def _workspace_on_cuda(name: str, x: torch.Tensor, *args) -> torch.Tensor | None:
+    """The workspace of kernel `name` for a CUDA x; None for a CPU x.
 
     The CPU kernels of the coupling and ActNorm need none (their *_workspace_size is 0, and the
     native validation rejects a missing buffer when it is not); asking costs a binding call and an
@@ -156,7 +156,7 @@ def _coupling_impl(x, shift, log_scale, mask, reverse, scale):
     m = _native_mask("affine_coupling", mask, x)
     x = x.contiguous()
     y, logdet = torch.empty_like(x), _logdet_like(x)
-    ws = _cpu_workspace("affine_coupling", x)
+    ws = _workspace_on_cuda("affine_coupling", x)
     _native.launch("affine_coupling_forward", x, x, _contiguous(shift), _contiguous(log_scale), m, reverse, code, y,
                    logdet, ws)  # fmt: skip
     return y, logdet
@@ -372,7 +372,7 @@ def _actnorm_backward_impl(grad_y, grad_logdet, x, scale, bias, reverse, output_
     x = x.contiguous()
     grads = (_empty_like_or_none(output_mask[0], x), _empty_like_or_none(output_mask[1], scale),
              _empty_like_or_none(output_mask[2], bias))  # fmt: skip
-    ws = _cpu_workspace("actnorm_backward", x)
+    ws = _workspace_on_cuda("actnorm_backward", x)
     _native.launch("actnorm_backward", x, grad_y.contiguous(), grad_logdet.contiguous(), x, scale.contiguous(),
                    bias.contiguous(), reverse, *grads, ws)  # fmt: skip
     return grads
