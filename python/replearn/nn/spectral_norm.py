@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import torch
 from torch.nn import Module, Parameter
-from torch.nn.parameter import UninitializedParameter
 
 from .. import ops
+from ._reparameterize import check_reparameterizable, find_pre_hook
 
 __all__ = ["SpectralNorm", "spectral_norm", "remove_spectral_norm"]
 
@@ -95,17 +95,8 @@ class SpectralNorm:
         module: Module, name: str, n_power_iterations: int, dim: int, eps: float, coeff: float | None = None
     ) -> "SpectralNorm":
         """Replaces parameter `name` by `<name>_orig` and buffers `<name>_u/_v`, and registers the hooks."""
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, SpectralNorm) and hook.name == name:
-                raise RuntimeError(f"Cannot register two spectral_norm hooks on the same parameter {name}")
         weight = module._parameters.get(name)
-        if not isinstance(weight, Parameter):
-            raise ValueError(f"spectral_norm: {type(module).__name__} has no parameter named {name!r}")
-        if isinstance(weight, UninitializedParameter):
-            raise ValueError(
-                "The module passed to `SpectralNorm` can't have uninitialized parameters. "
-                "Make sure to run the dummy forward before applying spectral normalization"
-            )
+        check_reparameterizable(module, name, weight, SpectralNorm, "spectral_norm", "spectral normalization")
         if not -weight.dim() <= dim < weight.dim():
             raise ValueError(f"spectral_norm: argument 'dim' expected a dimension of {name!r} (rank {weight.dim()}) but got {dim}")
         fn = SpectralNorm(name, n_power_iterations, dim % weight.dim(), eps, coeff)
@@ -196,12 +187,12 @@ def remove_spectral_norm(module: ModuleT, name: str = "weight") -> ModuleT:
     Raises:
         ValueError: `name` of this module is not spectrally normalized by replearn.
     """
-    for key, hook in module._forward_pre_hooks.items():
-        if isinstance(hook, SpectralNorm) and hook.name == name:
-            hook.remove(module)
-            del module._forward_pre_hooks[key]
-            for state_key, state_hook in list(module._state_dict_hooks.items()):
-                if isinstance(state_hook, _SpectralNormStateDictHook) and state_hook.fn is hook:
-                    del module._state_dict_hooks[state_key]
-            return module
+    key = find_pre_hook(module, SpectralNorm, name)
+    if key is not None:
+        hook = module._forward_pre_hooks.pop(key)
+        hook.remove(module)
+        for state_key, state_hook in list(module._state_dict_hooks.items()):
+            if isinstance(state_hook, _SpectralNormStateDictHook) and state_hook.fn is hook:
+                del module._state_dict_hooks[state_key]
+        return module
     raise ValueError(f"spectral_norm of '{name}' not found in {module}")

@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 
 import torch
 from torch.nn import Module, Parameter
-from torch.nn.parameter import UninitializedParameter
 
 from .. import ops
+from ._reparameterize import check_reparameterizable, find_pre_hook
 from .spectral_norm import SpectralNorm, remove_spectral_norm, spectral_norm
 
 __all__ = ["WeightNorm", "weight_norm", "remove_weight_norm", "SpectralNorm", "spectral_norm", "remove_spectral_norm"]
@@ -67,17 +67,8 @@ class WeightNorm:
     @staticmethod
     def apply(module: Module, name: str, dim: int | None) -> "WeightNorm":
         """Replaces parameter `name` of `module` by `<name>_g`, `<name>_v` and registers the hook."""
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, WeightNorm) and hook.name == name:
-                raise RuntimeError(f"Cannot register two weight_norm hooks on the same parameter {name}")
         weight = getattr(module, name, None)
-        if not isinstance(weight, Parameter):
-            raise ValueError(f"weight_norm: {type(module).__name__} has no parameter named {name!r}")
-        if isinstance(weight, UninitializedParameter):
-            raise ValueError(
-                "The module passed to `WeightNorm` can't have uninitialized parameters. "
-                "Make sure to run the dummy forward before applying weight normalization"
-            )
+        check_reparameterizable(module, name, weight, WeightNorm, "weight_norm", "weight normalization")
         fn = WeightNorm(name, dim)
         if fn.dim != -1 and not -weight.dim() <= fn.dim < weight.dim():
             raise ValueError(
@@ -143,9 +134,9 @@ def remove_weight_norm(module: ModuleT, name: str = "weight") -> ModuleT:
     Raises:
         ValueError: `name` of this module is not weight-normalized by `replearn.nn.utils.weight_norm`.
     """
-    for key, hook in module._forward_pre_hooks.items():
-        if isinstance(hook, WeightNorm) and hook.name == name:
-            hook.remove(module)
-            del module._forward_pre_hooks[key]
-            return module
+    key = find_pre_hook(module, WeightNorm, name)
+    if key is not None:
+        module._forward_pre_hooks[key].remove(module)
+        del module._forward_pre_hooks[key]
+        return module
     raise ValueError(f"weight_norm of '{name}' not found in {module}")

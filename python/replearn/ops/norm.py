@@ -73,9 +73,12 @@ def _as_shape(normalized_shape: int | Sequence[int]) -> list[int]:
 
 
 def _empty_or_none(need: bool, like: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+    """An uninitialized contiguous tensor like `like` (of `shape` when given) if needed, else None."""
     if not need:
         return None
-    return like.new_empty(like.shape if shape is None else shape)
+    if shape is None:  # empty_like: ~20 µs less than new_empty(like.shape) with cold caches (ops/flow.py)
+        return torch.empty_like(like, memory_format=torch.contiguous_format)
+    return like.new_empty(shape)
 
 
 def _randn(shape, dtype, device, generator, scale=1.0, offset=0.0) -> torch.Tensor:
