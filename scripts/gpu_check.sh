@@ -8,8 +8,10 @@
 #   here:        bash scripts/gpu_prepare.sh            (wheels the GPU machine lacks, into .whl/)
 #   GPU machine: bash scripts/gpu_check.sh              (device tool: carry [".whl"], timeout_s ≤ 600)
 #
-# The device lease is 15 minutes including start-up: the build takes most of what is left on 16 cores,
-# so BENCH=0 skips the benchmarks and PYTEST_ARGS narrows the tests (e.g. "-k rnn").
+# The device lease is 15 minutes including start-up, so the build targets only the GPU it runs on
+# (ARCHS, default: the GPU's compute capability; CI compiles sm_80 and sm_90), the tests run in
+# parallel workers (WORKERS, pytest-xdist) with a per-test timeout and the whole run bounded by PYTEST_LIMIT seconds, the benchmarks stop after
+# BENCH_LIMIT seconds, BENCH=0 skips them and PYTEST_ARGS narrows the tests (e.g. "-k rnn").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/gpu-results}
@@ -25,8 +27,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$site/pkg:$site/deps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-stage "build (REPLEARN_CUDA=ON)"
-CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} REPLEARN_CUDA=ON "$python" -m pip install -q --no-build-isolation \
+archs=${ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)}
+archs=${archs:-80;90}
+stage "build (REPLEARN_CUDA=ON, sm_$archs)"
+SKBUILD_CMAKE_ARGS="-DREPLEARN_CUDA_ARCHITECTURES=$archs" CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} REPLEARN_CUDA=ON "$python" -m pip install -q --no-build-isolation \
   --no-deps --no-index --upgrade --target "$site/pkg" . >"$out/build.log" 2>&1 ||
   { stage "build failed"; tail -40 "$out/build.log"; exit 2; }
 "$python" -c "import replearn._native as n; assert n.has_cuda_kernels(), 'no replearn._C_cuda'" >>"$out/build.log" 2>&1 ||
@@ -36,13 +40,16 @@ CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} REPLEARN_CUDA=ON "$python" -m pip i
 
 stage "pytest -m gpu ${PYTEST_ARGS:-}"
 # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-"$python" -m pytest tests -q -m gpu -p no:cacheprovider ${PYTEST_ARGS:-} >"$out/pytest-gpu.log" 2>&1
+parallel=()
+"$python" -c "import xdist, pytest_timeout" 2>/dev/null && parallel=(-n "${WORKERS:-8}" --timeout "${TEST_TIMEOUT:-300}")
+timeout "${PYTEST_LIMIT:-300}" "$python" -m pytest tests -q -m gpu -p no:cacheprovider -rfE --tb=short "${parallel[@]}" ${PYTEST_ARGS:-} \
+  >"$out/pytest-gpu.log" 2>&1
 status=$?
 stage "pytest exit status $status: $(tail -1 "$out/pytest-gpu.log")"
 
 if [ "${BENCH:-1}" != 0 ]; then
   stage "bench/run.py --device cuda --malloc reuse"
-  "$python" bench/run.py --device cuda --malloc reuse --json "$out/bench-cuda.json" >"$out/bench-cuda.md" 2>"$out/bench-cuda.log" ||
+  timeout "${BENCH_LIMIT:-240}" "$python" bench/run.py --device cuda --malloc reuse --json "$out/bench-cuda.json" >"$out/bench-cuda.md" 2>"$out/bench-cuda.log" ||
     stage "benchmarks failed: $(tail -3 "$out/bench-cuda.log")"
 fi
 stage "done"
