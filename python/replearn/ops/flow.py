@@ -611,11 +611,14 @@ def invconv1x1_reference(x, perm, lower, upper, s, reverse=False):
     logdet = (_pixels(x) * torch.log(s.abs()).sum()).expand(b)
     if not reverse:
         return (invconv_weight_reference(perm, lower, upper, s) @ flat).reshape(x.shape), logdet
-    eye = torch.eye(c, dtype=s.dtype, device=s.device)
+    # torch's CUDA triangular solve has no float16/bfloat16 kernel: those solve in float32 and round.
+    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    lower, upper, s, flat = lower.to(work), upper.to(work), s.to(work), flat.to(work)
+    eye = torch.eye(c, dtype=work, device=s.device)
     v = eye[perm].T @ flat
     v = torch.linalg.solve_triangular(torch.tril(lower, -1) + eye, v, upper=False, unitriangular=True)
     v = torch.linalg.solve_triangular(torch.triu(upper, 1) + torch.diag(s), v, upper=True)
-    return v.reshape(x.shape), -logdet
+    return v.to(x.dtype).reshape(x.shape), -logdet
 
 
 _INVCONV_SHAPES = [(2, 4, 3, 3), (1, 3, 5), (5, 6), (3, 8, 4, 4), (2, 1, 2, 2), (1, 16, 7)]

@@ -179,7 +179,7 @@ def _max_pool(n, ops, x, kernel_size, stride, padding, dilation, ceil_mode, retu
     fn = f"max_pool{n}d"
     check_tensor(fn, "x", x)
     geometry = _normalize(fn, n, kernel_size, stride, padding, dilation)
-    y, indices = ops[return_indices](x, *geometry, bool(ceil_mode))
+    y, indices = ops[1 if return_indices else 0](x, *geometry, bool(ceil_mode))  # a bool index breaks dynamo
     return (y, indices) if return_indices else y
 
 

@@ -219,6 +219,14 @@ def _check_args(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths):
     check_tensor(kind, "lengths", lengths, optional=True)
     if lengths is not None and (lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool):
         raise TypeError(f"{kind}: argument 'lengths' expected an integer tensor but got {lengths.dtype}")
+    if lengths is not None and x.is_cuda and x.dim() == 3 and lengths.numel() and not torch.compiler.is_compiling():
+        # The CPU kernels check the values (rnn/validate.cpp); the CUDA kernels only clamp them, since
+        # reading them there would synchronize. So eager CUDA calls check them here (a host read of a
+        # small tensor; torch's packed sequences keep lengths on the CPU anyway).
+        low, high = (int(v) for v in torch.aminmax(lengths.detach()))
+        if low < 1 or high > x.shape[0]:
+            raise ValueError(f"{kind}: argument 'lengths' expected values in [1, {x.shape[0]}] but got values "
+                             f"from {low} to {high}")
 
 
 def _layer(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr=None):
@@ -363,14 +371,15 @@ def torch_layer(kind, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None,
     fn = {"rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}[kind]
     inputs = _flip_within(x, lengths) if reverse else x
     hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if kind == "lstm" else h0.unsqueeze(0)
+    # train=True with dropout 0 is the same computation, and cuDNN refuses a backward of train=False.
     if lengths is None:
-        out = fn(inputs, hx, params, has_bias, 1, 0.0, False, False, False)
+        out = fn(inputs, hx, params, has_bias, 1, 0.0, True, False, False)
         y, states = out[0], out[1:]
     else:
         packed = pack_padded_sequence(inputs, lengths.cpu(), enforce_sorted=False)
         sort = packed.sorted_indices
         hx_sorted = tuple(s.index_select(1, sort) for s in hx) if kind == "lstm" else hx.index_select(1, sort)
-        out = fn(packed.data, packed.batch_sizes, hx_sorted, params, has_bias, 1, 0.0, False, False)
+        out = fn(packed.data, packed.batch_sizes, hx_sorted, params, has_bias, 1, 0.0, True, False)
         y, _ = pad_packed_sequence(packed._replace(data=out[0]), total_length=x.shape[0])
         states = tuple(s.index_select(1, packed.unsorted_indices) for s in out[1:])
     if reverse:

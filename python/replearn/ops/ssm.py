@@ -531,9 +531,10 @@ def s4d_kernel(
 
 def s4d_kernel_reference(log_dt, A_real, A_imag, C_real, C_imag, length):
     """K_l = C̄·Ā^l·B̄ with Ā = exp(ΔA) taken to the power l by repeated multiplication (B = 1)."""
-    complex_dtype = torch.complex128 if log_dt.dtype == torch.float64 else torch.complex64
-    A = torch.complex(A_real, A_imag).to(complex_dtype)
-    C = torch.complex(C_real, C_imag).to(complex_dtype)
+    # complex64 below float64 (torch has no complex bfloat16, and its complex32 lacks these ops)
+    real_dtype = torch.float64 if log_dt.dtype == torch.float64 else torch.float32
+    A = torch.complex(A_real.to(real_dtype), A_imag.to(real_dtype))
+    C = torch.complex(C_real.to(real_dtype), C_imag.to(real_dtype))
     dt = torch.exp(log_dt)[:, None]
     A_bar = torch.exp(dt * A)  # zero-order hold
     B_bar = (A_bar - 1) / A  # (ΔA)^{-1}(exp(ΔA) − I)·ΔB with B = 1
@@ -692,12 +693,20 @@ def cauchy(
 
 
 def cauchy_reference(v_real, v_imag, z_real, z_imag, w_real, w_imag):
-    """Σ_n v_n/(z_l − w_n) in torch complex arithmetic (at the input's precision)."""
+    """Σ_n v_n/(z_l − w_n) in torch complex arithmetic (at the input's precision).
+
+    torch has no bfloat16 complex dtype: bfloat16 inputs are computed in complex64 and the result
+    rounded back, as a torch user would have to.
+    """
+    dtype = v_real.dtype
+    if dtype == torch.bfloat16:
+        v_real, v_imag, z_real, z_imag, w_real, w_imag = (
+            t.float() for t in (v_real, v_imag, z_real, z_imag, w_real, w_imag))
     v = torch.complex(v_real, v_imag)
     z = torch.complex(z_real, z_imag)
     w = torch.complex(w_real, w_imag)
     out = (v[:, None, :] / (z[None, :, None] - w[:, None, :])).sum(-1)
-    return out.real, out.imag
+    return out.real.to(dtype), out.imag.to(dtype)
 
 
 def _cauchy_inputs(device, dtype, gen, rows, poles, nodes):
