@@ -586,7 +586,10 @@ def test_cuda_parity(case, dtype):
     ours, opt = run(our_cls, kwargs, overrides, params0, grads, dtype, "cuda")
     for o, t, r in zip(ours, theirs, reference):
         scale = max(r.abs().max().item(), 1.0)
-        bound = 2 * (t.cpu().double() - r).abs().max().item() + 8 * EPS[dtype] * scale
+        torch_error = (t.cpu().double() - r).abs().max().item()
+        if not math.isfinite(torch_error):  # torch overflowed at this dtype (amsgrad's v̂ in float16): the floor alone
+            torch_error = 0.0
+        bound = 2 * torch_error + 8 * EPS[dtype] * scale
         assert (o.cpu().double() - r).abs().max().item() <= bound
     assert all(s["step"].device.type == "cpu" for s in opt.state.values() if "step" in s)
 
