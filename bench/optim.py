@@ -154,7 +154,9 @@ def _shrinking_max_norm(clip):
 CASES = [
     _step_case("SGD momentum step vs fused", lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True),
                lambda p: ro.SGD(p, lr=1e-3, momentum=0.9), 5, FUSED_GOAL),
-    _step_case("Adagrad step vs fused", lambda p: torch.optim.Adagrad(p, lr=1e-3, fused=True),
+    # torch's fused Adagrad is CPU-only: on CUDA its fastest path is foreach.
+    _step_case("Adagrad step vs fused (cpu) / foreach (cuda)",
+               lambda p: torch.optim.Adagrad(p, lr=1e-3, **({"fused": True} if p[0].is_cpu else {"foreach": True})),
                lambda p: ro.Adagrad(p, lr=1e-3), 5, FUSED_GOAL),
     _step_case("Adam step vs fused", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
                lambda p: ro.Adam(p, lr=1e-3), 7, FUSED_GOAL),

@@ -165,14 +165,19 @@ def measure(args: argparse.Namespace, mode: str) -> list[dict]:
     settings = dict(QUICK if args.quick else FULL)
     if args.repeat is not None:
         settings["repeat"] = args.repeat
-    rows = []
+    rows, failed = [], []
     for family, cases in load_cases(args.families).items():
         for case in cases:
             if not _harness.device_available(case.device) or (args.filter and args.filter not in case.op):
                 continue
             if args.device and case.device != args.device:
                 continue
-            row = _harness.run_case(family, case, mode, settings["repeat"], settings["warmup"], args.quick)
+            try:
+                row = _harness.run_case(family, case, mode, settings["repeat"], settings["warmup"], args.quick)
+            except Exception as error:  # one broken case must not lose every other row of the run
+                failed.append(f"{family} {case.op} ({case.device}): {type(error).__name__}: {error}")
+                print(f"[{mode}] {failed[-1]}", file=sys.stderr, flush=True)
+                continue
             unit, scale = ("µs", 1e3) if case.overhead else ("ms", 1.0)
             print(
                 f"[{mode}] {family} {case.op} {_harness.shape_text(row['shape'])} {row['device']}: torch "
@@ -180,6 +185,9 @@ def measure(args: argparse.Namespace, mode: str) -> list[dict]:
                 file=sys.stderr, flush=True,
             )  # fmt: skip
             rows.append(row)
+    if failed:
+        print(f"[{mode}] {len(failed)} case(s) failed and are not in the table:\n  " + "\n  ".join(failed),
+              file=sys.stderr, flush=True)
     return rows
 
 

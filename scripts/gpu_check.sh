@@ -21,18 +21,29 @@ site=/tmp/replearn-gpu
 stage() { echo "[gpu-check $(date +%T)] $*" | tee -a "$out/summary.txt"; }
 
 stage "$(nvidia-smi -L 2>&1 | head -1); $("$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site/deps" .whl/*.whl >"$out/deps.log" 2>&1 ||
+deps=() prebuilt=()
+for wheel in .whl/*.whl; do
+  case $wheel in .whl/replearn-*) prebuilt+=("$wheel") ;; *.whl) [ -e "$wheel" ] && deps+=("$wheel") ;; esac
+done
+if [ ${#deps[@]} -gt 0 ]; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site/deps" "${deps[@]}" >"$out/deps.log" 2>&1 ||
     { stage "installing .whl/ failed"; tail -20 "$out/deps.log"; exit 2; }
 fi
 export PYTHONPATH="$site/pkg:$site/deps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 archs=${ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)}
 archs=${archs:-80;90}
-stage "build (REPLEARN_CUDA=ON, sm_$archs)"
-SKBUILD_CMAKE_ARGS="-DREPLEARN_CUDA_ARCHITECTURES=$archs" CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} REPLEARN_CUDA=ON "$python" -m pip install -q --no-build-isolation \
-  --no-deps --no-index --upgrade --target "$site/pkg" . >"$out/build.log" 2>&1 ||
-  { stage "build failed"; tail -40 "$out/build.log"; exit 2; }
+if [ ${#prebuilt[@]} -gt 0 ]; then
+  # A wheel built beforehand (scripts/gpu_prepare.sh --wheel) saves the build's minutes of the lease.
+  stage "install prebuilt ${prebuilt[*]}"
+  "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site/pkg" "${prebuilt[@]}" >"$out/build.log" 2>&1 ||
+    { stage "installing the prebuilt wheel failed"; tail -20 "$out/build.log"; exit 2; }
+else
+  stage "build (REPLEARN_CUDA=ON, sm_$archs)"
+  SKBUILD_CMAKE_ARGS="-DREPLEARN_CUDA_ARCHITECTURES=$archs" CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} REPLEARN_CUDA=ON \
+    "$python" -m pip install -q --no-build-isolation --no-deps --no-index --upgrade --target "$site/pkg" . >"$out/build.log" 2>&1 ||
+    { stage "build failed"; tail -40 "$out/build.log"; exit 2; }
+fi
 "$python" -c "import replearn._native as n; assert n.has_cuda_kernels(), 'no replearn._C_cuda'" >>"$out/build.log" 2>&1 ||
   { stage "the build made no CUDA module (replearn._C_cuda)"; tail -20 "$out/build.log"; exit 2; }
 "$python" -c "import torch; assert torch.cuda.is_available(), 'no GPU'" >>"$out/build.log" 2>&1 ||
