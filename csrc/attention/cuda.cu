@@ -8,9 +8,10 @@
 //              shared memory, the key tile staged 64 dims at a time), the warp updates the online
 //              softmax with shuffles, and each lane adds P·V to the output dims it owns
 //              (lane, lane + 32, ...). Writes O and L = m + log l.
-// backward     (1) one warp per query row: D = dO·O − dL and the L used for recomputation (+inf for
-//              rows that saw no key, so P = e^{S − L} = 0 there);
-//              (2) dQ: blocks laid out like the forward, recomputing P and dP = dO·Vᵀ per key tile,
+// backward     (1) the L used for recomputation (+inf for rows that saw no key, so P = e^{S − L} = 0);
+//              (2) dQ: blocks laid out like the forward; a first pass over the key tiles computes each
+//              row's D = Σ_j P_j dP_j − dL and the factor that normalizes the recomputed P exactly
+//              (see backward_dq_kernel: the parity rule), then per key tile P, dP = dO·Vᵀ,
 //              dS = P ∘ (dP − D), dQ += dS·K; dS also goes to the bias gradient;
 //              (3) dK, dV: one block per (b, kv head, 16 keys), query tiles of 32 in the lanes, looping
 //              over the query heads that share the kv head (GQA), so every gradient element has
@@ -79,11 +80,11 @@ __device__ __forceinline__ float warp_max(float v) {
 // Stages rows [r0, r0 + 32) × dims [c0, c0 + kChunk) of a (len, dim) matrix into tile (zeros outside).
 template <class T>
 __device__ void stage_chunk(const T* src, int64_t r0, int64_t len, int64_t c0, int64_t dim,
-                            float (*tile)[kChunk + 1]) {
+                            float (*tile)[kChunk + 1], float mul = 1.f) {
   for (int e = threadIdx.x; e < kTileKeys * kChunk; e += kThreads) {
     const int r = e / kChunk, c = e % kChunk;
     const bool in = r0 + r < len && c0 + c < dim;
-    tile[r][c] = in ? to_float(src[(r0 + r) * dim + c0 + c]) : 0.f;
+    tile[r][c] = in ? to_float(src[(r0 + r) * dim + c0 + c]) * mul : 0.f;
   }
 }
 
@@ -98,15 +99,20 @@ __device__ void stage_rows(const T* src, int64_t r0, int64_t len, int64_t dim, f
   }
 }
 
-// score[rr] += Σ_c rows[warp·4 + rr][c] · M[m0 + lane][c] over all `dim` dims, M (len, dim) in global
-// memory staged through `tile`. Block-wide: every thread calls it.
+// score[rr] += Σ_c rows[warp·4 + rr][c] · (tile_mul · M[m0 + lane][c]) over all `dim` dims, M (len, dim)
+// in global memory staged through `tile`. Block-wide: every thread calls it.
+//
+// Every kernel computes a score with exactly the same operations: Σ over dims in order, chunk by
+// chunk, of (scale · q) · k, with the bias added after. The backward recomputes P = e^{S − L} from
+// the forward's L, so a score rounded differently from the forward's (scaling k instead of q)
+// shifts every P by |S|·ulp: 6x torch's error on the key gradient of an H200 decode case.
 template <class T>
 __device__ void dot_rows_with_tile(const float (*rows)[kMaxHeadDim], const T* M, int64_t m0, int64_t len, int64_t dim,
-                                   float (*tile)[kChunk + 1], float score[kRowsPerWarp]) {
+                                   float (*tile)[kChunk + 1], float score[kRowsPerWarp], float tile_mul = 1.f) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t c0 = 0; c0 < dim; c0 += kChunk) {
     __syncthreads();
-    stage_chunk(M, m0, len, c0, dim, tile);
+    stage_chunk(M, m0, len, c0, dim, tile, tile_mul);
     __syncthreads();
     const int n = dim - c0 < kChunk ? static_cast<int>(dim - c0) : kChunk;
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -207,30 +213,27 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* q, const T* 
 
 // ------------------------------------------------------------------------------------- backward
 
-// One warp per query row: delta = dO·O − dL, lse_use = L, or +inf for a row that saw no key.
-template <class T>
-__global__ void __launch_bounds__(kThreads) backward_prepare_kernel(const T* out, const T* dout, const float* lse,
-                                                                    const float* dlse, int64_t rows, int64_t dim,
-                                                                    float* delta, float* lse_use) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; r < rows; r += warps) {
-    float s = 0.f;
-    for (int64_t c = lane; c < dim; c += 32) s += to_float(out[r * dim + c]) * to_float(dout[r * dim + c]);
-    s = warp_sum(s);
-    if (lane == 0) {
-      delta[r] = s - (dlse ? dlse[r] : 0.f);
-      lse_use[r] = lse[r] == -INFINITY ? INFINITY : lse[r];
-    }
-  }
+// lse_use = L, or +inf for a row that saw no key (so P = e^{S − L} = 0 there).
+__global__ void __launch_bounds__(kThreads) backward_prepare_kernel(const float* lse, int64_t rows, float* lse_use) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < rows; r += step)
+    lse_use[r] = lse[r] == -INFINITY ? INFINITY : lse[r];
 }
 
-// dQ, and dS into the bias gradient. Blocks as in the forward.
+// Row statistics, dQ, and dS into the bias gradient. Blocks as in the forward.
+//
+// A first pass over the key tiles computes each row's D and a correction of P, written to `delta`
+// and `row_corr` for the dK/dV kernel. Measured on an H200 against the float64 reference, the
+// FlashAttention-2 shortcuts gave key gradients at 6x torch's error (the parity rule allows 2x):
+// D = dO·O takes O as rounded to the output dtype, and P = e^{S − L} from the float32 L = m + log l
+// is off by a factor e^{ε}, ε ≈ ulp(L), in a whole row. Here P̃ = e^{S − L}/z with
+// z = Σ_j e^{S_j − L}, and D = Σ_j P̃_j z_j dP_j − dL (z_j the dropout factor), as torch's softmax
+// backward forms it; the errors of dP then cancel in dP − D. Costs two tile products of nine.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     backward_dq_kernel(const T* q, const T* k, const T* v, const uint8_t* kpm, const T* bias, Geometry g,
-                       const T* dout, const float* delta, const float* lse_use, T* dq, T* dbias_full,
-                       float* ds_scratch) {
+                       const T* dout, const float* dlse, const float* lse_use, T* dq, T* dbias_full,
+                       float* ds_scratch, float* delta, float* row_corr) {
   __shared__ float q_rows[kBlockRows][kMaxHeadDim];
   __shared__ float do_rows[kBlockRows][kMaxHeadDim];
   __shared__ float tile[kTileKeys][kChunk + 1];
@@ -245,9 +248,36 @@ __global__ void __launch_bounds__(kThreads)
   stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, g.scale, q_rows);
   stage_rows(dout + bh * g.q_len * g.value_dim, i0, g.q_len, g.value_dim, 1.f, do_rows);
 
-  float acc[kRowsPerWarp][kDimsPerLane] = {};
   const int64_t last_row = (i0 + kBlockRows < g.q_len ? i0 + kBlockRows : g.q_len) - 1;
   const int64_t key_end = g.key_end(last_row);
+  float corr[kRowsPerWarp] = {}, row_delta[kRowsPerWarp] = {};
+  for (int64_t j0 = 0; j0 < key_end; j0 += kTileKeys) {
+    float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
+    dot_rows_with_tile(q_rows, kh, j0, g.k_len, g.head_dim, tile, s);
+    dot_rows_with_tile(do_rows, vh, j0, g.k_len, g.value_dim, tile, dp);
+    const int64_t j = j0 + lane;
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int64_t i = i0 + warp * kRowsPerWarp + rr;
+      if (!g.visible(kpm, b, i, j)) continue;
+      const float x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+      const float p = expf(x - lse_use[bh * g.q_len + i]);
+      corr[rr] += p;
+      row_delta[rr] += p * g.dropout_factor(b, h, i, j) * dp[rr];
+    }
+  }
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const float z = warp_sum(corr[rr]);
+    corr[rr] = z > 0.f ? 1.f / z : 1.f;  // z = 0: a row that saw no key (P = 0 throughout)
+    const int64_t i = i0 + warp * kRowsPerWarp + rr;
+    row_delta[rr] = warp_sum(row_delta[rr]) * corr[rr] - (dlse && i < g.q_len ? dlse[bh * g.q_len + i] : 0.f);
+    if (lane == 0 && i < g.q_len) {
+      row_corr[bh * g.q_len + i] = corr[rr];
+      delta[bh * g.q_len + i] = row_delta[rr];
+    }
+  }
+  if (!dq && !dbias_full && !ds_scratch) return;
+
+  float acc[kRowsPerWarp][kDimsPerLane] = {};
   for (int64_t j0 = 0; j0 < key_end; j0 += kTileKeys) {
     float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
     dot_rows_with_tile(q_rows, kh, j0, g.k_len, g.head_dim, tile, s);
@@ -259,8 +289,8 @@ __global__ void __launch_bounds__(kThreads)
       if (g.visible(kpm, b, i, j)) {
         const int64_t row = bh * g.q_len + i;
         const float x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
-        const float p = expf(x - lse_use[row]);
-        ds = p * (dp[rr] * g.dropout_factor(b, h, i, j) - delta[row]);
+        const float p = expf(x - lse_use[row]) * corr[rr];
+        ds = p * (dp[rr] * g.dropout_factor(b, h, i, j) - row_delta[rr]);
       }
       if (i < g.q_len && j < g.k_len) {
         if (dbias_full) dbias_full[(bh * g.q_len + i) * g.k_len + j] = from_float<T>(ds);
@@ -287,7 +317,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     backward_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* kpm, const T* bias, Geometry g,
-                         const T* dout, const float* delta, const float* lse_use, T* dk, T* dv) {
+                         const T* dout, const float* delta, const float* lse_use, const float* row_corr, T* dk,
+                         T* dv) {
   __shared__ float k_rows[kBlockRows][kMaxHeadDim];
   __shared__ float v_rows[kBlockRows][kMaxHeadDim];
   __shared__ float tile[kTileKeys][kChunk + 1];
@@ -297,7 +328,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t key_blocks = (g.k_len + kBlockRows - 1) / kBlockRows;
   const int64_t kv = blockIdx.x / key_blocks, b = kv / g.kv_heads, hk = kv % g.kv_heads;
   const int64_t j0 = (blockIdx.x % key_blocks) * kBlockRows;
-  stage_rows(k + kv * g.k_len * g.head_dim, j0, g.k_len, g.head_dim, g.scale, k_rows);
+  stage_rows(k + kv * g.k_len * g.head_dim, j0, g.k_len, g.head_dim, 1.f, k_rows);
   stage_rows(v + kv * g.k_len * g.value_dim, j0, g.k_len, g.value_dim, 1.f, v_rows);
 
   float dk_acc[kRowsPerWarp][kDimsPerLane] = {}, dv_acc[kRowsPerWarp][kDimsPerLane] = {};
@@ -310,7 +341,7 @@ __global__ void __launch_bounds__(kThreads)
     const T* doh = dout + bh * g.q_len * g.value_dim;
     for (int64_t i0 = first_row / kTileKeys * kTileKeys; i0 < g.q_len; i0 += kTileKeys) {
       float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
-      dot_rows_with_tile(k_rows, qh, i0, g.q_len, g.head_dim, tile, s);  // k_rows carry the scale
+      dot_rows_with_tile(k_rows, qh, i0, g.q_len, g.head_dim, tile, s, g.scale);  // the forward's (scale·q)·k
       dot_rows_with_tile(v_rows, doh, i0, g.q_len, g.value_dim, tile, dp);
       const int64_t i = i0 + lane;
       for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -319,7 +350,7 @@ __global__ void __launch_bounds__(kThreads)
         if (g.visible(kpm, b, i, j)) {
           const int64_t row = bh * g.q_len + i;
           const float x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
-          const float p = expf(x - lse_use[row]);
+          const float p = expf(x - lse_use[row]) * row_corr[row];
           const float z = g.dropout_factor(b, h, i, j);
           p_dropped = p * z;
           ds = p * (dp[rr] * z - delta[row]);
@@ -440,7 +471,7 @@ int64_t attention_backward_workspace_size<DeviceType::CUDA>(const TensorView& q,
                                                             bool need_grad_bias) {
   if (q.ndim != 4 || k.ndim != 4 || v.ndim != 4) return 0;
   const int64_t rows = q.size(0) * q.size(1) * q.size(2);
-  int64_t bytes = 2 * align256(rows * static_cast<int64_t>(sizeof(float)));  // delta, lse_use
+  int64_t bytes = 3 * align256(rows * static_cast<int64_t>(sizeof(float)));  // delta, lse_use, row_corr
   const int64_t full = rows * k.size(2);
   if (need_grad_bias && attn_bias && attn_bias->numel() != full) bytes += align256(full * sizeof(float));
   return bytes;
@@ -477,6 +508,7 @@ void attention_backward<DeviceType::CUDA>(const TensorView& grad_out, const OptV
     const int64_t rows = d.batch * d.heads * d.q_len;
     float* delta = reinterpret_cast<float*>(workspace->data);
     float* lse_use = reinterpret_cast<float*>(workspace->data_as<uint8_t>() + align256(rows * sizeof(float)));
+    float* row_corr = reinterpret_cast<float*>(workspace->data_as<uint8_t>() + 2 * align256(rows * sizeof(float)));
     float* ds_scratch = nullptr;
     T* dbias_full = nullptr;
     if (dbias) {
@@ -484,7 +516,7 @@ void attention_backward<DeviceType::CUDA>(const TensorView& grad_out, const OptV
         dbias_full = dbias;
         fill_zero(dbias, d.bias_numel, s);  // tiles the causal mask skips are never written
       } else {
-        ds_scratch = reinterpret_cast<float*>(workspace->data_as<uint8_t>() + 2 * align256(rows * sizeof(float)));
+        ds_scratch = reinterpret_cast<float*>(workspace->data_as<uint8_t>() + 3 * align256(rows * sizeof(float)));
         fill_zero(ds_scratch, rows * d.k_len, s);
       }
     }
@@ -494,19 +526,19 @@ void attention_backward<DeviceType::CUDA>(const TensorView& grad_out, const OptV
     const uint8_t* kpm = ptr_or_null<uint8_t>(key_padding_mask);
     const T* bias = ptr_or_null<T>(attn_bias);
     const T* dout = grad_out.data_as<T>();
-    backward_prepare_kernel<T><<<elementwise_blocks(rows * 32), kThreads, 0, s>>>(
-        out.data_as<T>(), dout, lse.data_as<float>(), ptr_or_null<float>(grad_lse), rows, d.value_dim, delta, lse_use);
+    backward_prepare_kernel<<<elementwise_blocks(rows), kThreads, 0, s>>>(lse.data_as<float>(), rows, lse_use);
     REPLEARN_CUDA_LAUNCH_CHECK();
-    if (dq || dbias) {
+    {  // always: it also computes the row corrections the dK/dV kernel reads
       const int64_t blocks = d.batch * d.heads * ((d.q_len + kBlockRows - 1) / kBlockRows);
       backward_dq_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
-          qp, kp, vp, kpm, bias, g, dout, delta, lse_use, dq, dbias_full, ds_scratch);
+          qp, kp, vp, kpm, bias, g, dout, ptr_or_null<float>(grad_lse), lse_use, dq, dbias_full, ds_scratch, delta,
+          row_corr);
       REPLEARN_CUDA_LAUNCH_CHECK();
     }
     if (dk || dv) {
       const int64_t blocks = d.batch * d.kv_heads * ((d.k_len + kBlockRows - 1) / kBlockRows);
       backward_dkdv_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(qp, kp, vp, kpm, bias, g, dout,
-                                                                                  delta, lse_use, dk, dv);
+                                                                                  delta, lse_use, row_corr, dk, dv);
       REPLEARN_CUDA_LAUNCH_CHECK();
     }
     if (ds_scratch) {
