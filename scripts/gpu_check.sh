@@ -5,7 +5,8 @@
 # (./gpu-results without it). Each stage writes as it goes, so a run cut short still returns what
 # finished; the exit status is the tests'.
 #
-#   here:        bash scripts/gpu_prepare.sh            (wheels the GPU machine lacks, into .whl/)
+#   here:        bash scripts/gpu_prepare.sh --wheel    (wheels the GPU machine lacks, and replearn's
+#                                                        own, built here: saves ~100 s of the lease)
 #   GPU machine: bash scripts/gpu_check.sh              (device tool: carry [".whl"], timeout_s ≤ 600)
 #
 # The device lease is 15 minutes including start-up, so the build targets only the GPU it runs on

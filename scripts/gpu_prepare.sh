@@ -12,3 +12,19 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl "scipy-openblas32${version:+==$version}"
 ls -l .whl
+
+# --wheel: also build replearn itself here, as a CPython 3.12 wheel for the GPU machine (sm_90 by
+# default, ARCHS to change; portable CPU flags), so the lease is not spent on the build: gpu_check.sh
+# installs .whl/replearn-*.whl instead of building when one is there. Needs python3.12 here
+# (PYTHON312 to name one) and nvcc; the build environment goes to build/py312-venv.
+if [ "${1:-}" = --wheel ]; then
+  py312=${PYTHON312:-$(command -v python3.12 || true)}
+  [ -n "$py312" ] || { echo "gpu_prepare.sh --wheel: no python3.12 found (set PYTHON312)" >&2; exit 2; }
+  [ -x build/py312-venv/bin/python ] || "$py312" -m venv build/py312-venv
+  build/py312-venv/bin/python -m pip install -q scikit-build-core pybind11 cmake ninja \
+    "scipy-openblas32${version:+==$version}"
+  rm -f .whl/replearn-*.whl
+  REPLEARN_CUDA=ON REPLEARN_NATIVE_ARCH=OFF SKBUILD_CMAKE_ARGS="-DREPLEARN_CUDA_ARCHITECTURES=${ARCHS:-90}" \
+    build/py312-venv/bin/python -m pip wheel -q --no-build-isolation --no-deps -w .whl .
+  ls -l .whl
+fi
