@@ -18,8 +18,14 @@ ls -l .whl
 # installs .whl/replearn-*.whl instead of building when one is there. Needs python3.12 here
 # (PYTHON312 to name one) and nvcc; the build environment goes to build/py312-venv.
 if [ "${1:-}" = --wheel ]; then
-  py312=${PYTHON312:-$(command -v python3.12 || true)}
-  [ -n "$py312" ] || { echo "gpu_prepare.sh --wheel: no python3.12 found (set PYTHON312)" >&2; exit 2; }
+  py312=
+  for candidate in ${PYTHON312:-} python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python; do
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+      py312=$candidate
+      break
+    fi
+  done
+  [ -n "$py312" ] || { echo "gpu_prepare.sh --wheel: no working python3.12 found (set PYTHON312)" >&2; exit 2; }
   [ -x build/py312-venv/bin/python ] || "$py312" -m venv build/py312-venv
   build/py312-venv/bin/python -m pip install -q scikit-build-core pybind11 cmake ninja \
     "scipy-openblas32${version:+==$version}"
