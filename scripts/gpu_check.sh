@@ -58,6 +58,13 @@ timeout "${PYTEST_LIMIT:-300}" "$python" -m pytest tests -q -m gpu -p no:cachepr
   >"$out/pytest-gpu.log" 2>&1
 status=$?
 stage "pytest exit status $status: $(tail -1 "$out/pytest-gpu.log")"
+crashed=$(grep -o "crashed while running 'tests/test_ops.py::test_bad_inputs\[[a-z0-9_]*" "$out/pytest-gpu.log" |
+  sed 's/.*\[//' | sort -u | head -4)
+if [ -n "$crashed" ]; then
+  stage "segfaults in bad-input tests: scripts/gpu_crash_diag.py $(echo $crashed)"
+  # shellcheck disable=SC2086  # one op per word
+  timeout "${DIAG_LIMIT:-150}" "$python" scripts/gpu_crash_diag.py $crashed >/dev/null 2>&1
+fi
 
 if [ "${BENCH:-1}" != 0 ]; then
   stage "bench/run.py --device cuda --malloc reuse"
