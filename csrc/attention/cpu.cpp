@@ -6,10 +6,12 @@
 // updates the running row maximum m and sum l, rescales its output accumulator by exp(m_old − m_new)
 // and adds P·V. Only O and L = m + log l are written.
 //
-// Backward: one task per (b, h). Keys are the outer loop, so each key block's dK and dV accumulate
-// in local tiles; dQ accumulates in a (Tq, d) buffer owned by the task. For every (query block, key
-// block) tile: P = exp(S − L) recomputed, dP = dO·Vᵀ, dS = P ∘ (dP − D) with D_i = dO_i·O_i − dL_i,
-// then dV += P̃ᵀ·dO, dQ += dS·K, dK += dSᵀ·Q (Dao 2023, FlashAttention-2, Alg. 2). Gradients of
+// Backward: one task per (b, h), query blocks outer, dK and dV of the whole head accumulated in
+// buffers owned by the task. A query block first computes P = exp(S − L) and dP = dO·Vᵀ for every
+// key it sees and keeps them (kRowBlock × Tk each); each row's P is then normalized exactly
+// (P̃ = P/Σ_j P_j) and D_i = Σ_j P̃_ij dP_ij − dL_i formed as torch's softmax backward does, before
+// dS = P̃ ∘ (dP − D), dV += P̃ᵀ·dO, dQ += dS·K, dK += dSᵀ·Q (Dao 2023, FlashAttention-2, Alg. 2, but
+// for D and the normalization: see backward_kernel). Gradients of
 // a key/value head shared by several query heads (GQA) and of a bias shared by several (b, h) go to
 // per-head / per-chunk partial buffers in the workspace and are summed afterwards in a fixed order:
 // deterministic, no atomics.
@@ -60,7 +62,9 @@ constexpr T neg_inf() {
 
 // C[rows × N] (+)= A[rows × K] · B[K × N], rows = R (compile time), N a multiple of micro_cols<T>().
 // A is read as A[r·lda + k], or as A[k·lda + r] when kTransA (Aᵀ stored row-major: the products
-// Pᵀ·dO and dSᵀ·Q of the backward then need no transposed copy). kAccumulate = false overwrites C.
+// Pᵀ·dO and dSᵀ·Q of the backward then need no transposed copy). kAccumulate = false overwrites C;
+// true adds the product, summed from zero, to C (C + Σ rather than a sum continued from C: shorter
+// rounding chains, see gemm_chunked).
 // Written with 64-byte vector types (GCC/Clang extensions) so that the R × 2 accumulators and the
 // two vectors of B stay in registers: per k, 2 loads of B and R broadcasts feed 2R FMAs, which keeps
 // the FMA units rather than the load ports busy (the compiler's own version reloaded B per row).
@@ -72,13 +76,8 @@ inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda
   for (int64_t n0 = 0; n0 < N; n0 += 2 * L) {
     Vec acc0[R], acc1[R];
     for (int r = 0; r < R; ++r) {
-      if (kAccumulate) {
-        std::memcpy(&acc0[r], C + r * ldc + n0, sizeof(Vec));
-        std::memcpy(&acc1[r], C + r * ldc + n0 + L, sizeof(Vec));
-      } else {
-        acc0[r] = Vec{};
-        acc1[r] = Vec{};
-      }
+      acc0[r] = Vec{};
+      acc1[r] = Vec{};
     }
     for (int64_t k = 0; k < K; ++k) {
       Vec b0, b1;
@@ -91,6 +90,13 @@ inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda
       }
     }
     for (int r = 0; r < R; ++r) {
+      if (kAccumulate) {
+        Vec c0, c1;
+        std::memcpy(&c0, C + r * ldc + n0, sizeof(Vec));
+        std::memcpy(&c1, C + r * ldc + n0 + L, sizeof(Vec));
+        acc0[r] += c0;
+        acc1[r] += c1;
+      }
       std::memcpy(C + r * ldc + n0, &acc0[r], sizeof(Vec));
       std::memcpy(C + r * ldc + n0 + L, &acc1[r], sizeof(Vec));
     }
@@ -104,6 +110,18 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
   for (; m + kMicroRows <= M; m += kMicroRows)
     gemm_rows<T, kMicroRows, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
   for (; m < M; ++m) gemm_rows<T, 1, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
+}
+
+// C = A·B (overwritten) summed over K in chunks of 32 added together: a dot product rounded along one
+// chain of K = 130 FMAs had 2–3x the error of torch's blocked GEMMs, and the softmax turns a score's
+// absolute error into P's relative error (a decode case with d = 130 reached 2.2x the parity bound).
+template <class T>
+void gemm_chunked(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                  int64_t ldc) {
+  constexpr int64_t kChunk = 32;
+  gemm<T, false, false>(M, N, std::min(K, kChunk), A, lda, B, ldb, C, ldc);
+  for (int64_t k0 = kChunk; k0 < K; k0 += kChunk)
+    gemm<T, false, true>(M, N, std::min(K - k0, kChunk), A + k0, lda, B + k0 * ldb, ldb, C, ldc);
 }
 
 // e^x that `omp simd` loops vectorize (core/vmath.h); −inf (a masked score) gives exactly 0.
@@ -223,7 +241,12 @@ void pack_transposed(const T* src, int64_t r0, int64_t rows, int64_t dim, T* dst
 template <class T>
 void score_tile(const Problem<T>& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
                 const T* q_packed, int64_t ldq, const T* kt_packed, int64_t ldk, T* S) {
-  gemm<T, false, false>(rows, kColBlock, p.d.head_dim, q_packed, ldq, kt_packed, ldk, S, kColBlock);
+  gemm_chunked<T>(rows, kColBlock, p.d.head_dim, q_packed, ldq, kt_packed, ldk, S, kColBlock);
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict__ s = S + r * kColBlock;
+#pragma omp simd
+    for (int64_t j = 0; j < kColBlock; ++j) s[j] *= p.scale;
+  }
   if (p.bias) {
     const T* bias = p.bias + p.bias_offset(b, h);
     const int64_t si = p.d.bias_stride[2], sj = p.d.bias_stride[3];
@@ -292,7 +315,7 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / row_blocks, b = bh / d.heads, h = bh % d.heads;
       const int64_t i0 = (task % row_blocks) * kRowBlock, rows = std::min(kRowBlock, d.q_len - i0);
-      pack_rows(p.q_head(b, h), i0, rows, d.head_dim, p.scale, q_tile.data(), dpad);
+      pack_rows(p.q_head(b, h), i0, rows, d.head_dim, T(1), q_tile.data(), dpad);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(running_max.begin(), running_max.end(), neg_inf<T>());
       std::fill(row_sum.begin(), row_sum.end(), SumVec<T>{});
@@ -374,7 +397,7 @@ BackwardLayout backward_layout(const AttentionDims& d, int64_t elem, bool need_k
 }
 
 template <class T>
-void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* dout, const T* dlse, T* dq, T* dk,
+void backward_kernel(const Problem<T>& p, const T* lse, const T* dout, const T* dlse, T* dq, T* dk,
                      T* dv, T* dbias, uint8_t* workspace, int64_t workspace_bytes) {
   const AttentionDims& d = p.d;
   const int64_t dpad = padded<T>(d.head_dim), vpad = padded<T>(d.value_dim);
@@ -395,6 +418,7 @@ void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* d
   if (dbias && !bias_partials) std::memset(dbias, 0, d.bias_numel * sizeof(T));
   const int chunks = static_cast<int>(std::min<int64_t>(parallel_chunk_count(d.batch * d.heads, 1), max_bias_chunks));
 
+  const int64_t key_blocks = (d.k_len + kColBlock - 1) / kColBlock, tk_pad = key_blocks * kColBlock;
   parallel_for(
       d.batch * d.heads, 1,
       [&](int chunk, int64_t t0, int64_t t1) {
@@ -403,75 +427,103 @@ void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* d
           dbias_target = bias_partials + chunk * (layout.bias_bytes / sizeof(T));
           std::memset(dbias_target, 0, d.bias_numel * sizeof(T));
         }
-        std::vector<T> dq_acc(d.q_len * dpad), delta(d.q_len), lse_row(d.q_len);
-        std::vector<T> kt_tile(d.head_dim * kColBlock, T(0)), k_tile(kColBlock * dpad, T(0)),
-            vt_tile(d.value_dim * kColBlock, T(0)), q_tile(kRowBlock * dpad, T(0)), do_tile(kRowBlock * vpad, T(0)),
-            P(kRowBlock * kColBlock), dP(kRowBlock * kColBlock), P_dropped(kRowBlock * kColBlock),
-            dk_acc(kColBlock * dpad), dv_acc(kColBlock * vpad);
+        // The task's key/value head packed once (Kᵀ and Vᵀ per key block as in the forward, K by rows
+        // for dQ); P and dP of a whole block of query rows; dK, dV of the whole head.
+        const int64_t kt_block = d.head_dim * kColBlock, vt_block = d.value_dim * kColBlock;
+        std::vector<T> kt_head(key_blocks * kt_block, T(0)), vt_head(key_blocks * vt_block, T(0)),
+            k_rows(tk_pad * dpad, T(0)), q_tile(kRowBlock * dpad, T(0)), do_tile(kRowBlock * vpad, T(0)),
+            dq_tile(kRowBlock * dpad), S(kRowBlock * kColBlock), P(kRowBlock * tk_pad), dP(kRowBlock * tk_pad),
+            P_dropped(kRowBlock * kColBlock), dk_acc(need_kv ? tk_pad * dpad : 0), dv_acc(need_kv ? tk_pad * vpad : 0),
+            delta(kRowBlock), corr(kRowBlock);
+        const T* packed_k = nullptr;
         for (int64_t task = t0; task < t1; ++task) {
           const int64_t b = task / d.heads, h = task % d.heads;
           const int64_t row0 = (b * d.heads + h) * d.q_len;
           const T* qh = p.q_head(b, h);
-          const T* kh = p.k_head(b, h);
-          const T* vh = p.v_head(b, h);
           const T* doh = dout + row0 * d.value_dim;
-          // D_i = dO_i·O_i − dL_i; rows that saw no key get L = +inf so that P = e^{S − L} = 0.
-          for (int64_t i = 0; i < d.q_len; ++i) {
-            const T* o = out + (row0 + i) * d.value_dim;
-            const T* g = doh + i * d.value_dim;
-            T s = 0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t c = 0; c < d.value_dim; ++c) s += o[c] * g[c];
-            delta[i] = s - (dlse ? dlse[row0 + i] : T(0));
-            lse_row[i] = lse[row0 + i] == neg_inf<T>() ? std::numeric_limits<T>::infinity() : lse[row0 + i];
+          if (packed_k != p.k_head(b, h)) {
+            packed_k = p.k_head(b, h);
+            for (int64_t jb = 0; jb < key_blocks; ++jb) {
+              const int64_t j0 = jb * kColBlock, cols = std::min(kColBlock, d.k_len - j0);
+              pack_transposed(packed_k, j0, cols, d.head_dim, kt_head.data() + jb * kt_block, kColBlock);
+              pack_transposed(p.v_head(b, h), j0, cols, d.value_dim, vt_head.data() + jb * vt_block, kColBlock);
+            }
+            pack_rows(packed_k, 0, d.k_len, d.head_dim, T(1), k_rows.data(), dpad);
           }
-          std::fill(dq_acc.begin(), dq_acc.end(), T(0));
-          for (int64_t j0 = 0; j0 < d.k_len; j0 += kColBlock) {
-            const int64_t cols = std::min(kColBlock, d.k_len - j0);
-            // Causal: the first query row that sees key j0 is j0 − offset.
-            const int64_t first_row = p.causal ? std::max<int64_t>(0, j0 - d.causal_offset()) : 0;
-            if (first_row >= d.q_len) break;
-            pack_transposed(kh, j0, cols, d.head_dim, kt_tile.data(), kColBlock);
-            pack_rows(kh, j0, cols, d.head_dim, T(1), k_tile.data(), dpad);
-            pack_transposed(vh, j0, cols, d.value_dim, vt_tile.data(), kColBlock);
-            std::fill(dk_acc.begin(), dk_acc.end(), T(0));
-            std::fill(dv_acc.begin(), dv_acc.end(), T(0));
-            for (int64_t i0 = first_row / kRowBlock * kRowBlock; i0 < d.q_len; i0 += kRowBlock) {
-              const int64_t rows = std::min(kRowBlock, d.q_len - i0);
-              pack_rows(qh, i0, rows, d.head_dim, p.scale, q_tile.data(), dpad);
-              pack_rows(doh, i0, rows, d.value_dim, T(1), do_tile.data(), vpad);
-              score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_tile.data(), kColBlock, P.data());
+          std::fill(dk_acc.begin(), dk_acc.end(), T(0));
+          std::fill(dv_acc.begin(), dv_acc.end(), T(0));
+          for (int64_t i0 = 0; i0 < d.q_len; i0 += kRowBlock) {
+            const int64_t rows = std::min(kRowBlock, d.q_len - i0);
+            const int64_t blocks = (p.key_end(i0 + rows - 1) + kColBlock - 1) / kColBlock;
+            pack_rows(qh, i0, rows, d.head_dim, T(1), q_tile.data(), dpad);
+            pack_rows(doh, i0, rows, d.value_dim, T(1), do_tile.data(), vpad);
+            // Pass 1, every visible key: P = e^{S − L} and dP = dO·Vᵀ (∘ Z/(1−p) under dropout), stored.
+            for (int64_t jb = 0; jb < blocks; ++jb) {
+              const int64_t j0 = jb * kColBlock, cols = std::min(kColBlock, d.k_len - j0);
+              score_tile(p, b, h, i0, rows, j0, cols, q_tile.data(), dpad, kt_head.data() + jb * kt_block, kColBlock,
+                         S.data());
               for (int64_t r = 0; r < rows; ++r) {
-                T* __restrict__ s = P.data() + r * kColBlock;
-                const T m = lse_row[i0 + r];
+                const T* __restrict__ s = S.data() + r * kColBlock;
+                T* __restrict__ pr = P.data() + r * tk_pad + j0;
+                const T l = lse[row0 + i0 + r];
+                const T m = l == neg_inf<T>() ? std::numeric_limits<T>::infinity() : l;  // no key seen: P = 0
 #pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) s[j] = exp_approx(s[j] - m);
+                for (int64_t j = 0; j < cols; ++j) pr[j] = exp_approx(s[j] - m);
               }
-              gemm<T, false, false>(rows, kColBlock, d.value_dim, do_tile.data(), vpad, vt_tile.data(), kColBlock,
-                                    dP.data(), kColBlock);
-              // P̃ = P ∘ Z/(1−p) feeds dV; dP ← dP̃ ∘ Z/(1−p) is the gradient w.r.t. P.
-              const T* p_used = P.data();
-              if (p.drop_threshold) {
-                std::copy(P.begin(), P.begin() + rows * kColBlock, P_dropped.begin());
-                apply_dropout(p, b, h, i0, rows, j0, cols, P_dropped.data(), kColBlock);
-                apply_dropout(p, b, h, i0, rows, j0, cols, dP.data(), kColBlock);
-                p_used = P_dropped.data();
+              gemm_chunked<T>(rows, kColBlock, d.value_dim, do_tile.data(), vpad, vt_head.data() + jb * vt_block,
+                              kColBlock, dP.data() + j0, tk_pad);
+              if (p.drop_threshold) apply_dropout(p, b, h, i0, rows, j0, cols, dP.data() + j0, tk_pad);
+            }
+            // Each row's P normalized exactly, P̃ = P/z with z = Σ_j P_j, and D = Σ_j P̃_j dP_j − dL, as
+            // torch's softmax backward forms it. The FlashAttention-2 shortcuts (P from the rounded L,
+            // D = dO·O from the rounded O) reached 1.6x the parity bound on a decode case with a bias.
+            for (int64_t r = 0; r < rows; ++r) {
+              const T* __restrict__ pr = P.data() + r * tk_pad;
+              const T* __restrict__ gr = dP.data() + r * tk_pad;
+              const int64_t n = std::min(blocks * kColBlock, d.k_len);
+              double z = 0, pdp = 0;  // in double: these sums are the whole point of this pass
+#pragma omp simd reduction(+ : z, pdp)
+              for (int64_t j = 0; j < n; ++j) {
+                z += pr[j];
+                pdp += static_cast<double>(pr[j]) * gr[j];
               }
-              if (dv) gemm<T, true>(cols, vpad, rows, p_used, kColBlock, do_tile.data(), vpad, dv_acc.data(), vpad);
-              // dS = P ∘ (dP − D), written over dP.
+              corr[r] = z > 0 ? static_cast<T>(1 / z) : T(1);
+              delta[r] = static_cast<T>(pdp / (z > 0 ? z : 1)) - (dlse ? dlse[row0 + i0 + r] : T(0));
+            }
+            // Pass 2: dV += P̃ᵀ·dO (P̃ ∘ Z/(1−p) under dropout), dS = P̃ ∘ (dP − D) over dP,
+            // dQ += dS·K, dK += dSᵀ·Q, the bias gradient += dS.
+            std::fill(dq_tile.begin(), dq_tile.end(), T(0));
+            for (int64_t jb = 0; jb < blocks; ++jb) {
+              const int64_t j0 = jb * kColBlock, cols = std::min(kColBlock, d.k_len - j0);
               for (int64_t r = 0; r < rows; ++r) {
-                const T* __restrict__ pr = P.data() + r * kColBlock;
-                T* __restrict__ g = dP.data() + r * kColBlock;
-                const T dr = delta[i0 + r];
+                T* __restrict__ pr = P.data() + r * tk_pad + j0;
+                T* __restrict__ g = dP.data() + r * tk_pad + j0;
+                const T c = corr[r], dr = delta[r];
 #pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) g[j] = pr[j] * (g[j] - dr);
+                for (int64_t j = 0; j < cols; ++j) {
+                  pr[j] *= c;
+                  g[j] = pr[j] * (g[j] - dr);
+                }
+              }
+              if (dv) {
+                const T* p_used = P.data() + j0;
+                int64_t ld_used = tk_pad;
+                if (p.drop_threshold) {
+                  for (int64_t r = 0; r < rows; ++r)
+                    std::copy(P.data() + r * tk_pad + j0, P.data() + r * tk_pad + j0 + cols,
+                              P_dropped.data() + r * kColBlock);
+                  apply_dropout(p, b, h, i0, rows, j0, cols, P_dropped.data(), kColBlock);
+                  p_used = P_dropped.data();
+                  ld_used = kColBlock;
+                }
+                gemm<T, true>(cols, vpad, rows, p_used, ld_used, do_tile.data(), vpad, dv_acc.data() + j0 * vpad, vpad);
               }
               if (dbias_target) {
                 T* db = dbias_target + p.bias_offset(b, h);
                 const int64_t si = d.bias_stride[2], sj = d.bias_stride[3];
                 for (int64_t r = 0; r < rows; ++r) {
                   T* __restrict__ dbr = db + (i0 + r) * si;
-                  const T* __restrict__ g = dP.data() + r * kColBlock;
+                  const T* __restrict__ g = dP.data() + r * tk_pad + j0;
                   if (sj == 1) {
 #pragma omp simd
                     for (int64_t j = 0; j < cols; ++j) dbr[j0 + j] += g[j];
@@ -483,26 +535,28 @@ void backward_kernel(const Problem<T>& p, const T* out, const T* lse, const T* d
                   }
                 }
               }
-              if (dq) gemm<T>(rows, dpad, cols, dP.data(), kColBlock, k_tile.data(), dpad, dq_acc.data() + i0 * dpad,
+              if (dq)
+                gemm<T>(rows, dpad, cols, dP.data() + j0, tk_pad, k_rows.data() + j0 * dpad, dpad, dq_tile.data(), dpad);
+              if (dk)
+                gemm<T, true>(cols, dpad, rows, dP.data() + j0, tk_pad, q_tile.data(), dpad, dk_acc.data() + j0 * dpad,
                               dpad);
-              if (dk) gemm<T, true>(cols, dpad, rows, dP.data(), kColBlock, q_tile.data(), dpad, dk_acc.data(), dpad);
             }
-            if (need_kv) {
-              const int64_t head = layout.grad_kv_bytes ? h : h / d.group();
-              const int64_t kv_row = (b * kv_heads_of_dk + head) * d.k_len + j0;
-              for (int64_t j = 0; j < cols; ++j) {
-                if (dk)
-                  for (int64_t c = 0; c < d.head_dim; ++c) dk_heads[(kv_row + j) * d.head_dim + c] = dk_acc[j * dpad + c];
-                if (dv)
-                  for (int64_t c = 0; c < d.value_dim; ++c)
-                    dv_heads[(kv_row + j) * d.value_dim + c] = dv_acc[j * vpad + c];
-              }
+            if (dq) {
+              T* o = dq + (row0 + i0) * d.head_dim;
+              for (int64_t r = 0; r < rows; ++r)
+                for (int64_t c = 0; c < d.head_dim; ++c) o[r * d.head_dim + c] = dq_tile[r * dpad + c] * p.scale;
             }
           }
-          if (dq) {
-            T* o = dq + row0 * d.head_dim;
-            for (int64_t i = 0; i < d.q_len; ++i)
-              for (int64_t c = 0; c < d.head_dim; ++c) o[i * d.head_dim + c] = dq_acc[i * dpad + c] * p.scale;
+          if (need_kv) {
+            const int64_t head = layout.grad_kv_bytes ? h : h / d.group();
+            const int64_t kv_row = (b * kv_heads_of_dk + head) * d.k_len;
+            for (int64_t j = 0; j < d.k_len; ++j) {
+              if (dk)
+                for (int64_t c = 0; c < d.head_dim; ++c)
+                  dk_heads[(kv_row + j) * d.head_dim + c] = dk_acc[j * dpad + c] * p.scale;
+              if (dv)
+                for (int64_t c = 0; c < d.value_dim; ++c) dv_heads[(kv_row + j) * d.value_dim + c] = dv_acc[j * vpad + c];
+            }
           }
         }
       },
@@ -601,7 +655,7 @@ void attention_backward<DeviceType::CPU>(const TensorView& grad_out, const OptVi
         if (*g && (*g)->numel()) std::memset((*g)->data, 0, (*g)->numel() * sizeof(T));
       return;
     }
-    backward_kernel(p, out.data_as<T>(), lse.data_as<T>(), grad_out.data_as<T>(), ptr_or_null<T>(grad_lse),
+    backward_kernel(p, lse.data_as<T>(), grad_out.data_as<T>(), ptr_or_null<T>(grad_lse),
                     ptr_or_null<T>(grad_q), ptr_or_null<T>(grad_k), ptr_or_null<T>(grad_v), ptr_or_null<T>(grad_bias),
                     workspace ? workspace->data_as<uint8_t>() : nullptr, workspace ? workspace->numel() : 0);
   });
