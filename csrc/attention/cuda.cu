@@ -80,11 +80,11 @@ __device__ __forceinline__ float warp_max(float v) {
 // Stages rows [r0, r0 + 32) × dims [c0, c0 + kChunk) of a (len, dim) matrix into tile (zeros outside).
 template <class T>
 __device__ void stage_chunk(const T* src, int64_t r0, int64_t len, int64_t c0, int64_t dim,
-                            float (*tile)[kChunk + 1], float mul = 1.f) {
+                            float (*tile)[kChunk + 1]) {
   for (int e = threadIdx.x; e < kTileKeys * kChunk; e += kThreads) {
     const int r = e / kChunk, c = e % kChunk;
     const bool in = r0 + r < len && c0 + c < dim;
-    tile[r][c] = in ? to_float(src[(r0 + r) * dim + c0 + c]) * mul : 0.f;
+    tile[r][c] = in ? to_float(src[(r0 + r) * dim + c0 + c]) : 0.f;
   }
 }
 
@@ -99,27 +99,30 @@ __device__ void stage_rows(const T* src, int64_t r0, int64_t len, int64_t dim, f
   }
 }
 
-// score[rr] += Σ_c rows[warp·4 + rr][c] · (tile_mul · M[m0 + lane][c]) over all `dim` dims, M (len, dim)
-// in global memory staged through `tile`. Block-wide: every thread calls it.
+// score[rr] += Σ_c rows[warp·4 + rr][c] · M[m0 + lane][c] over all `dim` dims, M (len, dim) in global
+// memory staged through `tile`. Block-wide: every thread calls it.
 //
-// Every kernel computes a score with exactly the same operations: Σ over dims in order, chunk by
-// chunk, of (scale · q) · k, with the bias added after. The backward recomputes P = e^{S − L} from
-// the forward's L, so a score rounded differently from the forward's (scaling k instead of q)
-// shifts every P by |S|·ulp: 6x torch's error on the key gradient of an H200 decode case.
+// Every kernel computes a score S = (q·k)·scale + bias with exactly the same operations (partial
+// sums of 32 dims added in order), so that the backward's P = e^{S − L} matches the forward's. The
+// scale multiplies the dot product, not q (a pre-scaled q rounds every term), and the partial sums
+// keep the rounding chains short: on the CPU, one chain of 130 FMAs and a pre-scaled q put a decode
+// case with a bias at up to 2.2x the parity bound; see gemm_chunked in cpu.cpp.
 template <class T>
 __device__ void dot_rows_with_tile(const float (*rows)[kMaxHeadDim], const T* M, int64_t m0, int64_t len, int64_t dim,
-                                   float (*tile)[kChunk + 1], float score[kRowsPerWarp], float tile_mul = 1.f) {
+                                   float (*tile)[kChunk + 1], float score[kRowsPerWarp]) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t c0 = 0; c0 < dim; c0 += kChunk) {
     __syncthreads();
-    stage_chunk(M, m0, len, c0, dim, tile, tile_mul);
+    stage_chunk(M, m0, len, c0, dim, tile);
     __syncthreads();
     const int n = dim - c0 < kChunk ? static_cast<int>(dim - c0) : kChunk;
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const float* row = rows[warp * kRowsPerWarp + rr] + c0;
-      float s = 0.f;
-      for (int c = 0; c < n; ++c) s += row[c] * tile[lane][c];
-      score[rr] += s;
+      for (int h = 0; h < n; h += 32) {  // partial sums of 32 dims (the CPU kernels' gemm_chunked)
+        float s = 0.f;
+        for (int c = h; c < (n < h + 32 ? n : h + 32); ++c) s += row[c] * tile[lane][c];
+        score[rr] += s;
+      }
     }
   }
 }
@@ -166,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* q, const T* 
   const int64_t kv = b * g.kv_heads + h / g.group();
   const T* kh = k + kv * g.k_len * g.head_dim;
   const T* vh = v + kv * g.k_len * g.value_dim;
-  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, g.scale, q_rows);
+  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, 1.f, q_rows);
 
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kDimsPerLane];
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -183,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* q, const T* 
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int64_t i = i0 + warp * kRowsPerWarp + rr;
       float x = -INFINITY;
-      if (g.visible(kpm, b, i, j)) x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+      if (g.visible(kpm, b, i, j)) x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
       const float m_new = fmaxf(m[rr], warp_max(x));
       float p = 0.f, alpha = 1.f;
       if (m_new != -INFINITY) {
@@ -245,12 +248,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kv = b * g.kv_heads + h / g.group();
   const T* kh = k + kv * g.k_len * g.head_dim;
   const T* vh = v + kv * g.k_len * g.value_dim;
-  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, g.scale, q_rows);
+  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, 1.f, q_rows);
   stage_rows(dout + bh * g.q_len * g.value_dim, i0, g.q_len, g.value_dim, 1.f, do_rows);
 
   const int64_t last_row = (i0 + kBlockRows < g.q_len ? i0 + kBlockRows : g.q_len) - 1;
   const int64_t key_end = g.key_end(last_row);
-  float corr[kRowsPerWarp] = {}, row_delta[kRowsPerWarp] = {};
+  double z_sum[kRowsPerWarp] = {}, pdp_sum[kRowsPerWarp] = {};  // in double: these sums are the point
   for (int64_t j0 = 0; j0 < key_end; j0 += kTileKeys) {
     float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
     dot_rows_with_tile(q_rows, kh, j0, g.k_len, g.head_dim, tile, s);
@@ -259,17 +262,20 @@ __global__ void __launch_bounds__(kThreads)
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int64_t i = i0 + warp * kRowsPerWarp + rr;
       if (!g.visible(kpm, b, i, j)) continue;
-      const float x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+      const float x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
       const float p = expf(x - lse_use[bh * g.q_len + i]);
-      corr[rr] += p;
-      row_delta[rr] += p * g.dropout_factor(b, h, i, j) * dp[rr];
+      z_sum[rr] += p;
+      pdp_sum[rr] += static_cast<double>(p * g.dropout_factor(b, h, i, j)) * dp[rr];
     }
   }
+  float corr[kRowsPerWarp], row_delta[kRowsPerWarp];
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-    const float z = warp_sum(corr[rr]);
-    corr[rr] = z > 0.f ? 1.f / z : 1.f;  // z = 0: a row that saw no key (P = 0 throughout)
+    const double z = warp_sum(z_sum[rr]);
+    const double nonzero = z > 0 ? z : 1.0;  // z = 0: a row that saw no key (P = 0 throughout)
+    corr[rr] = static_cast<float>(1.0 / nonzero);
     const int64_t i = i0 + warp * kRowsPerWarp + rr;
-    row_delta[rr] = warp_sum(row_delta[rr]) * corr[rr] - (dlse && i < g.q_len ? dlse[bh * g.q_len + i] : 0.f);
+    row_delta[rr] = static_cast<float>(warp_sum(pdp_sum[rr]) / nonzero) -
+                    (dlse && i < g.q_len ? dlse[bh * g.q_len + i] : 0.f);
     if (lane == 0 && i < g.q_len) {
       row_corr[bh * g.q_len + i] = corr[rr];
       delta[bh * g.q_len + i] = row_delta[rr];
@@ -288,7 +294,7 @@ __global__ void __launch_bounds__(kThreads)
       float ds = 0.f;
       if (g.visible(kpm, b, i, j)) {
         const int64_t row = bh * g.q_len + i;
-        const float x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+        const float x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
         const float p = expf(x - lse_use[row]) * corr[rr];
         ds = p * (dp[rr] * g.dropout_factor(b, h, i, j) - row_delta[rr]);
       }
@@ -341,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
     const T* doh = dout + bh * g.q_len * g.value_dim;
     for (int64_t i0 = first_row / kTileKeys * kTileKeys; i0 < g.q_len; i0 += kTileKeys) {
       float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
-      dot_rows_with_tile(k_rows, qh, i0, g.q_len, g.head_dim, tile, s, g.scale);  // the forward's (scale·q)·k
+      dot_rows_with_tile(k_rows, qh, i0, g.q_len, g.head_dim, tile, s);
       dot_rows_with_tile(v_rows, doh, i0, g.q_len, g.value_dim, tile, dp);
       const int64_t i = i0 + lane;
       for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -349,7 +355,7 @@ __global__ void __launch_bounds__(kThreads)
         float p_dropped = 0.f, ds = 0.f;
         if (g.visible(kpm, b, i, j)) {
           const int64_t row = bh * g.q_len + i;
-          const float x = s[rr] + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+          const float x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
           const float p = expf(x - lse_use[row]) * row_corr[row];
           const float z = g.dropout_factor(b, h, i, j);
           p_dropped = p * z;

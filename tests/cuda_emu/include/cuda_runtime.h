@@ -89,7 +89,7 @@ struct Barrier {
 };
 
 struct Warp {
-  float buf[32];
+  double buf[32];  // wide enough for every shuffled type (float, double)
   std::unique_ptr<Barrier> bar;
 };
 struct Block {
@@ -196,14 +196,15 @@ inline void __syncthreads() {
 }
 // Float atomics (the selective scan's selective dB/dC): one std::atomic_ref per access.
 inline float atomicAdd(float* address, float value) { return std::atomic_ref<float>(*address).fetch_add(value); }
-inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
+template <class V>
+inline V __shfl_xor_sync(unsigned mask, V v, int offset) {
   if (mask != 0xffffffffu) emu::fail("partial shuffle mask");
   auto& w = emu::block->warps[threadIdx.x / 32];
   const unsigned lane = threadIdx.x & 31;
   ++emu::block->shuffles[threadIdx.x];
   w.buf[lane] = v;
   w.bar->arrive_and_wait();
-  const float r = w.buf[lane ^ offset];
+  const V r = static_cast<V>(w.buf[lane ^ offset]);
   w.bar->arrive_and_wait();
   return r;
 }
