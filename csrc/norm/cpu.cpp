@@ -83,14 +83,18 @@ void layer_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
       double sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < N; ++j) sum += xr[j];
-      const double mean = sum / N;
-      double sq = 0;  // second pass: the row is in L1, and (x − μ)² has no cancellation
-#pragma omp simd reduction(+ : sq)
+      const double first = sum / N;
+      double sq = 0, dev = 0;  // second pass: the row is in L1, and (x − μ)² has no cancellation
+#pragma omp simd reduction(+ : sq, dev)
       for (int64_t j = 0; j < N; ++j) {
-        const double c = xr[j] - mean;
+        const double c = xr[j] - first;
         sq += c * c;
+        dev += c;
       }
-      const double rstd = 1.0 / std::sqrt(sq / N + eps);
+      // The corrected two-pass algorithm (Chan, Golub & LeVeque 1983): Σ(x − μ₁) is the rounding error
+      // of the first mean, whose correction makes μ correctly rounded for rows far from 0 (x ≈ 300).
+      const double mean = first + dev / N;
+      const double rstd = 1.0 / std::sqrt(std::max(0.0, sq / N - (dev / N) * (dev / N)) + eps);
       if (mean_out) mean_out[r] = static_cast<T>(mean);
       if (rstd_out) rstd_out[r] = static_cast<T>(rstd);
       const T a = static_cast<T>(rstd), m = static_cast<T>(mean);
@@ -214,6 +218,10 @@ void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
           }
           if (dx) {
             // dx = rstd·g − rstd·mean(g) − x̂·rstd·mean(g·x̂), written as dx = a·g + b·(x − μ) + c.
+            if (centered && N == 1) {  // x̂ = 0 and g = mean(g): exactly 0, where a·g + c, each term
+              dx[r] = T(0);            // rounded apart, left 1.9e-6 (twice the parity floor)
+              continue;
+            }
             const double mean_gx = sum_gx / N;
             const T a = static_cast<T>(rs);
             const T bx = static_cast<T>(-rs * rs * mean_gx);
@@ -433,6 +441,10 @@ void group_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
                      sum_g_xc += gamma * sx;
                    }
                    if (!dx) continue;
+                   if (slab == 1) {  // one value per group: x̂ = 0, dx exactly 0 (see the row norms)
+                     dx[ng] = T(0);
+                     continue;
+                   }
                    for (int64_t k = 0; k < Cg; ++k) {
                      const int64_t c = c_first + k;
                      const double gamma = w ? static_cast<double>(w[c]) : 1.0;
@@ -619,9 +631,23 @@ void spectral_norm_forward_kernel(const T* W, MatrixDims d, const T* u_in, const
   }
   // σ = uᵀ W v needs W v for the final v: after an iteration that is t already (the same product
   // that u was normalized from), which saves a pass over W; without iterations it is computed here.
-  if (iterations == 0) matvec(W, d, false, v.data(), t.data());
   double sigma = 0;  // σ = uᵀ W v
-  for (int64_t i = 0; i < d.rows; ++i) sigma += static_cast<double>(u[i]) * t[i];
+  if (iterations == 0) {
+    // u and v as given: uᵀ W v may cancel down to far below its terms (σ = 0.02 from terms of order 1
+    // took 24x torch's error with W v rounded to T), so this one product is taken in double.
+    std::vector<double> row_dots(d.rows);
+    parallel_for(d.rows, row_grain(d.cols), [&](int, int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        double acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < d.cols; ++j) acc += static_cast<double>(W[i * d.cols + j]) * v[j];
+        row_dots[i] = acc;
+      }
+    });
+    for (int64_t i = 0; i < d.rows; ++i) sigma += static_cast<double>(u[i]) * row_dots[i];
+  } else {
+    for (int64_t i = 0; i < d.rows; ++i) sigma += static_cast<double>(u[i]) * t[i];  // = ‖W v‖: no cancellation
+  }
   // w = W / σ, or W / max(1, σ/coeff) (Behrmann et al. 2019: only contract when σ exceeds coeff)
   const double scale = !coeff ? 1.0 / sigma : (sigma > *coeff ? *coeff / sigma : 1.0);
   const int64_t total = d.rows * d.cols;

@@ -191,10 +191,19 @@ def layer_norm(
     return _layer_norm(x, _as_shape(normalized_shape), weight, bias, eps)[0]
 
 
+def _mean(x, dims, keepdim=False):
+    """The mean with one correction step, m + mean(x − m) (the corrected two-pass algorithm of Chan,
+    Golub & LeVeque 1983): for the float64 references. A plain x.mean() of values near 300 can be an
+    ulp off, which is all the parity floor allows; the kernels' means are correctly rounded there."""
+    m = x.mean(dims, keepdim=True)
+    m = m + (x - m).mean(dims, keepdim=True)
+    return m if keepdim else m.squeeze(dims)
+
+
 def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer normalization written from the formula, in plain PyTorch."""
     dims = tuple(range(x.dim() - len(_as_shape(normalized_shape)), x.dim()))
-    mean = x.mean(dims, keepdim=True)
+    mean = _mean(x, dims, keepdim=True)
     var = ((x - mean) ** 2).mean(dims, keepdim=True)
     y = (x - mean) / torch.sqrt(var + eps)
     if weight is not None:
@@ -523,7 +532,7 @@ def batch_norm_reference(x, running_mean, running_var, weight=None, bias=None, t
     shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
     dims = [0] + list(range(2, x.dim()))
     if training:
-        mean = x.mean(dims)
+        mean = _mean(x, dims)
         var = ((x - mean.view(shape)) ** 2).mean(dims)
         if running_mean is not None:
             count = x.numel() // x.shape[1]
@@ -705,7 +714,7 @@ def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
     """Group normalization written from the formula, in plain PyTorch."""
     n, c = x.shape[:2]
     g = x.reshape(n, num_groups, -1)
-    mean = g.mean(-1, keepdim=True)
+    mean = _mean(g, -1, keepdim=True)
     var = ((g - mean) ** 2).mean(-1, keepdim=True)
     y = ((g - mean) / torch.sqrt(var + eps)).reshape(x.shape)
     shape = [1, c] + [1] * (x.dim() - 2)
@@ -904,7 +913,7 @@ def instance_norm_reference(
     shape = [1, c] + [1] * (x.dim() - 2)
     if use_input_stats:
         flat = x.reshape(n, c, -1)
-        mean = flat.mean(-1, keepdim=True)
+        mean = _mean(flat, -1, keepdim=True)
         var = ((flat - mean) ** 2).mean(-1, keepdim=True)
         y = ((flat - mean) / torch.sqrt(var + eps)).reshape(x.shape)
         if running_mean is not None:
