@@ -151,7 +151,9 @@ struct ScanTiles {
   // (T·N) ((T+1)·N) (T) (T) (T) (N)×4; products: selective dB then dC terms of a step, N each, padded to
   // whole vectors of lanes (sum_lanes zeroes the padding)
   std::vector<V> Abar, H, dy, du, ddt, carry, dA, dB, dC, products;
-  V dD{}, dbias{};
+  // Σ dy·u (dD) and Σ dδ (dδ_bias) over the sequence, per lane in double: summed in T along the
+  // steps they reached 10x torch's error (pairwise sums) at 140 terms.
+  double dD_total[kLanes<T>], dbias_total[kLanes<T>];
   ScanTiles(int64_t N, bool backward)
       : A(N), B(N), C(N), h(N), dt(backward ? kScanChunk : kScanSpan), u(dt.size()), y(dt.size()),
         rows(kLanes<T> * kScanChunk), B_chunk(N * kScanChunk), C_chunk(N * kScanChunk) {
@@ -336,7 +338,8 @@ void scan_backward_block(const ScanArgs<T>& a, const ScanGrads<T>& gr, const Sca
   const int64_t N = d.states, L = d.length, chunks = scan_chunks(L), row0 = k.b * d.dim + k.first;
   load_lane_constants(a, k, s);
   for (auto* v : {&s.carry, &s.dA, &s.dB, &s.dC}) std::fill(v->begin(), v->end(), V{});
-  s.dD = s.dbias = V{};
+  std::fill(s.dD_total, s.dD_total + kLanes<T>, 0.0);
+  std::fill(s.dbias_total, s.dbias_total + kLanes<T>, 0.0);
   if (gr.grad_last_state)  // the adjoint of the final state seeds the reverse recurrence
     for (int64_t lane = 0; lane < k.count; ++lane)
       for (int64_t n = 0; n < N; ++n) s.carry[n][lane] = gr.grad_last_state[(row0 + lane) * N + n];
@@ -410,7 +413,8 @@ void scan_backward_block(const ScanArgs<T>& a, const ScanGrads<T>& gr, const Sca
       }
       s.du[t] = dy * s.D + dt * sB;
       s.ddt[t] = sA + u * sB;
-      s.dD += dy * u;
+      const V dyu = dy * u;
+      for (int lane = 0; lane < kLanes<T>; ++lane) s.dD_total[lane] += static_cast<double>(dyu[lane]);
       if constexpr (SelB) add_lane_sums(pB, N, dB_item + (t0 + t) * N);
       if constexpr (SelC) add_lane_sums(pC, N, dC_item + (t0 + t) * N);
     }
@@ -428,9 +432,10 @@ void scan_backward_block(const ScanArgs<T>& a, const ScanGrads<T>& gr, const Sca
           dd[t] *= pre > T(20) ? T(1) : sigmoid(pre);
         }
       }
-      T sum = 0;
+      double sum = 0;
+#pragma omp simd reduction(+ : sum)
       for (int64_t t = 0; t < len; ++t) sum += dd[t];
-      s.dbias[lane] += sum;
+      s.dbias_total[lane] += sum;
     }
   }
   const int64_t P = channel_partials(d);
@@ -441,8 +446,8 @@ void scan_backward_block(const ScanArgs<T>& a, const ScanGrads<T>& gr, const Sca
       part[N + n] = dB[n][lane];
       part[2 * N + n] = dC[n][lane];
     }
-    part[3 * N] = s.dD[lane];
-    part[3 * N + 1] = s.dbias[lane];
+    part[3 * N] = static_cast<T>(s.dD_total[lane]);
+    part[3 * N + 1] = static_cast<T>(s.dbias_total[lane]);
   }
 }
 
