@@ -63,6 +63,22 @@ def _run(fn, args, kwargs, info, grad_positions, cotangent_gen):
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("name", OPS)
 def test_parity(name, device, dtype, contiguous, gen):
+    _check_parity(name, device, dtype, contiguous, gen)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_parity_over_more_seeds(name):
+    """The parity rule on six more seeds, float32 on the CPU. One seed hid cases at up to 4x the
+    bound (layer_norm over one value, attention's decode sample, spectral_norm with given u, v).
+    float64 is left out: where torch's counterpart is the reference's own formula its error is 0,
+    and the rule then asks for the reference's summation order to within 8 ulps."""
+    for seed in range(1000, 1006):
+        gen = torch.Generator().manual_seed(seed)
+        for contiguous in (True, False):
+            _check_parity(name, "cpu", torch.float32, contiguous, gen)
+
+
+def _check_parity(name, device, dtype, contiguous, gen):
     info = replearn.ops.op_info(name)
     for sample in _samples(info, device, dtype, gen, contiguous):
         grad_positions = _present(sample.args, info.differentiable_args)
