@@ -70,6 +70,11 @@ struct Geometry {
   __device__ int64_t bias_index(int64_t b, int64_t h, int64_t i, int64_t j) const {
     return b * bias_stride[0] + h * bias_stride[1] + i * bias_stride[2] + j * bias_stride[3];
   }
+  // S = (q·k)·scale + bias, the one expression every kernel uses (see dot_rows_with_tile).
+  template <class T>
+  __device__ float logit(float dot, const T* bias, int64_t b, int64_t h, int64_t i, int64_t j) const {
+    return dot * scale + (bias ? to_float(bias[bias_index(b, h, i, j)]) : 0.f);
+  }
 };
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -186,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* q, const T* 
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int64_t i = i0 + warp * kRowsPerWarp + rr;
       float x = -INFINITY;
-      if (g.visible(kpm, b, i, j)) x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+      if (g.visible(kpm, b, i, j)) x = g.logit(s[rr], bias, b, h, i, j);
       const float m_new = fmaxf(m[rr], warp_max(x));
       float p = 0.f, alpha = 1.f;
       if (m_new != -INFINITY) {
@@ -262,7 +267,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int64_t i = i0 + warp * kRowsPerWarp + rr;
       if (!g.visible(kpm, b, i, j)) continue;
-      const float x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+      const float x = g.logit(s[rr], bias, b, h, i, j);
       const float p = expf(x - lse_use[bh * g.q_len + i]);
       z_sum[rr] += p;
       pdp_sum[rr] += static_cast<double>(p * g.dropout_factor(b, h, i, j)) * dp[rr];
@@ -294,7 +299,7 @@ __global__ void __launch_bounds__(kThreads)
       float ds = 0.f;
       if (g.visible(kpm, b, i, j)) {
         const int64_t row = bh * g.q_len + i;
-        const float x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+        const float x = g.logit(s[rr], bias, b, h, i, j);
         const float p = expf(x - lse_use[row]) * corr[rr];
         ds = p * (dp[rr] * g.dropout_factor(b, h, i, j) - row_delta[rr]);
       }
@@ -355,7 +360,7 @@ __global__ void __launch_bounds__(kThreads)
         float p_dropped = 0.f, ds = 0.f;
         if (g.visible(kpm, b, i, j)) {
           const int64_t row = bh * g.q_len + i;
-          const float x = s[rr] * g.scale + (bias ? to_float(bias[g.bias_index(b, h, i, j)]) : 0.f);
+          const float x = g.logit(s[rr], bias, b, h, i, j);
           const float p = expf(x - lse_use[row]) * row_corr[row];
           const float z = g.dropout_factor(b, h, i, j);
           p_dropped = p * z;
