@@ -94,7 +94,8 @@ void layer_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
       // The corrected two-pass algorithm (Chan, Golub & LeVeque 1983): Σ(x − μ₁) is the rounding error
       // of the first mean, whose correction makes μ correctly rounded for rows far from 0 (x ≈ 300).
       const double mean = first + dev / N;
-      const double rstd = 1.0 / std::sqrt(std::max(0.0, sq / N - (dev / N) * (dev / N)) + eps);
+      const double var = sq / N - (dev / N) * (dev / N);  // ≥ 0 up to rounding; NaN for N = 0, as before
+      const double rstd = 1.0 / std::sqrt((var < 0 ? 0.0 : var) + eps);
       if (mean_out) mean_out[r] = static_cast<T>(mean);
       if (rstd_out) rstd_out[r] = static_cast<T>(rstd);
       const T a = static_cast<T>(rstd), m = static_cast<T>(mean);

@@ -172,6 +172,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
   const RowTeam team = row_team(warp_per_row);
   const bool centered = mean != nullptr;
   for (int64_t r = team.first_row; r < d.rows; r += team.row_stride) {
+    if (centered && d.cols == 1) {  // one value per statistic: x̂ = 0, g = mean(g), dx exactly 0
+      if (team.lane == 0) dx[r] = from_float<T>(0.f);  // (a contracted Σ g left a residue; cpu.cpp)
+      continue;
+    }
     const T* xr = x + r * d.cols;
     const T* dyr = dy + r * d.cols;
     const float mu = centered ? mean[r] : 0.f, rs = rstd[r];
