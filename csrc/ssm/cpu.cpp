@@ -730,13 +730,17 @@ void cauchy_backward_kernel(const T* gr, const T* gi, const T* vr, const T* vi, 
   parallel_for(d.rows * N, 16, [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t h = i / N;
-      const T* g_re = gr + h * L;
-      const T* g_im = gi + h * L;
+      const T* __restrict__ g_re = gr + h * L;
+      const T* __restrict__ g_im = gi + h * L;
+      // Local copies of the captured node pointers: read through the lambda's references, GCC
+      // gathered z[l] element by element.
+      const T* __restrict__ z_re = zr;
+      const T* __restrict__ z_im = zi;
       const T pr = wr[i], pi = wi[i];
       T s1r = 0, s1i = 0, s2r = 0, s2i = 0;  // Σ G/conj(d), Σ G/conj(d)²
 #pragma omp simd reduction(+ : s1r, s1i, s2r, s2i)
       for (int64_t l = 0; l < L; ++l) {
-        const T dr = zr[l] - pr, di = zi[l] - pi, inv = T(1) / (dr * dr + di * di);
+        const T dr = z_re[l] - pr, di = z_im[l] - pi, inv = T(1) / (dr * dr + di * di);
         // 1/conj(d) = d/|d|²
         const T qr = dr * inv, qi = di * inv;
         const T q2r = qr * qr - qi * qi, q2i = 2 * qr * qi;
