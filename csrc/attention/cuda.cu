@@ -258,21 +258,32 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t last_row = (i0 + kBlockRows < g.q_len ? i0 + kBlockRows : g.q_len) - 1;
   const int64_t key_end = g.key_end(last_row);
-  double z_sum[kRowsPerWarp] = {}, pdp_sum[kRowsPerWarp] = {};  // in double: these sums are the point
-  for (int64_t j0 = 0; j0 < key_end; j0 += kTileKeys) {
-    float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
-    dot_rows_with_tile(q_rows, kh, j0, g.k_len, g.head_dim, tile, s);
-    dot_rows_with_tile(do_rows, vh, j0, g.k_len, g.value_dim, tile, dp);
-    const int64_t j = j0 + lane;
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int64_t i = i0 + warp * kRowsPerWarp + rr;
-      if (!g.visible(kpm, b, i, j)) continue;
-      const float x = g.logit(s[rr], bias, b, h, i, j);
-      const float p = expf(x - lse_use[bh * g.q_len + i]);
-      z_sum[rr] += p;
-      pdp_sum[rr] += static_cast<double>(p * g.dropout_factor(b, h, i, j)) * dp[rr];
+  // Every key tile of this block's rows: per_key(rr, i, j, seen, p, dp) for each row rr of the warp and
+  // key j = j0 + lane, with p = e^{S − L} (0 where hidden) and dp = dO_i·V_j times the dropout factor;
+  // then per_tile(j0). Both passes below walk the keys this way.
+  const auto key_tiles = [&](auto per_key, auto per_tile) {
+    for (int64_t j0 = 0; j0 < key_end; j0 += kTileKeys) {
+      float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
+      dot_rows_with_tile(q_rows, kh, j0, g.k_len, g.head_dim, tile, s);
+      dot_rows_with_tile(do_rows, vh, j0, g.k_len, g.value_dim, tile, dp);
+      const int64_t j = j0 + lane;
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+        const int64_t i = i0 + warp * kRowsPerWarp + rr;
+        const bool seen = g.visible(kpm, b, i, j);
+        const float p = seen ? expf(g.logit(s[rr], bias, b, h, i, j) - lse_use[bh * g.q_len + i]) : 0.f;
+        per_key(rr, i, j, seen, p, seen ? dp[rr] * g.dropout_factor(b, h, i, j) : 0.f);
+      }
+      per_tile(j0);
     }
-  }
+  };
+  double z_sum[kRowsPerWarp] = {}, pdp_sum[kRowsPerWarp] = {};  // in double: these sums are the point
+  key_tiles(
+      [&](int rr, int64_t, int64_t, bool seen, float p, float dp) {
+        if (!seen) return;
+        z_sum[rr] += p;
+        pdp_sum[rr] += static_cast<double>(p) * dp;
+      },
+      [](int64_t) {});
   float corr[kRowsPerWarp], row_delta[kRowsPerWarp];
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const double z = warp_sum(z_sum[rr]);
@@ -289,28 +300,16 @@ __global__ void __launch_bounds__(kThreads)
   if (!dq && !dbias_full && !ds_scratch) return;
 
   float acc[kRowsPerWarp][kDimsPerLane] = {};
-  for (int64_t j0 = 0; j0 < key_end; j0 += kTileKeys) {
-    float s[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
-    dot_rows_with_tile(q_rows, kh, j0, g.k_len, g.head_dim, tile, s);
-    dot_rows_with_tile(do_rows, vh, j0, g.k_len, g.value_dim, tile, dp);
-    const int64_t j = j0 + lane;
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int64_t i = i0 + warp * kRowsPerWarp + rr;
-      float ds = 0.f;
-      if (g.visible(kpm, b, i, j)) {
-        const int64_t row = bh * g.q_len + i;
-        const float x = g.logit(s[rr], bias, b, h, i, j);
-        const float p = expf(x - lse_use[row]) * corr[rr];
-        ds = p * (dp[rr] * g.dropout_factor(b, h, i, j) - row_delta[rr]);
-      }
-      if (i < g.q_len && j < g.k_len) {
-        if (dbias_full) dbias_full[(bh * g.q_len + i) * g.k_len + j] = from_float<T>(ds);
-        if (ds_scratch) ds_scratch[(bh * g.q_len + i) * g.k_len + j] = ds;
-      }
-      grads[warp][rr][lane] = ds;
-    }
-    weighted_sum_of_tile(grads, kh, j0, g.k_len, g.head_dim, tile, acc);
-  }
+  key_tiles(
+      [&](int rr, int64_t i, int64_t j, bool seen, float p, float dp) {
+        const float ds = seen ? p * corr[rr] * (dp - row_delta[rr]) : 0.f;
+        if (i < g.q_len && j < g.k_len) {
+          if (dbias_full) dbias_full[(bh * g.q_len + i) * g.k_len + j] = from_float<T>(ds);
+          if (ds_scratch) ds_scratch[(bh * g.q_len + i) * g.k_len + j] = ds;
+        }
+        grads[warp][rr][lane] = ds;
+      },
+      [&](int64_t j0) { weighted_sum_of_tile(grads, kh, j0, g.k_len, g.head_dim, tile, acc); });
   if (!dq) return;
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int64_t i = i0 + warp * kRowsPerWarp + rr;
