@@ -1,8 +1,8 @@
 // Attention family, CPU kernels (float32 and float64).
 //
 // Forward (FlashAttention Alg. 1 with FlashAttention-2's loop order): one task per (b, h, block of
-// kRowBlock query rows), run by parallel_for. A task packs its query rows once (pre-multiplied by
-// c = scale / temperature), then for each block of kColBlock keys computes S = Q·Kᵀ (+ bias, masks),
+// kRowBlock query rows), run by parallel_for. A task packs its query rows once, then for each
+// block of kColBlock keys computes S = c·(Q·Kᵀ) (+ bias, masks; c = scale / temperature),
 // updates the running row maximum m and sum l, rescales its output accumulator by exp(m_old − m_new)
 // and adds P·V. Only O and L = m + log l are written.
 //
@@ -215,15 +215,10 @@ Problem<T> make_problem(const TensorView& q, const TensorView& k, const TensorVi
   return p;
 }
 
-// Packs rows [r0, r0 + rows) of a (len, dim) matrix into dst (rows × ld), multiplied by `mul`.
+// Packs rows [r0, r0 + rows) of a (len, dim) matrix into dst (rows × ld).
 template <class T>
-void pack_rows(const T* src, int64_t r0, int64_t rows, int64_t dim, T mul, T* dst, int64_t ld) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict__ s = src + (r0 + r) * dim;
-    T* __restrict__ o = dst + r * ld;
-#pragma omp simd
-    for (int64_t c = 0; c < dim; ++c) o[c] = s[c] * mul;
-  }
+void pack_rows(const T* src, int64_t r0, int64_t rows, int64_t dim, T* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ld, src + (r0 + r) * dim, sizeof(T) * dim);
 }
 
 // Packs rows [r0, r0 + rows) of a (len, dim) matrix transposed into dst (dim × ld).
@@ -236,8 +231,9 @@ void pack_transposed(const T* src, int64_t r0, int64_t rows, int64_t dim, T* dst
 }
 
 // Score tile S (rows × kColBlock, ld kColBlock) for queries [i0, i0 + rows) and keys [j0, j0 + cols):
-// Q̃·Kᵀ (Q̃ = c·Q, packed; Kᵀ packed (d × ≥ kColBlock columns from the tile's first key, row stride
-// ldk) + bias, -inf where the key padding or causal mask hides a key.
+// c·(Q·Kᵀ) (Q packed; Kᵀ packed (d × ≥ kColBlock columns from the tile's first key, row stride ldk))
+// + bias, -inf where the key padding or causal mask hides a key. The scale multiplies the product,
+// not Q: a pre-scaled Q rounds every term of the dot (see gemm_chunked).
 template <class T>
 void score_tile(const Problem<T>& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
                 const T* q_packed, int64_t ldq, const T* kt_packed, int64_t ldk, T* S) {
@@ -315,7 +311,7 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / row_blocks, b = bh / d.heads, h = bh % d.heads;
       const int64_t i0 = (task % row_blocks) * kRowBlock, rows = std::min(kRowBlock, d.q_len - i0);
-      pack_rows(p.q_head(b, h), i0, rows, d.head_dim, T(1), q_tile.data(), dpad);
+      pack_rows(p.q_head(b, h), i0, rows, d.head_dim, q_tile.data(), dpad);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(running_max.begin(), running_max.end(), neg_inf<T>());
       std::fill(row_sum.begin(), row_sum.end(), SumVec<T>{});
@@ -324,7 +320,7 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
         for (int64_t jb = 0; jb < key_blocks; ++jb)
           pack_transposed(packed_k, jb * kColBlock, std::min(kColBlock, d.k_len - jb * kColBlock), d.head_dim,
                           kt_head.data() + jb * kt_block, kColBlock);
-        pack_rows(p.v_head(b, h), 0, d.k_len, d.value_dim, T(1), v_head.data(), vpad);
+        pack_rows(p.v_head(b, h), 0, d.k_len, d.value_dim, v_head.data(), vpad);
       }
       const int64_t key_end = p.key_end(i0 + rows - 1);
       for (int64_t j0 = 0; j0 < key_end; j0 += kColBlock) {
@@ -448,15 +444,15 @@ void backward_kernel(const Problem<T>& p, const T* lse, const T* dout, const T* 
               pack_transposed(packed_k, j0, cols, d.head_dim, kt_head.data() + jb * kt_block, kColBlock);
               pack_transposed(p.v_head(b, h), j0, cols, d.value_dim, vt_head.data() + jb * vt_block, kColBlock);
             }
-            pack_rows(packed_k, 0, d.k_len, d.head_dim, T(1), k_rows.data(), dpad);
+            pack_rows(packed_k, 0, d.k_len, d.head_dim, k_rows.data(), dpad);
           }
           std::fill(dk_acc.begin(), dk_acc.end(), T(0));
           std::fill(dv_acc.begin(), dv_acc.end(), T(0));
           for (int64_t i0 = 0; i0 < d.q_len; i0 += kRowBlock) {
             const int64_t rows = std::min(kRowBlock, d.q_len - i0);
             const int64_t blocks = (p.key_end(i0 + rows - 1) + kColBlock - 1) / kColBlock;
-            pack_rows(qh, i0, rows, d.head_dim, T(1), q_tile.data(), dpad);
-            pack_rows(doh, i0, rows, d.value_dim, T(1), do_tile.data(), vpad);
+            pack_rows(qh, i0, rows, d.head_dim, q_tile.data(), dpad);
+            pack_rows(doh, i0, rows, d.value_dim, do_tile.data(), vpad);
             // Pass 1, every visible key: P = e^{S − L} and dP = dO·Vᵀ (∘ Z/(1−p) under dropout), stored.
             for (int64_t jb = 0; jb < blocks; ++jb) {
               const int64_t j0 = jb * kColBlock, cols = std::min(kColBlock, d.k_len - j0);

@@ -93,14 +93,13 @@ __device__ void stage_chunk(const T* src, int64_t r0, int64_t len, int64_t c0, i
   }
 }
 
-// Stages kBlockRows rows from r0 of a (len, dim) matrix, times `mul`, into rows (zeros past len;
-// only the first dim columns are read).
+// Stages kBlockRows rows from r0 of a (len, dim) matrix into rows (zeros past len; only the first
+// dim columns are read).
 template <class T>
-__device__ void stage_rows(const T* src, int64_t r0, int64_t len, int64_t dim, float mul,
-                           float (*rows)[kMaxHeadDim]) {
+__device__ void stage_rows(const T* src, int64_t r0, int64_t len, int64_t dim, float (*rows)[kMaxHeadDim]) {
   for (int64_t e = threadIdx.x; e < kBlockRows * dim; e += kThreads) {
     const int64_t r = e / dim, c = e % dim;
-    rows[r][c] = r0 + r < len ? to_float(src[(r0 + r) * dim + c]) * mul : 0.f;
+    rows[r][c] = r0 + r < len ? to_float(src[(r0 + r) * dim + c]) : 0.f;
   }
 }
 
@@ -174,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* q, const T* 
   const int64_t kv = b * g.kv_heads + h / g.group();
   const T* kh = k + kv * g.k_len * g.head_dim;
   const T* vh = v + kv * g.k_len * g.value_dim;
-  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, 1.f, q_rows);
+  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, q_rows);
 
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kDimsPerLane];
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -253,8 +252,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kv = b * g.kv_heads + h / g.group();
   const T* kh = k + kv * g.k_len * g.head_dim;
   const T* vh = v + kv * g.k_len * g.value_dim;
-  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, 1.f, q_rows);
-  stage_rows(dout + bh * g.q_len * g.value_dim, i0, g.q_len, g.value_dim, 1.f, do_rows);
+  stage_rows(q + bh * g.q_len * g.head_dim, i0, g.q_len, g.head_dim, q_rows);
+  stage_rows(dout + bh * g.q_len * g.value_dim, i0, g.q_len, g.value_dim, do_rows);
 
   const int64_t last_row = (i0 + kBlockRows < g.q_len ? i0 + kBlockRows : g.q_len) - 1;
   const int64_t key_end = g.key_end(last_row);
@@ -338,8 +337,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t key_blocks = (g.k_len + kBlockRows - 1) / kBlockRows;
   const int64_t kv = blockIdx.x / key_blocks, b = kv / g.kv_heads, hk = kv % g.kv_heads;
   const int64_t j0 = (blockIdx.x % key_blocks) * kBlockRows;
-  stage_rows(k + kv * g.k_len * g.head_dim, j0, g.k_len, g.head_dim, 1.f, k_rows);
-  stage_rows(v + kv * g.k_len * g.value_dim, j0, g.k_len, g.value_dim, 1.f, v_rows);
+  stage_rows(k + kv * g.k_len * g.head_dim, j0, g.k_len, g.head_dim, k_rows);
+  stage_rows(v + kv * g.k_len * g.value_dim, j0, g.k_len, g.value_dim, v_rows);
 
   float dk_acc[kRowsPerWarp][kDimsPerLane] = {}, dv_acc[kRowsPerWarp][kDimsPerLane] = {};
   // Causal: query i sees key j0 from i = j0 − (Tk − Tq) on.

@@ -5,8 +5,10 @@
 #include <omp.h>
 
 #include <atomic>
+#include <limits>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/check.h"
@@ -158,6 +160,19 @@ TEST(Error, CheckMacroThrowsTheKindWithTheConcatenatedMessage) {
     EXPECT_EQ(e.kind(), ErrorKind::Type);
     EXPECT_STREQ(e.what(), "f: argument 'x' expected 3 but got 2.5");
   }
+}
+
+// Messages are built without iostreams (core/error.h); each kind of part prints as ostream's defaults did.
+TEST(Error, ConcatFormatsEveryPartAsOstreamDid) {
+  const std::string owned = "owned";
+  const char* raw = "raw";
+  EXPECT_EQ(detail::concat("lit ", raw, ' ', owned, std::string_view(" view")), "lit raw owned view");
+  EXPECT_EQ(detail::concat(int64_t{-7}, " ", 3u, " ", size_t{12}, " ", true, false), "-7 3 12 10");
+  EXPECT_EQ(detail::concat(1e-5, " ", 2.5f, " ", -0.0, " ", 123456789.0, " ", 1.0 / 3), "1e-05 2.5 -0 1.23457e+08 0.333333");
+  EXPECT_EQ(detail::concat(std::numeric_limits<double>::infinity(), " ", -std::numeric_limits<double>::infinity()),
+            "inf -inf");
+  const std::string pointer = detail::concat(reinterpret_cast<const void*>(uintptr_t{0x1234}));
+  EXPECT_EQ(pointer, "0x1234");
 }
 
 TEST(Error, CheckerNamesFunctionAndArgument) {

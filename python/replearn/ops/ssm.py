@@ -529,12 +529,16 @@ def s4d_kernel(
     return _s4d_kernel(log_dt, A_real, A_imag, C_real, C_imag, length)
 
 
+def _s4d_complex(real, imag):
+    """real + i·imag as complex128 for float64, else complex64 (torch has no complex bfloat16, and its
+    complex32 lacks these ops): the S4D torch functions below compute in it."""
+    real_dtype = torch.float64 if real.dtype == torch.float64 else torch.float32
+    return torch.complex(real.to(real_dtype), imag.to(real_dtype))
+
+
 def s4d_kernel_reference(log_dt, A_real, A_imag, C_real, C_imag, length):
     """K_l = C̄·Ā^l·B̄ with Ā = exp(ΔA) taken to the power l by repeated multiplication (B = 1)."""
-    # complex64 below float64 (torch has no complex bfloat16, and its complex32 lacks these ops)
-    real_dtype = torch.float64 if log_dt.dtype == torch.float64 else torch.float32
-    A = torch.complex(A_real.to(real_dtype), A_imag.to(real_dtype))
-    C = torch.complex(C_real.to(real_dtype), C_imag.to(real_dtype))
+    A, C = _s4d_complex(A_real, A_imag), _s4d_complex(C_real, C_imag)
     dt = torch.exp(log_dt)[:, None]
     A_bar = torch.exp(dt * A)  # zero-order hold
     B_bar = (A_bar - 1) / A  # (ΔA)^{-1}(exp(ΔA) − I)·ΔB with B = 1
@@ -548,9 +552,7 @@ def s4d_kernel_reference(log_dt, A_real, A_imag, C_real, C_imag, length):
 
 def s4d_kernel_vandermonde(log_dt, A_real, A_imag, C_real, C_imag, length):
     """The vectorized Vandermonde product in torch at the input dtype (the parity counterpart)."""
-    complex_dtype = torch.complex128 if log_dt.dtype == torch.float64 else torch.complex64
-    A = torch.complex(A_real, A_imag).to(complex_dtype)
-    C = torch.complex(C_real, C_imag).to(complex_dtype)
+    A, C = _s4d_complex(A_real, A_imag), _s4d_complex(C_real, C_imag)
     dtA = torch.exp(log_dt)[:, None] * A
     C_tilde = C * (torch.exp(dtA) - 1) / A
     powers = torch.exp(dtA[..., None] * torch.arange(length, device=log_dt.device))  # (H, N, L)
