@@ -135,9 +135,16 @@ def test_native_validation_names_the_argument_and_leaves_outputs_untouched():
     with pytest.raises(ValueError, match=r"conv_forward: argument 'y' expected shape \(1, 3, 2, 2\)"):
         _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, y, None)
     assert torch.all(y == 7)
-    # The forward and the weight gradient are implicit GEMMs without workspace; a strided input
-    # gradient (col2im) needs one.
-    _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, torch.empty(1, 3, 2, 2), None)
+    # Dense convolutions read x through padded planes in the workspace: without one, a clear error
+    # and y untouched; with the size the kernel asks for, the product.
+    y = torch.full((1, 3, 2, 2), 7.0)
+    with pytest.raises(ValueError, match=r"conv_forward: argument 'workspace' expected a buffer of \d+ bytes"):
+        _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, y, None)
+    assert torch.all(y == 7)
+    size = _C.conv_forward_workspace_size(x, w, [1, 1], [0, 0], [0, 0], [1, 1], 1, y)
+    _C.conv_forward(x, w, None, [1, 1], [0, 0], [0, 0], [1, 1], 1, y, torch.empty(size, dtype=torch.uint8))
+    torch.testing.assert_close(y, F.conv2d(x, w))
+    # A strided input gradient (col2im) needs one too.
     dx = torch.full_like(x, 7.0)
     with pytest.raises(ValueError, match=r"argument 'workspace' expected a buffer"):
         _C.conv_backward(torch.randn(1, 3, 1, 1), x, w, [2, 2], [0, 0], [0, 0], [1, 1], 1, dx, None, None, None)

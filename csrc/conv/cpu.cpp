@@ -11,13 +11,16 @@
 // Pointwise convolutions (1×1, stride 1, no padding) skip im2col: col is x itself.
 //
 // Why it is written this way:
-// - Implicit GEMM: the forward and the weight gradient never store col. The GEMM asks for blocks
-//   of it (blas::gemm_panels, Im2colPanels below) and they are built straight from x in the GEMM's
-//   packed layout while they are in cache: col is larger than L2 for the big layers, and writing
-//   it only to read it back for packing cost more than building the panels directly.
+// - Implicit GEMM: the forward and the weight gradient never store col. x is copied once into
+//   zero-padded planes (no element of col then needs a bounds test), and the GEMM asks for blocks of
+//   col (blas::gemm_panels, PlanePanels below) that are gathered from those planes in the GEMM's
+//   packed layout while they are in cache: col is larger than L2 for the big layers, and writing it
+//   only to read it back for packing cost more than building the panels directly.
 // - Bounded workspace: col2im (the input gradient where it is not a stride-1 convolution) runs over
 //   blocks of output columns (about kColBlockElements elements of col), so a large image never asks
 //   for a huge buffer.
+// - Small planes: where P is small next to Ci·K, runs of samples share one product (their columns
+//   side by side) in the forward, and weight gradients multiply runs of samples at once (k = S·P).
 // - Threads: with at least as many samples as threads, samples are spread over threads and each
 //   runs single-threaded GEMMs (no synchronization inside a product, packing and GEMM of a sample on
 //   the same core); with fewer, samples run one after another on multi-threaded GEMMs
@@ -102,135 +105,188 @@ inline void for_row_segments(const Geometry& g, int64_t p0, int64_t p1, const F&
   }
 }
 
-// One row segment of col: dst[ow] = src[ow·S] for ow ∈ [ow0, ow1) within `valid` (the outputs whose
-// input column lies inside the row), zero elsewhere; src (the input row, shifted by the tap's column
-// offset) is null when the tap's input row lies in the padding.
-template <class T>
-inline void fill_segment(T* __restrict__ dst, int64_t ow0, int64_t ow1, const T* __restrict__ src, int64_t stride,
-                         Range valid) {
-  if (!src) {
-    std::fill(dst + ow0, dst + ow1, T(0));
-    return;
-  }
-  const int64_t lo = std::clamp(valid.lo, ow0, ow1), hi = std::clamp(valid.hi, lo, ow1);
-  std::fill(dst + ow0, dst + lo, T(0));
-  if (stride == 1) {
-    std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
-  } else {
-    for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * stride];
-  }
-  std::fill(dst + hi, dst + ow1, T(0));
-}
+// ------------------------------------------------------------------ col from padded planes
 
-#if defined(__AVX512F__) && defined(__BMI2__)
-// The float overload for strides 1 and 2 (the dense 3×3 layers; the 4×4 stride-2 layers of
-// decoders): the segments are short (a panel row of the implicit GEMM holds 16–64 columns across
-// one to a few output rows), so three library calls per segment would cost as much as the copy.
-// 16 lanes at a time, masked loads reading only the valid lanes (masked-off lanes do not fault)
-// and a masked store of the segment's lanes; stride 2 loads 32 floats and keeps the even ones.
-inline void fill_segment(float* __restrict__ dst, int64_t ow0, int64_t ow1, const float* __restrict__ src,
-                         int64_t stride, Range valid) {
-  if (src && stride > 2) return fill_segment<float>(dst, ow0, ow1, src, stride, valid);
-  const auto lanes_below = [](int64_t count) {  // the lowest `count` lanes, count clamped to [0, 16]
-    return count <= 0 ? __mmask16(0) : count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
-  };
-  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (int64_t ow = ow0; ow < ow1; ow += 16) {
-    const __mmask16 keep = lanes_below(ow1 - ow);
-    const __mmask16 read = src ? __mmask16(keep & lanes_below(valid.hi - ow) & ~lanes_below(valid.lo - ow)) : 0;
-    __m512 v;
-    if (stride == 2 && read) {  // output lane i reads src[2·(ow + i)]: lanes 2i of two 16-float loads
-      const __mmask16 low = _pdep_u32(read & 0xFF, 0x5555), high = _pdep_u32(read >> 8, 0x5555);
-      v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(low, src + 2 * ow), evens,
-                                 _mm512_maskz_loadu_ps(high, src + 2 * ow + 16));
-    } else {
-      v = _mm512_maskz_loadu_ps(read, read ? src + ow : dst + ow);
-    }
-    _mm512_mask_storeu_ps(dst + ow, keep, v);
-  }
-}
-#endif
-
-// A stretch of output positions inside one output row of one sample, and where its first position
-// goes in the block being written.
-struct Run {
-  int64_t sample, oh, ow0, ow1, at;
+// The implicit GEMMs read col from x copied once into zero-padded planes (the padded extent an
+// output reads: Hp = (out_h − 1)·S + (kH − 1)·D + 1 rows, Wp likewise), so that no element of col
+// needs a bounds test: column q (position (oh, ow) of sample s) of row (c, kh, kw) is
+//   col[(c, kh, kw), q] = xpad[s, c, oh·S_h + kh·D_h, ow·S_w + kw·D_w] = xp[row(c, kh, kw) + at(q)],
+// a sum of a row offset and a column offset. A block of col is then a gather with one index list
+// per block, shared by all its rows: with AVX-512, each 16 consecutive columns read a window of at
+// most 32 values of the plane whenever the positions do not jump far (stride 1, and stride 2 within
+// a row): two loads and a two-register permute with a per-block index vector; other vectors use
+// the hardware gather. The earlier im2col walked (row, output-row segment) pairs with bounds and
+// masks per segment: at 32² that bookkeeping took a third of the forward, and the 4–16-wide rows of
+// the deep layers were worse (bench/RESULTS.md).
+struct Planes {
+  int64_t rows, cols;  // Hp, Wp
+  int64_t plane;       // Hp·Wp
+  int64_t sample;      // Ci·Hp·Wp: one sample of one group
 };
+// Values past the last plane that a window load may read (never used by a permute).
+constexpr int64_t kPlaneSlack = 32;
 
-// Columns [p0, p0 + count) of col, whose column q is output position q % P of sample q / P (the
-// columns of consecutive samples follow each other), as runs that break at output rows and at every
-// `width` columns (the panels of a packed block, `panel_stride` elements apart): column q goes to
-// at = ((q − p0) / width)·panel_stride + (q − p0) % width.
-inline void position_runs(const Geometry& g, int64_t p0, int64_t count, int64_t width, int64_t panel_stride,
-                          std::vector<Run>& runs) {
-  runs.clear();
-  const int64_t P = g.out_plane();
-  for (int64_t j = 0; j < count;) {
-    const int64_t sample = (p0 + j) / P, position = (p0 + j) % P;
-    const int64_t oh = position / g.out_w, ow0 = position % g.out_w;
-    const int64_t length = std::min({g.out_w - ow0, count - j, width - j % width});
-    runs.push_back({sample, oh, ow0, ow0 + length, (j / width) * panel_stride + j % width});
-    j += length;
-  }
+Planes padded_planes(const Geometry& g) {
+  const int64_t rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t cols = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
+  return {rows, cols, rows * cols, g.in_per_group * rows * cols};
+}
+// Workspace elements for `count` samples' padded planes.
+int64_t planes_elements(const Geometry& g, int64_t count) { return count * padded_planes(g).sample + kPlaneSlack; }
+
+// Copies plane (H, W) into out (rows, cols) at offset (top, left), zeros around it: the padded plane
+// a kernel reads without bounds checks. Parts of the plane beyond out are left out.
+template <class T>
+void pad_plane(const T* __restrict__ plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t rows,
+               int64_t cols, T* __restrict__ out) {
+  std::fill(out, out + rows * cols, T(0));
+  const int64_t c0 = std::max<int64_t>(0, -left), c1 = std::min(w, cols - left);
+  for (int64_t r = std::max<int64_t>(0, top); r < std::min(rows, top + h); ++r)
+    if (c0 < c1) std::memcpy(out + r * cols + left + c0, plane + (r - top) * w + c0, sizeof(T) * (c1 - c0));
 }
 
-// Rows [r0, r0 + rows) of col (Ci·kH·kW, P per sample) from one group's x (Ci, H, W), the group's
-// x in the run's sample `sample_stride` elements further on, over the positions of `runs`: row
-// r − r0 starts at dst + (r − r0)·row_stride.
+// count samples of one group's x (Ci, H, W), `sample_stride` apart, into xp (count, Ci, Hp, Wp).
 template <class T>
-void im2col_rows(const Geometry& g, const T* x, int64_t sample_stride, int64_t r0, int64_t rows,
-                 const std::vector<Run>& runs, int64_t row_stride, T* dst) {
-  const int64_t K = g.kernel_size();
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t r = r0 + i, c = r / K, kh = r % K / g.kernel_w, kw = r % g.kernel_w;
-    const int64_t offset_w = kw * g.dilation_w - g.pad_w;
-    const Range valid = valid_outputs(offset_w, g.stride_w, g.in_w, g.out_w);
-    T* row = dst + i * row_stride;
-    for (const Run& run : runs) {
-      const int64_t ih = run.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-      const T* src =
-          ih < 0 || ih >= g.in_h ? nullptr : x + run.sample * sample_stride + (c * g.in_h + ih) * g.in_w + offset_w;
-      fill_segment(row + run.at - run.ow0, run.ow0, run.ow1, src, g.stride_w, valid);
+void pad_planes(const Geometry& g, const T* x, int64_t count, int64_t sample_stride, T* xp) {
+  const Planes pl = padded_planes(g);
+  for (int64_t s = 0; s < count; ++s)
+    for (int64_t c = 0; c < g.in_per_group; ++c)
+      pad_plane(x + s * sample_stride + c * g.in_plane(), g.in_h, g.in_w, g.pad_h, g.pad_w, pl.rows, pl.cols,
+                xp + s * pl.sample + c * pl.plane);
+  std::fill(xp + count * pl.sample, xp + count * pl.sample + kPlaneSlack, T(0));
+}
+
+// f(i, at(q0 + i)) for the columns q of col in [q0, q0 + count): where position q % P of sample q / P
+// reads its first tap in the padded planes. Positions are walked, not divided: blocks of the stem's
+// product have k = 27 rows, and a division per column would cost more than the rows.
+template <class F>
+inline void for_column_offsets(const Geometry& g, const Planes& pl, int64_t q0, int64_t count, const F& f) {
+  const int64_t position = q0 % g.out_plane();
+  int64_t sample = q0 / g.out_plane(), oh = position / g.out_w, ow = position % g.out_w;
+  for (int64_t i = 0; i < count; ++i) {
+    f(i, sample * pl.sample + oh * g.stride_h * pl.cols + ow * g.stride_w);
+    if (++ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0, ++sample;
     }
   }
 }
 
-// col (Ci·kH·kW, P) of one group, or its transpose, as the B operand of an implicit GEMM (core/gemm.h,
-// PanelSource): the GEMM asks for blocks of B and they are built straight from x, so col is never
-// stored; its rows are written where the GEMM reads them, while they are in cache.
-// - B = col (the forward, y = W·col): blocks in the GEMM's panel layout;
-// - B = colᵀ (the weight gradient, dW = dy·colᵀ): blocks of col's rows, which the GEMM transposes.
+// Column offsets of a block of col's columns, and dst[i] = src[at(q0 + i)] for one row of the block
+// (src: the padded planes plus the row's offset). The generic form: one index per value.
 template <class T>
-class Im2colPanels final : public blas::PanelSource<T> {
+class ColumnGather {
  public:
-  using Layout = typename blas::PanelSource<T>::Layout;
-  // x: the group's (Ci, H, W) of the first sample; sample_stride: to the next sample's (B = col of
-  // several samples side by side, the forward's batched products).
-  Im2colPanels(const Geometry& g, const T* x, bool transposed, int64_t sample_stride = 0)
-      : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels),
-        g_(g),
-        x_(x),
-        sample_stride_(sample_stride) {}
-
-  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
-    thread_local std::vector<Run> runs;  // the same runs serve every row of col
-    if (this->layout == Layout::TransposedRows) {  // B(p, j) = col[j0 + j, p0 + p] at dst[j·kc + p]
-      position_runs(g_, p0, kc, kc, 0, runs);
-      im2col_rows(g_, x_, sample_stride_, j0, nc, runs, kc, dst);
-      return;
-    }
-    // B(p, j) = col[p0 + p, j0 + j]: panels of nr positions, kc rows of col each.
-    position_runs(g_, j0, nc, nr, kc * nr, runs);
-    im2col_rows(g_, x_, sample_stride_, p0, kc, runs, nr, dst);
-    const int64_t tail = (nc + nr - 1) / nr * nr - nc, tail_at = (nc / nr) * kc * nr + nc % nr;  // zero columns
-    if (tail > 0)
-      for (int64_t p = 0; p < kc; ++p) std::fill(dst + p * nr + tail_at, dst + p * nr + tail_at + tail, T(0));
+  void prepare(const Geometry& g, const Planes& pl, int64_t q0, int64_t count) {
+    at_.resize(count);
+    for_column_offsets(g, pl, q0, count, [&](int64_t i, int64_t at) { at_[i] = at; });
+  }
+  // dst[0 : count] = the row's values; dst[count : width] = 0.
+  void row(const T* __restrict__ src, T* __restrict__ dst, int64_t width) const {
+    const int64_t count = static_cast<int64_t>(at_.size());
+    for (int64_t i = 0; i < count; ++i) dst[i] = src[at_[i]];
+    std::fill(dst + count, dst + std::max(width, count), T(0));
   }
 
  private:
+  std::vector<int64_t> at_;
+};
+
+#if defined(__AVX512F__) && defined(__BMI2__)
+// float, 16 columns at a time: each vector is a window (its offsets within 32 values of the first:
+// two loads, one permute) or a gather.
+template <>
+class ColumnGather<float> {
+ public:
+  void prepare(const Geometry& g, const Planes& pl, int64_t q0, int64_t count) {
+    vectors_.clear();
+    at_.resize(count);
+    for_column_offsets(g, pl, q0, count, [&](int64_t i, int64_t at) { at_[i] = at; });
+    for (int64_t i0 = 0; i0 < count; i0 += 16) {
+      const int lanes = static_cast<int>(std::min<int64_t>(16, count - i0));
+      const int64_t* at = at_.data() + i0;
+      int64_t lo = at[0], hi = at[0];
+      for (int l = 1; l < lanes; ++l) lo = std::min(lo, at[l]), hi = std::max(hi, at[l]);
+      alignas(64) int32_t index[16] = {};
+      for (int l = 0; l < lanes; ++l) index[l] = static_cast<int32_t>(at[l] - lo);
+      vectors_.push_back({lo, _mm512_load_si512(index), __mmask16((1u << lanes) - 1), hi - lo < 32});
+    }
+  }
+  void row(const float* __restrict__ src, float* __restrict__ dst, int64_t width) const {
+    int64_t i = 0;
+    for (const Vector& v : vectors_) {
+      const float* base = src + v.base;
+      const __m512 x = v.window ? _mm512_maskz_permutex2var_ps(v.lanes, _mm512_loadu_ps(base), v.index,
+                                                                _mm512_loadu_ps(base + 16))
+                                : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), v.lanes, v.index, base, 4);
+      const __mmask16 store = width - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - i)) - 1);
+      _mm512_mask_storeu_ps(dst + i, store, x);
+      i += 16;
+    }
+    for (; i < width; i += 16) {
+      const __mmask16 store = width - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - i)) - 1);
+      _mm512_mask_storeu_ps(dst + i, store, _mm512_setzero_ps());
+    }
+  }
+
+ private:
+  struct Vector {
+    int64_t base;      // the lowest offset of its lanes
+    __m512i index;     // lane offsets from base
+    __mmask16 lanes;   // lanes holding a column
+    bool window;       // offsets < 32: permute from two loads
+  };
+  std::vector<Vector> vectors_;
+  std::vector<int64_t> at_;
+};
+#endif
+
+// col (Ci·kH·kW, count·P) of one group over padded planes xp (count, Ci, Hp, Wp), column q being
+// position q % P of sample q / P, or its transpose, as the B operand of an implicit GEMM (core/gemm.h,
+// PanelSource): the GEMM asks for blocks and they are gathered where the GEMM reads them.
+// - B = col (the forward, y = W·col): blocks in the GEMM's panel layout;
+// - B = colᵀ (the weight gradient, dW = dy·colᵀ): blocks of col's rows, which the GEMM transposes.
+template <class T>
+class PlanePanels final : public blas::PanelSource<T> {
+ public:
+  using Layout = typename blas::PanelSource<T>::Layout;
+  PlanePanels(const Geometry& g, const T* xp, bool transposed)
+      : blas::PanelSource<T>(transposed ? Layout::TransposedRows : Layout::Panels),
+        g_(g),
+        planes_(padded_planes(g)),
+        xp_(xp) {}
+
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t nr, T* dst) const override {
+    thread_local ColumnGather<T> columns;  // one index list serves every row of the block
+    thread_local std::vector<int64_t> rows;
+    if (this->layout == Layout::TransposedRows) {  // dst[j·kc + p] = col[j0 + j, p0 + p]
+      columns.prepare(g_, planes_, p0, kc);
+      row_offsets(j0, nc, rows);
+      for (int64_t j = 0; j < nc; ++j) columns.row(xp_ + rows[j], dst + j * kc, kc);
+      return;
+    }
+    row_offsets(p0, kc, rows);
+    for (int64_t jr = 0; jr < nc; jr += nr) {  // one panel: dst[p·nr + j] = col[p0 + p, j0 + jr + j]
+      T* panel = dst + (jr / nr) * kc * nr;
+      columns.prepare(g_, planes_, j0 + jr, std::min(nr, nc - jr));
+      for (int64_t p = 0; p < kc; ++p) columns.row(xp_ + rows[p], panel + p * nr, nr);
+    }
+  }
+
+ private:
+  // rows[i]: where row r0 + i = (c, kh, kw) of col starts in a sample's planes, c·Hp·Wp + kh·D·Wp + kw·D.
+  void row_offsets(int64_t r0, int64_t count, std::vector<int64_t>& rows) const {
+    rows.resize(count);
+    const int64_t K = g_.kernel_size();
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t r = r0 + i, c = r / K, kh = r % K / g_.kernel_w, kw = r % g_.kernel_w;
+      rows[i] = c * planes_.plane + kh * g_.dilation_h * planes_.cols + kw * g_.dilation_w;
+    }
+  }
+
   const Geometry& g_;
-  const T* x_;  // (Ci, H, W)
-  int64_t sample_stride_;
+  Planes planes_;
+  const T* xp_;  // (count, Ci, Hp, Wp)
 };
 
 // dx (Ci, H, W) of one group += col2im(col), output positions [p0, p1). Threads split channels, so
@@ -275,15 +331,24 @@ int batch_chunks(const Geometry& g) {
   return threads > 1 && g.batch >= threads && work >= kGrainWork ? parallel_chunk_count(g.batch, 1) : 1;
 }
 
-// f(chunk, sample) for every sample, at most max_chunks chunks.
-template <class F>
-void for_each_sample(const Geometry& g, int max_chunks, const F& f) {
-  const int chunks = std::max(1, std::min(batch_chunks(g), max_chunks));
-  blas::parallel_for_gemm(
-      g.batch, 1, [&](int chunk, int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n) f(chunk, n);
-      },
-      chunks);
+// Samples per weight-gradient product. dW = Σ_n dy_n · col_nᵀ: a product per sample has k = P, and
+// where P is a few dozen positions (the deep layers: 8², 4²) each product reads and writes all of
+// dW (Co × Ci·K) for little work, so runs of samples make one product of depth about
+// kWeightProductDepth (their dy copied side by side, col's columns following sample after sample).
+constexpr int64_t kWeightProductDepth = 512;
+int64_t samples_per_weight_product(const Geometry& g) {
+  if (g.depthwise() || g.pointwise() || g.batch <= 1) return 1;
+  const int64_t depth = std::max<int64_t>(1, g.out_plane());
+  const int64_t per_chunk = (g.batch + batch_chunks(g) - 1) / batch_chunks(g);
+  return std::clamp<int64_t>(kWeightProductDepth / depth, 1, per_chunk);
+}
+
+// Workspace elements per chunk of a weight gradient: a run's padded planes and, for runs of more
+// than one sample, their dy side by side (Co, S·P) (weight_gradient_run).
+int64_t weight_scratch(const Geometry& g) {
+  if (g.depthwise() || g.pointwise()) return 0;
+  const int64_t samples = samples_per_weight_product(g);
+  return planes_elements(g, samples) + (samples > 1 ? samples * g.out_per_group * g.out_plane() : 0);
 }
 
 // Workspace elements (of T) of a dense convolution: per chunk one im2col block, plus, with weight
@@ -304,7 +369,8 @@ struct DenseScratch {
 // `columns`: col2im's blocks (dense_backward's input gradient).
 DenseScratch dense_scratch(const Geometry& g, bool columns, bool weight_grad) {
   if (g.depthwise()) return {0, 0};
-  const int64_t col = g.pointwise() || !columns ? 0 : g.col_rows() * block_columns(g);
+  int64_t col = g.pointwise() || !columns ? 0 : g.col_rows() * block_columns(g);
+  if (weight_grad) col = std::max(col, weight_scratch(g));
   const int64_t partial = weight_grad ? g.out_channels() * g.col_rows() : 0;
   return {col, partial};
 }
@@ -328,15 +394,37 @@ std::optional<Geometry> flipped_geometry(const Geometry& g) {
   return f;
 }
 
-// wf (G·Ci, Co, kH, kW) from w (G·Co, Ci, kH, kW), taps reversed.
+// dst[K − 1 − k] = src[k] for k < K.
+template <class T>
+inline void reverse_taps(const T* __restrict__ src, int64_t K, T* __restrict__ dst) {
+  for (int64_t k = 0; k < K; ++k) dst[K - 1 - k] = src[k];
+}
+#if defined(__AVX512F__) && defined(__BMI2__)
+// Up to 16 taps (3×3, 4×4 kernels) in one masked load, a lane permute and a masked store.
+inline void reverse_taps(const float* __restrict__ src, int64_t K, float* __restrict__ dst) {
+  if (K > 16) return reverse_taps<float>(src, K, dst);
+  const __mmask16 taps = __mmask16((1u << K) - 1);
+  const __m512i reversed = _mm512_sub_epi32(_mm512_set1_epi32(static_cast<int>(K) - 1),
+                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  _mm512_mask_storeu_ps(dst, taps, _mm512_maskz_permutexvar_ps(taps, reversed, _mm512_maskz_loadu_ps(taps, src)));
+}
+#endif
+
+// wf (G·Ci, Co, kH, kW) from w (G·Co, Ci, kH, kW), taps reversed: a transpose of (Co, Ci) blocks
+// of K taps, 2.4 M elements for the 512-channel layers. Threads split wf's rows (grp, c); within a
+// chunk, blocks of 16 output channels keep both the reads (16 rows of w) and the writes (K·16
+// contiguous values per row of wf) in cache lines already touched.
 template <class T>
 void flip_weights(const Geometry& g, const T* __restrict__ w, T* __restrict__ wf) {
   const int64_t K = g.kernel_size(), Ci = g.in_per_group, Co = g.out_per_group;
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    for (int64_t o = 0; o < Co; ++o)
-      for (int64_t c = 0; c < Ci; ++c)
-        for (int64_t k = 0; k < K; ++k)
-          wf[((grp * Ci + c) * Co + o) * K + (K - 1 - k)] = w[((grp * Co + o) * Ci + c) * K + k];
+  parallel_for(g.groups * Ci, grain_for(Co * K), [&](int, int64_t r0, int64_t r1) {
+    for (int64_t o0 = 0; o0 < Co; o0 += 16)
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t grp = r / Ci, c = r % Ci;
+        for (int64_t o = o0; o < std::min(Co, o0 + 16); ++o)
+          reverse_taps(w + ((grp * Co + o) * Ci + c) * K, K, wf + (r * Co + o) * K);
+      }
+  });
 }
 
 // Samples per forward product. A product per sample packs the weights (Co × Ci·K) for only P
@@ -351,10 +439,12 @@ int64_t samples_per_product(const Geometry& g) {
   return std::clamp<int64_t>((kBatchedColumns + g.out_plane() - 1) / g.out_plane(), 1, per_chunk);
 }
 
-// Workspace elements per chunk of dense_forward: the batched product's output.
+// Workspace elements per chunk of dense_forward: the padded planes of a run of samples, and the
+// batched product's output.
 int64_t forward_scratch(const Geometry& g) {
+  if (g.depthwise() || g.pointwise()) return 0;
   const int64_t samples = samples_per_product(g);
-  return samples > 1 ? g.out_per_group * samples * g.out_plane() : 0;
+  return planes_elements(g, samples) + (samples > 1 ? g.out_per_group * samples * g.out_plane() : 0);
 }
 
 // Workspace bytes for the dense kernels, for conv's `forward` on g, and/or its input gradient `dx`
@@ -428,7 +518,7 @@ void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, 
   blas::parallel_for_gemm(
       g.batch, 1,
       [&](int chunk, int64_t n0, int64_t n1) {
-        T* out = per_chunk > 0 ? ws + chunk * per_chunk : nullptr;  // (Co, count·P)
+        T* scratch = per_chunk > 0 ? ws + chunk * per_chunk : nullptr;
         for (int64_t n = n0; n < n1; n += S) {
           const int64_t count = std::min(S, n1 - n);
           for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -437,20 +527,36 @@ void dense_forward(const Geometry& g, const T* x, const T* w, const T* b, T* y, 
             const T* wg = w + grp * Co * R;                    // (Co, Ci·K)
             if (g.pointwise()) {
               blas::gemm<T>(Trans::No, Trans::No, Co, P, R, T(1), wg, R, xg, P, T(0), yg, P);
-            } else if (count == 1) {
-              blas::gemm_panels<T>(Trans::No, Co, P, R, T(1), wg, R, Im2colPanels<T>(g, xg, false), T(0), yg, P);
-            } else {
-              const Im2colPanels<T> col(g, xg, false, g.groups * x_group);
-              blas::gemm_panels<T>(Trans::No, Co, count * P, R, T(1), wg, R, col, T(0), out, count * P);
-              for (int64_t s = 0; s < count; ++s)
-                for (int64_t o = 0; o < Co; ++o)
-                  std::memcpy(yg + s * g.groups * y_group + o * P, out + o * count * P + s * P, sizeof(T) * P);
+              continue;
             }
+            T* xp = scratch;                                                  // (count, Ci, Hp, Wp)
+            T* product = count == 1 ? yg : scratch + planes_elements(g, S);   // (Co, count·P)
+            pad_planes(g, xg, count, g.groups * x_group, xp);
+            blas::gemm_panels<T>(Trans::No, Co, count * P, R, T(1), wg, R, PlanePanels<T>(g, xp, false), T(0), product,
+                                 count * P);
+            for (int64_t s = 0; s < count && count > 1; ++s)
+              for (int64_t o = 0; o < Co; ++o)
+                std::memcpy(yg + s * g.groups * y_group + o * P, product + o * count * P + s * P, sizeof(T) * P);
           }
           add_channel_bias(y + n * g.out_channels() * P, count, g.out_channels(), P, b);
         }
       },
       chunks);
+}
+
+// dW_g += dy · colᵀ for `count` samples of one group side by side (k = count·P, or count·E over
+// padded planes): dy and x are the group's first sample, the next ones a sample's stride further.
+template <class T>
+void weight_gradient_run(const Geometry& g, const T* dy, const T* x, int64_t count, T* scratch, T beta, T* dw) {
+  const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group;
+  const int64_t x_stride = g.in_channels() * g.in_plane(), dy_stride = g.out_channels() * P;
+  T* xp = scratch;                                         // (count, Ci, Hp, Wp)
+  T* side = scratch + planes_elements(g, count);            // (Co, count·P)
+  pad_planes(g, x, count, x_stride, xp);
+  for (int64_t s = 0; s < count && count > 1; ++s)
+    for (int64_t o = 0; o < Co; ++o) std::memcpy(side + (o * count + s) * P, dy + s * dy_stride + o * P, sizeof(T) * P);
+  blas::gemm_panels<T>(Trans::No, Co, R, count * P, T(1), count > 1 ? side : dy, count * P,
+                       PlanePanels<T>(g, xp, true), beta, dw, R);
 }
 
 // dx (x's shape) and dw (weight's shape) from dy; either may be null.
@@ -460,35 +566,48 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
   const DenseScratch scratch = dense_scratch(g, dx != nullptr, dw != nullptr);
   const int64_t P = g.out_plane(), R = g.col_rows(), Co = g.out_per_group, block = block_columns(g);
   const int64_t x_group = g.in_per_group * g.in_plane(), y_group = Co * P;
+  const int64_t run = dw ? samples_per_weight_product(g) : 1;
   const int chunks = std::max(1, std::min(batch_chunks(g), scratch.chunks_in(ws_elements)));
   std::vector<char> started(chunks, 0);  // whether a chunk's dW has received its first product
-  for_each_sample(g, chunks, [&](int chunk, int64_t n) {
-    T* col = ws + chunk * scratch.col_elements;
-    // Chunk 0 accumulates in dW itself, the others in their partials after the columns.
-    T* dw_chunk = chunk == 0 ? dw : ws + chunks * scratch.col_elements + (chunk - 1) * scratch.partial_elements;
-    if (dx) zero(dx + n * g.groups * x_group, g.groups * x_group);
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const T* xg = x + (n * g.groups + grp) * x_group;
-      const T* dyg = dy + (n * g.groups + grp) * y_group;
-      const T* wg = w + grp * Co * R;
-      T* dxg = dx ? dx + (n * g.groups + grp) * x_group : nullptr;
-      T* dwg = dw ? dw_chunk + grp * Co * R : nullptr;
-      if (g.pointwise()) {
-        if (dw) blas::gemm<T>(Trans::No, Trans::Yes, Co, R, P, T(1), dyg, P, xg, P, started[chunk] ? T(1) : T(0), dwg, R);
-        if (dx) blas::gemm<T>(Trans::Yes, Trans::No, R, P, Co, T(1), wg, R, dyg, P, T(0), dxg, P);
-        continue;
-      }
-      if (dw)
-        blas::gemm_panels<T>(Trans::No, Co, R, P, T(1), dyg, P, Im2colPanels<T>(g, xg, true),
-                             started[chunk] ? T(1) : T(0), dwg, R);
-      for (int64_t p0 = 0; dx && p0 < P; p0 += block) {
-        const int64_t cols = std::min(block, P - p0);
-        blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
-        col2im_add(g, col, p0, p0 + cols, dxg);
-      }
-    }
-    started[chunk] = 1;
-  });
+  blas::parallel_for_gemm(
+      g.batch, 1,
+      [&](int chunk, int64_t n0, int64_t n1) {
+        T* col = ws + chunk * scratch.col_elements;
+        // Chunk 0 accumulates in dW itself, the others in their partials after the columns.
+        T* dw_chunk = chunk == 0 ? dw : ws + chunks * scratch.col_elements + (chunk - 1) * scratch.partial_elements;
+        for (int64_t n = n0; n < n1; n += run) {
+          const int64_t count = std::min(run, n1 - n);
+          for (int64_t grp = 0; dw && grp < g.groups; ++grp) {
+            const T* xg = x + (n * g.groups + grp) * x_group;
+            const T* dyg = dy + (n * g.groups + grp) * y_group;
+            T* dwg = dw_chunk + grp * Co * R;
+            const T beta = started[chunk] ? T(1) : T(0);
+            if (g.pointwise())  // run == 1
+              blas::gemm<T>(Trans::No, Trans::Yes, Co, R, P, T(1), dyg, P, xg, P, beta, dwg, R);
+            else
+              weight_gradient_run(g, dyg, xg, count, col, beta, dwg);
+          }
+          started[chunk] = 1;
+          for (int64_t sample = n; dx && sample < n + count; ++sample) {
+            zero(dx + sample * g.groups * x_group, g.groups * x_group);
+            for (int64_t grp = 0; grp < g.groups; ++grp) {
+              const T* dyg = dy + (sample * g.groups + grp) * y_group;
+              const T* wg = w + grp * Co * R;
+              T* dxg = dx + (sample * g.groups + grp) * x_group;
+              if (g.pointwise()) {
+                blas::gemm<T>(Trans::Yes, Trans::No, R, P, Co, T(1), wg, R, dyg, P, T(0), dxg, P);
+                continue;
+              }
+              for (int64_t p0 = 0; p0 < P; p0 += block) {
+                const int64_t cols = std::min(block, P - p0);
+                blas::gemm<T>(Trans::Yes, Trans::No, R, cols, Co, T(1), wg, R, dyg + p0, P, T(0), col, cols);
+                col2im_add(g, col, p0, p0 + cols, dxg);
+              }
+            }
+          }
+        }
+      },
+      chunks);
   if (!dw) return;
   if (g.batch == 0) {
     zero(dw, g.out_channels() * R);
@@ -507,17 +626,6 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
 }
 
 // ----------------------------------------------------------------------------- depthwise kernels
-
-// Copies plane (H, W) into out (rows, cols) at offset (top, left), zeros around it: the padded plane
-// a depthwise kernel reads without bounds checks. Parts of the plane beyond out are left out.
-template <class T>
-void pad_plane(const T* __restrict__ plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t rows,
-               int64_t cols, T* __restrict__ out) {
-  std::fill(out, out + rows * cols, T(0));
-  const int64_t c0 = std::max<int64_t>(0, -left), c1 = std::min(w, cols - left);
-  for (int64_t r = std::max<int64_t>(0, top); r < std::min(rows, top + h); ++r)
-    if (c0 < c1) std::memcpy(out + r * cols + left + c0, plane + (r - top) * w + c0, sizeof(T) * (c1 - c0));
-}
 
 // Out (n_rows, n_cols) = Σ_{kh, kw} taps[kh, kw] · in[r·S_h + kh·D_h·sign, c·S_w + kw·D_w·sign] read from a
 // padded plane (no bounds), every tap of one output accumulated in registers: the vectorized loop

@@ -9,6 +9,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "conv/conv.h"
@@ -140,6 +141,22 @@ const std::vector<Case> kCases = {
     {2, 4, 2, {6, 5}, {3, 3}, {1, 1}, {0, 0}, {0, 0}, {1, 1}, 2, true},  // one output channel per group
 };
 
+// x, w, b drawn from rng for case c, y = conv_forward (with the workspace it asks for), checked
+// against the naive loop; returns the four for further checks.
+std::tuple<Buffer, Buffer, Buffer, Buffer> checked_forward(const Case& c, DType dt, Random& rng, int threads) {
+  Buffer x = test::random_buffer(rng, dt, with_front({c.batch, c.in_channels}, c.size));
+  Buffer w = test::random_buffer(rng, dt, with_front({c.out_channels, c.in_channels / c.groups}, c.kernel));
+  Buffer b = test::random_buffer(rng, dt, {c.out_channels});
+  Buffer y = test::sentinel_buffer(dt, with_front({c.batch, c.out_channels}, conv_out(c)));
+  Buffer ws = workspace(conv_forward_workspace_size<CPU>(x.view(), w.view(), c.stride, c.pad_begin, c.pad_end,
+                                                         c.dilation, c.groups, y.view()));
+  conv_forward<CPU>(x.view(), w.view(), c.bias ? b.opt() : std::nullopt, c.stride, c.pad_begin, c.pad_end,
+                    c.dilation, c.groups, y.view(), ws.opt());
+  EXPECT_TRUE(AllClose(y.values(), naive_conv(c, x, w, c.bias ? &b : nullptr), test::forward_tolerance(dt)))
+      << name(c) << " threads " << threads;
+  return {std::move(x), std::move(w), std::move(b), std::move(y)};
+}
+
 class ConvForward : public ::testing::TestWithParam<DType> {};
 
 TEST_P(ConvForward, MatchesNaiveLoop) {
@@ -148,16 +165,7 @@ TEST_P(ConvForward, MatchesNaiveLoop) {
     for (int threads : {1, 2}) {
       ScopedThreads scoped(threads);
       Random rng(17 + c.batch * 7 + c.in_channels);
-      Buffer x = test::random_buffer(rng, dt, with_front({c.batch, c.in_channels}, c.size));
-      Buffer w = test::random_buffer(rng, dt, with_front({c.out_channels, c.in_channels / c.groups}, c.kernel));
-      Buffer b = test::random_buffer(rng, dt, {c.out_channels});
-      Buffer y = test::sentinel_buffer(dt, with_front({c.batch, c.out_channels}, conv_out(c)));
-      Buffer ws = workspace(conv_forward_workspace_size<CPU>(x.view(), w.view(), c.stride, c.pad_begin, c.pad_end,
-                                                             c.dilation, c.groups, y.view()));
-      conv_forward<CPU>(x.view(), w.view(), c.bias ? b.opt() : std::nullopt, c.stride, c.pad_begin, c.pad_end,
-                        c.dilation, c.groups, y.view(), ws.opt());
-      EXPECT_TRUE(AllClose(y.values(), naive_conv(c, x, w, c.bias ? &b : nullptr), test::forward_tolerance(dt)))
-          << name(c) << " threads " << threads;
+      auto [x, w, b, y] = checked_forward(c, dt, rng, threads);
 
       // conv_transpose with the same shapes read the other way: weight (C_in, C_out/G, k).
       Case t = c;
@@ -198,6 +206,62 @@ TEST(ConvTransposeForward, OutputMadeOfOutputPaddingMatchesNaiveLoop) {
     EXPECT_TRUE(AllClose(y.values(), naive_transpose(t, x, w, t.bias ? &b : nullptr), test::forward_tolerance(dt)))
         << name(t);
   }
+}
+
+// dW of a 2-D convolution with groups 1, L = Σ y·dy, summed in double: dW[o, c, kh, kw] =
+// Σ_{n, oh, ow} dy[n, o, oh, ow] · x[n, c, oh·S − P + kh·D, ow·S − P + kw·D].
+std::vector<double> naive_weight_gradient(const Case& c, const Buffer& x, const Buffer& dy) {
+  const std::vector<int64_t> out = conv_out(c);
+  const int64_t h = c.size[0], wd = c.size[1], K = c.kernel[0] * c.kernel[1];
+  std::vector<double> dw(c.out_channels * c.in_channels * K, 0.0);
+  for (int64_t n = 0; n < c.batch; ++n)
+    for (int64_t o = 0; o < c.out_channels; ++o)
+      for (int64_t i = 0; i < c.in_channels; ++i)
+        for (int64_t kh = 0; kh < c.kernel[0]; ++kh)
+          for (int64_t kw = 0; kw < c.kernel[1]; ++kw)
+            for (int64_t oh = 0; oh < out[0]; ++oh)
+              for (int64_t ow = 0; ow < out[1]; ++ow) {
+                const int64_t ih = oh * c.stride[0] - c.pad_begin[0] + kh * c.dilation[0];
+                const int64_t iw = ow * c.stride[1] - c.pad_begin[1] + kw * c.dilation[1];
+                if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+                dw[(o * c.in_channels + i) * K + kh * c.kernel[1] + kw] +=
+                    dy.get(((n * c.out_channels + o) * out[0] + oh) * out[1] + ow) *
+                    x.get(((n * c.in_channels + i) * h + ih) * wd + iw);
+              }
+  return dw;
+}
+
+// Planes larger than the gather's vectors, in float32 (the AVX-512 path): windows of 16 columns
+// within a row and across rows (stride 1, dilation, stride 2), vectors whose columns cross from one
+// sample into the next (35-position planes in the forward's batched products; 169 in the weight
+// gradient's), and gathers where a vector's offsets spread over more than 32 values (stride 3, and
+// the sample crossings).
+TEST(ConvForward, ColumnGathersOnLargerPlanesMatchNaiveLoops) {
+  const std::vector<Case> cases = {
+      {3, 5, 7, {19, 23}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},
+      {4, 6, 5, {13, 13}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, false},
+      {2, 4, 6, {40, 37}, {3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1}, 1, true},
+      {3, 3, 4, {17, 20}, {3, 2}, {1, 1}, {3, 2}, {3, 2}, {3, 2}, 1, true},
+      {2, 3, 5, {16, 50}, {3, 3}, {3, 3}, {2, 0}, {2, 0}, {1, 1}, 1, false},
+      {64, 8, 8, {4, 4}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, false},  // 16-position planes, batched
+      {6, 16, 6, {5, 7}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},   // P = 35 < Ci·K: batched
+  };
+  const DType dt = DType::Float32;
+  for (const Case& c : cases)
+    for (int threads : {1, 2}) {
+      ScopedThreads scoped(threads);
+      Random rng(31 + c.batch + c.in_channels);
+      auto [x, w, b, y] = checked_forward(c, dt, rng, threads);
+
+      Buffer dy = test::random_buffer(rng, dt, y.sizes());
+      Buffer dw = test::sentinel_buffer(dt, w.sizes());
+      Buffer wsb = workspace(conv_backward_workspace_size<CPU>(dy.view(), x.view(), w.view(), c.stride, c.pad_begin,
+                                                               c.pad_end, c.dilation, c.groups));
+      conv_backward<CPU>(dy.view(), x.view(), w.view(), c.stride, c.pad_begin, c.pad_end, c.dilation, c.groups,
+                         std::nullopt, dw.opt(), std::nullopt, wsb.opt());
+      EXPECT_TRUE(AllClose(dw.values(), naive_weight_gradient(c, x, dy), {2e-4, 2e-4}))
+          << "dw " << name(c) << " threads " << threads;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, ConvForward, ::testing::Values(DType::Float32, DType::Float64), test::DTypeName());
