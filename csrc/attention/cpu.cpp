@@ -32,6 +32,7 @@
 #include "attention/attention.h"
 #include "core/check.h"
 #include "core/dispatch.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "core/vmath.h"
 
@@ -607,6 +608,7 @@ void attention_forward<DeviceType::CPU>(const TensorView& q, const TensorView& k
                                         const TensorView& lse, std::uintptr_t) {
   const AttentionDims d =
       check_attention_forward(DeviceType::CPU, q, k, v, key_padding_mask, attn_bias, scale, dropout_p, out, lse);
+  prefer_huge_pages(out);
   if (out.numel() == 0) return;
   dispatch_cpu_floating(q.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -642,6 +644,10 @@ void attention_backward<DeviceType::CPU>(const TensorView& grad_out, const OptVi
   const AttentionDims d = check_attention_backward(DeviceType::CPU, grad_out, grad_lse, q, k, v, out, lse,
                                                    key_padding_mask, attn_bias, scale, dropout_p, grad_q, grad_k,
                                                    grad_v, grad_bias, workspace, need_bytes);
+  prefer_huge_pages(grad_q);
+  prefer_huge_pages(grad_k);
+  prefer_huge_pages(grad_v);
+  prefer_huge_pages(grad_bias);
   dispatch_cpu_floating(q.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const auto p = make_problem<T>(q, k, v, key_padding_mask, attn_bias, d, scale, causal, dropout_p, seed);

@@ -48,6 +48,7 @@
 #include "conv/conv.h"
 #include "core/dispatch.h"
 #include "core/gemm.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 
 namespace replearn::conv {
@@ -866,6 +867,7 @@ void conv_forward<DeviceType::CPU>(const TensorView& x, const TensorView& weight
                                    const OptView& workspace, std::uintptr_t) {
   const Geometry g = check_conv_forward(DeviceType::CPU, x, weight, bias, stride, padding_begin, padding_end,
                                         dilation, groups, y);
+  prefer_huge_pages(y);
   check_workspace("conv_forward", workspace, scratch_bytes(g, true, false, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -893,6 +895,8 @@ void conv_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& x, c
                                     const OptView& dbias, const OptView& workspace, std::uintptr_t) {
   const Geometry g = check_conv_backward(DeviceType::CPU, dy, x, weight, stride, padding_begin, padding_end,
                                          dilation, groups, dx, dweight, dbias);
+  prefer_huge_pages(dx);
+  prefer_huge_pages(dweight);
   if (dx || dweight)
     check_workspace("conv_backward", workspace,
                     scratch_bytes(g, false, dx.has_value(), dweight.has_value(), element_size(x.dtype), true), x);
@@ -924,6 +928,7 @@ void conv_transpose_forward<DeviceType::CPU>(const TensorView& x, const TensorVi
                                              std::uintptr_t) {
   const Geometry g = check_conv_transpose_forward(DeviceType::CPU, x, weight, bias, stride, padding, dilation,
                                                   groups, y);
+  prefer_huge_pages(y);
   check_workspace("conv_transpose_forward", workspace, scratch_bytes(g, false, true, false, element_size(x.dtype), true), x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -954,6 +959,8 @@ void conv_transpose_backward<DeviceType::CPU>(const TensorView& dy, const Tensor
                                               const OptView& dbias, const OptView& workspace, std::uintptr_t) {
   const Geometry g = check_conv_transpose_backward(DeviceType::CPU, dy, x, weight, stride, padding, dilation,
                                                    groups, dx, dweight, dbias);
+  prefer_huge_pages(dx);
+  prefer_huge_pages(dweight);
   if (dx || dweight)
     check_workspace("conv_transpose_backward", workspace,
                     scratch_bytes(g, dx.has_value(), false, dweight.has_value(), element_size(x.dtype), true), x);

@@ -13,6 +13,7 @@
 
 #include "core/dispatch.h"
 #include "core/gemm.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "flow/flow.h"
 #include "flow/math.h"
@@ -613,6 +614,7 @@ void affine_coupling_forward<DeviceType::CPU>(const TensorView& x, const OptView
                                               const TensorView& logdet, const OptView& workspace, std::uintptr_t) {
   const RowDims d = check_affine_coupling_forward(DeviceType::CPU, x, shift, log_scale, mask, scale, y, logdet,
                                                   workspace, 0);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_scale(scale, [&](auto s) {
@@ -631,6 +633,9 @@ void affine_coupling_backward<DeviceType::CPU>(const TensorView& grad_y, const T
                                                std::uintptr_t) {
   const RowDims d = check_affine_coupling_backward(DeviceType::CPU, grad_y, grad_logdet, x, shift, log_scale, mask,
                                                    scale, grad_x, grad_shift, grad_log_scale);
+  prefer_huge_pages(grad_x);
+  prefer_huge_pages(grad_shift);
+  prefer_huge_pages(grad_log_scale);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_scale(scale, [&](auto s) {
@@ -646,6 +651,7 @@ template <>
 void actnorm_forward<DeviceType::CPU>(const TensorView& x, const TensorView& scale, const TensorView& bias,
                                       bool reverse, const TensorView& y, const TensorView& logdet, std::uintptr_t) {
   const ChannelDims d = check_actnorm_forward(DeviceType::CPU, x, scale, bias, y, logdet);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     actnorm_forward_cpu<T>(d, x.data_as<const T>(), scale.data_as<const T>(), bias.data_as<const T>(), reverse,
@@ -665,6 +671,7 @@ void actnorm_backward<DeviceType::CPU>(const TensorView& grad_y, const TensorVie
                                        const OptView& workspace, std::uintptr_t) {
   const ChannelDims d = check_actnorm_backward(DeviceType::CPU, grad_y, grad_logdet, x, scale, bias, grad_x,
                                                grad_scale, grad_bias, workspace, 0);
+  prefer_huge_pages(grad_x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     actnorm_backward_cpu<T>(d, grad_y.data_as<const T>(), grad_logdet.data_as<const T>(), x.data_as<const T>(),
@@ -687,6 +694,7 @@ void invconv1x1_forward<DeviceType::CPU>(const TensorView& x, const TensorView& 
                                          std::uintptr_t) {
   const ChannelDims d = check_invconv1x1_forward(DeviceType::CPU, x, perm, lower, upper, s, y, logdet, workspace,
                                                  invconv1x1_workspace_size<DeviceType::CPU>(x, reverse));
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     invconv_forward_cpu<T>(d, x.data_as<const T>(), perm.data_as<const int64_t>(), lower.data_as<const T>(),
@@ -706,6 +714,7 @@ void invconv1x1_backward<DeviceType::CPU>(const TensorView& grad_y, const Tensor
       check_invconv1x1_backward(DeviceType::CPU, grad_y, grad_logdet, x, out, perm, lower, upper, s, grad_x,
                                 grad_lower, grad_upper, grad_s, workspace,
                                 invconv1x1_workspace_size<DeviceType::CPU>(x, reverse));
+  prefer_huge_pages(grad_x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     invconv_backward_cpu<T>(d, grad_y.data_as<const T>(), grad_logdet.data_as<const T>(), x.data_as<const T>(),
@@ -730,6 +739,7 @@ void planar_flow_forward<DeviceType::CPU>(const TensorView& z, const TensorView&
                                           const TensorView& logdet, const OptView& workspace, std::uintptr_t) {
   const RowDims d = check_planar_flow_forward(DeviceType::CPU, z, u, w, b, f, logdet, workspace,
                                               planar_flow_workspace_size<DeviceType::CPU>(z, false));
+  prefer_huge_pages(f);
   dispatch_cpu_floating(z.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     planar_forward_cpu<T>(d, z.data_as<const T>(), u.data_as<const T>(), w.data_as<const T>(), b.data_as<const T>(),
@@ -746,6 +756,7 @@ void planar_flow_backward<DeviceType::CPU>(const TensorView& grad_f, const Tenso
   const RowDims d = check_planar_flow_backward(DeviceType::CPU, grad_f, grad_logdet, z, out, u, w, b, grad_z, grad_u,
                                                grad_w, grad_b, workspace,
                                                planar_flow_workspace_size<DeviceType::CPU>(z, true));
+  prefer_huge_pages(grad_z);
   dispatch_cpu_floating(z.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     planar_backward_cpu<T>(d, grad_f.data_as<const T>(), grad_logdet.data_as<const T>(), z.data_as<const T>(),

@@ -20,6 +20,7 @@
 
 #include "core/check.h"
 #include "core/dispatch.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "norm/norm.h"
 
@@ -709,6 +710,7 @@ template <>
 void layer_norm_forward<DeviceType::CPU>(const TensorView& x, int normalized_ndim, const OptView& weight, const OptView& bias,
                         double eps, const TensorView& y, const OptView& mean, const OptView& rstd, std::uintptr_t) {
   const RowDims d = check_layer_norm_forward(DeviceType::CPU, x, normalized_ndim, weight, bias, eps, y, mean, rstd);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     layer_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, d,
@@ -729,6 +731,7 @@ void layer_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
   const RowDims d = check_layer_norm_backward(DeviceType::CPU, dy, x, normalized_ndim, mean, rstd, weight, dx,
                                               dweight, dbias, workspace,
                                               need_params ? row_partial_bytes(x, normalized_ndim) : 0);
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     row_norm_backward_kernel<T, true>(dy.data_as<T>(), x.data_as<T>(), mean.data_as<T>(), rstd.data_as<T>(),
@@ -743,6 +746,7 @@ template <>
 void rms_norm_forward<DeviceType::CPU>(const TensorView& x, int normalized_ndim, const OptView& weight, double eps, const TensorView& y,
                       const OptView& rstd, std::uintptr_t) {
   const RowDims d = check_rms_norm_forward(DeviceType::CPU, x, normalized_ndim, weight, eps, y, rstd);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     rms_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), eps, d, y.data_as<T>(), ptr_or_null<T>(rstd));
@@ -760,6 +764,7 @@ void rms_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& 
   const bool need_params = dweight.has_value();
   const RowDims d = check_rms_norm_backward(DeviceType::CPU, dy, x, normalized_ndim, rstd, weight, dx, dweight,
                                             workspace, need_params ? row_partial_bytes(x, normalized_ndim) : 0);
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     row_norm_backward_kernel<T, false>(dy.data_as<T>(), x.data_as<T>(), nullptr, rstd.data_as<T>(),
@@ -776,6 +781,7 @@ void batch_norm_forward<DeviceType::CPU>(const TensorView& x, const OptView& wei
                         const TensorView& save_mean, const TensorView& save_rstd, std::uintptr_t) {
   const ChannelDims d = check_batch_norm_forward(DeviceType::CPU, x, weight, bias, running_mean, running_var, training,
                                                  momentum, eps, y, save_mean, save_rstd);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias),
@@ -791,6 +797,7 @@ void batch_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
                          const OptView& dweight, const OptView& dbias, std::uintptr_t) {
   const ChannelDims d =
       check_batch_norm_backward(DeviceType::CPU, dy, x, save_mean, save_rstd, weight, dx, dweight, dbias);
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_norm_backward_kernel<T>(dy.data_as<T>(), x.data_as<T>(), save_mean.data_as<T>(), save_rstd.data_as<T>(),
@@ -803,6 +810,7 @@ template <>
 void group_norm_forward<DeviceType::CPU>(const TensorView& x, int64_t groups, const OptView& weight, const OptView& bias, double eps,
                         const TensorView& y, const OptView& mean, const OptView& rstd, std::uintptr_t) {
   const ChannelDims d = check_group_norm_forward(DeviceType::CPU, x, groups, weight, bias, eps, y, mean, rstd);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     group_norm_forward_kernel<T>(x.data_as<T>(), groups, ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, d,
@@ -819,6 +827,7 @@ void group_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView
                          const OptView& dbias, const OptView& workspace, std::uintptr_t) {
   const ChannelDims d = check_group_norm_backward(DeviceType::CPU, dy, x, groups, mean, rstd, weight, dx, dweight,
                                                   dbias, workspace, group_workspace_bytes(x));
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     group_norm_backward_kernel<T>(dy.data_as<T>(), x.data_as<T>(), groups, mean.data_as<T>(), rstd.data_as<T>(),
@@ -844,6 +853,7 @@ template <>
 void weight_norm_forward<DeviceType::CPU>(const TensorView& v, const TensorView& g, int dim, const TensorView& w,
                          const TensorView& norm, std::uintptr_t) {
   const SliceDims d = check_weight_norm_forward(DeviceType::CPU, v, g, dim, w, norm);
+  prefer_huge_pages(w);
   dispatch_cpu_floating(v.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (d.outer == 1) {
@@ -868,6 +878,7 @@ template <>
 void weight_norm_backward<DeviceType::CPU>(const TensorView& dw, const TensorView& v, const TensorView& g, const TensorView& norm,
                           int dim, const OptView& dv, const OptView& dg, std::uintptr_t) {
   const SliceDims d = check_weight_norm_backward(DeviceType::CPU, dw, v, g, norm, dim, dv, dg);
+  prefer_huge_pages(dv);
   dispatch_cpu_floating(v.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (d.outer == 1) {
@@ -900,6 +911,7 @@ void spectral_norm_forward<DeviceType::CPU>(const TensorView& weight, const Tens
                                             const TensorView& sigma, const OptView& workspace, std::uintptr_t) {
   const MatrixDims d = check_spectral_norm_forward(DeviceType::CPU, weight, u, v, n_power_iterations, eps, coeff, w,
                                                    u_out, v_out, sigma, workspace, 0);
+  prefer_huge_pages(w);
   dispatch_cpu_floating(weight.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     spectral_norm_forward_kernel<T>(weight.data_as<T>(), d, u.data_as<T>(), ptr_or_null<T>(v), n_power_iterations,

@@ -20,6 +20,7 @@
 
 #include "core/check.h"
 #include "core/dispatch.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "pool/pool.h"
 
@@ -291,6 +292,8 @@ void max_pool_forward<DeviceType::CPU>(const TensorView& x, const Ints& kernel_s
                                        const OptView& indices, std::uintptr_t) {
   const Geometry g = check_max_pool_forward(DeviceType::CPU, x, kernel_size, stride, padding, dilation, ceil_mode, y,
                                             indices);
+  prefer_huge_pages(y);
+  prefer_huge_pages(indices);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (indices)
@@ -306,6 +309,7 @@ void max_pool_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& 
                                         const TensorView& dx, std::uintptr_t) {
   const Geometry g = check_max_pool_backward(DeviceType::CPU, dy, indices, kernel_size, stride, padding, dilation,
                                              ceil_mode, dx);
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(dx.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     max_pool_backward_kernel<T>(dy.data_as<T>(), indices.data_as<int64_t>(), g, dx.data_as<T>());
@@ -318,6 +322,7 @@ void avg_pool_forward<DeviceType::CPU>(const TensorView& x, const Ints& kernel_s
                                        int64_t divisor_override, const TensorView& y, std::uintptr_t) {
   const Geometry g = check_avg_pool_forward(DeviceType::CPU, x, kernel_size, stride, padding, ceil_mode,
                                             divisor_override, y);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     avg_pool_forward_kernel<T>(x.data_as<T>(), g, Divisor{divisor_override, count_include_pad}, y.data_as<T>());
@@ -330,6 +335,7 @@ void avg_pool_backward<DeviceType::CPU>(const TensorView& dy, const Ints& kernel
                                         int64_t divisor_override, const TensorView& dx, std::uintptr_t) {
   const Geometry g = check_avg_pool_backward(DeviceType::CPU, dy, kernel_size, stride, padding, ceil_mode,
                                              divisor_override, dx);
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(dx.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     avg_pool_backward_kernel<T>(dy.data_as<T>(), g, Divisor{divisor_override, count_include_pad}, dx.data_as<T>());
@@ -340,6 +346,7 @@ template <>
 void adaptive_avg_pool_forward<DeviceType::CPU>(const TensorView& x, int spatial_ndim, const TensorView& y,
                                                 std::uintptr_t) {
   const Geometry g = check_adaptive_avg_pool_forward(DeviceType::CPU, x, spatial_ndim, y);
+  prefer_huge_pages(y);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     adaptive_avg_pool_forward_kernel<T>(x.data_as<T>(), g, y.data_as<T>());
@@ -350,6 +357,7 @@ template <>
 void adaptive_avg_pool_backward<DeviceType::CPU>(const TensorView& dy, int spatial_ndim, const TensorView& dx,
                                                  std::uintptr_t) {
   const Geometry g = check_adaptive_avg_pool_backward(DeviceType::CPU, dy, spatial_ndim, dx);
+  prefer_huge_pages(dx);
   dispatch_cpu_floating(dx.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     adaptive_avg_pool_backward_kernel<T>(dy.data_as<T>(), g, dx.data_as<T>());

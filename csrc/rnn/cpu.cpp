@@ -17,6 +17,7 @@
 
 #include "core/dispatch.h"
 #include "core/gemm.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "rnn/cell.h"
 #include "rnn/rnn.h"
@@ -368,6 +369,8 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
                                   const TensorView& reserve, const OptView& workspace, std::uintptr_t) {
   const LayerDims d = check_forward(DeviceType::CPU, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n,
                                     c_n, reserve, workspace);
+  prefer_huge_pages(y);
+  prefer_huge_pages(reserve);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t B = d.batch, H = d.hidden, S = d.state(), GH = d.gates(), R = d.reserve();
@@ -415,6 +418,7 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
   const LayerDims d = check_backward(DeviceType::CPU, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths,
                                      reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih,
                                      grad_b_hh, workspace);
+  prefer_huge_pages(grad_x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t TB = d.steps * d.batch, BH = d.batch * d.hidden, BS = d.batch * d.state(), GH = d.gates();

@@ -28,6 +28,7 @@
 
 #include "core/check.h"
 #include "core/dispatch.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "ssm/lanes.h"
 #include "ssm/ssm.h"
@@ -779,6 +780,8 @@ void cauchy_forward<DeviceType::CPU>(const TensorView& v_real, const TensorView&
                                      const TensorView& out_real, const TensorView& out_imag, std::uintptr_t) {
   const CauchyDims d =
       check_cauchy_forward(DeviceType::CPU, v_real, v_imag, z_real, z_imag, w_real, w_imag, out_real, out_imag);
+  prefer_huge_pages(out_real);
+  prefer_huge_pages(out_imag);
   dispatch_cpu_floating(v_real.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     cauchy_forward_kernel(v_real.data_as<T>(), v_imag.data_as<T>(), z_real.data_as<T>(), z_imag.data_as<T>(),
@@ -809,6 +812,7 @@ void selective_scan_forward<DeviceType::CPU>(const TensorView& u, const TensorVi
                                              const TensorView& out, const OptView& checkpoints, std::uintptr_t) {
   const ScanDims d =
       check_selective_scan_forward(DeviceType::CPU, u, delta, A, B, C, D_skip, z, delta_bias, out, checkpoints);
+  prefer_huge_pages(out);
   dispatch_cpu_floating(u.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const ScanArgs<T> a{u.data_as<T>(), delta.data_as<T>(), A.data_as<T>(), B.data_as<T>(), C.data_as<T>(),
@@ -851,6 +855,11 @@ void selective_scan_backward<DeviceType::CPU>(
   const ScanDims d = check_selective_scan_backward(DeviceType::CPU, grad_out, u, delta, A, B, C, D_skip, z,
                                                    delta_bias, checkpoints, grad_last_state, du, ddelta, dA, dB, dC, dD, dz,
                                                    ddelta_bias, workspace, minimum);
+  prefer_huge_pages(du);
+  prefer_huge_pages(ddelta);
+  prefer_huge_pages(dB);
+  prefer_huge_pages(dC);
+  prefer_huge_pages(dz);
   dispatch_cpu_floating(u.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (d.batch * d.dim == 0 || d.length == 0) {  // nothing flows: every gradient is zero
@@ -880,6 +889,7 @@ void causal_conv1d_forward<DeviceType::CPU>(const TensorView& x, const TensorVie
                                             const OptView& initial_state, int activation, const TensorView& y,
                                             const OptView& final_state, std::uintptr_t) {
   const ConvDims d = check_causal_conv1d_forward(DeviceType::CPU, x, weight, bias, initial_state, y, final_state);
+  prefer_huge_pages(y);
   Checker("causal_conv1d_forward", DeviceType::CPU)
       .value(activation == 0 || activation == 1, "activation", "None or 'silu'", activation);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
@@ -904,6 +914,7 @@ void causal_conv1d_backward<DeviceType::CPU>(const TensorView& grad_y, const Ten
   const ConvDims d = check_causal_conv1d_backward(DeviceType::CPU, grad_y, x, weight, bias, initial_state, grad_final_state, dx,
                                                   dweight, dbias, dinitial_state, workspace,
                                                   causal_conv1d_backward_workspace_size<DeviceType::CPU>(x, weight));
+  prefer_huge_pages(dx);
   Checker("causal_conv1d_backward", DeviceType::CPU)
       .value(activation == 0 || activation == 1, "activation", "None or 'silu'", activation);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
@@ -920,6 +931,7 @@ void s4d_kernel_forward<DeviceType::CPU>(const TensorView& log_dt, const TensorV
                                          const TensorView& C_real, const TensorView& C_imag, const TensorView& K,
                                          std::uintptr_t) {
   const VandermondeDims d = check_s4d_kernel_forward(DeviceType::CPU, log_dt, A_real, A_imag, C_real, C_imag, K);
+  prefer_huge_pages(K);
   dispatch_cpu_floating(log_dt.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     s4d_forward(log_dt.data_as<T>(), A_real.data_as<T>(), A_imag.data_as<T>(), C_real.data_as<T>(),

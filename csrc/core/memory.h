@@ -1,0 +1,34 @@
+// Large outputs on transparent huge pages.
+//
+// Under glibc's default malloc settings every large tensor torch allocates is a fresh mmap, and the
+// kernel that first writes it pays a page fault per 4 KiB page: 16 K faults, about 12 ms of a
+// 16.5 ms elementwise pass over a 64 MiB output on this machine. Where Linux's transparent huge
+// pages are in "madvise" mode (the default of many distributions), asking for them on such a buffer
+// before its first write makes the faults 2 MiB each: the same pass took 4.4 ms (bench/RESULTS.md,
+// "huge pages"). torch offers the same for its own allocations behind THP_MEM_ALLOC_ENABLE=1, off by
+// default. A CPU entry point calls prefer_huge_pages on its large outputs after validation.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "core/tensor_view.h"
+
+namespace replearn {
+
+// Outputs below this size are left alone: their faults are few, and a 2 MiB page would be mostly
+// waste for them.
+constexpr int64_t kHugePageMinBytes = int64_t{8} << 20;
+
+// Advises huge pages (madvise MADV_HUGEPAGE) for the whole 2 MiB-aligned pages inside
+// [data, data + bytes) when there are any, bytes ≥ kHugePageMinBytes and the first of them is not
+// yet resident (a fresh mapping): memory a caching allocator hands out again is already faulted in
+// and is left as it is. Advice only: nothing is written, and a refusal changes nothing. No-op
+// outside Linux.
+void prefer_huge_pages(void* data, int64_t bytes);
+
+// prefer_huge_pages for a CPU view's memory (CUDA views, and absent optional ones, are ignored).
+void prefer_huge_pages(const TensorView& view);
+void prefer_huge_pages(const std::optional<TensorView>& view);
+
+}  // namespace replearn
