@@ -4,6 +4,8 @@ error translation, and the build's CUDA module."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +112,38 @@ def test_cuda_tensor_view():
     t = torch.zeros(2, 3, device="cuda")
     d = _native._C_cuda.describe(t) if hasattr(_native._C_cuda, "describe") else _C.describe(t)
     assert d["device"] == "cuda:0" and d["data_ptr"] == t.data_ptr()
+
+
+# ==================================================================== huge pages (core/memory.h)
+
+_HUGE_PAGE_PROGRAM = r"""
+import sys, torch, replearn.ops as ops
+x = torch.randn(4096, 4096)
+y = ops.layer_norm(x, 4096)  # a 64 MiB output: a fresh mapping under glibc's defaults
+inside = (y.data_ptr() + (4 << 20)) & ~((2 << 20) - 1)
+flags, current = "", False
+for line in open("/proc/self/smaps"):
+    head = line.split()[0]
+    if "-" in head and all(c in "0123456789abcdef-" for c in head):
+        begin, end = (int(v, 16) for v in head.split("-"))
+        current = begin <= inside < end
+    elif current and line.startswith("VmFlags:"):
+        flags = line
+print("hg" in flags.split())
+torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (4096,)))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
+                    reason="Linux with transparent huge pages")  # fmt: skip
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_fresh_large_outputs_are_advised_huge_pages_unless_disabled(setting):
+    """A CPU kernel's fresh output of 8 MiB or more is madvised MADV_HUGEPAGE before its first write
+    (docs/design.md, "Large outputs on huge pages"); REPLEARN_HUGE_PAGES=0 turns that off. A fresh
+    interpreter under glibc's default malloc settings, so the output is a new mapping."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "REPLEARN_HUGE_PAGES")}
+    if setting is not None:
+        env["REPLEARN_HUGE_PAGES"] = setting
+    result = subprocess.run([sys.executable, "-c", _HUGE_PAGE_PROGRAM], capture_output=True, text=True, env=env,
+                            check=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == str(setting is None), result.stdout + result.stderr

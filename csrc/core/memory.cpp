@@ -1,14 +1,25 @@
 #include "core/memory.h"
 
+#include <cstdlib>
+#include <cstring>
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
 namespace replearn {
 
+bool huge_pages_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("REPLEARN_HUGE_PAGES");
+    return value == nullptr || std::strcmp(value, "0") != 0;
+  }();
+  return enabled;
+}
+
 void prefer_huge_pages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (data == nullptr || bytes < kHugePageMinBytes) return;
+  if (data == nullptr || bytes < kHugePageMinBytes || !huge_pages_enabled()) return;
   constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
   const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(data);
   const std::uintptr_t begin = (address + kHugePage - 1) & ~(kHugePage - 1);

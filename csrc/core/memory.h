@@ -20,11 +20,15 @@ namespace replearn {
 // waste for them.
 constexpr int64_t kHugePageMinBytes = int64_t{8} << 20;
 
+// False when the environment variable REPLEARN_HUGE_PAGES is "0" (read once, at the first call):
+// for machines where huge-page faults stall on memory compaction, or to measure without them.
+bool huge_pages_enabled();
+
 // Advises huge pages (madvise MADV_HUGEPAGE) for the whole 2 MiB-aligned pages inside
 // [data, data + bytes) when there are any, bytes ≥ kHugePageMinBytes and the first of them is not
 // yet resident (a fresh mapping): memory a caching allocator hands out again is already faulted in
 // and is left as it is. Advice only: nothing is written, and a refusal changes nothing. No-op
-// outside Linux.
+// outside Linux and when huge_pages_enabled() is false.
 void prefer_huge_pages(void* data, int64_t bytes);
 
 // prefer_huge_pages for a CPU view's memory (CUDA views, and absent optional ones, are ignored).
