@@ -48,6 +48,10 @@ def launch(name: str, like: torch.Tensor, *args) -> None:
     CPU kernels get the thread count of torch; CUDA kernels run on `like`'s device, on torch's
     current stream, so they order correctly with every torch op around them.
     """
+    if like.is_cpu:  # the common case first: one attribute read, no torch.device object
+        _sync_threads()
+        getattr(_C, name)(*args)
+        return
     if like.is_cuda:
         if _C_cuda is None:
             raise RuntimeError(
@@ -61,10 +65,7 @@ def launch(name: str, like: torch.Tensor, *args) -> None:
             with torch.cuda.device(index):
                 getattr(_C_cuda, name)(*args, stream=_current_stream(index))
         return
-    if like.device.type != "cpu":
-        raise ValueError(f"replearn: {name} has kernels for cpu and cuda tensors, got one on {like.device}")
-    _sync_threads()
-    getattr(_C, name)(*args)
+    raise ValueError(f"replearn: {name} has kernels for cpu and cuda tensors, got one on {like.device}")
 
 
 def workspace(name: str, like: torch.Tensor, *args) -> torch.Tensor:
