@@ -36,11 +36,12 @@
 // - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
 //   to the input, its input gradient conv's forward, its weight gradient conv's weight gradient
 //   with the roles of x and dy exchanged.
-#if defined(__AVX512F__) && defined(__BMI2__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -193,9 +194,10 @@ class ColumnGather {
   std::vector<int64_t> at_;
 };
 
-#if defined(__AVX512F__) && defined(__BMI2__)
+#if defined(__AVX512F__)
 // float, 16 columns at a time: each vector is a window (its offsets within 32 values of the first:
-// two loads, one permute) or a gather.
+// two loads, one permute) or a gather; offsets too far apart for a gather's 32-bit indices (a vector
+// crossing from one sample's planes into the next, each over 8 GiB) are read one lane at a time.
 template <>
 class ColumnGather<float> {
  public:
@@ -209,34 +211,43 @@ class ColumnGather<float> {
       int64_t lo = at[0], hi = at[0];
       for (int l = 1; l < lanes; ++l) lo = std::min(lo, at[l]), hi = std::max(hi, at[l]);
       alignas(64) int32_t index[16] = {};
-      for (int l = 0; l < lanes; ++l) index[l] = static_cast<int32_t>(at[l] - lo);
-      vectors_.push_back({lo, _mm512_load_si512(index), __mmask16((1u << lanes) - 1), hi - lo < 32});
+      const Kind kind = hi - lo < 32 ? Kind::Window : hi - lo <= INT32_MAX ? Kind::Gather : Kind::Lanes;
+      for (int l = 0; l < lanes && kind != Kind::Lanes; ++l) index[l] = static_cast<int32_t>(at[l] - lo);
+      vectors_.push_back({lo, _mm512_load_si512(index), lanes_below(lanes), kind});
     }
   }
   void row(const float* __restrict__ src, float* __restrict__ dst, int64_t width) const {
     int64_t i = 0;
     for (const Vector& v : vectors_) {
       const float* base = src + v.base;
-      const __m512 x = v.window ? _mm512_maskz_permutex2var_ps(v.lanes, _mm512_loadu_ps(base), v.index,
-                                                                _mm512_loadu_ps(base + 16))
-                                : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), v.lanes, v.index, base, 4);
-      const __mmask16 store = width - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - i)) - 1);
-      _mm512_mask_storeu_ps(dst + i, store, x);
+      __m512 x;
+      if (v.kind == Kind::Window) {
+        x = _mm512_maskz_permutex2var_ps(v.lanes, _mm512_loadu_ps(base), v.index, _mm512_loadu_ps(base + 16));
+      } else if (v.kind == Kind::Gather) {
+        x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), v.lanes, v.index, base, 4);
+      } else {
+        alignas(64) float values[16] = {};
+        for (int l = 0; l < 16 && ((v.lanes >> l) & 1); ++l) values[l] = src[at_[i + l]];
+        x = _mm512_load_ps(values);
+      }
+      _mm512_mask_storeu_ps(dst + i, lanes_below(width - i), x);
       i += 16;
     }
-    for (; i < width; i += 16) {
-      const __mmask16 store = width - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - i)) - 1);
-      _mm512_mask_storeu_ps(dst + i, store, _mm512_setzero_ps());
-    }
+    for (; i < width; i += 16) _mm512_mask_storeu_ps(dst + i, lanes_below(width - i), _mm512_setzero_ps());
   }
 
  private:
+  enum class Kind : uint8_t { Window, Gather, Lanes };
   struct Vector {
     int64_t base;      // the lowest offset of its lanes
-    __m512i index;     // lane offsets from base
+    __m512i index;     // lane offsets from base (Window, Gather)
     __mmask16 lanes;   // lanes holding a column
-    bool window;       // offsets < 32: permute from two loads
+    Kind kind;
   };
+  // The lowest n lanes, n clamped to [0, 16].
+  static __mmask16 lanes_below(int64_t n) {
+    return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+  }
   std::vector<Vector> vectors_;
   std::vector<int64_t> at_;
 };
@@ -400,7 +411,7 @@ template <class T>
 inline void reverse_taps(const T* __restrict__ src, int64_t K, T* __restrict__ dst) {
   for (int64_t k = 0; k < K; ++k) dst[K - 1 - k] = src[k];
 }
-#if defined(__AVX512F__) && defined(__BMI2__)
+#if defined(__AVX512F__)
 // Up to 16 taps (3×3, 4×4 kernels) in one masked load, a lane permute and a masked store.
 inline void reverse_taps(const float* __restrict__ src, int64_t K, float* __restrict__ dst) {
   if (K > 16) return reverse_taps<float>(src, K, dst);
