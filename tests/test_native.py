@@ -54,26 +54,33 @@ def test_dlpack_capsule():
 def test_kernel_runs_on_numpy_arrays_in_place():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 7))
-    y, mean, rstd = np.empty_like(x), np.empty(5), np.empty(5)
-    _C.layer_norm_forward(x, 1, None, None, 1e-5, y, mean, rstd)
+    y, stats = np.empty_like(x), np.empty((2, 5))
+    _C.layer_norm_forward(x, 1, None, None, 1e-5, y, stats)
     expected = torch.nn.functional.layer_norm(torch.from_numpy(x), [7]).numpy()
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(mean, x.mean(1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(stats[0], x.mean(1), rtol=1e-12, atol=1e-15)  # the means, then the rstds
+    np.testing.assert_allclose(stats[1], 1 / np.sqrt(x.var(1) + 1e-5), rtol=1e-12)
 
 
 def test_errors_name_the_argument_and_map_to_python_types():
     x = np.zeros((4, 6), dtype=np.float32)
-    y, stats = np.empty_like(x), np.empty(4, dtype=np.float32)
+    y, stats = np.zeros_like(x), np.empty((2, 4), dtype=np.float32)
     with pytest.raises(TypeError, match="'x' expected float32 or float64 .* got int64"):
-        _C.layer_norm_forward(x.astype(np.int64), 1, None, None, 1e-5, y, stats, stats.copy())
+        _C.layer_norm_forward(x.astype(np.int64), 1, None, None, 1e-5, y, stats)
     with pytest.raises(ValueError, match="'x' expected contiguous"):
-        _C.layer_norm_forward(np.zeros((4, 12), dtype=np.float32)[:, ::2], 1, None, None, 1e-5, y, stats, stats.copy())
+        _C.layer_norm_forward(np.zeros((4, 12), dtype=np.float32)[:, ::2], 1, None, None, 1e-5, y, stats)
+    # The saved statistics travel as one (2, rows) tensor; the kernel checks its halves by name.
     with pytest.raises(ValueError, match="'mean' expected 4 elements but got 3"):
-        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, np.empty(3, dtype=np.float32), stats)
-    with pytest.raises(TypeError, match="'rstd' expected float32 but got float64"):
-        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, stats, np.empty(4))
+        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, np.empty((2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="'mean' expected float32 but got float64"):
+        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, np.empty((2, 4)))
+    with pytest.raises(ValueError, match=r"'stats' expected a contiguous tensor of shape \(2, \*\) but got shape \(3, 4\)"):
+        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, np.empty((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="'stats' expected a contiguous tensor .* but got a non-contiguous"):
+        _C.layer_norm_forward(x, 1, None, None, 1e-5, y, np.empty((4, 2), dtype=np.float32).T)
     with pytest.raises(TypeError):  # not a tensor at all: pybind11's argument error
-        _C.layer_norm_forward([1.0, 2.0], 1, None, None, 1e-5, y, stats, stats.copy())
+        _C.layer_norm_forward([1.0, 2.0], 1, None, None, 1e-5, y, stats)
+    assert not y.any()  # nothing written by any of the refused calls
 
 
 def test_too_many_dimensions_is_a_clear_error():

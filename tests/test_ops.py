@@ -253,3 +253,35 @@ def test_recorded_graph_accepts_a_leaked_functorch_wrapper():
     torch.nn.functional.layer_norm(x, (8,), expected_weight).sum().backward()
     torch.testing.assert_close(y.detach(), torch.nn.functional.layer_norm(x, (8,), weight.detach()))
     torch.testing.assert_close(weight.grad, expected_weight.grad)
+
+
+def test_leaked_functorch_wrapper_updates_running_stats_once():
+    """The first attempt with a dead wrapper fails before its kernel runs: one running-stat update, not two."""
+    leaked = []
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.func.grad(lambda t: leaked.append(t) or t.sum())(x)
+    weight = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    ours, theirs = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    var_ours, var_theirs = torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    y = replearn.ops.batch_norm(leaked[0], ours, var_ours, weight, training=True)
+    expected = torch.nn.functional.batch_norm(x, theirs, var_theirs, weight.detach(), training=True)
+    torch.testing.assert_close(y.detach(), expected)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(var_ours, var_theirs)
+
+
+@pytest.mark.parametrize(
+    "call, arg",
+    [
+        (lambda: replearn.ops.layer_norm([1.0, 2.0], 2), "x"),
+        (lambda: replearn.ops.layer_norm(torch.ones(2, 3, requires_grad=True), 3, "w"), "weight"),
+        (lambda: replearn.ops.batch_norm(torch.ones(2, 3), [0.0] * 3, None, training=True), "running_mean"),
+        (lambda: replearn.ops.group_norm(None, 1), "x"),
+        (lambda: replearn.ops.instance_norm(torch.ones(2, 3, 4), weight=3.0), "weight"),
+        (lambda: replearn.ops.rms_norm(torch.ones(2, 3), 3, torch.ones(3).numpy()), "weight"),
+    ],
+)
+def test_arguments_that_are_not_tensors_are_named(call, arg):
+    """NativeOp checks the schema's Tensor arguments itself (public functions do not repeat it)."""
+    with pytest.raises(TypeError, match=f"argument '{arg}' expected a Tensor"):
+        call()

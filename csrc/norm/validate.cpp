@@ -176,6 +176,10 @@ ChannelDims check_group_norm_forward(DeviceType device, const TensorView& x, int
   REPLEARN_CHECK(groups >= 1 && dims.channels % groups == 0, Value,
                  "group_norm_forward: argument 'num_groups' expected a positive divisor of the ", dims.channels,
                  " channels of x but got ", groups);
+  // torch's rule (F.group_norm): N·(C/G)·∏spatial must exceed 1, or every group holds one value.
+  REPLEARN_CHECK(x.numel() == 0 || dims.batch * (dims.channels / groups) * dims.spatial > 1, Value,
+                 "group_norm_forward: argument 'x' expected more than 1 value per group but got shape ",
+                 x.shape_string(), " with num_groups=", groups);
   check_param(check, "weight", weight, x, dims.channels);
   check_param(check, "bias", bias, x, dims.channels);
   check_eps(check, eps);

@@ -11,6 +11,32 @@
 
 namespace replearn::python {
 
+// The statistics a forward saves for backward (means and reciprocal standard deviations) travel
+// through Python as one tensor `stats` of shape (2, *): stats[0] the means, stats[1] the rstds. One
+// tensor to allocate and convert instead of two saves about a microsecond per call on small inputs
+// (docs/design.md, "per-call overhead"); the kernels' API keeps its two views, and their validation
+// checks the halves under the names `mean` and `rstd`.
+struct StatsHalves {
+  norm::OptView mean, rstd;
+};
+
+inline StatsHalves split_stats(const char* fn, const norm::OptView& stats) {
+  if (!stats) return {};
+  const TensorView& s = *stats;
+  REPLEARN_CHECK(s.ndim >= 1 && s.sizes[0] == 2 && s.is_contiguous(), Value, fn,
+                 ": argument 'stats' expected a contiguous tensor of shape (2, *) but got ",
+                 s.is_contiguous() ? "shape " : "a non-contiguous tensor of shape ", s.shape_string());
+  TensorView half = s;
+  half.ndim = s.ndim - 1;
+  for (int d = 0; d < half.ndim; ++d) {
+    half.sizes[d] = s.sizes[d + 1];
+    half.strides[d] = s.strides[d + 1];
+  }
+  TensorView second = half;
+  second.data = static_cast<char*>(s.data) + s.strides[0] * dtype_size(s.dtype);
+  return {half, second};
+}
+
 template <DeviceType D>
 void bind_norm(pybind11::module_& m) {
   namespace py = pybind11;
@@ -19,13 +45,28 @@ void bind_norm(pybind11::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   const auto stream = arg("stream") = std::uintptr_t{0};
 
-  m.def("layer_norm_forward", &layer_norm_forward<D>, arg("x"), arg("normalized_ndim"), arg("weight").none(true),
-        arg("bias").none(true), arg("eps"), arg("y"), arg("mean").none(true), arg("rstd").none(true), stream, nogil);
+  m.def(
+      "layer_norm_forward",
+      [](const TensorView& x, int k, const OptView& weight, const OptView& bias, double eps, const TensorView& y,
+         const OptView& stats, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("layer_norm_forward", stats);
+        layer_norm_forward<D>(x, k, weight, bias, eps, y, mean, rstd, stream);
+      },
+      arg("x"), arg("normalized_ndim"), arg("weight").none(true), arg("bias").none(true), arg("eps"), arg("y"),
+      arg("stats").none(true), stream, nogil);
   m.def("layer_norm_backward_workspace_size", &layer_norm_backward_workspace_size<D>, arg("x"),
         arg("normalized_ndim"));
-  m.def("layer_norm_backward", &layer_norm_backward<D>, arg("grad_y"), arg("x"), arg("normalized_ndim"), arg("mean"),
-        arg("rstd"), arg("weight").none(true), arg("grad_x").none(true), arg("grad_weight").none(true),
-        arg("grad_bias").none(true), arg("workspace").none(true), stream, nogil);
+  m.def(
+      "layer_norm_backward",
+      [](const TensorView& dy, const TensorView& x, int k, const TensorView& stats, const OptView& weight,
+         const OptView& dx, const OptView& dweight, const OptView& dbias, const OptView& workspace,
+         std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("layer_norm_backward", stats);
+        layer_norm_backward<D>(dy, x, k, *mean, *rstd, weight, dx, dweight, dbias, workspace, stream);
+      },
+      arg("grad_y"), arg("x"), arg("normalized_ndim"), arg("stats"), arg("weight").none(true),
+      arg("grad_x").none(true), arg("grad_weight").none(true), arg("grad_bias").none(true),
+      arg("workspace").none(true), stream, nogil);
 
   m.def("rms_norm_forward", &rms_norm_forward<D>, arg("x"), arg("normalized_ndim"), arg("weight").none(true),
         arg("eps"), arg("y"), arg("rstd").none(true), stream, nogil);
@@ -34,23 +75,59 @@ void bind_norm(pybind11::module_& m) {
         arg("weight").none(true), arg("grad_x").none(true), arg("grad_weight").none(true),
         arg("workspace").none(true), stream, nogil);
 
-  m.def("batch_norm_forward", &batch_norm_forward<D>, arg("x"), arg("weight").none(true), arg("bias").none(true),
-        arg("running_mean").none(true), arg("running_var").none(true), arg("training"), arg("momentum"), arg("eps"),
-        arg("y"), arg("save_mean"), arg("save_rstd"), stream, nogil);
-  m.def("batch_norm_backward", &batch_norm_backward<D>, arg("grad_y"), arg("x"), arg("save_mean"), arg("save_rstd"),
-        arg("weight").none(true), arg("training"), arg("grad_x").none(true), arg("grad_weight").none(true),
-        arg("grad_bias").none(true), stream, nogil);
+  m.def(
+      "batch_norm_forward",
+      [](const TensorView& x, const OptView& weight, const OptView& bias, const OptView& running_mean,
+         const OptView& running_var, bool training, double momentum, double eps, const TensorView& y,
+         const TensorView& stats, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("batch_norm_forward", stats);
+        batch_norm_forward<D>(x, weight, bias, running_mean, running_var, training, momentum, eps, y, *mean, *rstd,
+                              stream);
+      },
+      arg("x"), arg("weight").none(true), arg("bias").none(true), arg("running_mean").none(true),
+      arg("running_var").none(true), arg("training"), arg("momentum"), arg("eps"), arg("y"), arg("stats"), stream,
+      nogil);
+  m.def(
+      "batch_norm_backward",
+      [](const TensorView& dy, const TensorView& x, const TensorView& stats, const OptView& weight, bool training,
+         const OptView& dx, const OptView& dweight, const OptView& dbias, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("batch_norm_backward", stats);
+        batch_norm_backward<D>(dy, x, *mean, *rstd, weight, training, dx, dweight, dbias, stream);
+      },
+      arg("grad_y"), arg("x"), arg("stats"), arg("weight").none(true), arg("training"), arg("grad_x").none(true),
+      arg("grad_weight").none(true), arg("grad_bias").none(true), stream, nogil);
 
-  m.def("group_norm_forward", &group_norm_forward<D>, arg("x"), arg("num_groups"), arg("weight").none(true),
-        arg("bias").none(true), arg("eps"), arg("y"), arg("mean").none(true), arg("rstd").none(true), stream,
-        nogil);
+  m.def(
+      "group_norm_forward",
+      [](const TensorView& x, int64_t groups, const OptView& weight, const OptView& bias, double eps,
+         const TensorView& y, const OptView& stats, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("group_norm_forward", stats);
+        group_norm_forward<D>(x, groups, weight, bias, eps, y, mean, rstd, stream);
+      },
+      arg("x"), arg("num_groups"), arg("weight").none(true), arg("bias").none(true), arg("eps"), arg("y"),
+      arg("stats").none(true), stream, nogil);
   m.def("group_norm_backward_workspace_size", &group_norm_backward_workspace_size<D>, arg("x"), arg("num_groups"));
-  m.def("group_norm_backward", &group_norm_backward<D>, arg("grad_y"), arg("x"), arg("num_groups"), arg("mean"),
-        arg("rstd"), arg("weight").none(true), arg("grad_x").none(true), arg("grad_weight").none(true),
-        arg("grad_bias").none(true), arg("workspace").none(true), stream, nogil);
+  m.def(
+      "group_norm_backward",
+      [](const TensorView& dy, const TensorView& x, int64_t groups, const TensorView& stats, const OptView& weight,
+         const OptView& dx, const OptView& dweight, const OptView& dbias, const OptView& workspace,
+         std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("group_norm_backward", stats);
+        group_norm_backward<D>(dy, x, groups, *mean, *rstd, weight, dx, dweight, dbias, workspace, stream);
+      },
+      arg("grad_y"), arg("x"), arg("num_groups"), arg("stats"), arg("weight").none(true), arg("grad_x").none(true),
+      arg("grad_weight").none(true), arg("grad_bias").none(true), arg("workspace").none(true), stream, nogil);
 
-  m.def("running_stats_update", &running_stats_update<D>, arg("mean"), arg("rstd"), arg("batch"), arg("channels"),
-        arg("spatial"), arg("momentum"), arg("eps"), arg("running_mean"), arg("running_var"), stream, nogil);
+  m.def(
+      "running_stats_update",
+      [](const TensorView& stats, int64_t batch, int64_t channels, int64_t spatial, double momentum, double eps,
+         const TensorView& running_mean, const TensorView& running_var, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats("running_stats_update", stats);
+        running_stats_update<D>(*mean, *rstd, batch, channels, spatial, momentum, eps, running_mean, running_var,
+                                stream);
+      },
+      arg("stats"), arg("batch"), arg("channels"), arg("spatial"), arg("momentum"), arg("eps"), arg("running_mean"),
+      arg("running_var"), stream, nogil);
 
   m.def("weight_norm_forward", &weight_norm_forward<D>, arg("v"), arg("g"), arg("dim"), arg("w"), arg("norm"),
         stream, nogil);

@@ -11,6 +11,7 @@
 #include "python/bind_optim.h"
 #include "python/bind_ssm.h"
 #include "python/bind_rnn.h"
+#include "python/route.h"
 #include "python/tensor_caster.h"
 
 namespace py = pybind11;
@@ -34,6 +35,7 @@ PYBIND11_MODULE(_C, m) {
                     py::arg("device") = replearn::device_name(t.device), py::arg("shape") = py::tuple(sizes),
                     py::arg("strides") = py::tuple(strides));
   }, py::arg("tensor"));
+  replearn::python::bind_route(m);
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_pool<replearn::DeviceType::CPU>(m);
   replearn::python::bind_optim<replearn::DeviceType::CPU>(m);

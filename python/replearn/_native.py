@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - depends on the build
 __all__ = ["has_cuda_kernels", "launch"]
 
 _threads = [0]
+_get_num_threads = torch.get_num_threads
 
 
 def has_cuda_kernels() -> bool:
@@ -36,7 +37,7 @@ def _current_stream(index: int) -> int:
 def _sync_threads() -> None:
     # ARCHITECTURE.md: CPU kernels use as many threads as torch.get_num_threads(); reading it costs
     # ~35 ns, so it is checked on every call and forwarded only when it changed.
-    n = torch.get_num_threads()
+    n = _get_num_threads()
     if n != _threads[0]:
         _C.set_num_threads(n)
         _threads[0] = n
@@ -49,7 +50,10 @@ def launch(name: str, like: torch.Tensor, *args) -> None:
     current stream, so they order correctly with every torch op around them.
     """
     if like.is_cpu:  # the common case first: one attribute read, no torch.device object
-        _sync_threads()
+        n = _get_num_threads()  # _sync_threads, inlined: a frame less on every call
+        if n != _threads[0]:
+            _C.set_num_threads(n)
+            _threads[0] = n
         getattr(_C, name)(*args)
         return
     if like.is_cuda:

@@ -14,9 +14,12 @@ calls: see docs/design.md, "per-call overhead".
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+from .._native import _C
 
 LIBRARY = torch.library.Library("replearn", "DEF")
 
@@ -80,17 +83,27 @@ class OpInfo:
     backward_ops: Sequence[str] = ()
 
 
-_Tensor = torch.Tensor
-_Parameter = torch.nn.Parameter
 _dispatch_stack_len = torch._C._len_torch_dispatch_stack
 _function_mode_on = torch._C._is_torch_function_mode_enabled
 _functorch_on = torch._C._are_functorch_transforms_active
-_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 # The C++ entry point under `torch.autograd.Function.apply`. The Python classmethod above it binds
 # default arguments (only for Functions with a separate setup_context; ours have none) and unwraps
 # dead functorch wrappers (only possible for wrapped tensors, which take the Python path); calling
 # the C++ entry directly saves ~1 µs per call.
 _function_apply = torch._C._FunctionBase.__dict__["apply"]
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_C.configure_route(torch.Tensor, torch.nn.Parameter)
+_route = _C.route
+_ROUTE_KERNEL, _ROUTE_DISPATCHER = _C.ROUTE_KERNEL, _C.ROUTE_DISPATCHER
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+
+
+def _is_tensor_type(t) -> bool:
+    """Whether a schema argument type is Tensor or Tensor?."""
+    if isinstance(t, torch.OptionalType):
+        t = t.getElementType()
+    return isinstance(t, torch.TensorType)
 
 
 class NativeOp:
@@ -107,22 +120,65 @@ class NativeOp:
     - `eager`, when given, replaces `impl` inside that `autograd.Function`: ops whose schema returns
       updated copies of mutated arguments (running statistics) update them in place there, as the
       inference path does, instead of copying them twice.
+    - `differentiable_outputs=k`, when given, declares that only the first k outputs have
+      gradients (the rest are statistics saved for backward, indices, ...). That `autograd.Function`
+      then returns only those k: the others reach `setup_context` but are not outputs of the graph
+      node, which saves their wrapping and marking (~0.2 µs each). The call returns the k outputs
+      followed by None for the rest, like the inference path; `backward` receives k gradients there
+      and one per output through the dispatcher, where `define` marks the rest non-differentiable.
     """
 
-    def __init__(self, name, overload, impl, setup_context=None, backward=None, inference=None, eager=None):
+    def __init__(
+        self,
+        name,
+        overload,
+        impl,
+        setup_context=None,
+        backward=None,
+        inference=None,
+        eager=None,
+        differentiable_outputs=None,
+    ):
         self.name = name
         self.overload = overload
         self.impl = impl
         self.inference = inference or impl
         self.function = None
         self._apply = None
+        # The schema's Tensor arguments (index i) and Tensor? arguments (~i), for route.
+        schema_args = overload._schema.arguments
+        self._tensor_args = tuple(
+            ~i if isinstance(arg.type, torch.OptionalType) else i
+            for i, arg in enumerate(schema_args)
+            if _is_tensor_type(arg.type)
+        )
+        self._tensor_names = {i: arg.name for i, arg in enumerate(schema_args)}
+        k = differentiable_outputs
+        self._single = k == 1
+        self._padding = () if k is None else (None,) * (len(overload._schema.returns) - k)
         if backward is not None:
             eager_impl = eager or impl
 
-            def forward(ctx, *args):
-                output = eager_impl(*args)
-                setup_context(ctx, args, output)
-                return output
+            if k is None:
+
+                def forward(ctx, *args):
+                    output = eager_impl(*args)
+                    setup_context(ctx, args, output)
+                    return output
+
+            elif k == 1:
+
+                def forward(ctx, *args):
+                    output = eager_impl(*args)
+                    setup_context(ctx, args, output)
+                    return output[0]
+
+            else:
+
+                def forward(ctx, *args):
+                    output = eager_impl(*args)
+                    setup_context(ctx, args, output)
+                    return output[:k]
 
             self.function = type(
                 f"{name}_function",
@@ -132,25 +188,43 @@ class NativeOp:
             self._apply = _function_apply.__get__(None, self.function)
 
     def __call__(self, *args):
-        if torch.compiler.is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
+        if _is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
             return self.overload(*args)
-        grad = torch.is_grad_enabled()
-        needs_grad = wrapped = False
-        for a in args:
-            if isinstance(a, _Tensor):
-                kind = type(a)
-                if (kind is not _Tensor and kind is not _Parameter) or not (a.is_cpu or a.is_cuda):
-                    return self.overload(*args)
-                if grad and a.requires_grad:
-                    needs_grad = True
-                    wrapped = wrapped or _functorch_wrapped(a)
-        if not needs_grad:
+        # The schema's Tensor and Tensor? arguments (positions read once at definition), in C
+        # (csrc/python/route.h): plain cpu/cuda Tensors and Parameters, or None, stay on the fast
+        # paths; whether one needs a gradient picks the kernel or the autograd.Function.
+        route = _route(args, self._tensor_args, _grad_enabled())
+        if route == _ROUTE_KERNEL:
             return self.inference(*args)
+        if route == _ROUTE_DISPATCHER:
+            self._check_tensors(args)
+            return self.overload(*args)
         if self.function is None:  # no formula: the dispatcher raises torch's own error
             return self.overload(*args)
-        if wrapped:  # a functorch wrapper outliving its transform: the Python apply unwraps it
-            return self.function.apply(*args)
-        return self._apply(*args)
+        try:
+            output = self._apply(*args)
+        except Exception:
+            # A functorch wrapper that outlived its transform (it has no storage, so the kernel's
+            # tensor conversion refuses it before anything runs): the Python Function.apply unwraps
+            # it. Looked for only here, on failure: a check per tensor would cost every call.
+            if not any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor)):
+                raise
+            output = self.function.apply(*args)
+        if self._single:
+            return (output, *self._padding)
+        return output if not self._padding else (*output, *self._padding)
+
+
+    def _check_tensors(self, args) -> None:
+        """TypeError naming the argument where the schema wants a Tensor (or None) and got something else.
+
+        Public functions need not check their tensor arguments themselves: a wrong one takes the
+        dispatcher route, and this check runs before the dispatcher sees it."""
+        for position in self._tensor_args:
+            optional = position < 0
+            i = ~position if optional else position
+            if i < len(args):
+                check_tensor(self.name, self._tensor_names[i], args[i], optional)
 
 
 def define(
@@ -162,6 +236,7 @@ def define(
     setup_context: Callable | None = None,
     inference: Callable | None = None,
     eager: Callable | None = None,
+    differentiable_outputs: int | None = None,
 ) -> NativeOp:
     """Registers `replearn::<schema>` with one implementation for CPU and CUDA, a fake, and autograd.
 
@@ -169,8 +244,8 @@ def define(
     native kernel through `replearn._native.launch`, which picks `_C` or `_C_cuda`. `inference`,
     when given, replaces `impl` in eager calls that need no gradient: it may leave outputs that only
     backward uses (saved statistics) as None. `eager`, when given, replaces `impl` in eager calls that
-    record the autograd graph (see `NativeOp`). Returns the `NativeOp` that public functions and
-    backward formulas call.
+    record the autograd graph. `differentiable_outputs=k` declares that only the first k outputs have
+    gradients (see `NativeOp`). Returns the `NativeOp` that public functions and backward formulas call.
     """
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
@@ -178,8 +253,17 @@ def define(
     LIBRARY.impl(name, impl, "CUDA")
     torch.library.register_fake(f"replearn::{name}", fake, lib=LIBRARY)
     if backward is not None:
-        torch.library.register_autograd(f"replearn::{name}", backward, setup_context=setup_context, lib=LIBRARY)
-    return NativeOp(name, getattr(torch.ops.replearn, name).default, impl, setup_context, backward, inference, eager)
+        dispatcher_setup = setup_context
+        if differentiable_outputs is not None:
+            dispatcher_setup = functools.partial(_setup_marking, setup_context, differentiable_outputs)
+        torch.library.register_autograd(f"replearn::{name}", backward, setup_context=dispatcher_setup, lib=LIBRARY)
+    overload = getattr(torch.ops.replearn, name).default
+    return NativeOp(name, overload, impl, setup_context, backward, inference, eager, differentiable_outputs)
+
+
+def _setup_marking(setup_context, differentiable_outputs, ctx, inputs, output):
+    ctx.mark_non_differentiable(*[t for t in output[differentiable_outputs:] if t is not None])
+    setup_context(ctx, inputs, output)
 
 
 def register_info(info: OpInfo) -> None:

@@ -37,11 +37,15 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+_FLOAT32, _FLOAT64 = torch.float32, torch.float64
+
+
 def _new_stats(x: torch.Tensor, *sizes: int) -> torch.Tensor:
     """An uninitialized statistics tensor of `sizes` in x's statistics dtype, on x's device."""
     # Sizes passed as separate ints, without a dtype argument where x's is the statistics dtype:
     # ~0.4 µs cheaper per call than a shape tuple plus a dtype (the per-call overhead row).
-    if sizes and (x.dtype is torch.float32 or x.dtype is torch.float64):
+    dtype = x.dtype
+    if sizes and (dtype is _FLOAT32 or dtype is _FLOAT64):
         return x.new_empty(*sizes)
     return x.new_empty(sizes, dtype=_stats_dtype(x))
 
@@ -92,34 +96,26 @@ def _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=True):
     k = _normalized_ndim("layer_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    mean = rstd = None
-    if stats:  # saved for backward; inference skips them
-        stats_shape = x.shape[: x.dim() - k]
-        mean = _new_stats(x, *stats_shape)
-        rstd = _new_stats(x, *stats_shape)
-    _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
-    return y, mean, rstd
+    saved = _new_stats(x, 2, *x.shape[: x.dim() - k]) if stats else None  # mean, rstd; inference skips them
+    _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, saved)
+    return y, saved
 
 
 def _layer_norm_fake(x, normalized_shape, weight, bias, eps):
     _check_devices("layer_norm", x, weight=weight, bias=bias)
     k = _normalized_ndim("layer_norm", x, normalized_shape)
-    stats_shape = x.shape[: x.dim() - k]
-    return (
-        x.new_empty(x.shape),
-        x.new_empty(stats_shape, dtype=_stats_dtype(x)),
-        x.new_empty(stats_shape, dtype=_stats_dtype(x)),
-    )
+    return x.new_empty(x.shape), x.new_empty((2, *x.shape[: x.dim() - k]), dtype=_stats_dtype(x))
 
 
 def _row_norm_backward_impl(kernel, grad_y, x, k, stats, weight, mask):
-    """layer_norm_backward and rms_norm_backward: dx (x's shape), dweight/dbias (normalized shape)."""
+    """layer_norm_backward (stats: mean and rstd) and rms_norm_backward (stats: rstd): dx (x's shape),
+    dweight/dbias (normalized shape)."""
     x = x.contiguous()
     grad_y = grad_y.contiguous()
     param_shape = x.shape[x.dim() - k :]
     grads = [_empty_or_none(mask[0], x)] + [_empty_or_none(m, x, param_shape) for m in mask[1:]]
     ws = _native.workspace(kernel, x, x, k) if any(mask[1:]) else None
-    _native.launch(kernel, x, grad_y, x, k, *stats, _contiguous(weight), *grads, ws)
+    _native.launch(kernel, x, grad_y, x, k, stats, _contiguous(weight), *grads, ws)
     return tuple(grads)
 
 
@@ -129,37 +125,36 @@ def _row_norm_backward_fake(x, k, mask):
 
 
 _layer_norm_backward = define(
-    "layer_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor mean, Tensor rstd, Tensor? weight, "
+    "layer_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor stats, Tensor? weight, "
     "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
-    lambda grad_y, x, k, mean, rstd, weight, mask: _row_norm_backward_impl(
-        "layer_norm_backward", grad_y, x, k, (mean, rstd), weight, mask
+    lambda grad_y, x, k, stats, weight, mask: _row_norm_backward_impl(
+        "layer_norm_backward", grad_y, x, k, stats, weight, mask
     ),
-    lambda grad_y, x, k, mean, rstd, weight, mask: _row_norm_backward_fake(x, k, mask),
+    lambda grad_y, x, k, stats, weight, mask: _row_norm_backward_fake(x, k, mask),
 )
 
 
 def _layer_norm_setup(ctx, inputs, output):
     x, normalized_shape, weight, _bias, _eps = inputs
-    _y, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
     ctx.normalized_ndim = len(normalized_shape)
-    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.save_for_backward(x, weight, output[1])
 
 
-def _layer_norm_grad(ctx, grad_y, _grad_mean, _grad_rstd):
-    x, weight, mean, rstd = ctx.saved_tensors
+def _layer_norm_grad(ctx, grad_y, *_stats_grad):
+    x, weight, stats = ctx.saved_tensors
     need = ctx.needs_input_grad  # (x, normalized_shape, weight, bias, eps)
-    dx, dw, db = _layer_norm_backward(grad_y, x, ctx.normalized_ndim, mean, rstd, weight, [need[0], need[2], need[3]])
+    dx, dw, db = _layer_norm_backward(grad_y, x, ctx.normalized_ndim, stats, weight, [need[0], need[2], need[3]])
     return dx, None, dw, db, None
 
 
 _layer_norm = define(
-    "layer_norm(Tensor x, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)",
+    "layer_norm(Tensor x, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)",
     _layer_norm_impl,
     _layer_norm_fake,
     backward=_layer_norm_grad,
     setup_context=_layer_norm_setup,
     inference=functools.partial(_layer_norm_impl, stats=False),
+    differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
 
@@ -185,9 +180,6 @@ def layer_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    check_tensor("layer_norm", "x", x)
-    check_tensor("layer_norm", "weight", weight, optional=True)
-    check_tensor("layer_norm", "bias", bias, optional=True)
     return _layer_norm(x, _as_shape(normalized_shape), weight, bias, eps)[0]
 
 
@@ -306,7 +298,7 @@ _rms_norm_backward = define(
     "rms_norm_backward(Tensor grad_y, Tensor x, int normalized_ndim, Tensor rstd, Tensor? weight, "
     "bool[2] output_mask) -> (Tensor?, Tensor?)",
     lambda grad_y, x, k, rstd, weight, mask: _row_norm_backward_impl(
-        "rms_norm_backward", grad_y, x, k, (rstd,), weight, mask
+        "rms_norm_backward", grad_y, x, k, rstd, weight, mask
     ),
     lambda grad_y, x, k, rstd, weight, mask: _row_norm_backward_fake(x, k, mask),
 )
@@ -314,12 +306,11 @@ _rms_norm_backward = define(
 
 def _rms_norm_setup(ctx, inputs, output):
     x, normalized_shape, weight, _eps = inputs
-    ctx.mark_non_differentiable(output[1])
     ctx.normalized_ndim = len(normalized_shape)
     ctx.save_for_backward(x, weight, output[1])
 
 
-def _rms_norm_grad(ctx, grad_y, _grad_rstd):
+def _rms_norm_grad(ctx, grad_y, *_rstd_grad):
     x, weight, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad  # (x, normalized_shape, weight, eps)
     dx, dw = _rms_norm_backward(grad_y, x, ctx.normalized_ndim, rstd, weight, [need[0], need[2]])
@@ -333,6 +324,7 @@ _rms_norm = define(
     backward=_rms_norm_grad,
     setup_context=_rms_norm_setup,
     inference=functools.partial(_rms_norm_impl, stats=False),
+    differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
 
@@ -356,8 +348,6 @@ def rms_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    check_tensor("rms_norm", "x", x)
-    check_tensor("rms_norm", "weight", weight, optional=True)
     return _rms_norm(x, _as_shape(normalized_shape), weight, eps)[0]
 
 
@@ -388,17 +378,19 @@ register_info(
 
 
 def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    """Runs the kernel; updates running_mean/running_var in place when training."""
+    """Runs the kernel; updates running_mean/running_var in place when training. Returns y and the
+    statistics saved for backward, (2, C): the means and rstds used."""
     x = x.contiguous()
     y = torch.empty_like(x)
-    channels = x.shape[1] if x.dim() >= 2 else 0
-    save_mean = _new_stats(x, channels)
-    save_rstd = _new_stats(x, channels)
+    saved = _new_stats(x, 2, x.shape[1] if x.dim() >= 2 else 0)
+    if weight is not None:  # _contiguous inlined: this path is the per-call overhead row
+        weight = weight.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
     _native.launch(
-        "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
-        training, momentum, eps, y, save_mean, save_rstd,
-    )  # fmt: skip
-    return y, save_mean, save_rstd
+        "batch_norm_forward", x, x, weight, bias, running_mean, running_var, training, momentum, eps, y, saved
+    )
+    return y, saved
 
 
 def _batch_norm_impl(x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -406,11 +398,11 @@ def _batch_norm_impl(x, weight, bias, running_mean, running_var, training, momen
     update = training and running_mean is not None
     new_mean = running_mean.clone() if update else None
     new_var = running_var.clone() if update and running_var is not None else None
-    y, save_mean, save_rstd = _batch_norm_launch(
+    y, saved = _batch_norm_launch(
         x, weight, bias, new_mean if update else running_mean, new_var if update else running_var,
         training, momentum, eps,
     )  # fmt: skip
-    return y, save_mean, save_rstd, new_mean, new_var
+    return y, saved, new_mean, new_var
 
 
 def _batch_norm_in_place(x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -424,62 +416,57 @@ def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momen
     update = training and running_mean is not None
     return (
         x.new_empty(x.shape),
-        x.new_empty((channels,), dtype=_stats_dtype(x)),
-        x.new_empty((channels,), dtype=_stats_dtype(x)),
+        x.new_empty((2, channels), dtype=_stats_dtype(x)),
         running_mean.new_empty(running_mean.shape) if update else None,
         running_var.new_empty(running_var.shape) if update and running_var is not None else None,
     )
 
 
-def _batch_norm_backward_impl(grad_y, x, save_mean, save_rstd, weight, training, mask):
+def _batch_norm_backward_impl(grad_y, x, stats, weight, training, mask):
     x = x.contiguous()
     grad_y = grad_y.contiguous()
     channels = (x.shape[1],)
     grads = [_empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)]
-    _native.launch("batch_norm_backward", x, grad_y, x, save_mean, save_rstd, _contiguous(weight), training, *grads)
+    _native.launch("batch_norm_backward", x, grad_y, x, stats, _contiguous(weight), training, *grads)
     return tuple(grads)
 
 
-def _batch_norm_backward_fake(grad_y, x, save_mean, save_rstd, weight, training, mask):
+def _batch_norm_backward_fake(grad_y, x, stats, weight, training, mask):
     channels = (x.shape[1],)
     return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
 
 
 _batch_norm_backward = define(
-    "batch_norm_backward(Tensor grad_y, Tensor x, Tensor save_mean, Tensor save_rstd, Tensor? weight, "
+    "batch_norm_backward(Tensor grad_y, Tensor x, Tensor stats, Tensor? weight, "
     "bool training, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
     _batch_norm_backward_impl,
     _batch_norm_backward_fake,
 )
 
 
-def _mark_stats(ctx, output):
-    ctx.mark_non_differentiable(*[t for t in output[1:] if t is not None])
-
-
 def _batch_norm_setup(ctx, inputs, output):
     x, weight, _bias, _rm, _rv, training, _momentum, _eps = inputs
-    _mark_stats(ctx, output)
     ctx.training = training
-    ctx.save_for_backward(x, weight, output[1], output[2])
+    ctx.save_for_backward(x, weight, output[1])
 
 
 def _batch_norm_grad(ctx, grad_y, *_stat_grads):
-    x, weight, save_mean, save_rstd = ctx.saved_tensors
+    x, weight, stats = ctx.saved_tensors
     need = ctx.needs_input_grad  # (x, weight, bias, running_mean, running_var, ...)
-    dx, dw, db = _batch_norm_backward(grad_y, x, save_mean, save_rstd, weight, ctx.training, [need[0], need[1], need[2]])
+    dx, dw, db = _batch_norm_backward(grad_y, x, stats, weight, ctx.training, [need[0], need[1], need[2]])
     return dx, dw, db, None, None, None, None, None
 
 
 _batch_norm = define(
     "batch_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, bool training, "
-    "float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor?, Tensor?)",
+    "float momentum, float eps) -> (Tensor, Tensor, Tensor?, Tensor?)",
     _batch_norm_impl,
     _batch_norm_fake,
     backward=_batch_norm_grad,
     setup_context=_batch_norm_setup,
     inference=_batch_norm_in_place,
-    eager=_batch_norm_in_place,
+    eager=_batch_norm_launch,  # (y, saved): the Function returns y, and setup_context reads saved
+    differentiable_outputs=1,  # the rest: saved statistics, updated running averages
 )
 
 
@@ -517,13 +504,11 @@ def batch_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    for arg, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        check_tensor("batch_norm", arg, value, optional=True)
-    check_tensor("batch_norm", "x", x)
     momentum = 0.0 if momentum is None else momentum
-    y, _, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
-    _copy_running(running_mean, new_mean)
-    _copy_running(running_var, new_var)
+    y, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+    if new_mean is not None:  # the dispatcher's functional path returned updated copies
+        _copy_running(running_mean, new_mean)
+        _copy_running(running_var, new_var)
     return y
 
 
@@ -615,38 +600,35 @@ register_info(
 def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True):
     x = x.contiguous()
     y = torch.empty_like(x)
-    mean = rstd = None
-    if stats:  # saved for backward; inference skips them
-        batch = x.shape[0] if x.dim() >= 1 else 0
-        mean = _new_stats(x, batch, num_groups)
-        rstd = _new_stats(x, batch, num_groups)
-    _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, mean, rstd)
-    return y, mean, rstd
+    saved = None
+    if stats:  # mean and rstd (2, N, G), saved for backward; inference skips them
+        saved = _new_stats(x, 2, x.shape[0] if x.dim() >= 1 else 0, num_groups)
+    _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, saved)
+    return y, saved
 
 
 def _group_norm_fake(x, num_groups, weight, bias, eps):
     _check_devices("group_norm", x, weight=weight, bias=bias)
-    stats = (x.shape[0], num_groups)
-    return x.new_empty(x.shape), x.new_empty(stats, dtype=_stats_dtype(x)), x.new_empty(stats, dtype=_stats_dtype(x))
+    return x.new_empty(x.shape), x.new_empty((2, x.shape[0], num_groups), dtype=_stats_dtype(x))
 
 
-def _group_norm_backward_impl(grad_y, x, num_groups, mean, rstd, weight, mask):
+def _group_norm_backward_impl(grad_y, x, num_groups, stats, weight, mask):
     x = x.contiguous()
     grad_y = grad_y.contiguous()
     channels = (x.shape[1],)
     grads = [_empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)]
     ws = _native.workspace("group_norm_backward", x, x, num_groups)
-    _native.launch("group_norm_backward", x, grad_y, x, num_groups, mean, rstd, _contiguous(weight), *grads, ws)
+    _native.launch("group_norm_backward", x, grad_y, x, num_groups, stats, _contiguous(weight), *grads, ws)
     return tuple(grads)
 
 
-def _group_norm_backward_fake(grad_y, x, num_groups, mean, rstd, weight, mask):
+def _group_norm_backward_fake(grad_y, x, num_groups, stats, weight, mask):
     channels = (x.shape[1],)
     return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
 
 
 _group_norm_backward = define(
-    "group_norm_backward(Tensor grad_y, Tensor x, int num_groups, Tensor mean, Tensor rstd, Tensor? weight, "
+    "group_norm_backward(Tensor grad_y, Tensor x, int num_groups, Tensor stats, Tensor? weight, "
     "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
     _group_norm_backward_impl,
     _group_norm_backward_fake,
@@ -655,25 +637,25 @@ _group_norm_backward = define(
 
 def _group_norm_setup(ctx, inputs, output):
     x, num_groups, weight, _bias, _eps = inputs
-    _mark_stats(ctx, output)
     ctx.num_groups = num_groups
-    ctx.save_for_backward(x, weight, output[1], output[2])
+    ctx.save_for_backward(x, weight, output[1])
 
 
-def _group_norm_grad(ctx, grad_y, _grad_mean, _grad_rstd):
-    x, weight, mean, rstd = ctx.saved_tensors
+def _group_norm_grad(ctx, grad_y, *_stats_grad):
+    x, weight, stats = ctx.saved_tensors
     need = ctx.needs_input_grad  # (x, num_groups, weight, bias, eps)
-    dx, dw, db = _group_norm_backward(grad_y, x, ctx.num_groups, mean, rstd, weight, [need[0], need[2], need[3]])
+    dx, dw, db = _group_norm_backward(grad_y, x, ctx.num_groups, stats, weight, [need[0], need[2], need[3]])
     return dx, None, dw, db, None
 
 
 _group_norm = define(
-    "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)",
+    "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)",
     _group_norm_impl,
     _group_norm_fake,
     backward=_group_norm_grad,
     setup_context=_group_norm_setup,
     inference=functools.partial(_group_norm_impl, stats=False),
+    differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
 
@@ -697,16 +679,9 @@ def group_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    check_tensor("group_norm", "x", x)
-    check_tensor("group_norm", "weight", weight, optional=True)
-    check_tensor("group_norm", "bias", bias, optional=True)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool):
         raise TypeError(f"group_norm: argument 'num_groups' expected an int but got {type(num_groups).__name__}")
-    if x.dim() >= 2 and num_groups > 0 and x.shape[1] % num_groups == 0 and x.numel() > 0:
-        # torch's rule (F.group_norm): N·(C/G)·∏spatial must exceed 1, or every group holds one value.
-        if x.shape[0] * (x.shape[1] // num_groups) * math.prod(x.shape[2:]) == 1:
-            raise ValueError(f"group_norm: argument 'x' expected more than 1 value per group but got shape "
-                             f"{tuple(x.shape)} with num_groups={num_groups}")  # fmt: skip
+    # The kernel's validation rejects what torch rejects, one value per group included (norm/validate.cpp).
     return _group_norm(x, num_groups, weight, bias, eps)[0]
 
 
@@ -792,29 +767,29 @@ def _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_
         raise ValueError(f"instance_norm: argument 'x' expected at least 2 dimensions (N, C, *) but got shape {tuple(x.shape)}")
     if not use_input_stats:
         return _batch_norm_launch(x, weight, bias, running_mean, running_var, False, momentum, eps)
-    spatial = math.prod(x.shape[2:]) if x.shape[0] * x.shape[1] > 0 else 0
+    shape = x.shape
+    spatial = math.prod(shape[2:]) if shape[0] * shape[1] > 0 else 0
     if spatial <= 1 and x.numel() > 0:
         raise ValueError(
             f"instance_norm: argument 'x' expected more than 1 spatial element per channel but got shape {tuple(x.shape)}"
         )
     update = running_mean is not None or running_var is not None
-    y, mean, rstd = _group_norm_impl(x, x.shape[1], weight, bias, eps, stats=stats or update)
+    y, saved = _group_norm_impl(x, shape[1], weight, bias, eps, stats=stats or update)
     if update:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: arguments 'running_mean' and 'running_var' expected both or neither")
         _native.launch(
-            "running_stats_update", x, mean, rstd, x.shape[0], x.shape[1], spatial, momentum, eps,
-            running_mean, running_var,
+            "running_stats_update", x, saved, shape[0], shape[1], spatial, momentum, eps, running_mean, running_var
         )  # fmt: skip
-    return y, mean, rstd
+    return y, saved
 
 
 def _instance_norm_impl(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
     update = use_input_stats and running_mean is not None
     new_mean = running_mean.clone() if update else running_mean
     new_var = running_var.clone() if update and running_var is not None else running_var
-    y, mean, rstd = _instance_norm_launch(x, weight, bias, new_mean, new_var, use_input_stats, momentum, eps)
-    return y, mean, rstd, (new_mean if update else None), (new_var if update else None)
+    y, saved = _instance_norm_launch(x, weight, bias, new_mean, new_var, use_input_stats, momentum, eps)
+    return y, saved, (new_mean if update else None), (new_var if update else None)
 
 
 def _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats=True):
@@ -825,11 +800,10 @@ def _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_inpu
 
 def _instance_norm_fake(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
     _check_devices("instance_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    stats = (x.shape[0], x.shape[1]) if use_input_stats else (x.shape[1],)
+    stats = (2, x.shape[0], x.shape[1]) if use_input_stats else (2, x.shape[1])
     update = use_input_stats and running_mean is not None
     return (
         x.new_empty(x.shape),
-        x.new_empty(stats, dtype=_stats_dtype(x)),
         x.new_empty(stats, dtype=_stats_dtype(x)),
         running_mean.new_empty(running_mean.shape) if update else None,
         running_var.new_empty(running_var.shape) if update and running_var is not None else None,
@@ -838,31 +812,31 @@ def _instance_norm_fake(x, weight, bias, running_mean, running_var, use_input_st
 
 def _instance_norm_setup(ctx, inputs, output):
     x, weight, _bias, _rm, _rv, use_input_stats, _momentum, _eps = inputs
-    _mark_stats(ctx, output)
     ctx.use_input_stats = use_input_stats
-    ctx.save_for_backward(x, weight, output[1], output[2])
+    ctx.save_for_backward(x, weight, output[1])
 
 
 def _instance_norm_grad(ctx, grad_y, *_stat_grads):
-    x, weight, mean, rstd = ctx.saved_tensors
+    x, weight, stats = ctx.saved_tensors
     need = ctx.needs_input_grad  # (x, weight, bias, running_mean, running_var, ...)
     mask = [need[0], need[1], need[2]]
     if ctx.use_input_stats:
-        dx, dw, db = _group_norm_backward(grad_y, x, x.shape[1], mean, rstd, weight, mask)
+        dx, dw, db = _group_norm_backward(grad_y, x, x.shape[1], stats, weight, mask)
     else:
-        dx, dw, db = _batch_norm_backward(grad_y, x, mean, rstd, weight, False, mask)
+        dx, dw, db = _batch_norm_backward(grad_y, x, stats, weight, False, mask)
     return dx, dw, db, None, None, None, None, None
 
 
 _instance_norm = define(
     "instance_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
-    "bool use_input_stats, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor?, Tensor?)",
+    "bool use_input_stats, float momentum, float eps) -> (Tensor, Tensor, Tensor?, Tensor?)",
     _instance_norm_impl,
     _instance_norm_fake,
     backward=_instance_norm_grad,
     setup_context=_instance_norm_setup,
     inference=functools.partial(_instance_norm_in_place, stats=False),
-    eager=_instance_norm_in_place,
+    eager=_instance_norm_launch,  # (y, saved): the Function returns y, and setup_context reads saved
+    differentiable_outputs=1,  # the rest: saved statistics, updated running averages
 )
 
 
@@ -893,15 +867,13 @@ def instance_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    for arg, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        check_tensor("instance_norm", arg, value, optional=True)
-    check_tensor("instance_norm", "x", x)
     momentum = 0.0 if momentum is None else momentum
-    y, _, _, new_mean, new_var = _instance_norm(
+    y, _, new_mean, new_var = _instance_norm(
         x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
     )
-    _copy_running(running_mean, new_mean)
-    _copy_running(running_var, new_var)
+    if new_mean is not None:  # the dispatcher's functional path returned updated copies
+        _copy_running(running_mean, new_mean)
+        _copy_running(running_var, new_var)
     return y
 
 
@@ -1024,12 +996,11 @@ _weight_norm_backward = define(
 
 def _weight_norm_setup(ctx, inputs, output):
     v, g, dim = inputs
-    ctx.mark_non_differentiable(output[1])
     ctx.dim = _weight_norm_dim(v, dim)
     ctx.save_for_backward(v, g, output[1])
 
 
-def _weight_norm_grad(ctx, grad_w, _grad_norm):
+def _weight_norm_grad(ctx, grad_w, *_norm_grad):
     v, g, norm = ctx.saved_tensors
     dv, dg = _weight_norm_backward(grad_w, v, g, norm, ctx.dim, [ctx.needs_input_grad[0], ctx.needs_input_grad[1]])
     return dv, dg, None
@@ -1041,6 +1012,7 @@ _weight_norm = define(
     _weight_norm_fake,
     backward=_weight_norm_grad,
     setup_context=_weight_norm_setup,
+    differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
 

@@ -1,0 +1,22 @@
+// NativeOp's per-call routing (python/replearn/ops/_registry.py), written against the CPython API.
+//
+// Every eager call of a replearn op first decides which of three paths it takes: the plain kernel
+// (no argument needs a gradient), the autograd.Function (one does), or torch's dispatcher (a tensor
+// subclass, a meta/fake tensor, anything unusual). In Python that scan costs ~0.8 µs for five tensor
+// arguments, as much as a small kernel; here it costs about half, through one METH_FASTCALL
+// function without pybind11's argument machinery. It reads tensors the way the tensor caster does:
+// by attribute name, without linking torch.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace replearn::python {
+
+// Adds `route(args, tensor_positions, grad_enabled) -> int` and `configure_route(tensor_type,
+// parameter_type)` to module `m`. tensor_positions holds the index i of each Tensor argument and ~i
+// of each Tensor? argument. route's answers, as module constants: ROUTE_KERNEL (no argument needs a
+// gradient), ROUTE_FUNCTION (one does) and ROUTE_DISPATCHER (an argument that is not a plain
+// cpu/cuda Tensor or Parameter, or None where a Tensor is required).
+void bind_route(pybind11::module_& m);
+
+}  // namespace replearn::python
