@@ -72,7 +72,8 @@ int64_t all_steps_panel_elements(const LayerDims& d, bool backward) {
   const int64_t TB = d.steps * d.batch, GH = d.gates();
   if (!backward) return blas::packed_b_size<T>(d.input, GH, TB);
   int64_t most = std::max({blas::packed_b_size<T>(GH, d.input, TB), blas::packed_b_size<T>(TB, d.input, GH),
-                           blas::packed_b_size<T>(TB, d.state(), GH)});
+                           blas::packed_b_size<T>(TB, d.state(), GH),
+                           blas::packed_b_size<T>(TB, d.state() + d.input, GH)});
   if (d.proj > 0) most = std::max(most, blas::packed_b_size<T>(TB, d.hidden, d.proj));
   return most;
 }
@@ -191,15 +192,31 @@ T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chun
   return h;
 }
 
+// db[g·H + j] += Σ_b δgates[b, g·H + j] for the units [j0, j1) of one step's rows (B, G·H).
+template <class T>
+void add_bias_gradient(const LayerDims& d, int64_t j0, int64_t j1, const T* dg_rows, T* db) {
+  const int64_t G = gate_count(d.cell), H = d.hidden, GH = d.gates();
+  for (int64_t b = 0; b < d.batch; ++b)
+    for (int64_t g = 0; g < G; ++g) {
+      const T* row = dg_rows + b * GH + g * H;
+      T* out = db + g * H;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) out[j] += row[j];
+    }
+}
+
 // Returns where the final δh_0 is (the two δh buffers swap roles every step).
 //
 // Region of step t, per thread and its units [j0, j1): first finish δh_t for those units by adding
 // δgates_{t+1} W_hh[:, j0:j1] (the previous region wrote every unit's δgates_{t+1}, and this thread's
-// direct terms), then the gate gradients of step t for those units. One last region adds the
-// W_hh term of step 0's gates into δh_0.
+// direct terms), then the gate gradients of step t for those units, and their sums over the batch
+// into the bias gradients db_ih, db_hh when given (zeroed by the caller; each thread owns its units'
+// columns, so the sums need no second pass over all steps' δgates). One last region adds the W_hh
+// term of step 0's gates into δh_0.
 template <Cell kind, class T>
 T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_columns, const int64_t* lengths,
-                  bool reverse, const T* reserve, const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh) {
+                  bool reverse, const T* reserve, const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh,
+                  T* db_ih, T* db_hh) {
   const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
   const T* dg_hh_later = nullptr;  // δgates of the step processed before (t + 1 forward, t − 1 reverse)
   const int chunks = static_cast<int>(w_columns.size());
@@ -228,12 +245,40 @@ T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_col
             cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
         }
       }
+      if (db_ih) add_bias_gradient(d, j0, j1, dg_ih + t * B * GH, db_ih);
+      if (db_hh) add_bias_gradient(d, j0, j1, dg_hh + t * B * GH, db_hh);
     }, chunks);
     if (!gates) break;
     dg_hh_later = dg_hh + t * B * GH;
     std::swap(dh, dh_next);
   }
   return dh;
+}
+
+// dW_hh and dW_ih as one product when both cells' sides share δgates (every cell but the GRU):
+// (G·H, S + I) = δgatesᵀ [h_{t−1} | x] reads δgates (T·B, G·H) once instead of twice. Its buffers,
+// after the panels: [h_{t−1} | x] (T·B, S + I) and the product (G·H, S + I), split into the outputs.
+int64_t fused_weight_gradient_elements(const LayerDims& d) {
+  return d.cell == Cell::Gru ? 0 : (d.steps * d.batch + d.gates()) * (d.state() + d.input);
+}
+
+template <class T>
+void fused_weight_gradients(const LayerDims& d, const T* dg, const T* x, const T* reserve, T* b_cat, T* c_cat,
+                            T* grad_w_ih, T* grad_w_hh, T* panels) {
+  const int64_t TB = d.steps * d.batch, S = d.state(), I = d.input, SI = S + I, R = d.reserve();
+  parallel_for(TB, 256, [&](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      std::memcpy(b_cat + r * SI, reserve + r * R + d.reserve_h_prev(), S * sizeof(T));
+      std::memcpy(b_cat + r * SI + S, x + r * I, I * sizeof(T));
+    }
+  });
+  gemm_by_rows(Trans::Yes, Trans::No, d.gates(), SI, TB, dg, d.gates(), b_cat, SI, c_cat, SI, panels);
+  parallel_for(d.gates(), 64, [&](int, int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      std::memcpy(grad_w_hh + g * S, c_cat + g * SI, S * sizeof(T));
+      std::memcpy(grad_w_ih + g * I, c_cat + g * SI + S, I * sizeof(T));
+    }
+  });
 }
 
 // Projected state columns per thread: a column's share of the W_hr product is 2·B·H flops.
@@ -354,7 +399,8 @@ void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
 template <class T>
 int64_t panel_elements(const LayerDims& d, bool backward) {
   const int64_t recurrent = backward && d.proj > 0 ? 0 : panel_offsets<T>(d, UnitChunks(d), backward).back();
-  return recurrent + all_steps_panel_elements<T>(d, backward) + 2 * kPanelSlack;
+  return recurrent + all_steps_panel_elements<T>(d, backward) + 2 * kPanelSlack +
+         (backward ? fused_weight_gradient_elements(d) : 0);
 }
 
 int64_t cpu_panel_elements(const LayerDims& d, int64_t element_size, bool backward) {
@@ -445,9 +491,15 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     } else {
       const std::vector<blas::PackedB<T>> w_columns =
           pack_backward_weights(d, UnitChunks(d), w_hh.data_as<const T>(), panels);
+      // The bias gradients are summed by the step regions (every cell but the GRU has one δgates for
+      // both biases: its db_hh is a copy of db_ih, below).
+      T* db_ih = optional_data_mut<T>(grad_b_ih);
+      T* db_hh = dg_hh != dg_ih || !db_ih ? optional_data_mut<T>(grad_b_hh) : nullptr;
+      if (db_ih) std::fill(db_ih, db_ih + GH, T(0));
+      if (db_hh) std::fill(db_hh, db_hh + GH, T(0));
       cell::dispatch_cell(d.cell, [&](auto kind) {
-        dh0 = backward_steps<decltype(kind)::value, T>(d, w_columns, len, reverse, rsv,
-                                                       grad_y.data_as<const T>(), dh, dh_next, dc, dg_ih, dg_hh);
+        dh0 = backward_steps<decltype(kind)::value, T>(d, w_columns, len, reverse, rsv, grad_y.data_as<const T>(),
+                                                       dh, dh_next, dc, dg_ih, dg_hh, db_ih, db_hh);
       });
     }
     if (grad_h0) std::memcpy(grad_h0->data, dh0, BS * sizeof(T));
@@ -456,20 +508,27 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
     if (grad_x)  // (T·B, I) = δgates (T·B, G·H) × W_ih (G·H, I)
       gemm_by_rows(Trans::No, Trans::No, TB, d.input, GH, dg_ih, GH, w_ih.data_as<const T>(), d.input,
                    grad_x->data_as<T>(), d.input, all_steps_panels);
-    if (grad_w_ih)  // (G·H, I) = δgatesᵀ x
-      gemm_by_rows(Trans::Yes, Trans::No, GH, d.input, TB, dg_ih, GH, x.data_as<const T>(), d.input,
-                   grad_w_ih->data_as<T>(), d.input, all_steps_panels);
-    if (grad_w_hh)  // (G·H, S) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
-      gemm_by_rows(Trans::Yes, Trans::No, GH, S, TB, dg_hh, GH, rsv + d.reserve_h_prev(), d.reserve(),
-                   grad_w_hh->data_as<T>(), S, all_steps_panels);
+    if (grad_w_ih && grad_w_hh && dg_hh == dg_ih) {
+      T* b_cat = all_steps_panels + all_steps_panel_elements<T>(d, true);  // fused_weight_gradient_elements
+      fused_weight_gradients(d, dg_ih, x.data_as<const T>(), rsv, b_cat, b_cat + TB * (S + d.input),
+                             grad_w_ih->data_as<T>(), grad_w_hh->data_as<T>(), all_steps_panels);
+    } else {
+      if (grad_w_ih)  // (G·H, I) = δgatesᵀ x
+        gemm_by_rows(Trans::Yes, Trans::No, GH, d.input, TB, dg_ih, GH, x.data_as<const T>(), d.input,
+                     grad_w_ih->data_as<T>(), d.input, all_steps_panels);
+      if (grad_w_hh)  // (G·H, S) = δgatesᵀ h_prev, h_prev read from the reserve with leading dimension R
+        gemm_by_rows(Trans::Yes, Trans::No, GH, S, TB, dg_hh, GH, rsv + d.reserve_h_prev(), d.reserve(),
+                     grad_w_hh->data_as<T>(), S, all_steps_panels);
+    }
     if (grad_w_hr)  // (P, H) = δhᵀ u over all steps, u read from the reserve
       gemm_by_rows(Trans::Yes, Trans::No, d.proj, H, TB, dh_all, d.proj, rsv + d.reserve_u(), d.reserve(),
                    grad_w_hr->data_as<T>(), H, all_steps_panels);
-    if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
+    if (d.proj > 0) {  // the projected steps leave the bias sums to one pass over δgates here
+      if (grad_b_ih) column_sums(dg_ih, TB, GH, grad_b_ih->data_as<T>());
+      if (grad_b_hh && !grad_b_ih) column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
+    }
     if (grad_b_hh && grad_b_ih && dg_hh == dg_ih)  // every cell but the GRU: the same sums
       std::memcpy(grad_b_hh->data, grad_b_ih->data, GH * sizeof(T));
-    else if (grad_b_hh)
-      column_sums(dg_hh, TB, GH, grad_b_hh->data_as<T>());
   });
 }
 

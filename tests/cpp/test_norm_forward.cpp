@@ -290,7 +290,7 @@ TEST_P(NormForward, GroupNorm) {
     std::vector<int64_t> sizes;
     std::vector<int64_t> groups;
   };
-  const std::vector<Shape> shapes = {{{2, 6, 5}, {1, 2, 3, 6}}, {{1, 4}, {1, 2, 4}},  {{7, 3, 1}, {1, 3}},
+  const std::vector<Shape> shapes = {{{2, 6, 5}, {1, 2, 3, 6}}, {{1, 4}, {1, 2}},  {{7, 3, 1}, {1, 3}},
                                      {{1, 1, 7}, {1}},          {{3, 8, 1031}, {4}}, {{2, 4, 3, 3}, {2}},
                                      {{64, 6, 7}, {3}}};
   for (const Shape& shape : shapes) {

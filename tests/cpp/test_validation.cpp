@@ -566,6 +566,18 @@ TEST(Validation, NumGroupsMustDivideChannels) {
   }
 }
 
+TEST(Validation, GroupNormNeedsMoreThanOneValuePerGroup) {
+  // torch's rule (F.group_norm): N·(C/G)·∏spatial must exceed 1. x (1, 6) in 6 groups: one value each.
+  auto c = group_norm_forward_case(DType::Float32);
+  c->groups = 6;
+  for (const char* name : {"x", "y"}) c->arg(name).view = with_sizes(c->arg(name).view, {1, 6});
+  for (const char* name : {"mean", "rstd"}) c->arg(name).view = with_sizes(c->arg(name).view, {6});
+  expect_error(*c, ErrorKind::Value, "'x' expected more than 1 value per group");
+  c->groups = 3;  // two values per group: accepted
+  for (const char* name : {"mean", "rstd"}) c->arg(name).view = with_sizes(c->arg(name).view, {3});
+  c->call();
+}
+
 TEST(Validation, WeightNormDimOutOfRange) {
   for (auto make : {weight_norm_forward_case, weight_norm_backward_case}) {
     for (const int dim : {3, -2, -4, 100}) {
