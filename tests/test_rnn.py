@@ -85,6 +85,49 @@ def test_matches_torch_nn(mode, kwargs, num_layers, bidirectional, batch_first, 
                 torch.testing.assert_close(m, r, rtol=1e-9, atol=1e-10, msg=f"{group} {k} packed={use_packed}")
 
 
+@pytest.mark.parametrize("mode,kwargs", MODES[:4], ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("threads,batch", [(1, 16), (2, 37), (3, 51)])
+@pytest.mark.parametrize("bidirectional,with_lengths", [(False, False), (True, True)])
+def test_batch_rows_split_across_threads_match_torch_nn(mode, kwargs, threads, batch, bidirectional, with_lengths):
+    """From 16 rows per thread the CPU kernels give each thread its own batch rows for all steps
+    (csrc/rnn/cpu.cpp, "steps split by batch rows"): outputs, states and every gradient as torch's,
+    bias gradients summed from per-thread partials included."""
+    gen = torch.Generator().manual_seed(batch + 3 * threads)
+    steps, input_size, hidden = 5, 4, 6
+    ours, theirs = _pair(mode, kwargs, input_size, hidden, bidirectional=bidirectional)
+    directions = 2 if bidirectional else 1
+    x = torch.randn(steps, batch, input_size, generator=gen, dtype=torch.float64)
+    hx = _initial_states(mode, directions, batch, hidden, gen)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=gen) if with_lengths else None
+
+    def run(module, threads_now):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads_now)
+        try:
+            xi = x.clone().requires_grad_(True)
+            states = [s.clone().requires_grad_(True) for s in _states_list(mode, hx)]
+            h_in = tuple(states) if mode == "LSTM" else states[0]
+            if lengths is not None and module is theirs:
+                packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
+                out, h_out = module(packed, h_in)
+                out, _ = pad_packed_sequence(out, total_length=steps)
+            else:
+                out, h_out = module(xi, h_in, lengths=lengths) if lengths is not None else module(xi, h_in)
+            finals = _states_list(mode, h_out)
+            loss_gen = torch.Generator().manual_seed(5)
+            grads = torch.autograd.grad(
+                sum((t * torch.randn(t.shape, generator=loss_gen, dtype=torch.float64)).sum() for t in [out, *finals]),
+                [xi, *states, *module.parameters()],
+            )
+            return [out, *finals, *grads]
+        finally:
+            torch.set_num_threads(previous)
+
+    expected = run(theirs, 1)
+    for k, (mine, ref) in enumerate(zip(run(ours, threads), expected)):
+        torch.testing.assert_close(mine, ref, rtol=1e-9, atol=1e-10, msg=f"output/gradient {k}")
+
+
 @pytest.mark.parametrize("mode,kwargs", [("LSTM", {}), ("GRU", {}), ("LSTM", {"proj_size": 20})],
                          ids=["lstm", "gru", "lstm_proj"])  # fmt: skip
 def test_float32_parity_at_the_bench_shape_scale(mode, kwargs):
