@@ -159,11 +159,47 @@ const T* chunk_recurrent_product(const LayerDims& d, int64_t j0, const T* h_prev
   return hh + G * j0 - j0;
 }
 
+// One row's cell update at step t for units [j0, j1): hh_b holds the row's W_hh h_{t−1} with gate
+// stride hs; hp, hn the row's states entering and leaving the step. Both step splits call it.
+template <Cell kind, class T>
+void forward_row(const LayerDims& d, int64_t t, int64_t b, int64_t j0, int64_t j1, int64_t hs, const int64_t* lengths,
+                 const T* hh_b, const T* bias, const T* bias_hn, const T* hp, T* hn, T* c, T* reserve, T* y) {
+  const int64_t H = d.hidden, row = t * d.batch + b;
+  T* rsv = reserve + row * d.reserve();
+  T* c_b = c ? c + b * H : nullptr;
+  T* y_b = y + row * H;
+  if (is_active(lengths, b, t)) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) cell::forward_element<kind>(j, H, hs, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
+  } else {
+    for (int64_t j = j0; j < j1; ++j) cell::forward_inactive_element<kind>(j, H, rsv, hp, hn, y_b);
+  }
+}
+
+// One row's gate gradients at step t for units [j0, j1), from its complete δh_t (dh_b); writes the
+// direct part of δh_{t−1} (dh_next_b) and the row's δgates. Both step splits call it.
+template <Cell kind, class T>
+void backward_row(const LayerDims& d, int64_t t, int64_t b, int64_t j0, int64_t j1, const int64_t* lengths,
+                  const T* reserve, const T* grad_y, const T* dh_b, T* dh_next_b, T* dc, T* dg_ih, T* dg_hh) {
+  const int64_t H = d.hidden, GH = d.gates(), row = t * d.batch + b;
+  T* dc_b = dc ? dc + b * H : nullptr;
+  T* dg_ih_b = dg_ih + row * GH;
+  T* dg_hh_b = dg_hh + row * GH;
+  if (is_active(lengths, b, t)) {
+    const T* rsv = reserve + row * d.reserve();
+    const T* dy = grad_y + row * H;
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) cell::backward_element<kind>(j, H, rsv, dy, dh_b, dh_next_b, dc_b, dg_ih_b, dg_hh_b);
+  } else {
+    for (int64_t j = j0; j < j1; ++j) cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
+  }
+}
+
 // Returns the buffer holding the final state (h or h_spare: they alternate every step).
 template <Cell kind, class T>
 T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chunks, const int64_t* lengths,
                  bool reverse, const T* bias, const T* bias_hn, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
-  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates();
   const UnitChunks chunks(d);
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
@@ -171,21 +207,9 @@ T* forward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_chun
     T* h_next = h_spare;
     blas::parallel_for_gemm(H, unit_grain(d), [&](int chunk, int64_t j0, int64_t j1) {
       const T* hh_rows = chunk_recurrent_product(d, j0, h_prev, w_chunks[chunk], hh);
-      for (int64_t b = 0; b < B; ++b) {
-        T* rsv = reserve + (t * B + b) * R;
-        const T* hp = h_prev + b * H;
-        T* hn = h_next + b * H;
-        T* c_b = c ? c + b * H : nullptr;
-        T* y_b = y + (t * B + b) * H;
-        if (is_active(lengths, b, t)) {
-          const T* hh_b = hh_rows + b * GH;
-#pragma omp simd
-          for (int64_t j = j0; j < j1; ++j)
-            cell::forward_element<kind>(j, H, j1 - j0, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
-        } else {
-          for (int64_t j = j0; j < j1; ++j) cell::forward_inactive_element<kind>(j, H, rsv, hp, hn, y_b);
-        }
-      }
+      for (int64_t b = 0; b < B; ++b)
+        forward_row<kind>(d, t, b, j0, j1, j1 - j0, lengths, hh_rows + b * GH, bias, bias_hn, h_prev + b * H,
+                          h_next + b * H, c, reserve, y);
     }, chunks.count);
     std::swap(h, h_spare);
   }
@@ -217,7 +241,7 @@ template <Cell kind, class T>
 T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_columns, const int64_t* lengths,
                   bool reverse, const T* reserve, const T* grad_y, T* dh, T* dh_next, T* dc, T* dg_ih, T* dg_hh,
                   T* db_ih, T* db_hh) {
-  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates();
   const T* dg_hh_later = nullptr;  // δgates of the step processed before (t + 1 forward, t − 1 reverse)
   const int chunks = static_cast<int>(w_columns.size());
   for (int64_t s = d.steps; s >= 0; --s) {
@@ -227,24 +251,8 @@ T* backward_steps(const LayerDims& d, const std::vector<blas::PackedB<T>>& w_col
       if (dg_hh_later)  // δh[:, j0:j1] += δgates_later (B, G·H) × W_hh[:, j0:j1]
         blas::gemm_packed_b(Trans::No, B, T(1), dg_hh_later, GH, w_columns[chunk], T(1), dh + j0, H);
       if (!gates) return;
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t row = t * B + b;
-        T* dc_b = dc ? dc + b * H : nullptr;
-        const T* dh_b = dh + b * H;
-        T* dh_next_b = dh_next + b * H;
-        T* dg_ih_b = dg_ih + row * GH;
-        T* dg_hh_b = dg_hh + row * GH;
-        if (is_active(lengths, b, t)) {
-          const T* rsv = reserve + row * R;
-          const T* dy = grad_y + row * H;
-#pragma omp simd
-          for (int64_t j = j0; j < j1; ++j)
-            cell::backward_element<kind>(j, H, rsv, dy, dh_b, dh_next_b, dc_b, dg_ih_b, dg_hh_b);
-        } else {
-          for (int64_t j = j0; j < j1; ++j)
-            cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
-        }
-      }
+      for (int64_t b = 0; b < B; ++b)
+        backward_row<kind>(d, t, b, j0, j1, lengths, reserve, grad_y, dh + b * H, dh_next + b * H, dc, dg_ih, dg_hh);
       if (db_ih) add_bias_gradient(d, j0, j1, dg_ih + t * B * GH, db_ih);
       if (db_hh) add_bias_gradient(d, j0, j1, dg_hh + t * B * GH, db_hh);
     }, chunks);
@@ -309,26 +317,15 @@ int64_t rows_per_thread(const LayerDims& d) {
 template <Cell kind, class T>
 void forward_rows(const LayerDims& d, const blas::PackedB<T>& w, const int64_t* lengths, bool reverse, const T* bias,
                   const T* bias_hn, int64_t b0, int64_t b1, T* y, T* h, T* h_spare, T* c, T* reserve, T* hh) {
-  const int64_t B = d.batch, H = d.hidden, S = d.state(), GH = d.gates(), R = d.reserve();
+  const int64_t H = d.hidden, S = d.state(), GH = d.gates();
   T* h_now = h + b0 * S;
   T* h_next = h_spare + b0 * S;
   for (int64_t s = 0; s < d.steps; ++s) {
     const int64_t t = reverse ? d.steps - 1 - s : s;
     blas::gemm_packed_b(Trans::No, b1 - b0, T(1), h_now, S, w, T(0), hh + b0 * GH, GH);
-    for (int64_t b = b0; b < b1; ++b) {
-      T* rsv = reserve + (t * B + b) * R;
-      const T* hp = h_now + (b - b0) * S;
-      T* hn = h_next + (b - b0) * S;
-      T* c_b = c ? c + b * H : nullptr;
-      T* y_b = y + (t * B + b) * H;
-      if (is_active(lengths, b, t)) {
-        const T* hh_b = hh + b * GH;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) cell::forward_element<kind>(j, H, H, rsv, hh_b, bias, bias_hn, hp, hn, c_b, y_b);
-      } else {
-        for (int64_t j = 0; j < H; ++j) cell::forward_inactive_element<kind>(j, H, rsv, hp, hn, y_b);
-      }
-    }
+    for (int64_t b = b0; b < b1; ++b)
+      forward_row<kind>(d, t, b, 0, H, H, lengths, hh + b * GH, bias, bias_hn, h_now + (b - b0) * S,
+                        h_next + (b - b0) * S, c, reserve, y);
     std::swap(h_now, h_next);
   }
 }
@@ -341,7 +338,7 @@ template <Cell kind, class T>
 void backward_rows(const LayerDims& d, const blas::PackedB<T>& w, const int64_t* lengths, bool reverse,
                    const T* reserve, const T* grad_y, int64_t b0, int64_t b1, T* dh, T* dh_next, T* dc, T* dg_ih,
                    T* dg_hh, T* db_ih, T* db_hh) {
-  const int64_t B = d.batch, H = d.hidden, GH = d.gates(), R = d.reserve();
+  const int64_t B = d.batch, H = d.hidden, GH = d.gates();
   T* dh_now = dh + b0 * H;
   T* dh_then = dh_next + b0 * H;
   if (db_ih) std::fill(db_ih, db_ih + GH, T(0));
@@ -352,28 +349,16 @@ void backward_rows(const LayerDims& d, const blas::PackedB<T>& w, const int64_t*
     if (s == 0) break;
     const int64_t t = reverse ? d.steps - s : s - 1;
     for (int64_t b = b0; b < b1; ++b) {
+      backward_row<kind>(d, t, b, 0, H, lengths, reserve, grad_y, dh_now + (b - b0) * H, dh_then + (b - b0) * H, dc,
+                         dg_ih, dg_hh);
       const int64_t row = t * B + b;
-      T* dc_b = dc ? dc + b * H : nullptr;
-      const T* dh_b = dh_now + (b - b0) * H;
-      T* dh_next_b = dh_then + (b - b0) * H;
-      T* dg_ih_b = dg_ih + row * GH;
-      T* dg_hh_b = dg_hh + row * GH;
-      if (is_active(lengths, b, t)) {
-        const T* rsv = reserve + row * R;
-        const T* dy = grad_y + row * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j)
-          cell::backward_element<kind>(j, H, rsv, dy, dh_b, dh_next_b, dc_b, dg_ih_b, dg_hh_b);
-      } else {
-        for (int64_t j = 0; j < H; ++j) cell::backward_inactive_element<kind>(j, H, dh_b, dh_next_b, dg_ih_b, dg_hh_b);
-      }
       if (db_ih) {
 #pragma omp simd
-        for (int64_t k = 0; k < GH; ++k) db_ih[k] += dg_ih_b[k];
+        for (int64_t k = 0; k < GH; ++k) db_ih[k] += dg_ih[row * GH + k];
       }
       if (db_hh) {
 #pragma omp simd
-        for (int64_t k = 0; k < GH; ++k) db_hh[k] += dg_hh_b[k];
+        for (int64_t k = 0; k < GH; ++k) db_hh[k] += dg_hh[row * GH + k];
       }
     }
     dg_later = dg_hh + (t * B + b0) * GH;
