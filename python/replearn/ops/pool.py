@@ -144,12 +144,15 @@ _max_pool_backward = define(
 def _max_pool_setup(ctx, inputs, output):
     x, kernel_size, stride, padding, dilation, ceil_mode = inputs
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero int64 "gradient" of the indices per backward (ops/rnn.py: setup)
     ctx.input_shape = list(x.shape)
     ctx.geometry = (kernel_size, stride, padding, dilation, ceil_mode)
     ctx.save_for_backward(output[1])
 
 
 def _max_pool_grad(ctx, grad_y, _grad_indices):
+    if grad_y is None:  # only the indices were used: nothing flows back
+        return None, None, None, None, None, None
     (indices,) = ctx.saved_tensors
     return _max_pool_backward(grad_y, indices, ctx.input_shape, *ctx.geometry), None, None, None, None, None
 

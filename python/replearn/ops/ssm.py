@@ -116,6 +116,7 @@ def _scan_setup(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
     _out, _last, checkpoints = output
     ctx.mark_non_differentiable(checkpoints)
+    ctx.set_materialize_grads(False)  # no zero "gradient" of the checkpoints per backward (ops/rnn.py: setup)
     ctx.delta_softplus = delta_softplus
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
 
