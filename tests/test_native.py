@@ -45,6 +45,19 @@ def test_numpy_array_through_dlpack():
     assert d["strides"] == tuple(s // a.itemsize for s in a.strides)
 
 
+def test_torch_tensor_strides_read_only_when_not_contiguous():
+    """The caster computes a contiguous tensor's strides from its shape and reads stride() otherwise."""
+    t = torch.randn(4, 6, 5)
+    assert _C.describe(t)["strides"] == (30, 5, 1)
+    assert _C.describe(t.transpose(0, 2))["strides"] == (1, 5, 30)
+    assert _C.describe(t[:, ::2])["strides"] == (30, 10, 1)
+    assert _C.describe(t[:1].expand(3, 6, 5))["strides"] == (0, 5, 1)
+    # A size-1 dimension's stride is arbitrary in torch and canonical here: the same elements either way.
+    odd = torch.randn(4, 3).as_strided((4, 1), (1, 7))
+    assert odd.is_contiguous() and _C.describe(odd)["strides"] == (1, 1)
+    assert _C.describe(odd)["data_ptr"] == odd.data_ptr()
+
+
 def test_dlpack_capsule():
     t = torch.randn(2, 3)
     d = _C.describe(torch.utils.dlpack.to_dlpack(t))

@@ -65,16 +65,40 @@ void fill_sizes(TensorView& view, const py::handle& sizes, const py::handle& str
   if (PyErr_Occurred()) throw py::error_already_set();
 }
 
+// Row-major strides for `sizes` (torch's is_contiguous() said so; size-1 dimensions, whose strides
+// torch leaves arbitrary, get the canonical ones, which address the same elements).
+void fill_contiguous_sizes(TensorView& view, const py::handle& sizes) {
+  const auto ndim = PyTuple_Size(sizes.ptr());
+  if (ndim < 0) throw py::error_already_set();
+  if (ndim > TensorView::kMaxDims)
+    throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
+                                      " dimensions, got " + std::to_string(ndim));
+  view.ndim = static_cast<int>(ndim);
+  int64_t stride = 1;
+  for (int d = view.ndim - 1; d >= 0; --d) {
+    view.sizes[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes.ptr(), d));
+    view.strides[d] = stride;
+    stride *= view.sizes[d];
+  }
+  if (PyErr_Occurred()) throw py::error_already_set();
+}
+
 // torch.Tensor and anything shaped like it. Returns false when `obj` lacks the attributes.
+// Every read is a Python attribute access of 30–70 ns (torch's getters set up error handling each
+// time), so it reads as few as it can: data_ptr() called without a bound-method object, and the
+// strides only for tensors that are not contiguous (the common case computes them from the shape).
 bool from_torch_like(py::handle obj, TensorView& view) {
   static PyObject* const data_ptr_name = PyUnicode_InternFromString("data_ptr");
-  py::object data_ptr = py::reinterpret_steal<py::object>(PyObject_GetAttr(obj.ptr(), data_ptr_name));
-  if (!data_ptr) {
+  PyObject* raw_ptr = PyObject_CallMethodNoArgs(obj.ptr(), data_ptr_name);
+  if (!raw_ptr) {
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();  // e.g. no storage
     PyErr_Clear();
     return false;
   }
+  py::object ptr = py::reinterpret_steal<py::object>(raw_ptr);
   static PyObject* const shape_name = PyUnicode_InternFromString("shape");
   static PyObject* const stride_name = PyUnicode_InternFromString("stride");
+  static PyObject* const is_contiguous_name = PyUnicode_InternFromString("is_contiguous");
   static PyObject* const dtype_name_ = PyUnicode_InternFromString("dtype");
   static PyObject* const get_device_name = PyUnicode_InternFromString("get_device");
   static PyObject* const is_cuda_name = PyUnicode_InternFromString("is_cuda");
@@ -91,13 +115,19 @@ bool from_torch_like(py::handle obj, TensorView& view) {
     return py::reinterpret_steal<py::object>(r);
   };
 
-  py::object ptr = data_ptr();
   view.data = reinterpret_cast<void*>(static_cast<std::uintptr_t>(PyLong_AsUnsignedLongLong(ptr.ptr())));
   if (PyErr_Occurred()) throw py::error_already_set();
   py::object shape = attr(shape_name);
-  py::object strides = call(stride_name);
-  if (!PyTuple_Check(shape.ptr()) || !PyTuple_Check(strides.ptr())) return false;
-  fill_sizes(view, shape, strides);
+  if (!PyTuple_Check(shape.ptr())) return false;
+  const int contiguous = PyObject_IsTrue(call(is_contiguous_name).ptr());
+  if (contiguous < 0) throw py::error_already_set();
+  if (contiguous) {
+    fill_contiguous_sizes(view, shape);
+  } else {
+    py::object strides = call(stride_name);
+    if (!PyTuple_Check(strides.ptr())) return false;
+    fill_sizes(view, shape, strides);
+  }
   view.dtype = dtype_of_object(attr(dtype_name_).ptr());
 
   if (PyObject_IsTrue(attr(is_cpu_name).ptr()) == 1) {  // the common case first: one attribute read
