@@ -55,14 +55,17 @@ def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _normalized_ndim(fn: str, x: torch.Tensor, normalized_shape: Sequence[int]) -> int:
-    shape = tuple(normalized_shape)
-    k = len(shape)
-    if k == 0 or k > x.dim() or tuple(x.shape[x.dim() - k :]) != shape:
-        raise ValueError(
-            f"{fn}: argument 'normalized_shape' expected the trailing dimensions of x "
-            f"(shape {tuple(x.shape)}) but got {list(shape)}"
-        )
-    return k
+    k = len(normalized_shape)
+    shape = x.shape
+    if k == 1:  # the common case, on the per-call overhead path: one size to compare
+        if len(shape) >= 1 and shape[-1] == normalized_shape[0]:
+            return 1
+    elif 0 < k <= len(shape) and tuple(shape[len(shape) - k :]) == tuple(normalized_shape):
+        return k
+    raise ValueError(
+        f"{fn}: argument 'normalized_shape' expected the trailing dimensions of x "
+        f"(shape {tuple(shape)}) but got {list(normalized_shape)}"
+    )
 
 
 def _check_devices(fn: str, x: torch.Tensor, **others: torch.Tensor | None) -> None:
@@ -96,7 +99,7 @@ def _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=True):
     k = _normalized_ndim("layer_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    saved = _new_stats(x, 2, *x.shape[: x.dim() - k]) if stats else None  # mean, rstd; inference skips them
+    saved = _new_stats(x, 2, *x.shape[:-k]) if stats else None  # mean, rstd; inference skips them
     _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, saved)
     return y, saved
 
@@ -283,7 +286,7 @@ def _rms_norm_impl(x, normalized_shape, weight, eps, stats=True):
     k = _normalized_ndim("rms_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    rstd = _new_stats(x, *x.shape[: x.dim() - k]) if stats else None
+    rstd = _new_stats(x, *x.shape[:-k]) if stats else None
     _native.launch("rms_norm_forward", x, x, k, _contiguous(weight), _rms_eps(x, eps), y, rstd)
     return y, rstd
 
