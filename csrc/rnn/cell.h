@@ -41,13 +41,14 @@ inline void dispatch_cell(Cell cell, const F& f) {
 }
 
 
-// e^x and tanh. float on the host: core/vmath.h's (Cephes' expf and tanhf, written so loops over
-// them vectorize). Device and double: the math library.
+// e^x and tanh. float on the host: core/vmath.h's saturating versions (Cephes' expf and tanhf,
+// written so loops over them vectorize, with the argument clamped where σ and tanh have reached their
+// float limits). Device and double: the math library.
 REPLEARN_HD float exp_(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);
 #else
-  return vmath::exp_approx(x);
+  return vmath::exp_saturating(x);
 #endif
 }
 REPLEARN_HD double exp_(double x) { return exp(x); }
@@ -58,7 +59,7 @@ REPLEARN_HD float tanh_(float x) {
 #if defined(__CUDA_ARCH__)
   return tanhf(x);
 #else
-  return vmath::tanh_approx(x);
+  return vmath::tanh_saturating(x);
 #endif
 }
 REPLEARN_HD double tanh_(double x) { return tanh(x); }
