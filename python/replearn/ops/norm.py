@@ -21,7 +21,6 @@ into the caller's buffers), because torch only accepts autograd formulas for fun
 from __future__ import annotations
 
 import functools
-import math
 from typing import Iterable, Sequence
 
 import torch
@@ -600,12 +599,15 @@ register_info(
 # ==================================================================================== group_norm
 
 
-def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True):
+def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True, batch=None):
+    """batch: x.shape[0] when the caller has it (one shape read less on the per-call overhead path)."""
     x = x.contiguous()
     y = torch.empty_like(x)
     saved = None
     if stats:  # mean and rstd (2, N, G), saved for backward; inference skips them
-        saved = _new_stats(x, 2, x.shape[0] if x.dim() >= 1 else 0, num_groups)
+        if batch is None:
+            batch = x.shape[0] if x.dim() >= 1 else 0
+        saved = _new_stats(x, 2, batch, num_groups)
     _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, saved)
     return y, saved
 
@@ -766,18 +768,19 @@ def _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_
 
     stats=False (inference) may leave the instance statistics out when no running average needs them.
     """
-    if x.dim() < 2:
-        raise ValueError(f"instance_norm: argument 'x' expected at least 2 dimensions (N, C, *) but got shape {tuple(x.shape)}")
+    shape = x.shape
+    if len(shape) < 2:
+        raise ValueError(f"instance_norm: argument 'x' expected at least 2 dimensions (N, C, *) but got shape {tuple(shape)}")
     if not use_input_stats:
         return _batch_norm_launch(x, weight, bias, running_mean, running_var, False, momentum, eps)
-    shape = x.shape
-    spatial = math.prod(shape[2:]) if shape[0] * shape[1] > 0 else 0
-    if spatial <= 1 and x.numel() > 0:
+    instances, numel = shape[0] * shape[1], x.numel()
+    spatial = numel // instances if instances > 0 else 0
+    if spatial <= 1 and numel > 0:
         raise ValueError(
-            f"instance_norm: argument 'x' expected more than 1 spatial element per channel but got shape {tuple(x.shape)}"
+            f"instance_norm: argument 'x' expected more than 1 spatial element per channel but got shape {tuple(shape)}"
         )
     update = running_mean is not None or running_var is not None
-    y, saved = _group_norm_impl(x, shape[1], weight, bias, eps, stats=stats or update)
+    y, saved = _group_norm_impl(x, shape[1], weight, bias, eps, stats=stats or update, batch=shape[0])
     if update:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: arguments 'running_mean' and 'running_var' expected both or neither")
