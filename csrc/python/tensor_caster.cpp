@@ -51,34 +51,21 @@ DType dtype_from_dlpack(const DLDataType& t) {
   }
 }
 
-void fill_sizes(TensorView& view, const py::handle& sizes, const py::handle& strides) {
+// Sizes and strides from tuples of ints; without `strides`, row-major ones (torch's is_contiguous()
+// said so: size-1 dimensions, whose strides torch leaves arbitrary, get the canonical ones, which
+// address the same elements).
+void fill_sizes(TensorView& view, const py::handle& sizes, const py::handle& strides = py::handle()) {
   const auto ndim = PyTuple_Size(sizes.ptr());
   if (ndim < 0) throw py::error_already_set();
   if (ndim > TensorView::kMaxDims)
     throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
                                       " dimensions, got " + std::to_string(ndim));
   view.ndim = static_cast<int>(ndim);
-  for (int d = 0; d < view.ndim; ++d) {
-    view.sizes[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes.ptr(), d));
-    view.strides[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), d));
-  }
-  if (PyErr_Occurred()) throw py::error_already_set();
-}
-
-// Row-major strides for `sizes` (torch's is_contiguous() said so; size-1 dimensions, whose strides
-// torch leaves arbitrary, get the canonical ones, which address the same elements).
-void fill_contiguous_sizes(TensorView& view, const py::handle& sizes) {
-  const auto ndim = PyTuple_Size(sizes.ptr());
-  if (ndim < 0) throw py::error_already_set();
-  if (ndim > TensorView::kMaxDims)
-    throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
-                                      " dimensions, got " + std::to_string(ndim));
-  view.ndim = static_cast<int>(ndim);
-  int64_t stride = 1;
+  int64_t row_major = 1;
   for (int d = view.ndim - 1; d >= 0; --d) {
     view.sizes[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes.ptr(), d));
-    view.strides[d] = stride;
-    stride *= view.sizes[d];
+    view.strides[d] = strides ? PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), d)) : row_major;
+    row_major *= view.sizes[d];
   }
   if (PyErr_Occurred()) throw py::error_already_set();
 }
@@ -122,7 +109,7 @@ bool from_torch_like(py::handle obj, TensorView& view) {
   const int contiguous = PyObject_IsTrue(call(is_contiguous_name).ptr());
   if (contiguous < 0) throw py::error_already_set();
   if (contiguous) {
-    fill_contiguous_sizes(view, shape);
+    fill_sizes(view, shape);
   } else {
     py::object strides = call(stride_name);
     if (!PyTuple_Check(strides.ptr())) return false;
