@@ -192,6 +192,18 @@ void micro(int64_t kc, const float* __restrict a, const float* __restrict b, flo
   for (int i = 0; i < S::kMR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  // A k block after the first adds to C: ask for C's lines now, as the k loop only needs them at its
+  // end. In products with many k blocks over a C larger than L2 (an RNN's dx and dW: 7–16 blocks)
+  // C has left the near caches between passes.
+  if (beta != 0.f) {
+#pragma GCC unroll 32
+    for (int i = 0; i < S::kMR; ++i) {
+      const char* row = reinterpret_cast<const char*>(c + i * ldc);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) __builtin_prefetch(row + 64 * v, 1, 3);
+      __builtin_prefetch(row + 64 * NV - 1, 1, 3);
+    }
+  }
   for (int64_t p = 0; p < kc; ++p) {
     __m512 bv[NV];
 #pragma GCC unroll 4
