@@ -37,6 +37,51 @@ inline StatsHalves split_stats(const char* fn, const norm::OptView& stats) {
   return {half, second};
 }
 
+// layer_norm's and group_norm's kernels have the same shape, their size argument (normalized_ndim,
+// num_groups) aside: forward (x, size, weight, bias, eps, y, mean, rstd), backward (dy, x, size, mean,
+// rstd, weight, dx, dweight, dbias, workspace). One binding each, taking `stats` for mean and rstd.
+template <class Size>
+using StatsForward = void (*)(const TensorView&, Size, const norm::OptView&, const norm::OptView&, double,
+                              const TensorView&, const norm::OptView&, const norm::OptView&, std::uintptr_t);
+template <class Size>
+using StatsBackward = void (*)(const TensorView&, const TensorView&, Size, const TensorView&, const TensorView&,
+                               const norm::OptView&, const norm::OptView&, const norm::OptView&,
+                               const norm::OptView&, const norm::OptView&, std::uintptr_t);
+
+template <class Size>
+void def_stats_forward(pybind11::module_& m, const char* name, const char* size_name, StatsForward<Size> kernel) {
+  namespace py = pybind11;
+  using py::arg;
+  using norm::OptView;
+  m.def(
+      name,
+      [name, kernel](const TensorView& x, Size size, const OptView& weight, const OptView& bias, double eps,
+                     const TensorView& y, const OptView& stats, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats(name, stats);
+        kernel(x, size, weight, bias, eps, y, mean, rstd, stream);
+      },
+      arg("x"), arg(size_name), arg("weight").none(true), arg("bias").none(true), arg("eps"), arg("y"),
+      arg("stats").none(true), arg("stream") = std::uintptr_t{0}, py::call_guard<py::gil_scoped_release>());
+}
+
+template <class Size>
+void def_stats_backward(pybind11::module_& m, const char* name, const char* size_name, StatsBackward<Size> kernel) {
+  namespace py = pybind11;
+  using py::arg;
+  using norm::OptView;
+  m.def(
+      name,
+      [name, kernel](const TensorView& dy, const TensorView& x, Size size, const TensorView& stats,
+                     const OptView& weight, const OptView& dx, const OptView& dweight, const OptView& dbias,
+                     const OptView& workspace, std::uintptr_t stream) {
+        const auto [mean, rstd] = split_stats(name, stats);
+        kernel(dy, x, size, *mean, *rstd, weight, dx, dweight, dbias, workspace, stream);
+      },
+      arg("grad_y"), arg("x"), arg(size_name), arg("stats"), arg("weight").none(true), arg("grad_x").none(true),
+      arg("grad_weight").none(true), arg("grad_bias").none(true), arg("workspace").none(true),
+      arg("stream") = std::uintptr_t{0}, py::call_guard<py::gil_scoped_release>());
+}
+
 template <DeviceType D>
 void bind_norm(pybind11::module_& m) {
   namespace py = pybind11;
@@ -45,28 +90,10 @@ void bind_norm(pybind11::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   const auto stream = arg("stream") = std::uintptr_t{0};
 
-  m.def(
-      "layer_norm_forward",
-      [](const TensorView& x, int k, const OptView& weight, const OptView& bias, double eps, const TensorView& y,
-         const OptView& stats, std::uintptr_t stream) {
-        const auto [mean, rstd] = split_stats("layer_norm_forward", stats);
-        layer_norm_forward<D>(x, k, weight, bias, eps, y, mean, rstd, stream);
-      },
-      arg("x"), arg("normalized_ndim"), arg("weight").none(true), arg("bias").none(true), arg("eps"), arg("y"),
-      arg("stats").none(true), stream, nogil);
+  def_stats_forward<int>(m, "layer_norm_forward", "normalized_ndim", &layer_norm_forward<D>);
   m.def("layer_norm_backward_workspace_size", &layer_norm_backward_workspace_size<D>, arg("x"),
         arg("normalized_ndim"));
-  m.def(
-      "layer_norm_backward",
-      [](const TensorView& dy, const TensorView& x, int k, const TensorView& stats, const OptView& weight,
-         const OptView& dx, const OptView& dweight, const OptView& dbias, const OptView& workspace,
-         std::uintptr_t stream) {
-        const auto [mean, rstd] = split_stats("layer_norm_backward", stats);
-        layer_norm_backward<D>(dy, x, k, *mean, *rstd, weight, dx, dweight, dbias, workspace, stream);
-      },
-      arg("grad_y"), arg("x"), arg("normalized_ndim"), arg("stats"), arg("weight").none(true),
-      arg("grad_x").none(true), arg("grad_weight").none(true), arg("grad_bias").none(true),
-      arg("workspace").none(true), stream, nogil);
+  def_stats_backward<int>(m, "layer_norm_backward", "normalized_ndim", &layer_norm_backward<D>);
 
   m.def("rms_norm_forward", &rms_norm_forward<D>, arg("x"), arg("normalized_ndim"), arg("weight").none(true),
         arg("eps"), arg("y"), arg("rstd").none(true), stream, nogil);
@@ -97,26 +124,9 @@ void bind_norm(pybind11::module_& m) {
       arg("grad_y"), arg("x"), arg("stats"), arg("weight").none(true), arg("training"), arg("grad_x").none(true),
       arg("grad_weight").none(true), arg("grad_bias").none(true), stream, nogil);
 
-  m.def(
-      "group_norm_forward",
-      [](const TensorView& x, int64_t groups, const OptView& weight, const OptView& bias, double eps,
-         const TensorView& y, const OptView& stats, std::uintptr_t stream) {
-        const auto [mean, rstd] = split_stats("group_norm_forward", stats);
-        group_norm_forward<D>(x, groups, weight, bias, eps, y, mean, rstd, stream);
-      },
-      arg("x"), arg("num_groups"), arg("weight").none(true), arg("bias").none(true), arg("eps"), arg("y"),
-      arg("stats").none(true), stream, nogil);
+  def_stats_forward<int64_t>(m, "group_norm_forward", "num_groups", &group_norm_forward<D>);
   m.def("group_norm_backward_workspace_size", &group_norm_backward_workspace_size<D>, arg("x"), arg("num_groups"));
-  m.def(
-      "group_norm_backward",
-      [](const TensorView& dy, const TensorView& x, int64_t groups, const TensorView& stats, const OptView& weight,
-         const OptView& dx, const OptView& dweight, const OptView& dbias, const OptView& workspace,
-         std::uintptr_t stream) {
-        const auto [mean, rstd] = split_stats("group_norm_backward", stats);
-        group_norm_backward<D>(dy, x, groups, *mean, *rstd, weight, dx, dweight, dbias, workspace, stream);
-      },
-      arg("grad_y"), arg("x"), arg("num_groups"), arg("stats"), arg("weight").none(true), arg("grad_x").none(true),
-      arg("grad_weight").none(true), arg("grad_bias").none(true), arg("workspace").none(true), stream, nogil);
+  def_stats_backward<int64_t>(m, "group_norm_backward", "num_groups", &group_norm_backward<D>);
 
   m.def(
       "running_stats_update",

@@ -385,13 +385,10 @@ def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, mom
     x = x.contiguous()
     y = torch.empty_like(x)
     saved = _new_stats(x, 2, x.shape[1] if x.dim() >= 2 else 0)
-    if weight is not None:  # _contiguous inlined: this path is the per-call overhead row
-        weight = weight.contiguous()
-    if bias is not None:
-        bias = bias.contiguous()
     _native.launch(
-        "batch_norm_forward", x, x, weight, bias, running_mean, running_var, training, momentum, eps, y, saved
-    )
+        "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
+        training, momentum, eps, y, saved,
+    )  # fmt: skip
     return y, saved
 
 
@@ -508,9 +505,8 @@ def batch_norm(
     """
     momentum = 0.0 if momentum is None else momentum
     y, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
-    if new_mean is not None:  # the dispatcher's functional path returned updated copies
-        _copy_running(running_mean, new_mean)
-        _copy_running(running_var, new_var)
+    _copy_running(running_mean, new_mean)  # only the dispatcher's functional path returns copies
+    _copy_running(running_var, new_var)
     return y
 
 
@@ -877,9 +873,8 @@ def instance_norm(
     y, _, new_mean, new_var = _instance_norm(
         x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
     )
-    if new_mean is not None:  # the dispatcher's functional path returned updated copies
-        _copy_running(running_mean, new_mean)
-        _copy_running(running_var, new_var)
+    _copy_running(running_mean, new_mean)  # only the dispatcher's functional path returns copies
+    _copy_running(running_var, new_var)
     return y
 
 
