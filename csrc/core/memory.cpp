@@ -2,9 +2,12 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace replearn {
@@ -39,6 +42,52 @@ void prefer_huge_pages(const TensorView& view) {
 
 void prefer_huge_pages(const std::optional<TensorView>& view) {
   if (view) prefer_huge_pages(*view);
+}
+
+namespace {
+
+// The size of the highest cache level that sysfs lists for cpu0 ("32768K"), or 0. Preferred over
+// sysconf, which on some virtual machines reports the whole socket's L3 (384 MiB on a 2-core slice
+// of an EPYC whose own L3 is 32 MiB).
+int64_t sysfs_last_level_cache_bytes() {
+  int64_t bytes = 0;
+  int best_level = 0;
+  for (int index = 0; index < 16; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(level_file >> level) || !(size_file >> size) || level < best_level) continue;
+    char* unit = nullptr;
+    const long long value = std::strtoll(size.c_str(), &unit, 10);
+    const int64_t scale = *unit == 'K' ? 1024 : *unit == 'M' ? 1024 * 1024 : *unit == 'G' ? int64_t{1} << 30 : 1;
+    if (value > 0) {
+      best_level = level;
+      bytes = value * scale;
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
+
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t found = sysfs_last_level_cache_bytes();
+#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
+    if (found <= 0) found = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return found > 0 ? found : int64_t{32} << 20;
+  }();
+  return bytes;
+}
+
+bool prefer_streaming_stores(int64_t bytes) {
+  static const bool enabled = [] {
+    const char* value = std::getenv("REPLEARN_STREAMING_STORES");
+    return value == nullptr || std::strcmp(value, "0") != 0;
+  }();
+  return enabled && bytes >= last_level_cache_bytes();
 }
 
 }  // namespace replearn

@@ -35,4 +35,18 @@ void prefer_huge_pages(void* data, int64_t bytes);
 void prefer_huge_pages(const TensorView& view);
 void prefer_huge_pages(const std::optional<TensorView>& view);
 
+// Streaming (non-temporal) stores. A store to a line that is not in cache first reads the line from
+// memory (read for ownership); a streaming store writes whole lines without that read and without
+// evicting other data for them. For an output larger than the last-level cache, which is written
+// back to memory before anyone reads it anyway, that saves a third of a copy-like kernel's traffic
+// (layer_norm's backward at 8192×1024 float32, 2 threads: 38 → 58 GB/s); for a smaller one it would
+// push out of cache what the next kernel is about to read, so such outputs are stored normally.
+
+// The last-level cache's size in bytes (read once from sysfs, else sysconf; 32 MiB where neither says).
+int64_t last_level_cache_bytes();
+
+// True when an output of `bytes` should be written with streaming stores: at least the last-level
+// cache's size, and REPLEARN_STREAMING_STORES is not "0" (read once; to measure without them).
+bool prefer_streaming_stores(int64_t bytes);
+
 }  // namespace replearn

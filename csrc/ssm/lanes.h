@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/simd.h"
 #include "core/vmath.h"
 
 #ifdef __AVX512F__
@@ -31,40 +32,11 @@
 
 namespace replearn::ssm {
 
-template <class T>
-struct LaneTraits;
-template <>
-struct LaneTraits<float> {
-  typedef float vec __attribute__((vector_size(64)));
-  typedef int32_t index __attribute__((vector_size(64)));
-};
-template <>
-struct LaneTraits<double> {
-  typedef double vec __attribute__((vector_size(64)));
-  typedef int64_t index __attribute__((vector_size(64)));
-};
-template <class T>
-using Vec = typename LaneTraits<T>::vec;
-template <class T>
-constexpr int kLanes = 64 / sizeof(T);
-
-// x in every lane (x − 0 folds to a broadcast; 0 + x would not, because of −0).
-template <class T>
-inline Vec<T> splat(T x) {
-  return x - Vec<T>{};
-}
-
-// A vector from / to kLanes<T> consecutive values at any alignment.
-template <class T>
-inline Vec<T> load_unaligned(const T* p) {
-  Vec<T> v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class T>
-inline void store_unaligned(T* p, Vec<T> v) {
-  __builtin_memcpy(p, &v, sizeof v);
-}
+using simd::kLanes;
+using simd::load_unaligned;
+using simd::splat;
+using simd::store_unaligned;
+using simd::Vec;
 
 // The scalar exp and its constants live in core/vmath.h, shared with the other families' kernels.
 using vmath::exp_approx;
@@ -127,7 +99,7 @@ inline V sigmoid_lanes(V x) {
 template <class T>
 [[gnu::always_inline]] inline void transpose_lanes(Vec<T>* v) {
   constexpr int W = kLanes<T>;
-  using Index = typename LaneTraits<T>::index;
+  using Index = typename simd::LaneTraits<T>::index;
   struct Masks {
     Index lo[8], hi[8];
     Masks() {
@@ -157,7 +129,7 @@ template <class T>
 template <class T>
 [[gnu::always_inline]] inline Vec<T> sum_lanes(Vec<T>* v, int count) {
   constexpr int W = kLanes<T>;
-  using Index = typename LaneTraits<T>::index;
+  using Index = typename simd::LaneTraits<T>::index;
   struct Masks {  // level ℓ folds segments of 2s lanes into s (s = W/2, W/4, …, 1)
     Index lo[8], hi[8];
     Masks() {

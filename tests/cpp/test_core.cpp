@@ -10,12 +10,15 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
 #include "core/error.h"
 #include "core/vmath.h"
 #include "core/parallel.h"
+#include "core/reduce.h"
+#include "core/simd.h"
 #include "core/tensor_view.h"
 #include "test_helpers.h"
 
@@ -317,4 +320,78 @@ TEST(VMath, SaturatingExpAndTanh) {
   EXPECT_LT(worst_sigmoid, 2.5e-7);
   EXPECT_TRUE(std::isnan(replearn::vmath::exp_saturating(std::nanf(""))));
   EXPECT_TRUE(std::isnan(replearn::vmath::tanh_saturating(std::nanf(""))));
+}
+
+// core/reduce.h lane_sums against a long-double loop: every length from 0 to past three float runs
+// (the vector steps, the float-run boundaries and the scalar tail), float and double terms, two sums
+// at once. Float terms carry at most kFloatRun float roundings per lane before the double sum, so
+// the error is bounded by ~kFloatRun·2⁻²⁴ of the terms' magnitudes; double terms by a few 2⁻⁵³.
+template <class T>
+void check_lane_sums(double tolerance) {
+  std::vector<T> x(3 * replearn::kFloatRun * 2 * replearn::simd::kLanes<T> + 37);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<T>(std::sin(0.37 * i) * 3 + 0.5);
+  for (int64_t n = 0; n <= static_cast<int64_t>(x.size()); ++n) {
+    const auto sums = replearn::lane_sums<2, T>(n, [&](int64_t j, auto* t) {
+      using V = std::remove_pointer_t<decltype(t)>;
+      const V v = replearn::simd::load<V>(x.data() + j);
+      t[0] = v;
+      t[1] = v * v;
+    });
+    long double sum = 0, sum_sq = 0, magnitude = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      sum += x[j];
+      sum_sq += static_cast<long double>(x[j]) * x[j];
+      magnitude += std::abs(static_cast<long double>(x[j]));
+    }
+    EXPECT_NEAR(sums[0], static_cast<double>(sum), tolerance * (1 + static_cast<double>(magnitude))) << n;
+    EXPECT_NEAR(sums[1], static_cast<double>(sum_sq), tolerance * (1 + static_cast<double>(sum_sq))) << n;
+  }
+}
+
+TEST(Reduce, LaneSumsMatchALongDoubleLoopAtEveryLength) {
+  check_lane_sums<float>(replearn::kFloatRun * 6e-8);
+  check_lane_sums<double>(1e-14);
+}
+
+TEST(Reduce, LaneSumsDependOnlyOnTheData) {
+  // The same span summed twice, and the same values at another address, give bit-identical sums.
+  std::vector<float> a(1000), b(1000 + 5);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = b[i + 5] = static_cast<float>(std::cos(1.3 * i));
+  auto sum = [](const float* p) {
+    return replearn::lane_sums<1, float>(1000, [&](int64_t j, auto* t) {
+      using V = std::remove_pointer_t<decltype(t)>;
+      t[0] = replearn::simd::load<V>(p + j);
+    })[0];
+  };
+  EXPECT_EQ(sum(a.data()), sum(a.data()));
+  EXPECT_EQ(sum(a.data()), sum(b.data() + 5));
+}
+
+// core/simd.h store_lanes: every element written once with the value asked for, with and without
+// streaming stores, from every alignment of the destination, nothing written outside [y, y + n).
+TEST(Simd, StoreLanesWritesEveryElementFromAnyAlignment) {
+  for (bool stream : {false, true}) {
+    for (int offset = 0; offset < 17; ++offset) {
+      for (int64_t n : {0, 1, 15, 16, 17, 40, 100}) {
+        std::vector<float> out(n + 40, -7.0f);
+        float* y = out.data() + offset;
+        replearn::simd::store_lanes(y, n, stream, [&](int64_t j, auto* type) {
+          using V = std::remove_pointer_t<decltype(type)>;
+          if constexpr (std::is_same_v<V, float>) {
+            return static_cast<float>(j) * 0.5f;
+          } else {
+            V v;
+            for (int l = 0; l < replearn::simd::kLanes<float>; ++l) v[l] = static_cast<float>(j + l) * 0.5f;
+            return v;
+          }
+        });
+        replearn::simd::streaming_fence();
+        for (int64_t i = 0; i < static_cast<int64_t>(out.size()); ++i) {
+          const bool inside = i >= offset && i < offset + n;
+          EXPECT_EQ(out[i], inside ? static_cast<float>(i - offset) * 0.5f : -7.0f)
+              << "stream " << stream << " offset " << offset << " n " << n << " i " << i;
+        }
+      }
+    }
+  }
 }

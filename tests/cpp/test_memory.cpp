@@ -6,6 +6,7 @@
 #endif
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -83,6 +84,26 @@ TEST(HugePages, ResidentSmallOrCudaBuffersAreLeftAlone) {
 }
 
 #endif
+
+// Streaming stores are for outputs at least as large as the last-level cache, which is read from
+// sysfs where Linux lists it (the same number lscpu prints for this CPU's own cache).
+TEST(StreamingStores, OnlyForOutputsAtLeastTheLastLevelCache) {
+  const int64_t llc = last_level_cache_bytes();
+  EXPECT_GE(llc, int64_t{1} << 16);
+  EXPECT_EQ(llc, last_level_cache_bytes());  // read once
+  EXPECT_FALSE(prefer_streaming_stores(llc - 1));
+  EXPECT_FALSE(prefer_streaming_stores(0));
+  const char* setting = std::getenv("REPLEARN_STREAMING_STORES");
+  if (setting == nullptr || std::strcmp(setting, "0") != 0) EXPECT_TRUE(prefer_streaming_stores(llc));
+#if defined(__linux__)
+  std::ifstream level("/sys/devices/system/cpu/cpu0/cache/index3/level"), size("/sys/devices/system/cpu/cpu0/cache/index3/size");
+  int cache_level = 0;
+  std::string cache_size;
+  if (level >> cache_level && size >> cache_size && cache_level == 3 && cache_size.back() == 'K') {
+    EXPECT_EQ(llc, std::stoll(cache_size) * 1024);
+  }
+#endif
+}
 
 }  // namespace
 }  // namespace replearn
