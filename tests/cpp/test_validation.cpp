@@ -675,8 +675,15 @@ TEST(Validation, WorkspaceTooSmall) {
     auto c = make(DType::Float32);
     SCOPED_TRACE(c->function);
     Arg& workspace = c->arg("workspace");
-    // One chunk's partial sums is the least a row norm accepts; group norm needs all it asked for.
-    const int64_t least = c->function == "group_norm_backward" ? workspace.view.numel() : 2 * 20 * 8;
+    // One chunk's partial sums (the size asked for with one thread) is the least a row norm accepts;
+    // group norm needs all it asked for.
+    int64_t least = workspace.view.numel();
+    if (c->function != "group_norm_backward") {
+      test::ScopedThreads one(1);
+      least = c->function == "layer_norm_backward" ? layer_norm_backward_workspace_size<CPU>(c->view("x"), 2)
+                                                   : rms_norm_backward_workspace_size<CPU>(c->view("x"), 2);
+      EXPECT_GE(least, 2 * 20 * 8);  // at least the (2, 20) double sums
+    }
     workspace.view = with_sizes(workspace.view, {least - 1});
     expect_error(*c, ErrorKind::Value, "'workspace'");
     workspace.view = with_sizes(workspace.view, {least});
