@@ -684,10 +684,10 @@ void slice_dot(const T* __restrict__ a, const T* __restrict__ b, SliceDims d, do
                    for (int64_t k = k0; k < k1; ++k) {
                      const T* as = a + (o * d.slices + k) * d.inner;
                      const T* bs = b + (o * d.slices + k) * d.inner;
-                     double s = 0;
-#pragma omp simd reduction(+ : s)
-                     for (int64_t i = 0; i < d.inner; ++i) s += static_cast<double>(as[i]) * bs[i];
-                     out[k] += s;
+                     out[k] += lane_sums<1, T>(d.inner, [&](int64_t i, auto* t) {
+                       using V = std::remove_pointer_t<decltype(t)>;
+                       t[0] = load<V>(as + i) * load<V>(bs + i);
+                     })[0];
                    }
                  }
                });
@@ -697,23 +697,22 @@ void slice_dot(const T* __restrict__ a, const T* __restrict__ b, SliceDims d, do
 template <class T>
 void slice_combine(const T* __restrict__ p, const double* alpha, const T* __restrict__ q, const double* beta,
                    SliceDims d, T* __restrict__ out) {
+  const bool stream = stream_output<T>(d.outer * d.slices * d.inner);
   parallel_for(d.outer * d.slices, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.inner)),
                [&](int, int64_t r0, int64_t r1) {
                  for (int64_t r = r0; r < r1; ++r) {
                    const int64_t k = r % d.slices;
-                   const T a = static_cast<T>(alpha[k]);
+                   const T a = static_cast<T>(alpha[k]), b = q ? static_cast<T>(beta[k]) : T(0);
                    const T* ps = p + r * d.inner;
-                   T* os = out + r * d.inner;
-                   if (q) {
-                     const T b = static_cast<T>(beta[k]);
-                     const T* qs = q + r * d.inner;
-#pragma omp simd
-                     for (int64_t i = 0; i < d.inner; ++i) os[i] = a * ps[i] + b * qs[i];
-                   } else {
-#pragma omp simd
-                     for (int64_t i = 0; i < d.inner; ++i) os[i] = a * ps[i];
-                   }
+                   const T* qs = q ? q + r * d.inner : nullptr;
+                   simd::store_lanes(out + r * d.inner, d.inner, stream, [&](int64_t i, auto* type) {
+                     using V = std::remove_pointer_t<decltype(type)>;
+                     V v = a * load<V>(ps + i);
+                     if (qs) v += b * load<V>(qs + i);
+                     return v;
+                   });
                  }
+                 if (stream) simd::streaming_fence();
                });
 }
 
@@ -724,32 +723,40 @@ template <class T>
 void weight_norm_rows_kernel(const T* __restrict__ v, const T* __restrict__ g, const T* __restrict__ dw,
                              SliceDims d, T* __restrict__ out, T* norm_out, T* dg) {
   const int64_t n = d.inner;
+  const bool stream = out && stream_output<T>(d.slices * n);
   parallel_for(d.slices, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, n)), [&](int, int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const T* vs = v + k * n;
       T* os = out ? out + k * n : nullptr;
       if (!dw) {  // forward
-        double sq = 0;
-#pragma omp simd reduction(+ : sq)
-        for (int64_t i = 0; i < n; ++i) sq += static_cast<double>(vs[i]) * vs[i];
-        const double norm = std::sqrt(sq);
+        const double norm = std::sqrt(lane_sums<1, T>(n, [&](int64_t i, auto* t) {
+          using V = std::remove_pointer_t<decltype(t)>;
+          const V x = load<V>(vs + i);
+          t[0] = x * x;
+        })[0]);
         norm_out[k] = static_cast<T>(norm);
         const T a = static_cast<T>(g[k] / norm);
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) os[i] = a * vs[i];
+        simd::store_lanes(os, n, stream, [&](int64_t i, auto* type) {
+          using V = std::remove_pointer_t<decltype(type)>;
+          return a * load<V>(vs + i);
+        });
         continue;
       }
       const T* dws = dw + k * n;
-      double dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t i = 0; i < n; ++i) dot += static_cast<double>(dws[i]) * vs[i];
+      const double dot = lane_sums<1, T>(n, [&](int64_t i, auto* t) {
+        using V = std::remove_pointer_t<decltype(t)>;
+        t[0] = load<V>(dws + i) * load<V>(vs + i);
+      })[0];
       const double norm = norm_out[k];
       if (dg) dg[k] = static_cast<T>(dot / norm);
       if (!os) continue;
       const T a = static_cast<T>(g[k] / norm), b = static_cast<T>(-g[k] * dot / (norm * norm * norm));
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) os[i] = a * dws[i] + b * vs[i];
+      simd::store_lanes(os, n, stream, [&](int64_t i, auto* type) {
+        using V = std::remove_pointer_t<decltype(type)>;
+        return a * load<V>(dws + i) + b * load<V>(vs + i);
+      });
     }
+    if (stream) simd::streaming_fence();
   });
 }
 
@@ -791,10 +798,10 @@ void matvec(const T* __restrict__ W, MatrixDims d, bool transpose, const T* __re
   parallel_for(d.rows, row_grain(cols), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T* __restrict__ row = W + i * cols;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = 0; j < cols; ++j) acc += row[j] * x[j];
-      y[i] = acc;
+      y[i] = static_cast<T>(lane_sums<1, T>(cols, [&](int64_t j, auto* t) {
+        using V = std::remove_pointer_t<decltype(t)>;
+        t[0] = load<V>(row + j) * load<V>(x + j);
+      })[0]);
     }
   });
 }
@@ -809,10 +816,10 @@ void row_dots(const T* a, const T* b, int64_t b_row_stride, MatrixDims d, double
     for (int64_t i = i0; i < i1; ++i) {
       const T* __restrict__ ar = a + i * cols;
       const T* __restrict__ br = b + i * b_row_stride;
-      double acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = 0; j < cols; ++j) acc += static_cast<double>(ar[j]) * br[j];
-      out[i] = acc;
+      out[i] = lane_sums<1, T>(cols, [&](int64_t j, auto* t) {
+        using V = std::remove_pointer_t<decltype(t)>;
+        t[0] = load<V>(ar + j) * load<V>(br + j);
+      })[0];
     }
   });
 }
