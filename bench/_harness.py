@@ -22,11 +22,16 @@ The limit. `CopyReference` copies one float32 tensor of 256 MiB into another (64
 far beyond any cache, `dst` allocated and touched beforehand so no page fault is timed, and counts
 2·nbytes (one read, one write) per copy. On this machine `dst.copy_(src)` runs as fast as torch's
 other streaming ops (`mul`/`add` with `out=` measure the same), and a norm kernel that reads x and
-writes y once is bounded by the same rate. Neither the copy nor a kernel that stores with ordinary
-writes avoids the read-for-ownership of the destination lines, so the comparison is like for like.
+writes y once is bounded by the same rate. The copy stores with ordinary writes, which read each
+destination line before writing it (read for ownership); replearn's CPU kernels write outputs at
+least the last-level cache's size with streaming stores, which do not (core/memory.h), so a kernel
+can exceed 100% of this limit: the fraction says how close a kernel comes to a plain copy, not to
+the memory's raw rate.
 The copy is timed inside every case's alternation rather than once per run because on a shared
 virtual machine the rate moves by ±20% from one second to the next (36 to 48 GB/s measured back to
-back on the 2-core machine); each row's `limit_gbps` is the median copy rate measured beside it.
+back on the 2-core machine), and some hosts switch between two memory phases for minutes at a time
+(~46 and ~78 GB/s on 2026-11-29's host); each row's `limit_gbps` is the median copy rate measured
+beside it.
 """
 
 from __future__ import annotations
