@@ -25,12 +25,12 @@ namespace replearn {
 // Vectors of float summed in float before they are added into the double accumulators.
 constexpr int kFloatRun = 8;
 
+using simd::load;
+
 // Returns {Σ_j t_0(j), …, Σ_j t_{K−1}(j)} over j ∈ [0, n), in double. `term` is a generic callable
 // term(j, V* t) that writes K terms of type V: V = simd::Vec<T> for the kLanes<T> elements from j, and
 // V = T for element j alone (the tail). Writing it once for both with simd::load<V> keeps the vector
 // and scalar formulas identical.
-using simd::load;
-
 template <int K, class T, class Term>
 [[gnu::always_inline]] inline std::array<double, K> lane_sums(int64_t n, const Term& term) {
   using V = simd::Vec<T>;
