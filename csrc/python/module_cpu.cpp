@@ -1,6 +1,7 @@
 // replearn._C: the CPU kernels.
 #include <pybind11/pybind11.h>
 
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "python/bind_attention.h"
 #include "python/bind_conv.h"
@@ -23,6 +24,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &replearn::set_num_threads, py::arg("n"),
         "Threads used by CPU kernels (the op layer keeps it equal to torch.get_num_threads()).");
   m.def("num_threads", &replearn::num_threads);
+  m.def("last_level_cache_bytes", &replearn::last_level_cache_bytes,
+        "The last-level cache size the CPU kernels assume; outputs at least this large are written with "
+        "streaming stores (csrc/core/memory.h).");
   m.def("describe", [](const replearn::TensorView& t) {
     // What the bindings see of a tensor: used by the DLPack tests and for debugging.
     py::list sizes, strides;
