@@ -164,8 +164,8 @@ inline void transpose8(const float* src, int64_t ld, int rows, float* dst, int64
     const __m512 c01 = _mm512_shuffle_f32x4(a01, a01, 0xD8);  // lanes 0, 2, 1, 3
     const __m512 c23 = _mm512_shuffle_f32x4(a23, a23, 0xD8);
     const int columns[4] = {s, 4 + s, 8 + s, 12 + s};
-    const __m256 halves[4] = {_mm512_castps512_ps256(c01), _mm512_extractf32x8_ps(c01, 1),
-                              _mm512_castps512_ps256(c23), _mm512_extractf32x8_ps(c23, 1)};
+    auto high = [](__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); };  // F, not DQ
+    const __m256 halves[4] = {_mm512_castps512_ps256(c01), high(c01), _mm512_castps512_ps256(c23), high(c23)};
     for (int q = 0; q < 4; ++q)
       if (columns[q] < cols) _mm256_mask_storeu_ps(dst + columns[q] * dld, store, halves[q]);
   }
