@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__AVX512F__) || defined(__AVX__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -75,6 +75,8 @@ inline void store_streaming(float* p, Vec<float> v) {
 #elif defined(__AVX__)
   _mm256_stream_ps(p, _mm256_loadu_ps(reinterpret_cast<const float*>(&v)));
   _mm256_stream_ps(p + 8, _mm256_loadu_ps(reinterpret_cast<const float*>(&v) + 8));
+#elif defined(__SSE2__)  // every x86-64: the portable build
+  for (int i = 0; i < 16; i += 4) _mm_stream_ps(p + i, _mm_loadu_ps(reinterpret_cast<const float*>(&v) + i));
 #else
   store_unaligned(p, v);
 #endif
@@ -85,6 +87,8 @@ inline void store_streaming(double* p, Vec<double> v) {
 #elif defined(__AVX__)
   _mm256_stream_pd(p, _mm256_loadu_pd(reinterpret_cast<const double*>(&v)));
   _mm256_stream_pd(p + 4, _mm256_loadu_pd(reinterpret_cast<const double*>(&v) + 4));
+#elif defined(__SSE2__)
+  for (int i = 0; i < 8; i += 2) _mm_stream_pd(p + i, _mm_loadu_pd(reinterpret_cast<const double*>(&v) + i));
 #else
   store_unaligned(p, v);
 #endif
@@ -92,7 +96,7 @@ inline void store_streaming(double* p, Vec<double> v) {
 
 // Orders this thread's streaming stores before its later stores (and so before a barrier's).
 inline void streaming_fence() {
-#if defined(__AVX512F__) || defined(__AVX__)
+#if defined(__SSE2__)
   _mm_sfence();
 #endif
 }
