@@ -300,3 +300,27 @@ def test_orthogonal_recurrent_init_learns_long_memory_where_the_default_does_not
         torch.set_num_threads(previous)
     assert sum(orthogonal) / 2 >= 0.9, orthogonal
     assert sum(uniform) / 2 <= 0.75, uniform
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("wanted", [("bias_hh_l0",), ("bias_ih_l0",), ("bias_ih_l0", "bias_hh_l0")])
+@pytest.mark.parametrize("batch", [8, 40], ids=["unit-split", "row-split"])
+def test_bias_gradients_when_only_some_are_wanted(mode, wanted, batch):
+    """db_ih and db_hh alone or together: for every cell but the GRU they are the same sums, computed
+    once and copied when both are wanted; both step splits (40 rows with 2 threads split the batch rows)."""
+    gen = torch.Generator().manual_seed(batch)
+    theirs = getattr(torch.nn, mode)(4, 6).double()
+    ours = getattr(replearn.nn, mode)(4, 6).double()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, batch, 4, generator=gen, dtype=torch.float64)
+    grads = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for module in (theirs, ours):
+            params = [p.requires_grad_(name in wanted) for name, p in module.named_parameters()]
+            grads.append(torch.autograd.grad(module(x)[0].sum(), [p for p in params if p.requires_grad]))
+    finally:
+        torch.set_num_threads(previous)
+    for mine, ref in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(mine, ref, rtol=1e-9, atol=1e-10)

@@ -17,9 +17,8 @@
 //   dγ = Σ dy·x̂,  dβ = Σ dy  over the values that share a parameter.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <vector>
 #include <type_traits>
+#include <vector>
 
 #include "core/check.h"
 #include "core/dispatch.h"

@@ -626,7 +626,8 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
         }
       };
       sum_partials(grad_b_ih, 0);
-      sum_partials(grad_b_hh, sum_hh ? GH : 0);
+      // Every cell but the GRU: db_hh equals db_ih, copied below when both are asked for.
+      if (sum_hh || !grad_b_ih) sum_partials(grad_b_hh, sum_hh ? GH : 0);
     } else {
       const std::vector<blas::PackedB<T>> w_columns =
           pack_backward_weights(d, UnitChunks(d), w_hh.data_as<const T>(), panels);

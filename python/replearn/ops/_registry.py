@@ -214,7 +214,6 @@ class NativeOp:
             return (output, *self._padding)
         return output if not self._padding else (*output, *self._padding)
 
-
     def _check_tensors(self, args) -> None:
         """TypeError naming the argument where the schema wants a Tensor (or None) and got something else.
 

@@ -87,6 +87,12 @@ def _empty_or_none(need: bool, like: torch.Tensor, shape: Sequence[int] | None =
     return like.new_empty(shape)
 
 
+def _channel_grads(x: torch.Tensor, mask: Sequence[bool]) -> tuple[torch.Tensor | None, ...]:
+    """Uninitialized (dx, dweight, dbias) of a per-channel norm (batch, group), None where mask says so."""
+    channels = (x.shape[1],)
+    return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
+
+
 def _randn(shape, dtype, device, generator, scale=1.0, offset=0.0) -> torch.Tensor:
     return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset).to(dtype).to(device)
 
@@ -424,15 +430,13 @@ def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momen
 def _batch_norm_backward_impl(grad_y, x, stats, weight, training, mask):
     x = x.contiguous()
     grad_y = grad_y.contiguous()
-    channels = (x.shape[1],)
-    grads = [_empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)]
+    grads = _channel_grads(x, mask)
     _native.launch("batch_norm_backward", x, grad_y, x, stats, _contiguous(weight), training, *grads)
-    return tuple(grads)
+    return grads
 
 
 def _batch_norm_backward_fake(grad_y, x, stats, weight, training, mask):
-    channels = (x.shape[1],)
-    return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
+    return _channel_grads(x, mask)
 
 
 _batch_norm_backward = define(
@@ -616,16 +620,14 @@ def _group_norm_fake(x, num_groups, weight, bias, eps):
 def _group_norm_backward_impl(grad_y, x, num_groups, stats, weight, mask):
     x = x.contiguous()
     grad_y = grad_y.contiguous()
-    channels = (x.shape[1],)
-    grads = [_empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)]
+    grads = _channel_grads(x, mask)
     ws = _native.workspace("group_norm_backward", x, x, num_groups)
     _native.launch("group_norm_backward", x, grad_y, x, num_groups, stats, _contiguous(weight), *grads, ws)
-    return tuple(grads)
+    return grads
 
 
 def _group_norm_backward_fake(grad_y, x, num_groups, stats, weight, mask):
-    channels = (x.shape[1],)
-    return _empty_or_none(mask[0], x), _empty_or_none(mask[1], x, channels), _empty_or_none(mask[2], x, channels)
+    return _channel_grads(x, mask)
 
 
 _group_norm_backward = define(
