@@ -60,11 +60,15 @@ T* ptr_or_null(const OptView& v) {
 
 // Σ (x − K) and Σ (x − K)² of one contiguous span, added to sum and sum_sq (in double). K is one of
 // the data's own values (T exactly), so x − K is exact in T wherever x is within a factor 2 of K.
+// `ahead` (at least n values, or x itself when there is nothing to fetch): prefetched at the offset
+// being summed, one line per vector of terms (see batch norm's kernels for why).
 template <class T>
-void shifted_sums(const T* __restrict__ x, int64_t n, double shift, double& sum, double& sum_sq) {
+void shifted_sums(const T* __restrict__ x, int64_t n, double shift, double& sum, double& sum_sq,
+                  const T* ahead = nullptr) {
   const T k = static_cast<T>(shift);
   const auto [s, q] = lane_sums<2, T>(n, [&](int64_t i, auto* t) {
     using V = std::remove_pointer_t<decltype(t)>;
+    if (ahead) simd::prefetch_line(ahead + i);
     const V d = load<V>(x + i) - k;
     t[0] = d;
     t[1] = d * d;
@@ -414,27 +418,23 @@ void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
 
 // ------------------------------------------------------------------------------------ batch norm
 
-// A channel of x (N, C, S) is N runs of S values, C·S apart. The hardware prefetcher restarts at
-// every run, so each run asks for the head of the next one while it is being processed.
-constexpr int64_t kPrefetchBytes = 2048;
-
-template <class T>
-void prefetch_head(const T* run) {
-  const char* p = reinterpret_cast<const char*>(run);
-  for (int64_t offset = 0; offset < kPrefetchBytes; offset += 64) __builtin_prefetch(p + offset);
-}
-
 // Channels per parallel chunk: enough that a chunk holds kGrainElements values.
 int64_t channel_grain(const ChannelDims& d) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, d.batch * d.spatial));
 }
 
-// Channels per block. A channel of x (N, C, S) is N runs of S values, C·S apart; a block of k
-// consecutive channels turns them into N runs of k·S contiguous values, which the hardware
-// prefetcher streams better (measured standalone at 64×64×56×56 float32, 2 threads: forward 3.57 ms
-// with k = 1, 2.88 with k = 4; backward 4.82 ms with k = 1, 4.43 with k = 2). Every channel's sums
-// are still taken over n in order, so the results do not depend on k.
-constexpr int64_t kForwardBlock = 4, kBackwardBlock = 2;
+// A channel of x (N, C, S) is N runs of S values, C·S apart, and a block of k consecutive channels N
+// runs of k·S contiguous values. The hardware prefetcher restarts at every run; the statistics passes
+// (the only ones that read from DRAM: the second pass finds the block in L2/L3) therefore prefetch
+// the next run line by line, each line at the offset they are summing, one run ahead. Measured
+// standalone at 64×64×56×56 float32, 2 threads, as a fraction of a memcpy in the same loop
+// (bench/RESULTS.md, "batch_norm: prefetching the next run"): forward 0.94 → 0.97 on the host's slow
+// memory phase and 0.70–0.73 → 0.82 on its fast one, backward 0.94 → 0.97 and 0.74–0.75 → 0.77–0.79.
+// Block sizes, measured with the prefetch: the forward is fastest with k = 4 on the fast phase
+// (k = 1 wins on the slow one by 4%, loses by 6% on the fast), the backward with k = 1 on both (one
+// channel at a time: x and dy of a channel, 1.6 MB at that shape, stay in L2/L3 for the dx pass).
+// Every channel's sums are taken over n in order, so the results do not depend on k.
+constexpr int64_t kForwardBlock = 4;
 
 template <class T>
 void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, T* running_mean, T* running_var,
@@ -453,8 +453,11 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
         double shift[kForwardBlock], sum[kForwardBlock] = {}, sum_sq[kForwardBlock] = {};
         for (int64_t i = 0; i < k; ++i) shift[i] = x[(cb + i) * S];
         for (int64_t n = 0; n < d.batch; ++n) {
-          if (n + 1 < d.batch) prefetch_head(x + ((n + 1) * C + cb) * S);
-          for (int64_t i = 0; i < k; ++i) shifted_sums(x + (n * C + cb + i) * S, S, shift[i], sum[i], sum_sq[i]);
+          const int64_t ahead = n + 1 < d.batch ? C * S : 0;  // the next run, or this one at the last
+          for (int64_t i = 0; i < k; ++i) {
+            const T* run = x + (n * C + cb + i) * S;
+            shifted_sums(run, S, shift[i], sum[i], sum_sq[i], run + ahead);
+          }
         }
         for (int64_t i = 0; i < k; ++i) {
           const int64_t c = cb + i;
@@ -497,55 +500,42 @@ void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
   const double count = static_cast<double>(d.batch * S);
   const bool stream = dx && stream_output<T>(d.batch * C * S);
   parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t cb = c0; cb < c1; cb += kBackwardBlock) {
-      const int64_t ce = std::min(c1, cb + kBackwardBlock), k = ce - cb;
-      double sum_dy[kBackwardBlock] = {}, sum_dy_xc[kBackwardBlock] = {};  // Σ dy, Σ dy·(x − μ)
+    for (int64_t c = c0; c < c1; ++c) {  // one channel at a time (see kForwardBlock)
+      const T mu = save_mean[c];
+      double sum_dy = 0, sum_dy_xc = 0;  // Σ dy, Σ dy·(x − μ)
       for (int64_t n = 0; n < d.batch; ++n) {
-        if (n + 1 < d.batch) {
-          prefetch_head(x + ((n + 1) * C + cb) * S);
-          prefetch_head(dy + ((n + 1) * C + cb) * S);
-        }
-        for (int64_t i = 0; i < k; ++i) {
-          const T* xs = x + (n * C + cb + i) * S;
-          const T* dys = dy + (n * C + cb + i) * S;
-          const T mu = save_mean[cb + i];
-          const auto [s, sx] = lane_sums<2, T>(S, [&](int64_t j, auto* t) {
-            using V = std::remove_pointer_t<decltype(t)>;
-            const V g = load<V>(dys + j);
-            t[0] = g;
-            t[1] = g * (load<V>(xs + j) - mu);
-          });
-          sum_dy[i] += s;
-          sum_dy_xc[i] += sx;
-        }
+        const T* xs = x + (n * C + c) * S;
+        const T* dys = dy + (n * C + c) * S;
+        const int64_t ahead = n + 1 < d.batch ? C * S : 0;  // as in the forward
+        const auto [s, sx] = lane_sums<2, T>(S, [&](int64_t j, auto* t) {
+          using V = std::remove_pointer_t<decltype(t)>;
+          simd::prefetch_line(xs + ahead + j);
+          simd::prefetch_line(dys + ahead + j);
+          const V g = load<V>(dys + j);
+          t[0] = g;
+          t[1] = g * (load<V>(xs + j) - mu);
+        });
+        sum_dy += s;
+        sum_dy_xc += sx;
       }
-      T ta[kBackwardBlock], tb[kBackwardBlock], tc[kBackwardBlock], m[kBackwardBlock];
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t c = cb + i;
-        const double rs = save_rstd[c];
-        if (db) db[c] = static_cast<T>(sum_dy[i]);
-        if (dw) dw[c] = static_cast<T>(sum_dy_xc[i] * rs);
-        const double gamma = w ? static_cast<double>(w[c]) : 1.0;
-        // training: dx = γ·rstd·(dy − mean(dy) − (x − μ)·rstd²·mean(dy·(x − μ)));
-        // evaluation: the statistics are constants, dx = γ·rstd·dy.
-        const double a = gamma * rs;
-        ta[i] = static_cast<T>(a);
-        tb[i] = static_cast<T>(training ? -a * rs * rs * sum_dy_xc[i] / count : 0.0);
-        tc[i] = static_cast<T>(training ? -a * sum_dy[i] / count : 0.0);
-        m[i] = static_cast<T>(static_cast<double>(save_mean[c]));
-      }
+      const double rs = save_rstd[c];
+      if (db) db[c] = static_cast<T>(sum_dy);
+      if (dw) dw[c] = static_cast<T>(sum_dy_xc * rs);
       if (!dx) continue;
-      for (int64_t n = 0; n < d.batch; ++n)
-        for (int64_t i = 0; i < k; ++i) {
-          const T* xs = x + (n * C + cb + i) * S;
-          const T* dys = dy + (n * C + cb + i) * S;
-          T* dxs = dx + (n * C + cb + i) * S;
-          const T a = ta[i], bb = tb[i], cc = tc[i], mm = m[i];
-          simd::store_lanes(dxs, S, stream, [&](int64_t j, auto* type) {
-            using V = std::remove_pointer_t<decltype(type)>;
-            return a * load<V>(dys + j) + bb * (load<V>(xs + j) - mm) + cc;
-          });
-        }
+      // training: dx = γ·rstd·(dy − mean(dy) − (x − μ)·rstd²·mean(dy·(x − μ)));
+      // evaluation: the statistics are constants, dx = γ·rstd·dy.
+      const double gamma = w ? static_cast<double>(w[c]) : 1.0, a = gamma * rs;
+      const T ta = static_cast<T>(a);
+      const T tb = static_cast<T>(training ? -a * rs * rs * sum_dy_xc / count : 0.0);
+      const T tc = static_cast<T>(training ? -a * sum_dy / count : 0.0);
+      for (int64_t n = 0; n < d.batch; ++n) {
+        const T* xs = x + (n * C + c) * S;
+        const T* dys = dy + (n * C + c) * S;
+        simd::store_lanes(dx + (n * C + c) * S, S, stream, [&](int64_t j, auto* type) {
+          using V = std::remove_pointer_t<decltype(type)>;
+          return ta * load<V>(dys + j) + tb * (load<V>(xs + j) - mu) + tc;
+        });
+      }
     }
     if (stream) simd::streaming_fence();
   });

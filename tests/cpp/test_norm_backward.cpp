@@ -317,7 +317,9 @@ std::vector<ProblemFactory> small_problems() {
       out.push_back([=](DType d) { return std::make_unique<RmsNormProblem>(d, seed, s.sizes, s.normalized_ndim, w); });
     ++seed;
   }
-  for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{4, 3}, {2, 3, 5}, {1, 2, 3}, {3, 2, 2, 2}, {5, 1}}) {
+  // {2, 9, 2}: nine channels, so one thread walks blocks of 4, 4 and 1 (cpu.cpp's kForwardBlock).
+  for (const std::vector<int64_t>& sizes :
+       {std::vector<int64_t>{4, 3}, {2, 3, 5}, {1, 2, 3}, {3, 2, 2, 2}, {5, 1}, {2, 9, 2}}) {
     for (const bool training : {true, false})
       for (const Affine a : kAffines)
         out.push_back([=](DType d) { return std::make_unique<BatchNormProblem>(d, seed, sizes, training, a); });
@@ -357,6 +359,8 @@ std::vector<ProblemFactory> large_problems() {
   out.push_back([](DType d) { return std::make_unique<RmsNormProblem>(d, 4, std::vector<int64_t>{1, 1031}, 1, false); });
   out.push_back([](DType d) { return std::make_unique<BatchNormProblem>(d, 5, std::vector<int64_t>{8, 6, 257}, true, kBoth); });
   out.push_back([](DType d) { return std::make_unique<BatchNormProblem>(d, 6, std::vector<int64_t>{8, 6, 257}, false, kBoth); });
+  // 19 channels over 2 or 3 threads: several channel blocks per thread, the last one partial.
+  out.push_back([](DType d) { return std::make_unique<BatchNormProblem>(d, 12, std::vector<int64_t>{5, 19, 67}, true, kBoth); });
   out.push_back([](DType d) { return std::make_unique<GroupNormProblem>(d, 7, std::vector<int64_t>{3, 8, 1031}, 4, kBoth); });
   out.push_back([](DType d) { return std::make_unique<GroupNormProblem>(d, 8, std::vector<int64_t>{64, 6, 7}, 3, kBoth); });
   out.push_back([](DType d) { return std::make_unique<WeightNormProblem>(d, 9, std::vector<int64_t>{1031, 3}, 0); });

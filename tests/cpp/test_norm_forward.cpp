@@ -208,7 +208,7 @@ TEST_P(NormForward, BatchNorm) {
   const Tolerance tol = forward_tolerance(dtype);
   Random rng(3);
   const std::vector<std::vector<int64_t>> shapes = {{2, 1}, {2, 3}, {1, 3, 2}, {7, 3, 5}, {1, 4, 1031},
-                                                    {3, 2, 2, 3}, {7, 1, 1}, {2, 5, 1, 3}};
+                                                    {3, 2, 2, 3}, {7, 1, 1}, {2, 5, 1, 3}, {3, 9, 5}, {4, 19, 67}};
   for (const auto& sizes : shapes) {
     const int64_t N = sizes[0], C = sizes[1], S = product(sizes, 2, sizes.size());
     ScopedThreads threads(threads_for(N * C * S));
