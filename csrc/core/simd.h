@@ -127,6 +127,18 @@ inline void store_lanes(T* y, int64_t n, bool stream, const Value& value) {
   for (; j < n; ++j) y[j] = value(j, static_cast<T*>(nullptr));
 }
 
+// Writes v, a V as load<V> reads it, to p: a vector with a streaming store (p 64-byte aligned), a
+// single element with an ordinary one. For loops that store as a side effect of another loop's
+// vector/scalar calls (batch norm's fused passes); the caller fences.
+template <class V, class T>
+inline void put_streaming(T* p, V v) {
+  if constexpr (std::is_same_v<V, T>) {
+    *p = v;
+  } else {
+    store_streaming(p, v);
+  }
+}
+
 }  // namespace replearn::simd
 
 #pragma GCC diagnostic pop

@@ -60,15 +60,19 @@ T* ptr_or_null(const OptView& v) {
 
 // Σ (x − K) and Σ (x − K)² of one contiguous span, added to sum and sum_sq (in double). K is one of
 // the data's own values (T exactly), so x − K is exact in T wherever x is within a factor 2 of K.
-// `ahead` (at least n values, or x itself when there is nothing to fetch): prefetched at the offset
-// being summed, one line per vector of terms (see batch norm's kernels for why).
-template <class T>
+// `also(i, V*)` runs beside each term (a prefetch, or another pass fused into this one: see batch
+// norm's kernels); the sums do not depend on it.
+struct Nothing {
+  template <class V>
+  void operator()(int64_t, V*) const {}
+};
+template <class T, class Also = Nothing>
 void shifted_sums(const T* __restrict__ x, int64_t n, double shift, double& sum, double& sum_sq,
-                  const T* ahead = nullptr) {
+                  const Also& also = {}) {
   const T k = static_cast<T>(shift);
   const auto [s, q] = lane_sums<2, T>(n, [&](int64_t i, auto* t) {
     using V = std::remove_pointer_t<decltype(t)>;
-    if (ahead) simd::prefetch_line(ahead + i);
+    also(i, t);
     const V d = load<V>(x + i) - k;
     t[0] = d;
     t[1] = d * d;
@@ -424,17 +428,52 @@ int64_t channel_grain(const ChannelDims& d) {
 }
 
 // A channel of x (N, C, S) is N runs of S values, C·S apart, and a block of k consecutive channels N
-// runs of k·S contiguous values. The hardware prefetcher restarts at every run; the statistics passes
-// (the only ones that read from DRAM: the second pass finds the block in L2/L3) therefore prefetch
-// the next run line by line, each line at the offset they are summing, one run ahead. Measured
-// standalone at 64×64×56×56 float32, 2 threads, as a fraction of a memcpy in the same loop
-// (bench/RESULTS.md, "batch_norm: prefetching the next run"): forward 0.94 → 0.97 on the host's slow
-// memory phase and 0.70–0.73 → 0.82 on its fast one, backward 0.94 → 0.97 and 0.74–0.75 → 0.77–0.79.
-// Block sizes, measured with the prefetch: the forward is fastest with k = 4 on the fast phase
-// (k = 1 wins on the slow one by 4%, loses by 6% on the fast), the backward with k = 1 on both (one
-// channel at a time: x and dy of a channel, 1.6 MB at that shape, stay in L2/L3 for the dx pass).
-// Every channel's sums are taken over n in order, so the results do not depend on k.
+// runs of k·S contiguous values. Each kernel takes a block's statistics (one pass over x, from DRAM)
+// and then writes its output (a second pass, x from L2/L3). Two measured choices (bench/RESULTS.md,
+// "batch_norm"; 64×64×56×56 float32, 2 threads, against a memcpy in the same loop):
+// - The hardware prefetcher restarts at every run, so the statistics passes prefetch the next run
+//   (sample n + 1) line by line at the offset they are summing: forward 0.70–0.75 → 0.82 of the memcpy
+//   on the host's fast memory phase, 0.94 → 0.97 on its slow one.
+// - Forward, where y is streamed and its runs start on 64-byte boundaries: the statistics pass of
+//   block q + 1 runs inside the output pass of block q, one loop over both runs, so that DRAM reads
+//   and streaming writes overlap (this host serializes them between separate loops: a memcpy takes as
+//   long as a read pass plus a write pass). 3–4% less time on both phases; interleaving the passes a
+//   run at a time instead was slower. The same fusion in the backward (channel c + 1's sums inside
+//   channel c's dx pass) gained 3% on the slow phase and lost 5% on the fast one: not used.
+// Channels per block: the forward is fastest with 4 on the fast phase (1 wins on the slow one by 4%,
+// loses by 6% on the fast), the backward with 1 (x and dy of a channel, 1.6 MB at that shape, stay in
+// L2/L3 for the dx pass). Every channel's sums are taken over n in order, each run's by lane_sums,
+// so the results depend neither on the block size nor on the fusion.
 constexpr int64_t kForwardBlock = 4;
+
+// Whether the forward fuses its passes: streamed output whose runs of S values all start 64-byte
+// aligned (lane_sums hands its term whole vectors from a run's start, so the fused stores align).
+template <class T>
+bool fuse_passes(const T* out, int64_t S, bool stream) {
+  return stream && simd::aligned64(out) && (S * static_cast<int64_t>(sizeof(T))) % 64 == 0;
+}
+
+// Statistics of the channel block [c, c + k), accumulated a run (sample n) at a time.
+template <class T>
+struct ChannelBlock {
+  int64_t c = 0, k = 0;
+  double shift[kForwardBlock] = {}, sum[kForwardBlock] = {}, sum_sq[kForwardBlock] = {};
+
+  ChannelBlock(const T* x, int64_t c_, int64_t k_, int64_t S) : c(c_), k(k_) {
+    for (int64_t i = 0; i < k; ++i) shift[i] = x[(c + i) * S];
+  }
+  // Channel c + i's run of sample n; `also(j, V*)` runs beside each term (the fused output pass).
+  template <class Also>
+  void accumulate(const T* x, ChannelDims d, int64_t n, int64_t i, const Also& also) {
+    const int64_t C = d.channels, S = d.spatial;
+    const T* run = x + (n * C + c + i) * S;
+    const T* ahead = n + 1 < d.batch ? run + C * S : run;  // the next sample's run (none after the last)
+    shifted_sums(run, S, shift[i], sum[i], sum_sq[i], [&](int64_t j, auto* type) {
+      simd::prefetch_line(ahead + j);
+      also(j, type);
+    });
+  }
+};
 
 template <class T>
 void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, T* running_mean, T* running_var,
@@ -443,51 +482,65 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
   const int64_t C = d.channels, S = d.spatial;
   const double count = static_cast<double>(d.batch * S);
   const bool stream = stream_output<T>(d.batch * C * S);
-  // A block of channels per step: its statistics pass leaves the block's values in L2/L3 for the
-  // apply pass.
-  parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
-    for (int64_t cb = c0; cb < c1; cb += kForwardBlock) {
-      const int64_t ce = std::min(c1, cb + kForwardBlock), k = ce - cb;
-      double mean[kForwardBlock], rstd[kForwardBlock];
+  const bool fuse = training && fuse_passes(y, S, stream);
+  // y = (x − m)·a + s per channel of a block, from its statistics (or the running ones).
+  struct Affine {
+    T a[kForwardBlock], m[kForwardBlock], s[kForwardBlock];
+  };
+  auto affine = [&](const ChannelBlock<T>& block) {
+    Affine f;
+    for (int64_t i = 0; i < block.k; ++i) {
+      const int64_t c = block.c + i;
+      double mean, rstd;
       if (training) {
-        double shift[kForwardBlock], sum[kForwardBlock] = {}, sum_sq[kForwardBlock] = {};
-        for (int64_t i = 0; i < k; ++i) shift[i] = x[(cb + i) * S];
-        for (int64_t n = 0; n < d.batch; ++n) {
-          const int64_t ahead = n + 1 < d.batch ? C * S : 0;  // the next run, or this one at the last
-          for (int64_t i = 0; i < k; ++i) {
-            const T* run = x + (n * C + cb + i) * S;
-            shifted_sums(run, S, shift[i], sum[i], sum_sq[i], run + ahead);
-          }
-        }
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t c = cb + i;
-          const Moments m = moments_from_shifted(shift[i], sum[i], sum_sq[i], count, eps);
-          mean[i] = m.mean;
-          rstd[i] = m.rstd;
-          if (running_mean) {
-            // PyTorch's convention: the running variance is the unbiased one.
-            running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * m.mean);
-            running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * m.var * count / (count - 1));
-          }
+        const Moments m = moments_from_shifted(block.shift[i], block.sum[i], block.sum_sq[i], count, eps);
+        mean = m.mean;
+        rstd = m.rstd;
+        if (running_mean) {
+          // PyTorch's convention: the running variance is the unbiased one.
+          running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * m.mean);
+          running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * m.var * count / (count - 1));
         }
       } else {
-        for (int64_t i = 0; i < k; ++i) {
-          mean[i] = running_mean[cb + i];
-          rstd[i] = 1.0 / std::sqrt(static_cast<double>(running_var[cb + i]) + eps);
+        mean = running_mean[c];
+        rstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+      }
+      save_mean[c] = static_cast<T>(mean);
+      save_rstd[c] = static_cast<T>(rstd);
+      f.a[i] = static_cast<T>(rstd * (w ? static_cast<double>(w[c]) : 1.0));
+      f.m[i] = static_cast<T>(mean);
+      f.s[i] = b ? b[c] : T(0);
+    }
+    return f;
+  };
+  parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
+    auto block_at = [&](int64_t cb) { return ChannelBlock<T>(x, cb, std::min(kForwardBlock, c1 - cb), S); };
+    auto statistics = [&](ChannelBlock<T>& block) {
+      for (int64_t n = 0; n < d.batch; ++n)
+        for (int64_t i = 0; i < block.k; ++i) block.accumulate(x, d, n, i, Nothing{});
+    };
+    ChannelBlock<T> next = block_at(c0);
+    if (training) statistics(next);
+    for (int64_t cb = c0; cb < c1; cb += kForwardBlock) {
+      const ChannelBlock<T> current = next;
+      const Affine f = affine(current);
+      const bool more = cb + kForwardBlock < c1;
+      if (more) next = block_at(cb + kForwardBlock);  // never wider than current, which is full
+      for (int64_t n = 0; n < d.batch; ++n) {
+        for (int64_t i = 0; i < current.k; ++i) {
+          const int64_t at = (n * C + cb + i) * S;
+          const T m = f.m[i], a = f.a[i], s = f.s[i];
+          if (fuse && more && i < next.k) {
+            next.accumulate(x, d, n, i, [&](int64_t j, auto* type) {
+              using V = std::remove_pointer_t<decltype(type)>;
+              simd::put_streaming<V>(y + at + j, (load<V>(x + at + j) - m) * a + s);
+            });
+          } else {
+            center_scale_shift(x + at, S, m, a, s, y + at, stream);
+          }
         }
       }
-      T a[kForwardBlock], m[kForwardBlock], shift_out[kForwardBlock];
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t c = cb + i;
-        save_mean[c] = static_cast<T>(mean[i]);
-        save_rstd[c] = static_cast<T>(rstd[i]);
-        a[i] = static_cast<T>(rstd[i] * (w ? static_cast<double>(w[c]) : 1.0));
-        m[i] = static_cast<T>(mean[i]);
-        shift_out[i] = b ? b[c] : T(0);
-      }
-      for (int64_t n = 0; n < d.batch; ++n)
-        for (int64_t i = 0; i < k; ++i)
-          center_scale_shift(x + (n * C + cb + i) * S, S, m[i], a[i], shift_out[i], y + (n * C + cb + i) * S, stream);
+      if (training && more && !fuse) statistics(next);
     }
     if (stream) simd::streaming_fence();
   });

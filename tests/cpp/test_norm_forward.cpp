@@ -7,11 +7,15 @@
 // exact math on the float32-rounded inputs: what remains is the kernel's own rounding.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "norm/norm.h"
 #include "test_helpers.h"
 
@@ -251,6 +255,44 @@ TEST_P(NormForward, BatchNorm) {
         }
       }
     }
+  }
+}
+
+// Outputs at least the last-level cache's size take the streaming path; with runs of S values that
+// start 64-byte aligned (S = 256 float32) the forward also fuses block q + 1's statistics into block
+// q's output pass (csrc/norm/cpu.cpp). 30 channels on 2 threads: 15 each, the last block partial.
+TEST(NormForwardBeyondTheCache, BatchNormTraining) {
+  const int64_t C = 30;
+  for (const int64_t S : {256, 49}) {  // fused; streamed but not fused
+    SCOPED_TRACE("S = " + std::to_string(S));
+    const int64_t N = last_level_cache_bytes() / static_cast<int64_t>(sizeof(float)) / (C * S) + 1;
+    const std::vector<int64_t> sizes = {N, C, S};
+    ScopedThreads threads(2);
+    Random rng(11);
+    const Buffer x = random_buffer(rng, DType::Float32, sizes, -2, 3);
+    const Buffer weight = random_buffer(rng, DType::Float32, {C}, 0.5, 1.5);
+    const Buffer bias = random_buffer(rng, DType::Float32, {C}, -1, 1);
+    std::optional<Buffer> running_mean = random_buffer(rng, DType::Float32, {C}, -1, 1);
+    std::optional<Buffer> running_var = random_buffer(rng, DType::Float32, {C}, 0.5, 2);
+    const ChannelReference ref =
+        batch_norm_reference(x, N, C, S, weight, bias, running_mean, running_var, true, 0.1, 1e-5);
+    // y 64-byte aligned (test Buffers are not: their guard bytes sit in front), NaN-filled.
+    const int64_t count = N * C * S;
+    std::unique_ptr<float, decltype(&std::free)> y_data(
+        static_cast<float*>(std::aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64)), &std::free);
+    ASSERT_NE(y_data, nullptr);
+    std::fill(y_data.get(), y_data.get() + count, std::nanf(""));
+    TensorView y = x.view();
+    y.data = y_data.get();
+    Buffer save_mean = sentinel_buffer(DType::Float32, {C}), save_rstd = sentinel_buffer(DType::Float32, {C});
+    batch_norm_forward<CPU>(x.view(), weight.view(), bias.view(), running_mean->view(), running_var->view(), true,
+                            0.1, 1e-5, y, save_mean.view(), save_rstd.view());
+    const Tolerance tol = forward_tolerance(DType::Float32);
+    EXPECT_TRUE(AllClose(Values(y_data.get(), y_data.get() + count), ref.y, tol)) << "y";
+    EXPECT_TRUE(AllClose(save_mean.values(), ref.save_mean, tol)) << "save_mean";
+    EXPECT_TRUE(AllClose(save_rstd.values(), ref.save_rstd, tol)) << "save_rstd";
+    EXPECT_TRUE(AllClose(running_mean->values(), ref.running_mean, tol)) << "running_mean";
+    EXPECT_TRUE(AllClose(running_var->values(), ref.running_var, tol)) << "running_var";
   }
 }
 
