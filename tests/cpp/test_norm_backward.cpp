@@ -317,7 +317,8 @@ std::vector<ProblemFactory> small_problems() {
       out.push_back([=](DType d) { return std::make_unique<RmsNormProblem>(d, seed, s.sizes, s.normalized_ndim, w); });
     ++seed;
   }
-  // {2, 9, 2}: nine channels, so one thread walks blocks of 4, 4 and 1 (cpu.cpp's kForwardBlock).
+  // {2, 9, 2}: nine channels, so one thread walks several channel blocks and a partial last one
+  // (cpu.cpp's kForwardBlock).
   for (const std::vector<int64_t>& sizes :
        {std::vector<int64_t>{4, 3}, {2, 3, 5}, {1, 2, 3}, {3, 2, 2, 2}, {5, 1}, {2, 9, 2}}) {
     for (const bool training : {true, false})
