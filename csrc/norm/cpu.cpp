@@ -440,11 +440,11 @@ int64_t channel_grain(const ChannelDims& d) {
 //   long as a read pass plus a write pass). 3–4% less time on both phases; interleaving the passes a
 //   run at a time instead was slower. The same fusion in the backward (channel c + 1's sums inside
 //   channel c's dx pass) gained 3% on the slow phase and lost 5% on the fast one: not used.
-// Channels per block, measured with both: the forward is fastest with 2 (time against the memcpy,
-// slow/fast phase: 1 0.955/1.24, 2 0.89/1.19, 4 0.93/1.21, 8 0.97/1.26), the backward with 1 (x and dy
-// of a channel, 1.6 MB at that shape, stay in L2/L3 for the dx pass). Every channel's sums are taken over n in order, each run's by lane_sums,
+// Channels per block: the forward is fastest with 4 on the fast phase (1 wins on the slow one by 4%,
+// loses by 6% on the fast), the backward with 1 (x and dy of a channel, 1.6 MB at that shape, stay in
+// L2/L3 for the dx pass). Every channel's sums are taken over n in order, each run's by lane_sums,
 // so the results depend neither on the block size nor on the fusion.
-constexpr int64_t kForwardBlock = 2;
+constexpr int64_t kForwardBlock = 4;
 
 // Whether the forward fuses its passes: streamed output whose runs of S values all start 64-byte
 // aligned (lane_sums hands its term whole vectors from a run's start, so the fused stores align).
