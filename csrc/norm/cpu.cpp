@@ -442,9 +442,9 @@ int64_t channel_grain(const ChannelDims& d) {
 //   channel c's dx pass) gained 3% on the slow phase and lost 5% on the fast one: not used.
 // Channels per block: the forward is fastest with 4 on the fast phase (1 wins on the slow one by 4%,
 // loses by 6% on the fast; with the fusion, 2 wins on the slow one by 5% and loses 2 points of the
-// copy on the fast one through the op), the backward with 1 (x and dy of a channel, 1.6 MB at that shape, stay in
-// L2/L3 for the dx pass). Every channel's sums are taken over n in order, each run's by lane_sums,
-// so the results depend neither on the block size nor on the fusion.
+// copy on the fast one through the op), the backward with 1 (x and dy of a channel, 1.6 MB at that
+// shape, stay in L2/L3 for the dx pass). Every channel's sums are taken over n in order, each run's
+// by lane_sums, so the results depend neither on the block size nor on the fusion.
 constexpr int64_t kForwardBlock = 4;
 
 // Whether the forward fuses its passes: streamed output whose runs of S values all start 64-byte
