@@ -73,26 +73,17 @@ inline V load(const T* p) {
 // A vector to 64-byte-aligned p with a streaming (non-temporal) store where the target has one
 // (core/memory.h: prefer_streaming_stores says when); an ordinary store elsewhere. Streaming stores
 // are weakly ordered: a thread that made them calls streaming_fence() before others read the data.
-inline void store_streaming(float* p, Vec<float> v) {
+// The integer forms of the instructions move the 64 bytes whatever T is.
+template <class T>
+inline void store_streaming(T* p, Vec<T> v) {
 #if defined(__AVX512F__)
-  _mm512_stream_ps(p, __m512(v));
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), reinterpret_cast<__m512i&>(v));
 #elif defined(__AVX__)
-  _mm256_stream_ps(p, _mm256_loadu_ps(reinterpret_cast<const float*>(&v)));
-  _mm256_stream_ps(p + 8, _mm256_loadu_ps(reinterpret_cast<const float*>(&v) + 8));
+  const __m256i* half = reinterpret_cast<const __m256i*>(&v);
+  for (int i = 0; i < 2; ++i) _mm256_stream_si256(reinterpret_cast<__m256i*>(p) + i, _mm256_loadu_si256(half + i));
 #elif defined(__SSE2__)  // every x86-64: the portable build
-  for (int i = 0; i < 16; i += 4) _mm_stream_ps(p + i, _mm_loadu_ps(reinterpret_cast<const float*>(&v) + i));
-#else
-  store_unaligned(p, v);
-#endif
-}
-inline void store_streaming(double* p, Vec<double> v) {
-#if defined(__AVX512F__)
-  _mm512_stream_pd(p, __m512d(v));
-#elif defined(__AVX__)
-  _mm256_stream_pd(p, _mm256_loadu_pd(reinterpret_cast<const double*>(&v)));
-  _mm256_stream_pd(p + 4, _mm256_loadu_pd(reinterpret_cast<const double*>(&v) + 4));
-#elif defined(__SSE2__)
-  for (int i = 0; i < 8; i += 2) _mm_stream_pd(p + i, _mm_loadu_pd(reinterpret_cast<const double*>(&v) + i));
+  const __m128i* quarter = reinterpret_cast<const __m128i*>(&v);
+  for (int i = 0; i < 4; ++i) _mm_stream_si128(reinterpret_cast<__m128i*>(p) + i, _mm_loadu_si128(quarter + i));
 #else
   store_unaligned(p, v);
 #endif
@@ -111,6 +102,20 @@ inline bool aligned64(const T* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 64 == 0;
 }
 
+// Writes v, a V as load<V> reads it (Vec<T> or T), to p: a vector with a streaming store when
+// `stream` (p 64-byte aligned; the caller fences), else an ordinary unaligned one; a single element
+// with an ordinary store. For loops whose vector body and scalar tail share one generic lambda.
+template <class V, class T>
+inline void put(T* p, V v, bool stream) {
+  if constexpr (std::is_same_v<V, T>) {
+    *p = v;
+  } else if (stream) {
+    store_streaming(p, v);
+  } else {
+    store_unaligned(p, v);
+  }
+}
+
 // y[j] = value(j) for j ∈ [0, n): value(j, V*) returns the V (Vec<T> or T) starting at element j,
 // reading its inputs with load<V>. With `stream`, the vectors are written with streaming stores from
 // y's first 64-byte boundary on (the caller fences, see streaming_fence).
@@ -118,25 +123,10 @@ template <class T, class Value>
 inline void store_lanes(T* y, int64_t n, bool stream, const Value& value) {
   constexpr int64_t L = kLanes<T>;
   int64_t j = 0;
-  if (stream) {
+  if (stream)
     for (; j < n && !aligned64(y + j); ++j) y[j] = value(j, static_cast<T*>(nullptr));
-    for (; j + L <= n; j += L) store_streaming(y + j, value(j, static_cast<Vec<T>*>(nullptr)));
-  } else {
-    for (; j + L <= n; j += L) store_unaligned(y + j, value(j, static_cast<Vec<T>*>(nullptr)));
-  }
+  for (; j + L <= n; j += L) put(y + j, value(j, static_cast<Vec<T>*>(nullptr)), stream);
   for (; j < n; ++j) y[j] = value(j, static_cast<T*>(nullptr));
-}
-
-// Writes v, a V as load<V> reads it, to p: a vector with a streaming store (p 64-byte aligned), a
-// single element with an ordinary one. For loops that store as a side effect of another loop's
-// vector/scalar calls (batch norm's fused passes); the caller fences.
-template <class V, class T>
-inline void put_streaming(T* p, V v) {
-  if constexpr (std::is_same_v<V, T>) {
-    *p = v;
-  } else {
-    store_streaming(p, v);
-  }
 }
 
 }  // namespace replearn::simd

@@ -28,22 +28,6 @@
 #include "core/simd.h"
 #include "norm/norm.h"
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 namespace replearn::norm {
 
 namespace {
@@ -326,13 +310,7 @@ void rows_backward(const T* __restrict__ dy, const T* __restrict__ x, const T* _
       const V d = load<V>(dyr[k] + j), xc = load<V>(xr[k] + j) - m[k];
       if constexpr (has_dx) {
         const V v = a[k] * (has_w ? d * wj : d) + bx[k] * xc + c[k];
-        if constexpr (std::is_same_v<V, T>) {
-          dxr[k][j] = v;
-        } else if (stream) {
-          simd::store_streaming(dxr[k] + j, v);
-        } else {
-          simd::store_unaligned(dxr[k] + j, v);
-        }
+        simd::put(dxr[k] + j, v, stream);
       }
       if constexpr (has_params) {
         sum_w += d * (xc * a[k]);
@@ -340,13 +318,8 @@ void rows_backward(const T* __restrict__ dy, const T* __restrict__ x, const T* _
       }
     }
     if constexpr (has_params) {
-      if constexpr (std::is_same_v<V, T>) {
-        block_w[j] += sum_w;
-        block_b[j] += sum_b;
-      } else {
-        simd::store_unaligned(block_w + j, load<V>(block_w + j) + sum_w);
-        simd::store_unaligned(block_b + j, load<V>(block_b + j) + sum_b);
-      }
+      simd::put(block_w + j, load<V>(block_w + j) + sum_w, false);
+      simd::put(block_b + j, load<V>(block_b + j) + sum_b, false);
     }
   };
   constexpr int64_t L = simd::kLanes<T>;
@@ -534,7 +507,7 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
           if (fuse && more && i < next.k) {
             next.accumulate(x, d, n, i, [&](int64_t j, auto* type) {
               using V = std::remove_pointer_t<decltype(type)>;
-              simd::put_streaming<V>(y + at + j, (load<V>(x + at + j) - m) * a + s);
+              simd::put<V>(y + at + j, (load<V>(x + at + j) - m) * a + s, true);
             });
           } else {
             center_scale_shift(x + at, S, m, a, s, y + at, stream);
