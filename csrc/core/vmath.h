@@ -12,10 +12,18 @@
 //   log1p: log(1 + y)·y/((1 + y) − 1), exact to rounding where 1 + y rounds (Goldberg 1991, "What
 //        every computer scientist should know about floating-point arithmetic", Theorem 4).
 //   tanh: Cephes' tanhf (x + x³·P(x²) for |x| < 0.625, else 1 − 2/(e^{2|x|} + 1), sign restored).
+//
+// Where the compiler targets AVX-512, 16-lane versions of exp, σ and tanh follow for loops written
+// with intrinsics (rnn/cpu.cpp's LSTM cell): the same exp with min/max clamps and vscalefps in place
+// of the selects and exponent-field integer work that the auto-vectorized scalar code compiles to.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace replearn::vmath {
 
@@ -112,5 +120,28 @@ inline float tanh_approx(float x) { return tanh_from(x, exp_approx(2.0f * std::a
 // tanh through exp_saturating: tanh(44) already rounds to 1 in float.
 inline float tanh_saturating(float x) { return tanh_from(x, exp_saturating(2.0f * std::abs(x))); }
 inline double tanh_approx(double x) { return std::tanh(x); }
+
+#if defined(__AVX512F__)
+// e^x on 16 lanes, as exp_saturating: the argument clamped to [−87, 88] (vmaxps and vminps return
+// their second operand, x, when it is NaN, so NaN passes through), the same reduction and polynomial,
+// and 2^k applied by vscalefps (exact). ≤ 2 ulp inside the range (tests/cpp/test_core.cpp checks
+// all three functions).
+inline __m512 exp_saturating(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+  const __m512 k = _mm512_roundscale_ps(x * kLog2e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = (x - k * kLn2Hi) - k * kLn2Lo;
+  return _mm512_scalef_ps(expf_reduced(r), k);
+}
+
+// σ(x) = 1/(1 + e^−x) on 16 lanes: within 9e−8 of σ (a 0.00037-step sweep of [−120, 120]).
+inline __m512 sigmoid(__m512 x) { return 1.0f / (1.0f + exp_saturating(-x)); }
+
+// tanh(x) = 2σ(2x) − 1 on 16 lanes: one exp and one division, where tanh_saturating spends two
+// polynomials and a select. Accurate in absolute terms (within 1.8e−7 over the same sweep, against
+// 7e−8 for tanh_saturating), not relatively near 0, where tanh x ≈ x is small: for values used beside
+// numbers of order one (an LSTM's gates and state), not where relative accuracy at tiny |x| matters.
+inline __m512 tanh_via_sigmoid(__m512 x) { return 2.0f / (1.0f + exp_saturating(-2.0f * x)) - 1.0f; }
+#endif
 
 }  // namespace replearn::vmath

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -321,6 +323,49 @@ TEST(VMath, SaturatingExpAndTanh) {
   EXPECT_TRUE(std::isnan(replearn::vmath::exp_saturating(std::nanf(""))));
   EXPECT_TRUE(std::isnan(replearn::vmath::tanh_saturating(std::nanf(""))));
 }
+
+#if defined(__AVX512F__)
+// The 16-lane exp, σ and tanh: the exp within 2 ulp of the C library inside [-87, 88] (as the scalar
+// one, from which it differs by at most an ulp: where the compiler fuses the reduction's last
+// multiply-subtract) and pinned to its ends outside; σ within 1.2e−7 and tanh within 2.5e−7 of the
+// double results (measured 8.9e−8 and 1.8e−7 at a finer step); NaN through and ±inf handled.
+TEST(VMath, SixteenLanes) {
+  namespace vm = replearn::vmath;
+  auto lanes = [](__m512 v) {
+    std::array<float, 16> out;
+    _mm512_storeu_ps(out.data(), v);
+    return out;
+  };
+  double worst_exp = 0, worst_sigmoid = 0, worst_tanh = 0;
+  for (double start = -120.0; start <= 120.0; start += 16 * 0.0037) {
+    std::array<float, 16> x;
+    for (int i = 0; i < 16; ++i) x[i] = static_cast<float>(start + i * 0.0037);
+    const __m512 v = _mm512_loadu_ps(x.data());
+    const auto e = lanes(vm::exp_saturating(v)), s = lanes(vm::sigmoid(v)), t = lanes(vm::tanh_via_sigmoid(v));
+    for (int i = 0; i < 16; ++i) {
+      const double xd = x[i];
+      if (x[i] >= -87.0f && x[i] <= 88.0f) worst_exp = std::max(worst_exp, std::abs(e[i] - std::exp(xd)) / std::exp(xd));
+      else EXPECT_EQ(e[i], vm::exp_saturating(x[i] < 0 ? -87.0f : 88.0f)) << x[i];
+      worst_sigmoid = std::max(worst_sigmoid, std::abs(s[i] - 1.0 / (1.0 + std::exp(-xd))));
+      worst_tanh = std::max(worst_tanh, std::abs(t[i] - std::tanh(xd)));
+    }
+  }
+  EXPECT_LT(worst_exp, 2.5e-7);
+  EXPECT_LT(worst_sigmoid, 1.2e-7);
+  EXPECT_LT(worst_tanh, 2.5e-7);
+  const float inf = std::numeric_limits<float>::infinity();
+  const auto s = lanes(vm::sigmoid(_mm512_setr_ps(-inf, inf, std::nanf(""), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)));
+  const auto t = lanes(vm::tanh_via_sigmoid(_mm512_setr_ps(-inf, inf, std::nanf(""), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)));
+  EXPECT_LT(s[0], 1e-37f);
+  EXPECT_EQ(s[1], 1.0f);
+  EXPECT_TRUE(std::isnan(s[2]));
+  EXPECT_EQ(s[3], 0.5f);
+  EXPECT_EQ(t[0], -1.0f);
+  EXPECT_EQ(t[1], 1.0f);
+  EXPECT_TRUE(std::isnan(t[2]));
+  EXPECT_EQ(t[3], 0.0f);
+}
+#endif
 
 // core/reduce.h lane_sums against a long-double loop: every length from 0 to past three float runs
 // (the vector steps, the float-run boundaries and the scalar tail), float and double terms, two sums

@@ -162,12 +162,32 @@ std::vector<Config> configs() {
   return out;
 }
 
+// Forward only (finite differences at these sizes would take long): shapes that take each step
+// split on two threads and the vectorized LSTM cell's whole and partial 16-unit groups (cpu.cpp) —
+// 33 rows split by rows (≥ 16 a thread), 16 rows split by units (two chunks of 35 at H 70), 37 and
+// 70 units = full groups and a tail; lengths that end rows at every step.
+std::vector<Config> split_configs() {
+  std::vector<Config> out;
+  std::vector<int64_t> lengths33, lengths16;
+  for (int64_t b = 0; b < 33; ++b) lengths33.push_back(1 + b % 4);
+  for (int64_t b = 0; b < 16; ++b) lengths16.push_back(4 - b % 4);
+  for (Cell cell : {Cell::Tanh, Cell::Lstm, Cell::Gru}) {
+    out.push_back({cell, 4, 33, 5, 37, {}, false, true});
+    out.push_back({cell, 4, 33, 5, 37, lengths33, true, true});
+    out.push_back({cell, 4, 16, 3, 70, lengths16, false, true});
+    out.push_back({cell, 3, 16, 3, 70, {}, true, false});
+  }
+  return out;
+}
+
 class RnnForward : public ::testing::TestWithParam<DType> {};
 
 TEST_P(RnnForward, MatchesNaiveLoop) {
   const DType dtype = GetParam();
   const test::Tolerance tol = dtype == DType::Float64 ? test::Tolerance{1e-12, 1e-12} : test::Tolerance{2e-5, 2e-5};
-  for (const Config& config : configs()) {
+  std::vector<Config> all = configs();
+  for (const Config& config : split_configs()) all.push_back(config);
+  for (const Config& config : all) {
     SCOPED_TRACE(config_name(config));
     Problem p(config, dtype, 42);
     const Outputs o = run_forward(p);
