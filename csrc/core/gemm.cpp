@@ -177,7 +177,7 @@ PackedB<T> pack_b(Trans trans_b, int64_t k, int64_t n, const T* b, int64_t ldb, 
   if constexpr (std::is_same_v<T, float>) {
     if (float32_backend() == Backend::Native && k > 0 && n > 0) {
       packed.shape = native::packed_b_shape(m_hint, n);
-      native::pack_b_panels(packed.shape, trans_b, k, n, b, ldb, buffer);
+      native::pack_b_panels(packed.shape, trans_b, k, n, b, ldb, buffer, omp_in_parallel() ? 1 : num_threads());
       packed.panels = buffer;
     }
   }

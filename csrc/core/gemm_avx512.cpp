@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "core/gemm_native.h"
 #include "core/parallel.h"
@@ -218,24 +219,28 @@ void pack_a(Trans trans, const float* a, int64_t lda, int64_t mc, int64_t kc, fl
   }
 }
 
+// One panel: op(B)[p0 : p0 + kc, j0 : j0 + cols] (cols ≤ NR) into kc × NR (k-major), zero-padded.
+template <class S>
+void pack_b_panel(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t cols, float* dst) {
+  if (trans == Trans::No) {  // B(p, j) = b[p·ldb + j]: NR contiguous values per p
+    for (int64_t p = 0; p < kc; ++p)
+      for (int v = 0; v < S::kNV; ++v)
+        _mm512_store_ps(dst + p * S::kNR + 16 * v, load_first(cols - 16 * v, b + p * ldb + 16 * v));
+  } else {  // B(p, j) = b[j·ldb + p]: 16 × 16 transposes, rows j of storage become columns
+    for (int v = 0; v < S::kNV; ++v) {
+      const int rows = static_cast<int>(std::clamp<int64_t>(cols - 16 * v, 0, 16));
+      const float* src = b + 16 * v * ldb;
+      for (int64_t p = 0; p < kc; p += 16)
+        transpose16(src + p, ldb, rows, dst + p * S::kNR + 16 * v, S::kNR, static_cast<int>(std::min<int64_t>(16, kc - p)));
+    }
+  }
+}
+
 // op(B)[p0 : p0 + kc, j0 : j0 + nc] into ceil(nc / NR) panels, each kc × NR (k-major), zero-padded.
 template <class S>
 void pack_b(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t nc, float* dst) {
   for (int64_t jr = 0; jr < nc; jr += S::kNR) {
-    const int64_t cols = std::min<int64_t>(S::kNR, nc - jr);
-    if (trans == Trans::No) {  // B(p, j) = b[p·ldb + j]: NR contiguous values per p
-      const float* src = b + jr;
-      for (int64_t p = 0; p < kc; ++p)
-        for (int v = 0; v < S::kNV; ++v)
-          _mm512_store_ps(dst + p * S::kNR + 16 * v, load_first(cols - 16 * v, src + p * ldb + 16 * v));
-    } else {  // B(p, j) = b[j·ldb + p]: 16 × 16 transposes, rows j of storage become columns
-      for (int v = 0; v < S::kNV; ++v) {
-        const int rows = static_cast<int>(std::clamp<int64_t>(cols - 16 * v, 0, 16));
-        const float* src = b + (jr + 16 * v) * ldb;
-        for (int64_t p = 0; p < kc; p += 16)
-          transpose16(src + p, ldb, rows, dst + p * S::kNR + 16 * v, S::kNR, static_cast<int>(std::min<int64_t>(16, kc - p)));
-      }
-    }
+    pack_b_panel<S>(trans, trans == Trans::No ? b + jr : b + jr * ldb, ldb, kc, std::min<int64_t>(S::kNR, nc - jr), dst);
     dst += kc * S::kNR;
   }
 }
@@ -496,18 +501,39 @@ int64_t packed_b_floats(int shape, int64_t k, int64_t n) {
   return floats;
 }
 
-void pack_b_panels(int shape, Trans tb, int64_t k, int64_t n, const float* b, int64_t ldb, float* panels) {
+void pack_b_panels(int shape, Trans tb, int64_t k, int64_t n, const float* b, int64_t ldb, float* panels,
+                   int threads) {
   with_shape(shape, [&](auto s) {
     using S = decltype(s);
     const int64_t kc_max = k_block<S>(k);
+    // Every panel's place is known up front (NC blocks, then k blocks, then NR columns), so the
+    // threads can take panels in any order: the all-steps products of an RNN pack up to 12 MB here
+    // while the step loop's threads would otherwise wait for one.
+    struct Panel {
+      int64_t pc, kc, j, cols;
+      float* dst;
+    };
+    std::vector<Panel> list;
     for (int64_t jc = 0; jc < n; jc += S::kNC) {
       const int64_t nc = std::min(S::kNC, n - jc);
       for (int64_t pc = 0; pc < k; pc += kc_max) {
         const int64_t kc = std::min(kc_max, k - pc);
-        pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, panels);
+        for (int64_t jr = 0; jr < nc; jr += S::kNR)
+          list.push_back({pc, kc, jc + jr, std::min<int64_t>(S::kNR, nc - jr), panels + jr * kc});
         panels += kc * round_up(nc, S::kNR);
       }
     }
+    const int64_t count = static_cast<int64_t>(list.size());
+    auto pack = [&](int64_t i) {
+      const Panel& q = list[i];
+      pack_b_panel<S>(tb, tb == Trans::No ? b + q.pc * ldb + q.j : b + q.j * ldb + q.pc, ldb, q.kc, q.cols, q.dst);
+    };
+    if (threads <= 1 || k * n < (int64_t{1} << 18)) {
+      for (int64_t i = 0; i < count; ++i) pack(i);
+      return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < count; ++i) pack(i);
   });
 }
 

@@ -26,7 +26,8 @@ void sgemm_panels(Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, c
 // slabs are rows of C).
 int packed_b_shape(int64_t m_hint, int64_t n);
 int64_t packed_b_floats(int shape, int64_t k, int64_t n);
-void pack_b_panels(int shape, Trans trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, float* panels);
+void pack_b_panels(int shape, Trans trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, float* panels,
+                   int threads);
 void sgemm_packed_b(int shape, Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                     int64_t lda, const float* panels, float beta, float* c, int64_t ldc, int threads);
 

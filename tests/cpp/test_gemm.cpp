@@ -128,6 +128,9 @@ const Case kCases[] = {
     {3, 4200, 5, true, true, 2, 1, 0},     {9, 17, 3, false, false, 0, 0, 0.5},  {6, 5, 0, true, true, 0, 1, 0},
     // Split over threads (≥ 2 M multiply-adds): along n, then along m.
     {130, 300, 64, true, false, 1, 1, 0.5}, {700, 40, 100, false, true, 0, 1, 0}, {700, 15, 250, false, false, 2, 1, 1},
+    // pack_b's panels split over threads (k·n ≥ 2¹⁸): partial last panels and k blocks, and two NC
+    // blocks of columns (n > 4096), for both layouts of B.
+    {40, 700, 420, false, true, 1, 1, 0.5}, {9, 4200, 70, true, false, 0, 1, 0},
 };
 
 // Runs f once per float32 backend this CPU has, restoring the default afterwards.
