@@ -59,12 +59,13 @@ namespace {
 // Blocking: the B micro-panel (KC × NR · 4 B, 32–48 KiB) is reused from L1 across an MC block of
 // A rows, the A block (MC × KC · 4 B ≤ 800 KiB) stays in the 1 MiB L2, the B block (KC × NC) in L3.
 // KC was measured (128–512 tried per shape; differences were mostly within the shared machine's noise).
-template <int MR_, int NV_, int64_t KC_>
+template <int MR_, int NV_, int64_t KC_, int64_t KC_PACKED_ = KC_>
 struct Shape {
   static constexpr int kMR = MR_;
   static constexpr int kNV = NV_;
   static constexpr int kNR = 16 * NV_;
   static constexpr int64_t kKC = KC_;
+  static constexpr int64_t kKCPacked = KC_PACKED_;  // the k blocks of a B packed once (blas::pack_b)
   static constexpr int64_t kMC = (336 / MR_) * MR_;
   static constexpr int64_t kNC = 4096;
 };
@@ -74,8 +75,12 @@ using Tall = Shape<28, 1, 512>;
 // 8 × 48 (24 accumulators; 3 loads + 8 broadcasts per 24 FMAs): measured here (one thread, CPU time,
 // shared machine) against 6 × 64 with the same packed B, it ran 32 × 2048 × 512 (an LSTM step, batch
 // 32: no padded rows) at 250–262 against 211–221 GFLOP/s, and 1024 × 2048 × 256 / 2048 × 512 × 4096
-// at 242–244 against 215–224. KC 256 measured ≥ 192.
-using Square = Shape<8, 3, 256>;
+// at 242–244 against 215–224. KC 256 measured ≥ 192. With B packed once (the RNN's products, the
+// only users of blas::pack_b) k blocks of up to 512: an LSTM step 32 × 2048 × 512 (one k block
+// instead of two) 251 → 259 GFLOP/s on one thread, 488 → 505 on two sharing the packed W_hh; the
+// backward's dx 4096 × 256 × 2048 and dW 2048 × 768 × 4096 0–3% faster, the input projection
+// (k 256) unchanged (/tmp C++ bench over the core library, three alternations).
+using Square = Shape<8, 3, 256, 512>;
 
 // Per-thread packing buffers, grown on demand and kept (a GEMM per step of an RNN must not allocate).
 struct Buffer {
@@ -450,10 +455,10 @@ namespace {
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
-// sgemm_serial's k blocks: equal, at most 1.25·KC.
+// The packed path's k blocks: equal, at most 1.25·kKCPacked (sgemm_serial's rule with its KC).
 template <class S>
 int64_t k_block(int64_t k) {
-  const int64_t blocks = (k + S::kKC + S::kKC / 4 - 1) / (S::kKC + S::kKC / 4);
+  const int64_t blocks = (k + S::kKCPacked + S::kKCPacked / 4 - 1) / (S::kKCPacked + S::kKCPacked / 4);
   return (k + blocks - 1) / blocks;
 }
 
