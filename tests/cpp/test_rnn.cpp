@@ -201,6 +201,30 @@ TEST_P(RnnForward, MatchesNaiveLoop) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, RnnForward, ::testing::Values(DType::Float32, DType::Float64), test::DTypeName());
 
+// The gradients of loss = Σ y·ry + Σ h_n·rh (+ Σ c_n·rc) for every input, from rnn_backward.
+struct Gradients {
+  Buffer dx, dh0, dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh;
+};
+
+Gradients run_backward(const Problem& p, const Outputs& o, const std::vector<double>& ry, const std::vector<double>& rh,
+                       const std::vector<double>& rc) {
+  const Config& config = p.c;
+  const DType dt = p.dtype;
+  const int64_t G = gate_count(config.cell) * config.hidden;
+  Buffer gy(dt, {config.steps, config.batch, config.state()}, ry), gh(dt, {config.batch, config.state()}, rh),
+      gc(dt, {config.batch, config.hidden}, rc);
+  Gradients g{Buffer(dt, p.x.sizes()),     Buffer(dt, p.h0.sizes()),    Buffer(dt, p.c0.sizes()),
+              Buffer(dt, p.w_ih.sizes()),  Buffer(dt, p.w_hh.sizes()),  Buffer(dt, p.w_hr.sizes()),
+              Buffer(dt, {G}),             Buffer(dt, {G})};
+  const int cell = static_cast<int>(config.cell);
+  Buffer ws(DType::UInt8, {rnn_backward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view(), p.w_hr_view())});
+  rnn_backward<CPU>(cell, gy.view(), gh.view(), p.lstm() ? gc.opt() : std::nullopt, p.x.view(), p.w_ih.view(),
+                    p.w_hh.view(), p.w_hr_view(), p.lengths_view(), config.reverse, o.reserve.view(), g.dx.opt(),
+                    g.dh0.opt(), p.lstm() ? g.dc0.opt() : std::nullopt, g.dw_ih.opt(), g.dw_hh.opt(),
+                    config.proj ? g.dw_hr.opt() : std::nullopt, g.db_ih.opt(), g.db_hh.opt(), ws.opt());
+  return g;
+}
+
 TEST(RnnBackward, MatchesFiniteDifferences) {
   for (const Config& config : configs()) {
     SCOPED_TRACE(config_name(config));
@@ -213,29 +237,45 @@ TEST(RnnBackward, MatchesFiniteDifferences) {
       const Outputs o = run_forward(p);
       return test::dot(o.y, ry) + test::dot(o.h_n, rh) + (p.lstm() ? test::dot(o.c_n, rc) : 0.0);
     };
-    const Outputs o = run_forward(p);
-    const DType dt = DType::Float64;
-    const int64_t G = gate_count(config.cell) * config.hidden;
-    Buffer gy(dt, {config.steps, config.batch, config.state()}, ry), gh(dt, {config.batch, config.state()}, rh),
-        gc(dt, {config.batch, config.hidden}, rc);
-    Buffer dx(dt, p.x.sizes()), dh0(dt, p.h0.sizes()), dc0(dt, p.c0.sizes()), dw_ih(dt, p.w_ih.sizes()),
-        dw_hh(dt, p.w_hh.sizes()), dw_hr(dt, p.w_hr.sizes()), db_ih(dt, {G}), db_hh(dt, {G});
-    const int cell = static_cast<int>(config.cell);
-    Buffer ws(DType::UInt8, {rnn_backward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view(), p.w_hr_view())});
-    rnn_backward<CPU>(cell, gy.view(), gh.view(), p.lstm() ? gc.opt() : std::nullopt, p.x.view(), p.w_ih.view(),
-                      p.w_hh.view(), p.w_hr_view(), p.lengths_view(), config.reverse, o.reserve.view(), dx.opt(),
-                      dh0.opt(), p.lstm() ? dc0.opt() : std::nullopt, dw_ih.opt(), dw_hh.opt(),
-                      config.proj ? dw_hr.opt() : std::nullopt, db_ih.opt(), db_hh.opt(), ws.opt());
-    EXPECT_TRUE(AllClose(dx.values(), test::numeric_gradient(p.x, loss), kGradientTolerance)) << "grad_x";
-    EXPECT_TRUE(AllClose(dh0.values(), test::numeric_gradient(p.h0, loss), kGradientTolerance)) << "grad_h0";
-    if (p.lstm()) EXPECT_TRUE(AllClose(dc0.values(), test::numeric_gradient(p.c0, loss), kGradientTolerance)) << "grad_c0";
-    EXPECT_TRUE(AllClose(dw_ih.values(), test::numeric_gradient(p.w_ih, loss), kGradientTolerance)) << "grad_w_ih";
-    EXPECT_TRUE(AllClose(dw_hh.values(), test::numeric_gradient(p.w_hh, loss), kGradientTolerance)) << "grad_w_hh";
+    const Gradients g = run_backward(p, run_forward(p), ry, rh, rc);
+    EXPECT_TRUE(AllClose(g.dx.values(), test::numeric_gradient(p.x, loss), kGradientTolerance)) << "grad_x";
+    EXPECT_TRUE(AllClose(g.dh0.values(), test::numeric_gradient(p.h0, loss), kGradientTolerance)) << "grad_h0";
+    if (p.lstm()) EXPECT_TRUE(AllClose(g.dc0.values(), test::numeric_gradient(p.c0, loss), kGradientTolerance)) << "grad_c0";
+    EXPECT_TRUE(AllClose(g.dw_ih.values(), test::numeric_gradient(p.w_ih, loss), kGradientTolerance)) << "grad_w_ih";
+    EXPECT_TRUE(AllClose(g.dw_hh.values(), test::numeric_gradient(p.w_hh, loss), kGradientTolerance)) << "grad_w_hh";
     if (config.proj)
-      EXPECT_TRUE(AllClose(dw_hr.values(), test::numeric_gradient(p.w_hr, loss), kGradientTolerance)) << "grad_w_hr";
+      EXPECT_TRUE(AllClose(g.dw_hr.values(), test::numeric_gradient(p.w_hr, loss), kGradientTolerance)) << "grad_w_hr";
     if (config.biases) {
-      EXPECT_TRUE(AllClose(db_ih.values(), test::numeric_gradient(p.b_ih, loss), kGradientTolerance)) << "grad_b_ih";
-      EXPECT_TRUE(AllClose(db_hh.values(), test::numeric_gradient(p.b_hh, loss), kGradientTolerance)) << "grad_b_hh";
+      EXPECT_TRUE(AllClose(g.db_ih.values(), test::numeric_gradient(p.b_ih, loss), kGradientTolerance)) << "grad_b_ih";
+      EXPECT_TRUE(AllClose(g.db_hh.values(), test::numeric_gradient(p.b_hh, loss), kGradientTolerance)) << "grad_b_hh";
+    }
+  }
+}
+
+// float32's forward and backward (the vectorized LSTM cells, both step splits) against float64's
+// on the same inputs, which the finite differences above check.
+TEST(RnnBackward, Float32MatchesFloat64) {
+  std::vector<Config> all = configs();
+  for (const Config& config : split_configs()) all.push_back(config);
+  for (const Config& config : all) {
+    SCOPED_TRACE(config_name(config));
+    Random rng(5);
+    const auto ry = rng.uniform(config.steps * config.batch * config.state(), -1, 1);
+    const auto rh = rng.uniform(config.batch * config.state(), -1, 1);
+    const auto rc = rng.uniform(config.batch * config.hidden, -1, 1);
+    Problem p32(config, DType::Float32, 11), p64(config, DType::Float64, 11);
+    const Gradients g32 = run_backward(p32, run_forward(p32), ry, rh, rc);
+    const Gradients g64 = run_backward(p64, run_forward(p64), ry, rh, rc);
+    const test::Tolerance tol{1e-4, 1e-4};
+    EXPECT_TRUE(AllClose(g32.dx.values(), g64.dx.values(), tol)) << "grad_x";
+    EXPECT_TRUE(AllClose(g32.dh0.values(), g64.dh0.values(), tol)) << "grad_h0";
+    if (p32.lstm()) EXPECT_TRUE(AllClose(g32.dc0.values(), g64.dc0.values(), tol)) << "grad_c0";
+    EXPECT_TRUE(AllClose(g32.dw_ih.values(), g64.dw_ih.values(), tol)) << "grad_w_ih";
+    EXPECT_TRUE(AllClose(g32.dw_hh.values(), g64.dw_hh.values(), tol)) << "grad_w_hh";
+    if (config.proj) EXPECT_TRUE(AllClose(g32.dw_hr.values(), g64.dw_hr.values(), tol)) << "grad_w_hr";
+    if (config.biases) {
+      EXPECT_TRUE(AllClose(g32.db_ih.values(), g64.db_ih.values(), tol)) << "grad_b_ih";
+      EXPECT_TRUE(AllClose(g32.db_hh.values(), g64.db_hh.values(), tol)) << "grad_b_hh";
     }
   }
 }
