@@ -104,27 +104,18 @@ inline __mmask16 low_mask(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
-// The first `count` floats at p (the rest zero), and stores of the first `count` lanes: plain
-// loads and stores when all 16 (or 8) lanes are wanted, masked ones only at edges. Masked loads and
-// stores cost several cycles more each on this machine (a cell loop that masked every access ran
-// 7% slower, docs/design.md); packing does one per 16 or 8 values.
-inline __m512 load_first(int64_t count, const float* p) {
-  return count >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(low_mask(count), p);
-}
-inline void store_first(int64_t count, float* p, __m512 v) {
-  if (count >= 16) _mm512_storeu_ps(p, v);
-  else _mm512_mask_storeu_ps(p, low_mask(count), v);
-}
-inline void store_first(int64_t count, float* p, __m256 v) {
-  if (count >= 8) _mm256_storeu_ps(p, v);
-  else _mm256_mask_storeu_ps(p, static_cast<__mmask8>(count <= 0 ? 0 : (1u << count) - 1), v);
-}
+// Masked or plain accesses in packing, measured (bench/gemm.py --threads 1, old and new builds
+// alternated three times): plain loads and stores where the 8 × 48 tile packs whole 8-row A panels
+// (transpose8, the transposed-A copy) and where transpose16 writes B's panels (a row stride of NR
+// floats) made the LSTM's products 0.5–2% faster; plain accesses in the 14- and 28-row A panels
+// and in B's untransposed copy made ResNet's 4² products (n = 16) 3–9% slower, so those stay masked.
 
 // 16 × 16 transpose: rows src[r·ld : r·ld + cols] (r < rows, others zero) into dst[c·dld + r] for
 // c < cols and r < width (a store mask, so that panels narrower than 16 are not overrun).
 inline void transpose16(const float* src, int64_t ld, int rows, float* dst, int64_t dld, int cols, int width = 16) {
   __m512 r[16];
-  for (int i = 0; i < 16; ++i) r[i] = i < rows ? load_first(cols, src + i * ld) : _mm512_setzero_ps();
+  const __mmask16 cmask = low_mask(cols);
+  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(cmask, src + i * ld) : _mm512_setzero_ps();
   // Three rounds of interleaving: 32-bit, 64-bit, then 128-bit lanes twice.
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
@@ -151,7 +142,12 @@ inline void transpose16(const float* src, int64_t ld, int rows, float* dst, int6
     r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
     r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD);
   }
-  for (int c = 0; c < cols; ++c) store_first(width, dst + c * dld, r[c]);
+  if (width >= 16 && dld % 16 == 0) {  // B's panels (NR wide); A's (MR = 14, 28) keep masked stores
+    for (int c = 0; c < cols; ++c) _mm512_storeu_ps(dst + c * dld, r[c]);
+  } else {
+    const __mmask16 store = low_mask(width);
+    for (int c = 0; c < cols; ++c) _mm512_mask_storeu_ps(dst + c * dld, store, r[c]);
+  }
 }
 
 // 8 × 16 transpose for panels of at most 8 rows (MR ≤ 8): rows src[r·ld : r·ld + cols] (r < rows,
@@ -162,7 +158,12 @@ inline void transpose16(const float* src, int64_t ld, int rows, float* dst, int6
 // halves of a column side by side in one 256-bit half.
 inline void transpose8(const float* src, int64_t ld, int rows, float* dst, int64_t dld, int cols, int width) {
   __m512 r[8];
-  for (int i = 0; i < 8; ++i) r[i] = i < rows ? load_first(cols, src + i * ld) : _mm512_setzero_ps();
+  if (cols >= 16) {
+    for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * ld) : _mm512_setzero_ps();
+  } else {
+    const __mmask16 cmask = low_mask(cols);
+    for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(cmask, src + i * ld) : _mm512_setzero_ps();
+  }
   __m512 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);      // per lane: r_i c0, r_i+1 c0, r_i c1, r_i+1 c1
@@ -175,6 +176,7 @@ inline void transpose8(const float* src, int64_t ld, int rows, float* dst, int64
     u[4 * h + 2] = _mm512_shuffle_ps(hi01, hi23, 0x44);  // column 4L + 2
     u[4 * h + 3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);  // column 4L + 3
   }
+  const __mmask8 store = static_cast<__mmask8>(width >= 8 ? 0xFF : (1u << width) - 1);
   for (int s = 0; s < 4; ++s) {
     // [u[s].L0, u[s].L1, u[4+s].L0, u[4+s].L1] → [u[s].L0, u[4+s].L0, u[s].L1, u[4+s].L1]: columns s, 4 + s
     const __m512 a01 = _mm512_shuffle_f32x4(u[s], u[4 + s], 0x44);
@@ -184,8 +186,11 @@ inline void transpose8(const float* src, int64_t ld, int rows, float* dst, int64
     const int columns[4] = {s, 4 + s, 8 + s, 12 + s};
     auto high = [](__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); };  // F, not DQ
     const __m256 halves[4] = {_mm512_castps512_ps256(c01), high(c01), _mm512_castps512_ps256(c23), high(c23)};
-    for (int q = 0; q < 4; ++q)
-      if (columns[q] < cols) store_first(width, dst + columns[q] * dld, halves[q]);
+    for (int q = 0; q < 4; ++q) {
+      if (columns[q] >= cols) continue;
+      if (width >= 8) _mm256_storeu_ps(dst + columns[q] * dld, halves[q]);
+      else _mm256_mask_storeu_ps(dst + columns[q] * dld, store, halves[q]);
+    }
   }
 }
 
@@ -197,13 +202,12 @@ void pack_a(Trans trans, const float* a, int64_t lda, int64_t mc, int64_t kc, fl
     if (trans == Trans::Yes) {  // A(i, p) = a[p·lda + i]: MR contiguous values per p
       for (int q = 0; q < S::kMR; q += 16) {
         const float* src = a + ir + q;
-        for (int64_t p = 0; p < kc; ++p) {
-          if constexpr (S::kMR == 8) {  // one 256-bit row per p
-            if (rows == 8) _mm256_storeu_ps(dst + p * 8, _mm256_loadu_ps(src + p * lda));
-            else store_first(8, dst + p * 8, _mm512_castps512_ps256(load_first(rows, src + p * lda)));
-          } else {
-            store_first(S::kMR - q, dst + p * S::kMR + q, load_first(rows - q, src + p * lda));
-          }
+        if (S::kMR == 8 && rows == 8) {  // one 256-bit row per p
+          for (int64_t p = 0; p < kc; ++p) _mm256_storeu_ps(dst + p * 8, _mm256_loadu_ps(src + p * lda));
+        } else {
+          const __mmask16 mask = low_mask(rows - q), full = low_mask(S::kMR - q);
+          for (int64_t p = 0; p < kc; ++p)
+            _mm512_mask_storeu_ps(dst + p * S::kMR + q, full, _mm512_maskz_loadu_ps(mask, src + p * lda));
         }
       }
     } else if constexpr (S::kMR <= 8) {  // A(i, p) = a[i·lda + p]: 8 × 16 transposes
@@ -230,7 +234,7 @@ void pack_b_panel(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t 
   if (trans == Trans::No) {  // B(p, j) = b[p·ldb + j]: NR contiguous values per p
     for (int64_t p = 0; p < kc; ++p)
       for (int v = 0; v < S::kNV; ++v)
-        _mm512_store_ps(dst + p * S::kNR + 16 * v, load_first(cols - 16 * v, b + p * ldb + 16 * v));
+        _mm512_store_ps(dst + p * S::kNR + 16 * v, _mm512_maskz_loadu_ps(low_mask(cols - 16 * v), b + p * ldb + 16 * v));
   } else {  // B(p, j) = b[j·ldb + p]: 16 × 16 transposes, rows j of storage become columns
     for (int v = 0; v < S::kNV; ++v) {
       const int rows = static_cast<int>(std::clamp<int64_t>(cols - 16 * v, 0, 16));
