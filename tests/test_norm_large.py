@@ -1,9 +1,10 @@
 """Norm kernels on outputs at least the last-level cache's size: the CPU path that writes with streaming
 stores (csrc/core/memory.h) and, for layer/rms norm, handles rows two at a time with the parameter
 gradients accumulated in a float block, and for batch norm (56×56 runs, 64-byte aligned) computes the
-next channel block's statistics inside the current block's output loop (csrc/norm/cpu.cpp). The registry's parity tests use small
-shapes, which never reach that path; these cases do, with the same rule (tests/op_harness.py:
-at most twice torch's float32 error against float64, plus a floor), on forward and every gradient.
+next channel block's statistics inside the current block's output loop (csrc/norm/cpu.cpp). The
+registry's parity tests use small shapes, which never reach that path; these cases do, with the same
+rule (tests/op_harness.py: at most twice torch's float32 error against float64, plus a floor), on
+forward and every gradient.
 """
 
 from __future__ import annotations

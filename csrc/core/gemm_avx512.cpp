@@ -104,6 +104,11 @@ inline __mmask16 low_mask(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
+// Where op(M)[r, c] is stored: M row-major with leading dimension ld, or M transposed.
+inline const float* op_at(Trans trans, const float* m, int64_t ld, int64_t r, int64_t c) {
+  return trans == Trans::No ? m + r * ld + c : m + c * ld + r;
+}
+
 // Masked or plain accesses in packing, measured (bench/gemm.py --threads 1, old and new builds
 // alternated three times): plain loads and stores where the 8 × 48 tile packs whole 8-row A panels
 // (transpose8, the transposed-A copy) and where transpose16 writes B's panels (a row stride of NR
@@ -234,13 +239,15 @@ void pack_b_panel(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t 
   if (trans == Trans::No) {  // B(p, j) = b[p·ldb + j]: NR contiguous values per p
     for (int64_t p = 0; p < kc; ++p)
       for (int v = 0; v < S::kNV; ++v)
-        _mm512_store_ps(dst + p * S::kNR + 16 * v, _mm512_maskz_loadu_ps(low_mask(cols - 16 * v), b + p * ldb + 16 * v));
+        _mm512_store_ps(dst + p * S::kNR + 16 * v,
+                        _mm512_maskz_loadu_ps(low_mask(cols - 16 * v), b + p * ldb + 16 * v));
   } else {  // B(p, j) = b[j·ldb + p]: 16 × 16 transposes, rows j of storage become columns
     for (int v = 0; v < S::kNV; ++v) {
       const int rows = static_cast<int>(std::clamp<int64_t>(cols - 16 * v, 0, 16));
       const float* src = b + 16 * v * ldb;
       for (int64_t p = 0; p < kc; p += 16)
-        transpose16(src + p, ldb, rows, dst + p * S::kNR + 16 * v, S::kNR, static_cast<int>(std::min<int64_t>(16, kc - p)));
+        transpose16(src + p, ldb, rows, dst + p * S::kNR + 16 * v, S::kNR,
+                    static_cast<int>(std::min<int64_t>(16, kc - p)));
     }
   }
 }
@@ -249,7 +256,7 @@ void pack_b_panel(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t 
 template <class S>
 void pack_b(Trans trans, const float* b, int64_t ldb, int64_t kc, int64_t nc, float* dst) {
   for (int64_t jr = 0; jr < nc; jr += S::kNR) {
-    pack_b_panel<S>(trans, trans == Trans::No ? b + jr : b + jr * ldb, ldb, kc, std::min<int64_t>(S::kNR, nc - jr), dst);
+    pack_b_panel<S>(trans, op_at(trans, b, ldb, 0, jr), ldb, kc, std::min<int64_t>(S::kNR, nc - jr), dst);
     dst += kc * S::kNR;
   }
 }
@@ -353,11 +360,11 @@ void sgemm_serial(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alp
         source->pack(pc, kc, source_j + jc, nc, nc, rows);
         pack_b<S>(Trans::Yes, rows, kc, kc, nc, pb);
       } else {
-        pack_b<S>(tb, tb == Trans::No ? b + pc * ldb + jc : b + jc * ldb + pc, ldb, kc, nc, pb);
+        pack_b<S>(tb, op_at(tb, b, ldb, pc, jc), ldb, kc, nc, pb);
       }
       for (int64_t ic = 0; ic < m; ic += S::kMC) {
         const int64_t mc = std::min(S::kMC, m - ic);
-        pack_a<S>(ta, ta == Trans::No ? a + ic * lda + pc : a + pc * lda + ic, lda, mc, kc, pa);
+        pack_a<S>(ta, op_at(ta, a, lda, ic, pc), lda, mc, kc, pa);
         for (int64_t jr = 0; jr < nc; jr += S::kNR) {
           const float* bp = pb + (jr / S::kNR) * kc * S::kNR;
           for (int64_t ir = 0; ir < mc; ir += S::kMR) {
@@ -395,10 +402,10 @@ void sgemm_shape(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alph
       const int64_t lo = t0 * tile, hi = std::min(t1 * tile, split_n ? n : m);
       if (lo >= hi) continue;
       if (split_n)
-        sgemm_serial<S>(ta, tb, m, hi - lo, k, alpha, a, lda, source ? b : tb == Trans::No ? b + lo : b + lo * ldb, ldb,
+        sgemm_serial<S>(ta, tb, m, hi - lo, k, alpha, a, lda, source ? b : op_at(tb, b, ldb, 0, lo), ldb,
                         beta, c + lo, ldc, source, lo);
       else
-        sgemm_serial<S>(ta, tb, hi - lo, n, k, alpha, ta == Trans::No ? a + lo * lda : a + lo, lda, b, ldb, beta,
+        sgemm_serial<S>(ta, tb, hi - lo, n, k, alpha, op_at(ta, a, lda, lo, 0), lda, b, ldb, beta,
                         c + lo * ldc, ldc, source);
     }
   }
@@ -485,7 +492,7 @@ void sgemm_serial_packed_b(Trans ta, int64_t m, int64_t n, int64_t k, float alph
       const float beta_block = pc == 0 ? beta : 1.f;
       for (int64_t ic = 0; ic < m; ic += S::kMC) {
         const int64_t mc = std::min(S::kMC, m - ic);
-        pack_a<S>(ta, ta == Trans::No ? a + ic * lda + pc : a + pc * lda + ic, lda, mc, kc, pa);
+        pack_a<S>(ta, op_at(ta, a, lda, ic, pc), lda, mc, kc, pa);
         for (int64_t jr = 0; jr < nc; jr += S::kNR)
           for (int64_t ir = 0; ir < mc; ir += S::kMR)
             micro_for<S>(kc, pa + (ir / S::kMR) * kc * S::kMR, pb + (jr / S::kNR) * kc * S::kNR,
@@ -519,7 +526,8 @@ void pack_b_panels(int shape, Trans tb, int64_t k, int64_t n, const float* b, in
     // threads can take panels in any order: the all-steps products of an RNN pack up to 12 MB here
     // while the step loop's threads would otherwise wait for one.
     struct Panel {
-      int64_t pc, kc, j, cols;
+      const float* src;  // op(B)[p0, j0]
+      int64_t kc, cols;
       float* dst;
     };
     std::vector<Panel> list;
@@ -528,15 +536,12 @@ void pack_b_panels(int shape, Trans tb, int64_t k, int64_t n, const float* b, in
       for (int64_t pc = 0; pc < k; pc += kc_max) {
         const int64_t kc = std::min(kc_max, k - pc);
         for (int64_t jr = 0; jr < nc; jr += S::kNR)
-          list.push_back({pc, kc, jc + jr, std::min<int64_t>(S::kNR, nc - jr), panels + jr * kc});
+          list.push_back({op_at(tb, b, ldb, pc, jc + jr), kc, std::min<int64_t>(S::kNR, nc - jr), panels + jr * kc});
         panels += kc * round_up(nc, S::kNR);
       }
     }
     const int64_t count = static_cast<int64_t>(list.size());
-    auto pack = [&](int64_t i) {
-      const Panel& q = list[i];
-      pack_b_panel<S>(tb, tb == Trans::No ? b + q.pc * ldb + q.j : b + q.j * ldb + q.pc, ldb, q.kc, q.cols, q.dst);
-    };
+    auto pack = [&](int64_t i) { pack_b_panel<S>(tb, list[i].src, ldb, list[i].kc, list[i].cols, list[i].dst); };
     if (threads <= 1 || k * n < (int64_t{1} << 18)) {
       for (int64_t i = 0; i < count; ++i) pack(i);
       return;
@@ -563,7 +568,7 @@ void sgemm_packed_b(int shape, Trans ta, int64_t m, int64_t n, int64_t k, float 
       for (int chunk = omp_get_thread_num(); chunk < chunks; chunk += team) {
         const int64_t lo = tiles * chunk / chunks * S::kMR, hi = std::min(tiles * (chunk + 1) / chunks * S::kMR, m);
         if (lo < hi)
-          sgemm_serial_packed_b<S>(ta, hi - lo, n, k, alpha, ta == Trans::No ? a + lo * lda : a + lo, lda, panels,
+          sgemm_serial_packed_b<S>(ta, hi - lo, n, k, alpha, op_at(ta, a, lda, lo, 0), lda, panels,
                                    beta, c + lo * ldc, ldc);
       }
     }

@@ -240,7 +240,8 @@ TEST(RnnBackward, MatchesFiniteDifferences) {
     const Gradients g = run_backward(p, run_forward(p), ry, rh, rc);
     EXPECT_TRUE(AllClose(g.dx.values(), test::numeric_gradient(p.x, loss), kGradientTolerance)) << "grad_x";
     EXPECT_TRUE(AllClose(g.dh0.values(), test::numeric_gradient(p.h0, loss), kGradientTolerance)) << "grad_h0";
-    if (p.lstm()) EXPECT_TRUE(AllClose(g.dc0.values(), test::numeric_gradient(p.c0, loss), kGradientTolerance)) << "grad_c0";
+    if (p.lstm())
+      EXPECT_TRUE(AllClose(g.dc0.values(), test::numeric_gradient(p.c0, loss), kGradientTolerance)) << "grad_c0";
     EXPECT_TRUE(AllClose(g.dw_ih.values(), test::numeric_gradient(p.w_ih, loss), kGradientTolerance)) << "grad_w_ih";
     EXPECT_TRUE(AllClose(g.dw_hh.values(), test::numeric_gradient(p.w_hh, loss), kGradientTolerance)) << "grad_w_hh";
     if (config.proj)
