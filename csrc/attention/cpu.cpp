@@ -17,8 +17,8 @@
 // deterministic, no atomics.
 //
 // The tile products all have one form, C[M×N] (+)= A[M×K]·B[K×N] (or Aᵀ read in place) with B
-// packed row-major and N padded to whole register blocks (gemm): kMicroRows rows × two 64-byte
-// vectors of accumulators held in registers. exp() is a vectorizable polynomial for float32 (Cephes'
+// packed row-major and N padded to whole register blocks (gemm): kMicroRows rows × two vectors
+// (simd::Vec, the target's register width) of accumulators held in registers. exp() is a vectorizable polynomial for float32 (Cephes'
 // expf: Cody–Waite range reduction and a degree-6 polynomial, ~1 ulp); float64 uses std::exp.
 // Measured variants and their GFLOP/s are in bench/RESULTS.md (attention section). There is no
 // core/gemm.h yet; these tiles (64×64×d) are small enough that a BLAS call per tile would cost more
@@ -34,6 +34,7 @@
 #include "core/dispatch.h"
 #include "core/memory.h"
 #include "core/parallel.h"
+#include "core/simd.h"
 #include "core/vmath.h"
 
 namespace replearn::attention {
@@ -42,12 +43,15 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;  // query rows per tile
 constexpr int64_t kColBlock = 64;  // keys per tile
-constexpr int kMicroRows = 8;
+// Rows per register block: 8 × 2 accumulators fill 16 of AVX-512's 32 registers; AVX2 and SSE have
+// 16 registers, where 4 × 2 accumulators, two vectors of B and a broadcast fit without spilling
+// (and 4 divides kRowBlock, so no tile ends in single rows).
+constexpr int kMicroRows = simd::kVectorBytes == 64 ? 8 : 4;
 
-// Register block width: two vectors of 64 bytes.
+// Register block width: two vectors.
 template <class T>
 constexpr int64_t micro_cols() {
-  return 128 / sizeof(T);
+  return 2 * simd::kLanes<T>;
 }
 
 template <class T>
@@ -66,14 +70,14 @@ constexpr T neg_inf() {
 // Pᵀ·dO and dSᵀ·Q of the backward then need no transposed copy). kAccumulate = false overwrites C;
 // true adds the product, summed from zero, to C (C + Σ rather than a sum continued from C: shorter
 // rounding chains, see gemm_chunked).
-// Written with 64-byte vector types (GCC/Clang extensions) so that the R × 2 accumulators and the
+// Written with vector types (simd::Vec) so that the R × 2 accumulators and the
 // two vectors of B stay in registers: per k, 2 loads of B and R broadcasts feed 2R FMAs, which keeps
 // the FMA units rather than the load ports busy (the compiler's own version reloaded B per row).
 template <class T, int R, bool kTransA, bool kAccumulate>
 inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
                       int64_t ldb, T* __restrict__ C, int64_t ldc) {
-  typedef T Vec __attribute__((vector_size(64)));
-  constexpr int64_t L = 64 / sizeof(T);  // lanes per vector; micro_cols<T>() == 2·L
+  using Vec = simd::Vec<T>;
+  constexpr int64_t L = simd::kLanes<T>;  // micro_cols<T>() == 2·L
   for (int64_t n0 = 0; n0 < N; n0 += 2 * L) {
     Vec acc0[R], acc1[R];
     for (int r = 0; r < R; ++r) {
@@ -133,8 +137,8 @@ using vmath::exp_approx;
 // scores are never NaN here, so a vector select is exact.
 template <class T>
 inline T row_max(const T* s, int64_t n, T init) {
-  typedef T Vec __attribute__((vector_size(64)));
-  constexpr int64_t L = 64 / sizeof(T);
+  using Vec = simd::Vec<T>;
+  constexpr int64_t L = simd::kLanes<T>;
   T mx = init;
   int64_t j = 0;
   if (n >= L) {
@@ -151,11 +155,11 @@ inline T row_max(const T* s, int64_t n, T init) {
   return mx;
 }
 
-// A running sum kept as one 64-byte vector of per-lane partial sums (summed across lanes by total()).
+// A running sum kept as one vector of per-lane partial sums (summed across lanes by total()).
 template <class T>
 struct SumVec {
-  typedef T Vec __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(T);
+  using Vec = simd::Vec<T>;
+  static constexpr int64_t kLanes = simd::kLanes<T>;
   Vec v;
   static SumVec load(const T* p) {
     SumVec s;

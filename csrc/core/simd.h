@@ -1,9 +1,15 @@
-// 64-byte SIMD vectors for CPU kernels whose loops the compiler does not vectorize well by itself.
+// SIMD vectors for CPU kernels whose loops the compiler does not vectorize well by itself.
 //
-// `Vec<T>` is one 64-byte register's worth of T (16 float32 or 8 float64 lanes), written with the
-// GCC/Clang vector extensions: the code builds for any target and compiles to AVX-512 under
-// -march=native (two AVX2 registers elsewhere). Arithmetic between a Vec and a scalar broadcasts
-// the scalar. Used by the selective scan's lanes (ssm/lanes.h) and by lane_sums (core/reduce.h).
+// `Vec<T>` is one register's worth of T on the target the code is compiled for: 64 bytes under
+// AVX-512 (16 float32 or 8 float64 lanes), 32 under AVX/AVX2, 16 elsewhere (SSE2, every x86-64),
+// written with the GCC/Clang vector extensions so that the code builds for any target. Arithmetic
+// between a Vec and a scalar broadcasts the scalar. Used by the selective scan's lanes (ssm/lanes.h),
+// lane_sums (core/reduce.h) and the attention kernels' register blocks.
+//
+// Why the register's width and not a fixed 64 bytes: a 64-byte vector type on an AVX2 target is
+// lowered piecewise, and GCC 12 kept such values on the stack between operations and read them back
+// through general registers (store-forwarding stalls on every vector): layer_norm's forward at
+// 8192×1024 ran at a third of torch's speed on a Zen 3 host (bench/RESULTS.md, "AVX2").
 #pragma once
 
 #include <cstdint>
@@ -20,22 +26,31 @@
 
 namespace replearn::simd {
 
+// Bytes in one vector register of the target.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+
 template <class T>
 struct LaneTraits;
 template <>
 struct LaneTraits<float> {
-  typedef float vec __attribute__((vector_size(64)));
-  typedef int32_t index __attribute__((vector_size(64)));
+  typedef float vec __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t index __attribute__((vector_size(kVectorBytes)));
 };
 template <>
 struct LaneTraits<double> {
-  typedef double vec __attribute__((vector_size(64)));
-  typedef int64_t index __attribute__((vector_size(64)));
+  typedef double vec __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t index __attribute__((vector_size(kVectorBytes)));
 };
 template <class T>
 using Vec = typename LaneTraits<T>::vec;
 template <class T>
-constexpr int kLanes = 64 / sizeof(T);
+constexpr int kLanes = kVectorBytes / sizeof(T);
 
 // x in every lane (x − 0 folds to a broadcast; 0 + x would not, because of −0).
 template <class T>
@@ -70,20 +85,18 @@ inline V load(const T* p) {
   }
 }
 
-// A vector to 64-byte-aligned p with a streaming (non-temporal) store where the target has one
+// A vector to p, aligned to its size, with a streaming (non-temporal) store where the target has one
 // (core/memory.h: prefer_streaming_stores says when); an ordinary store elsewhere. Streaming stores
 // are weakly ordered: a thread that made them calls streaming_fence() before others read the data.
-// The integer forms of the instructions move the 64 bytes whatever T is.
+// The integer forms of the instructions move the vector's bytes whatever T is.
 template <class T>
 inline void store_streaming(T* p, Vec<T> v) {
 #if defined(__AVX512F__)
   _mm512_stream_si512(reinterpret_cast<__m512i*>(p), reinterpret_cast<__m512i&>(v));
 #elif defined(__AVX__)
-  const __m256i* half = reinterpret_cast<const __m256i*>(&v);
-  for (int i = 0; i < 2; ++i) _mm256_stream_si256(reinterpret_cast<__m256i*>(p) + i, _mm256_loadu_si256(half + i));
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i&>(v));
 #elif defined(__SSE2__)  // every x86-64: the portable build
-  const __m128i* quarter = reinterpret_cast<const __m128i*>(&v);
-  for (int i = 0; i < 4; ++i) _mm_stream_si128(reinterpret_cast<__m128i*>(p) + i, _mm_loadu_si128(quarter + i));
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), reinterpret_cast<__m128i&>(v));
 #else
   store_unaligned(p, v);
 #endif
