@@ -43,10 +43,10 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;  // query rows per tile
 constexpr int64_t kColBlock = 64;  // keys per tile
-// Rows per register block: 8 × 2 accumulators fill 16 of AVX-512's 32 registers; AVX2 and SSE have
-// 16 registers, where 4 × 2 accumulators, two vectors of B and a broadcast fit without spilling
-// (and 4 divides kRowBlock, so no tile ends in single rows).
-constexpr int kMicroRows = simd::kVectorBytes == 64 ? 8 : 4;
+// Rows per register block: 8 × 2 accumulators fill 16 of AVX-512's 32 registers. AVX2 has 16
+// registers, where 4 rows would fit without spilling, but 8 measured faster there too (Zen 3, 2
+// threads, bench/run.py attention "vs sdpa": fwd+bwd at 1×12×2048×64 676–681 against 884–886 ms).
+constexpr int kMicroRows = 8;
 
 // Register block width: two vectors.
 template <class T>

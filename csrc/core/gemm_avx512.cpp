@@ -45,6 +45,9 @@ bool cpu_supported() {
 // GCC 12's intrinsics headers trip -Wuninitialized on their own _mm512_undefined_ps().
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Lambdas here return __m256 values; in a translation unit built without -mavx (the portable build)
+// GCC notes the vector-return ABI, which concerns no call across translation units.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace replearn::blas::native {
 
