@@ -4,7 +4,7 @@
 // the adder's latency, not its throughput: every iteration's add waits for the previous one. With
 // the inputs widened to double first (to sum in double), a row of 1024 float32 values cost ~200
 // cycles per sum, as much as reading the row from DRAM on a fast host (the layer-norm backward was
-// compute bound at 8192×1024). Here the terms are computed a 64-byte vector at a time in the
+// compute bound at 8192×1024). Here the terms are computed a vector (simd::Vec) at a time in the
 // inputs' own precision, summed in two independent vector accumulators per sum, and, for float,
 // each lane's float partial is added into a double accumulator every kFloatRun vectors: 8 float
 // roundings at most (a relative 5e-7 of the terms' magnitudes) before the sum continues in double.

@@ -1,10 +1,10 @@
 // State-space family: SIMD lanes for the CPU scan, and the exp it is bound by.
 //
 // The selective scan makes one exp(Δ·A) per (channel, state, step): 50 M of them at Mamba's block size
-// (batch 4, dim 768, L 1024, N 16). The CPU scan therefore runs one 64-byte register's worth of
-// channels at once (`Vec<T>`: 16 float32 or 8 float64 lanes, GCC/Clang vector extensions, so the code
-// builds for any target and compiles to AVX-512 under -march=native) and needs an exp that is both
-// vectorized and accurate:
+// (batch 4, dim 768, L 1024, N 16). The CPU scan therefore runs one register's worth of channels at
+// once (`Vec<T>`: 16 float32 or 8 float64 lanes under AVX-512, half that under AVX2; GCC/Clang vector
+// extensions, so the code builds for any target) and needs an exp that is both vectorized and
+// accurate:
 //
 //   exp(x) = 2^k · e^r,  k = round(x·log2 e),  r = x − k·ln2  (Cody & Waite 1980, "Software Manual for
 //   the Elementary Functions": ln2 split in a short high part, so k·ln2_hi is exact, and a low part),
