@@ -18,8 +18,9 @@
 //
 // The tile products all have one form, C[M×N] (+)= A[M×K]·B[K×N] (or Aᵀ read in place) with B
 // packed row-major and N padded to whole register blocks (gemm): kMicroRows rows × two vectors
-// (simd::Vec, the target's register width) of accumulators held in registers. exp() is a vectorizable polynomial for float32 (Cephes'
-// expf: Cody–Waite range reduction and a degree-6 polynomial, ~1 ulp); float64 uses std::exp.
+// (simd::Vec, the target's register width) of accumulators held in registers. exp() is a
+// vectorizable polynomial for float32 (Cephes' expf: Cody–Waite range reduction and a degree-6
+// polynomial, ~1 ulp); float64 uses std::exp.
 // Measured variants and their GFLOP/s are in bench/RESULTS.md (attention section). There is no
 // core/gemm.h yet; these tiles (64×64×d) are small enough that a BLAS call per tile would cost more
 // in call overhead and packing than it saves.
@@ -70,9 +71,9 @@ constexpr T neg_inf() {
 // Pᵀ·dO and dSᵀ·Q of the backward then need no transposed copy). kAccumulate = false overwrites C;
 // true adds the product, summed from zero, to C (C + Σ rather than a sum continued from C: shorter
 // rounding chains, see gemm_chunked).
-// Written with vector types (simd::Vec) so that the R × 2 accumulators and the
-// two vectors of B stay in registers: per k, 2 loads of B and R broadcasts feed 2R FMAs, which keeps
-// the FMA units rather than the load ports busy (the compiler's own version reloaded B per row).
+// Written with vector types (simd::Vec) so that the R × 2 accumulators and the two vectors of B stay
+// in registers: per k, 2 loads of B and R broadcasts feed 2R FMAs, which keeps the FMA units rather
+// than the load ports busy (the compiler's own version reloaded B per row).
 template <class T, int R, bool kTransA, bool kAccumulate>
 inline void gemm_rows(int64_t N, int64_t K, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
                       int64_t ldb, T* __restrict__ C, int64_t ldc) {

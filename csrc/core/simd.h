@@ -9,7 +9,7 @@
 // Why the register's width and not a fixed 64 bytes: a 64-byte vector type on an AVX2 target is
 // lowered piecewise, and GCC 12 kept such values on the stack between operations and read them back
 // through general registers (store-forwarding stalls on every vector): layer_norm's forward at
-// 8192×1024 ran at a third of torch's speed on a Zen 3 host (bench/RESULTS.md, "AVX2").
+// 8192×1024 ran at a third of torch's speed on a Zen 3 host (bench/RESULTS.md, "an AVX2 host").
 #pragma once
 
 #include <cstdint>
