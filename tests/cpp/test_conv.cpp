@@ -235,7 +235,8 @@ std::vector<double> naive_weight_gradient(const Case& c, const Buffer& x, const 
 // within a row and across rows (stride 1, dilation, stride 2), vectors whose columns cross from one
 // sample into the next (35-position planes in the forward's batched products; 169 in the weight
 // gradient's), and gathers where a vector's offsets spread over more than 32 values (stride 3, and
-// the sample crossings).
+// the sample crossings). Elsewhere (float64, and float32 without AVX-512) the gather copies runs:
+// output rows of 70 positions, and a 1×1 kernel without padding, whose runs go on across rows.
 TEST(ConvForward, ColumnGathersOnLargerPlanesMatchNaiveLoops) {
   const std::vector<Case> cases = {
       {3, 5, 7, {19, 23}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},
@@ -245,6 +246,8 @@ TEST(ConvForward, ColumnGathersOnLargerPlanesMatchNaiveLoops) {
       {2, 3, 5, {16, 50}, {3, 3}, {3, 3}, {2, 0}, {2, 0}, {1, 1}, 1, false},
       {64, 8, 8, {4, 4}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, false},  // 16-position planes, batched
       {6, 16, 6, {5, 7}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},   // P = 35 < Ci·K: batched
+      {2, 3, 4, {6, 70}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},   // runs of 70
+      {2, 5, 3, {9, 30}, {1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 1}, 1, false},  // runs across rows
   };
   const DType dt = DType::Float32;
   for (const Case& c : cases)
