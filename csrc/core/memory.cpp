@@ -1,5 +1,6 @@
 #include "core/memory.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -88,6 +89,63 @@ bool prefer_streaming_stores(int64_t bytes) {
     return value == nullptr || std::strcmp(value, "0") != 0;
   }();
   return enabled && bytes >= last_level_cache_bytes();
+}
+
+namespace {
+
+constexpr int64_t kPage = 4096;
+
+int64_t page_offset(const void* p) { return static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(p) % kPage); }
+
+// (store − load) mod 4096 as a signed distance in (−2048, 2048].
+int64_t page_lag(int64_t store_offset, int64_t load_offset) {
+  int64_t lag = ((store_offset - load_offset) % kPage + kPage) % kPage;
+  return lag > kPage / 2 ? lag - kPage : lag;
+}
+
+// Whether a streamed store at this lag past a load is slowed when the loop walks `walk`.
+bool slowed(int64_t lag, StoreWalk walk) {
+  if (walk == StoreWalk::kUp) return lag >= -kStreamingAliasBehind && lag < kStreamingAliasAhead;
+  if (walk == StoreWalk::kDown) return lag <= kStreamingAliasBehind && lag > -kStreamingAliasAhead;
+  return false;
+}
+
+}  // namespace
+
+StoreWalk streaming_walk(std::initializer_list<const void*> stores, std::initializer_list<const void*> loads) {
+  for (const StoreWalk walk : {StoreWalk::kUp, StoreWalk::kDown}) {
+    bool clear = true;
+    for (const void* store : stores)
+      for (const void* load : loads)
+        if (store && load && slowed(page_lag(page_offset(store), page_offset(load)), walk)) clear = false;
+    if (clear) return walk;
+  }
+  return StoreWalk::kNormal;
+}
+
+int64_t scratch_page_offset(std::initializer_list<const void*> streams, std::initializer_list<const void*> stores,
+                            StoreWalk walk) {
+  int64_t best = 0, best_distance = -1;
+  bool best_clear = false;
+  for (int64_t candidate = 0; candidate < kPage; candidate += 64) {
+    bool clear = true;
+    for (const void* store : stores)
+      if (store && slowed(page_lag(page_offset(store), candidate), walk)) clear = false;
+    int64_t distance = kPage;
+    for (const void* stream : streams)
+      if (stream) distance = std::min(distance, std::abs(page_lag(page_offset(stream), candidate)));
+    if ((clear && !best_clear) || (clear == best_clear && distance > best_distance)) {
+      best = candidate;
+      best_distance = distance;
+      best_clear = clear;
+    }
+  }
+  return best;
+}
+
+void* at_page_offset(void* from, int64_t page_offset_wanted) {
+  const int64_t skip = ((page_offset_wanted - page_offset(from)) % kPage + kPage) % kPage;
+  return static_cast<char*>(from) + skip;
 }
 
 }  // namespace replearn

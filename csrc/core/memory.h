@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 
 #include "core/tensor_view.h"
@@ -48,5 +49,39 @@ int64_t last_level_cache_bytes();
 // True when an output of `bytes` should be written with streaming stores: at least the last-level
 // cache's size, and REPLEARN_STREAMING_STORES is not "0" (read once; to measure without them).
 bool prefer_streaming_stores(int64_t bytes);
+
+// Streaming stores and 4K aliasing. A load whose address agrees in its low 12 bits with a streaming
+// store still waiting in a write-combining buffer is held up as if it read that store's line. In a
+// loop that walks arrays in step, a streamed output whose offset within the 4 KiB page lies just
+// past an input's meets such a store at every vector: rms_norm's backward at 8192×1024 float32
+// (2 threads, Zen 3) took 5–6 ms with dx anywhere else and 12–29 ms with dx 64–192 bytes past x,
+// or 128–192 before it when the loop also updates the weight-gradient block, and the allocator
+// decided which (bench/RESULTS.md, "4K aliasing"). Walking the loop downwards mirrors the zones. The
+// zones below are those measurements with margin: walking up, an output from kStreamingAliasBehind
+// bytes before an input to kStreamingAliasAhead bytes past it is slowed; walking down, the mirror
+// image. An output near an input's offset (or between inputs) takes ordinary stores: 6.5 ms there.
+enum class StoreWalk {
+  kUp,      // streaming stores, columns in ascending order
+  kDown,    // streaming stores, columns in descending order
+  kNormal,  // ordinary stores (in ascending order)
+};
+
+constexpr int64_t kStreamingAliasAhead = 512;
+constexpr int64_t kStreamingAliasBehind = 256;
+
+// The walk for a loop that streams to `stores` while reading `loads`, every pointer advancing by the
+// same amount per step (null pointers are ignored): the first of kUp and kDown under which no store
+// sits in a load's zone, else kNormal.
+StoreWalk streaming_walk(std::initializer_list<const void*> stores, std::initializer_list<const void*> loads);
+
+// Where scratch that such a loop reads and writes in step with `streams` should start within its
+// 4 KiB page: the multiple of 64 farthest (circularly) from every stream's own offset, among those
+// outside the zones of `stores` under `walk` when there are such. Offsets of null pointers are
+// ignored. An offset for the scratch the loop writes with ordinary stores, or streams from.
+int64_t scratch_page_offset(std::initializer_list<const void*> streams, std::initializer_list<const void*> stores,
+                            StoreWalk walk);
+
+// The first address at or after `from` whose offset within its 4 KiB page is `page_offset`.
+void* at_page_offset(void* from, int64_t page_offset);
 
 }  // namespace replearn

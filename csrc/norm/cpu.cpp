@@ -168,8 +168,10 @@ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, d
 // Scratch for the parameter gradients of a row norm, one block per parallel chunk, summed after the
 // parallel region (deterministic for a fixed thread count):
 //   (2, cols) double   Σ dy·x̂ and Σ dy over the chunk's rows
-//   (2, cols) T        the same sums over the last few rows (kParamBlockRows), added into the
-//                      doubles and cleared every kParamBlockRows rows
+//   2 × (cols) T       the same sums over the last few rows (kParamBlockRows), added into the
+//                      doubles and cleared every kParamBlockRows rows; each row placed within its
+//                      4 KiB page clear of the rows the loop walks beside it (scratch_page_offset,
+//                      core/memory.h), for which the chunk has a page of slack per row
 // The T block is what the dx loop updates: adding every row's terms straight into doubles cost two
 // conversions and a double read-modify-write per value, and made the backward with parameter
 // gradients run at half the speed of dx alone (8192×1024 float32, 2 threads: 42 against 78 GB/s).
@@ -179,15 +181,11 @@ constexpr int64_t kParamBlockRows = 32;
 
 int row_partials(int64_t rows, int64_t cols) { return parallel_chunk_count(rows, row_grain(cols)); }
 
-// Elements between the two T rows of a chunk's block: 128 bytes that keep them off the same offset
-// within a 4 KiB page, so a load from one is not mistaken for a dependent of a store to the other
-// ("4K aliasing": loads are first matched against earlier stores by the low 12 address bits).
-constexpr int64_t kParamBlockPad = 32;
-
 // Doubles in one chunk's scratch for rows of `cols` values of `element_bytes` each.
 int64_t row_partial_doubles(int64_t cols, int64_t element_bytes) {
   if (cols == 0) return 0;  // an empty normalized shape: no parameter values to sum
-  return 2 * cols + (2 * (cols + kParamBlockPad) * element_bytes + 7) / 8;
+  constexpr int64_t kPageSlack = 4096;
+  return 2 * cols + (2 * (cols * element_bytes + kPageSlack) + 7) / 8;
 }
 
 // Bytes of one chunk's partial sums; 0 for a normalized_ndim that validation will reject.
@@ -214,11 +212,12 @@ struct RowPartials {
   T* block_w;     // (cols) Σ dy·x̂ over the current block of rows
   T* block_b;     // (cols) Σ dy over the current block of rows
 
-  RowPartials(double* chunk, int64_t cols)
+  // The chunk's scratch at `chunk`, its T rows starting at the given offsets within their pages.
+  RowPartials(double* chunk, int64_t cols, int64_t w_page_offset, int64_t b_page_offset)
       : sum_w(chunk),
         sum_b(chunk + cols),
-        block_w(reinterpret_cast<T*>(chunk + 2 * cols)),
-        block_b(reinterpret_cast<T*>(chunk + 2 * cols) + cols + kParamBlockPad) {}
+        block_w(static_cast<T*>(at_page_offset(chunk + 2 * cols, w_page_offset))),
+        block_b(static_cast<T*>(at_page_offset(block_w + cols, b_page_offset))) {}
 
   void clear(int64_t cols) {
     std::fill(sum_w, sum_w + 2 * cols, 0.0);
@@ -261,11 +260,13 @@ constexpr int kRowsAtOnce = 2;
 // Rows [r, r + R) of the backward: dx = rstd·g − rstd·mean(g) − x̂·rstd·mean(g·x̂) with g = dy·γ when
 // dx is wanted, and the rows' dy·x̂ and dy added into the parameter block (block_w, block_b) when
 // those are. Written once for every combination; the flags are template arguments so each loop is
-// branch-free. `stream`: dx's rows are 64-byte aligned and are written with streaming stores.
+// branch-free. `walk`: how dx's rows are written (streaming stores need them 64-byte aligned) and in
+// which order the columns go (streaming_walk, core/memory.h).
 template <class T, bool centered, bool has_w, bool has_dx, bool has_params, int R>
 void rows_backward(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ mean,
                    const T* __restrict__ rstd, const T* __restrict__ w, int64_t N, int64_t r, T* __restrict__ dx,
-                   bool stream, T* __restrict__ block_w, T* __restrict__ block_b) {
+                   StoreWalk walk, T* __restrict__ block_w, T* __restrict__ block_b) {
+  const bool stream = walk != StoreWalk::kNormal;
   const T* dyr[R];
   const T* xr[R];
   T* dxr[R];
@@ -323,27 +324,29 @@ void rows_backward(const T* __restrict__ dy, const T* __restrict__ x, const T* _
     }
   };
   constexpr int64_t L = simd::kLanes<T>;
-  int64_t j = 0;
-  for (; j + L <= N; j += L) columns(j, static_cast<simd::Vec<T>*>(nullptr));
-  for (; j < N; ++j) columns(j, static_cast<T*>(nullptr));
+  const int64_t vectors = N / L;
+  const bool down = walk == StoreWalk::kDown;
+  const int64_t first = down ? (vectors - 1) * L : 0, step = down ? -L : L;
+  for (int64_t i = 0; i < vectors; ++i) columns(first + i * step, static_cast<simd::Vec<T>*>(nullptr));
+  for (int64_t j = vectors * L; j < N; ++j) columns(j, static_cast<T*>(nullptr));
 }
 
 // Rows [r0, r1) of a chunk, kRowsAtOnce at a time; the parameter block is flushed into the chunk's
 // double sums every kParamBlockRows rows and at the end.
 template <class T, bool centered, bool has_w, bool has_dx, bool has_params>
 void row_norm_backward_rows(const T* dy, const T* x, const T* mean, const T* rstd, const T* w, int64_t N,
-                            int64_t r0, int64_t r1, T* dx, bool stream, RowPartials<T>* partials) {
+                            int64_t r0, int64_t r1, T* dx, StoreWalk walk, RowPartials<T>* partials) {
   T* block_w = has_params ? partials->block_w : nullptr;
   T* block_b = has_params ? partials->block_b : nullptr;
   int64_t unflushed = 0;
   for (int64_t r = r0; r < r1;) {
     if (r + kRowsAtOnce <= r1) {
-      rows_backward<T, centered, has_w, has_dx, has_params, kRowsAtOnce>(dy, x, mean, rstd, w, N, r, dx, stream,
+      rows_backward<T, centered, has_w, has_dx, has_params, kRowsAtOnce>(dy, x, mean, rstd, w, N, r, dx, walk,
                                                                          block_w, block_b);
       r += kRowsAtOnce;
       unflushed += kRowsAtOnce;
     } else {
-      rows_backward<T, centered, has_w, has_dx, has_params, 1>(dy, x, mean, rstd, w, N, r, dx, stream, block_w,
+      rows_backward<T, centered, has_w, has_dx, has_params, 1>(dy, x, mean, rstd, w, N, r, dx, walk, block_w,
                                                                block_b);
       r += 1;
       unflushed += 1;
@@ -353,7 +356,7 @@ void row_norm_backward_rows(const T* dy, const T* x, const T* mean, const T* rst
       unflushed = 0;
     }
   }
-  if (stream) simd::streaming_fence();
+  if (walk != StoreWalk::kNormal) simd::streaming_fence();
 }
 
 template <class T, bool centered>
@@ -368,23 +371,33 @@ void row_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
       need_params ? static_cast<int>(workspace_bytes / (chunk_doubles * int64_t(sizeof(double)))) : 1 << 30;
   // The region runs exactly this many chunks; each clears its own scratch first.
   const int chunks = std::min(parallel_chunk_count(d.rows, row_grain(N)), max_chunks);
-  if (need_params && chunks == 0) RowPartials<T>(workspace, N).clear(N);  // no rows: zero gradients
+  if (need_params && chunks == 0) RowPartials<T>(workspace, N, 0, 0).clear(N);  // no rows: zero gradients
   // Every dx row 64-byte aligned (so streaming stores apply to each) and dx too large to stay cached.
   const bool stream = dx && simd::aligned64(dx) && (N * sizeof(T)) % 64 == 0 &&
                       prefer_streaming_stores(d.rows * N * static_cast<int64_t>(sizeof(T)));
   parallel_for(
       d.rows, row_grain(N),
       [&](int chunk, int64_t r0, int64_t r1) {
+        // The chunk's first two rows of each array: every later pair lies the same way within its pages.
+        auto rows = [&](const T* p, int64_t k) -> const void* { return p ? p + (r0 + k) * N : nullptr; };
+        const void *x0 = rows(x, 0), *x1 = rows(x, 1), *dy0 = rows(dy, 0), *dy1 = rows(dy, 1);
+        const void *dx0 = rows(dx, 0), *dx1 = rows(dx, 1);
+        const StoreWalk walk = stream ? streaming_walk({dx0, dx1}, {x0, x1, dy0, dy1}) : StoreWalk::kNormal;
         if (!need_params) {
-          if (w) row_norm_backward_rows<T, centered, true, true, false>(dy, x, mean, rstd, w, N, r0, r1, dx, stream, nullptr);
-          else row_norm_backward_rows<T, centered, false, true, false>(dy, x, mean, rstd, w, N, r0, r1, dx, stream, nullptr);
+          if (w) row_norm_backward_rows<T, centered, true, true, false>(dy, x, mean, rstd, w, N, r0, r1, dx, walk, nullptr);
+          else row_norm_backward_rows<T, centered, false, true, false>(dy, x, mean, rstd, w, N, r0, r1, dx, walk, nullptr);
           return;
         }
-        RowPartials<T> partials(workspace + chunk * chunk_doubles, N);
+        // The parameter block's rows are read and written beside the data rows: placed clear of them.
+        double* scratch = workspace + chunk * chunk_doubles;
+        const int64_t w_at = scratch_page_offset({x0, x1, dy0, dy1, dx0, dx1}, {dx0, dx1}, walk);
+        const void* block_w = at_page_offset(scratch + 2 * N, w_at);
+        const int64_t b_at = scratch_page_offset({x0, x1, dy0, dy1, dx0, dx1, block_w}, {dx0, dx1}, walk);
+        RowPartials<T> partials(scratch, N, w_at, b_at);
         partials.clear(N);
-        if (!dx) row_norm_backward_rows<T, centered, false, false, true>(dy, x, mean, rstd, w, N, r0, r1, dx, false, &partials);
-        else if (w) row_norm_backward_rows<T, centered, true, true, true>(dy, x, mean, rstd, w, N, r0, r1, dx, stream, &partials);
-        else row_norm_backward_rows<T, centered, false, true, true>(dy, x, mean, rstd, w, N, r0, r1, dx, stream, &partials);
+        if (!dx) row_norm_backward_rows<T, centered, false, false, true>(dy, x, mean, rstd, w, N, r0, r1, dx, walk, &partials);
+        else if (w) row_norm_backward_rows<T, centered, true, true, true>(dy, x, mean, rstd, w, N, r0, r1, dx, walk, &partials);
+        else row_norm_backward_rows<T, centered, false, true, true>(dy, x, mean, rstd, w, N, r0, r1, dx, walk, &partials);
       },
       max_chunks);
   if (need_params) {

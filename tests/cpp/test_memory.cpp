@@ -105,5 +105,64 @@ TEST(StreamingStores, OnlyForOutputsAtLeastTheLastLevelCache) {
 #endif
 }
 
+// An address at `offset` bytes into a 4 KiB page (never dereferenced).
+const void* at(int64_t page, int64_t offset) { return reinterpret_cast<const void*>(page * 4096 + offset); }
+
+// The walk keeps every streamed output out of the zones of measured slowdowns: walking up, from
+// kStreamingAliasBehind bytes before an input's offset within the page to kStreamingAliasAhead
+// past it; walking down, the mirror image; neither when both apply.
+TEST(StreamingWalk, KeepsEveryStoreOutOfEveryLoadsZone) {
+  const void* x = at(7, 0);
+  EXPECT_EQ(streaming_walk({at(3, 1024)}, {x}), StoreWalk::kUp);
+  EXPECT_EQ(streaming_walk({at(3, 4096 - 512)}, {x}), StoreWalk::kUp);  // 512 before: clear of both zones
+  EXPECT_EQ(streaming_walk({at(3, 64)}, {x}), StoreWalk::kNormal);      // past x by less than Behind
+  EXPECT_EQ(streaming_walk({at(3, 0)}, {x}), StoreWalk::kNormal);       // the same offset: both zones
+  EXPECT_EQ(streaming_walk({at(3, 4096 - 64)}, {x}), StoreWalk::kNormal);
+  EXPECT_EQ(streaming_walk({at(3, kStreamingAliasBehind)}, {x}), StoreWalk::kNormal);
+  EXPECT_EQ(streaming_walk({at(3, kStreamingAliasBehind + 64)}, {x}), StoreWalk::kDown);
+  EXPECT_EQ(streaming_walk({at(3, kStreamingAliasAhead - 64)}, {x}), StoreWalk::kDown);
+  EXPECT_EQ(streaming_walk({at(3, kStreamingAliasAhead)}, {x}), StoreWalk::kUp);
+  EXPECT_EQ(streaming_walk({at(3, 4096 - kStreamingAliasBehind)}, {x}), StoreWalk::kNormal);
+  EXPECT_EQ(streaming_walk({at(3, 4096 - kStreamingAliasBehind - 64)}, {x}), StoreWalk::kUp);
+  // Every (store, load) pair counts; null pointers do not.
+  EXPECT_EQ(streaming_walk({at(3, 1024), at(5, 3072)}, {x, at(9, 2048)}), StoreWalk::kUp);
+  EXPECT_EQ(streaming_walk({at(3, 1024)}, {x, at(9, 1024 - 300)}), StoreWalk::kDown);
+  EXPECT_EQ(streaming_walk({at(3, 1024), at(5, 64)}, {x}), StoreWalk::kNormal);
+  EXPECT_EQ(streaming_walk({at(3, 1024), nullptr}, {x, nullptr}), StoreWalk::kUp);
+}
+
+// Scratch goes where no streamed store's zone reaches it, as far as it can from every stream.
+TEST(StreamingWalk, ScratchIsPlacedClearOfTheStreams) {
+  const void* x = at(1, 0);
+  const void* dy = at(2, 2048);
+  for (int64_t dx_offset = 0; dx_offset < 4096; dx_offset += 64) {
+    const void* dx = at(3, dx_offset);
+    const StoreWalk walk = streaming_walk({dx}, {x, dy});
+    const int64_t offset = scratch_page_offset({x, dy, dx}, {dx}, walk);
+    SCOPED_TRACE("dx at " + std::to_string(dx_offset) + ", scratch at " + std::to_string(offset));
+    EXPECT_EQ(offset % 64, 0);
+    ASSERT_GE(offset, 0);
+    ASSERT_LT(offset, 4096);
+    // The scratch, read as a load beside dx, leaves the walk as it was.
+    if (walk != StoreWalk::kNormal) EXPECT_EQ(streaming_walk({dx}, {x, dy, at(4, offset)}), walk);
+    // Three streams leave a gap of at least a third of the page: the middle of the largest is ≥ 680 away.
+    for (const void* stream : {x, dy, dx}) {
+      const int64_t gap = std::abs((offset - static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(stream) % 4096) +
+                                    4096 + 2048) % 4096 - 2048);
+      EXPECT_GE(gap, walk == StoreWalk::kNormal ? 640 : 256);
+    }
+  }
+  EXPECT_EQ(scratch_page_offset({nullptr}, {nullptr}, StoreWalk::kNormal) % 64, 0);
+}
+
+TEST(StreamingWalk, AtPageOffsetIsTheFirstSuchAddressAtOrAfter) {
+  alignas(4096) static char page[3 * 4096];
+  EXPECT_EQ(at_page_offset(page, 0), page);
+  EXPECT_EQ(at_page_offset(page, 192), page + 192);
+  EXPECT_EQ(at_page_offset(page + 200, 192), page + 4096 + 192);
+  EXPECT_EQ(at_page_offset(page + 192, 192), page + 192);
+  EXPECT_EQ(at_page_offset(page + 4095, 0), page + 4096);
+}
+
 }  // namespace
 }  // namespace replearn

@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "norm/norm.h"
 #include "test_helpers.h"
 
@@ -499,6 +502,97 @@ void check_row_workspace(const char* op, int64_t rows, int64_t cols, const Run& 
     EXPECT_TRUE(AllClose(dx.values(), ref_dx.values(), {1e-12, 1e-12})) << "grad_x";
     EXPECT_TRUE(AllClose(dw.values(), ref_dw.values(), {1e-12, 1e-12})) << "grad_weight";
     EXPECT_TRUE(AllClose(db.values(), ref_db.values(), {1e-12, 1e-12})) << "grad_bias";
+  }
+}
+
+// Outputs at least the last-level cache's size are streamed, in the column order that keeps dx's
+// stores out of the 4K-aliasing zones of x and dy (core/memory.h, streaming_walk), and the
+// parameter-gradient block is placed clear of all three. x and dy sit at fixed offsets within
+// their pages, dx at three others, so that each walk is taken: every gradient must be bit for bit
+// the same as with ordinary stores (the column order changes no arithmetic). Rows of 1024 float32
+// lie the same way in every page; rows of 1040 shift by 64 bytes a row.
+TEST(NormBackwardBeyondTheCache, RowNormsTakeEveryWalk) {
+  const int64_t llc = last_level_cache_bytes();
+  if (llc > (int64_t{256} << 20)) GTEST_SKIP() << "a last-level cache of " << llc << " bytes";
+  ScopedThreads threads(2);
+  for (const int64_t cols : {1024, 1040}) {
+    const int64_t rows = llc / (cols * 4) + 1, count = rows * cols;
+    SCOPED_TRACE("rows " + std::to_string(rows) + ", cols " + std::to_string(cols));
+    const int64_t region = (count * 4 + 4095) / 4096 * 4096 + 4096;  // an array and a page of slack
+    std::unique_ptr<char, decltype(&std::free)> arena(static_cast<char*>(std::aligned_alloc(4096, 3 * region)),
+                                                      &std::free);
+    ASSERT_NE(arena, nullptr);
+    float* x = reinterpret_cast<float*>(arena.get());
+    float* dy = reinterpret_cast<float*>(arena.get() + region + 2048);
+    Random rng(5);
+    const std::vector<double> x_values = rng.uniform(count, -2, 3), dy_values = rng.uniform(count, -1, 1);
+    std::copy(x_values.begin(), x_values.end(), x);
+    std::copy(dy_values.begin(), dy_values.end(), dy);
+    const Buffer weight = test::random_buffer(rng, DType::Float32, {cols}, 0.5, 1.5);
+    TensorView x_view = weight.view(), dy_view = weight.view(), dx_view = weight.view();
+    x_view.ndim = 2;
+    x_view.sizes[0] = rows;
+    x_view.sizes[1] = cols;
+    x_view.strides[0] = cols;
+    x_view.strides[1] = 1;
+    x_view.data = x;
+    dy_view = x_view;
+    dy_view.data = dy;
+    Buffer y(DType::Float32, {rows, cols}), mean(DType::Float32, {rows}), rstd(DType::Float32, {rows});
+    Buffer dw(DType::Float32, {cols}), db(DType::Float32, {cols});
+    Buffer workspace(DType::UInt8, {layer_norm_backward_workspace_size<CPU>(x_view, 1)});
+    ASSERT_EQ(workspace.numel(), rms_norm_backward_workspace_size<CPU>(x_view, 1));
+
+    // (op, with parameter gradients) → dx, dw, db of the run with ordinary stores.
+    std::vector<std::vector<float>> expected;
+    for (const int64_t dx_offset : {0, 1024, 384}) {  // ordinary stores, walking up, walking down
+      float* dx = reinterpret_cast<float*>(arena.get() + 2 * region + dx_offset);
+      dx_view.data = dx;
+      dx_view.ndim = 2;
+      dx_view.sizes[0] = rows;
+      dx_view.sizes[1] = cols;
+      dx_view.strides[0] = cols;
+      dx_view.strides[1] = 1;
+      const StoreWalk walk = streaming_walk({dx, dx + cols}, {x, x + cols, dy, dy + cols});
+      if (cols == 1024) {
+        const StoreWalk wanted = dx_offset == 0 ? StoreWalk::kNormal : dx_offset == 1024 ? StoreWalk::kUp : StoreWalk::kDown;
+        EXPECT_EQ(walk, wanted) << "dx at " << dx_offset;
+      }
+      int run = 0;
+      for (const bool layer : {true, false}) {
+        for (const bool params : {true, false}) {
+          SCOPED_TRACE(std::string(layer ? "layer_norm" : "rms_norm") + (params ? ", dx dw db" : ", dx") +
+                       ", dx at " + std::to_string(dx_offset));
+          std::fill(dx, dx + count, std::nanf(""));
+          dw.fill(kSentinel);
+          db.fill(kSentinel);
+          const OptView dw_out = params ? dw.opt() : std::nullopt;
+          const OptView ws = params ? workspace.opt() : std::nullopt;
+          if (layer) {
+            layer_norm_forward<CPU>(x_view, 1, weight.opt(), std::nullopt, 1e-5, y.view(), mean.view(), rstd.view());
+            layer_norm_backward<CPU>(dy_view, x_view, 1, mean.view(), rstd.view(), weight.opt(), dx_view, dw_out,
+                                     params ? db.opt() : std::nullopt, ws);
+          } else {
+            rms_norm_forward<CPU>(x_view, 1, weight.opt(), 1e-5, y.view(), rstd.view());
+            rms_norm_backward<CPU>(dy_view, x_view, 1, rstd.view(), weight.opt(), dx_view, dw_out, ws);
+          }
+          std::vector<float> got(dx, dx + count);
+          for (double v : dw.values()) got.push_back(static_cast<float>(v));
+          for (double v : db.values()) got.push_back(static_cast<float>(v));
+          if (dx_offset == 0) {
+            expected.push_back(got);
+          } else {
+            const std::vector<float>& want = expected[run];
+            ASSERT_EQ(got.size(), want.size());
+            int64_t differ = 0, first = -1;
+            for (size_t i = 0; i < got.size(); ++i)
+              if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && differ++ == 0) first = static_cast<int64_t>(i);
+            EXPECT_EQ(differ, 0) << "first at " << first << " (dx has " << count << ")";
+          }
+          ++run;
+        }
+      }
+    }
   }
 }
 
