@@ -29,8 +29,8 @@
 //   region: deterministic for a given thread count.
 // - Depthwise convolutions (one input channel per group, Chollet 2017; Howard et al. 2017) are a
 //   poor fit for GEMM (a product with k = kH·kW), so they have direct kernels: each (sample,
-//   channel) plane is one task, every kernel tap (kh, kw) is a contiguous multiply-add along an
-//   output row (stride 1) that the compiler vectorizes, and the weight gradient is a dot product
+//   channel) plane is one task, a few vectors of an output row (stride 1) sum every kernel tap
+//   (kh, kw) in registers from contiguous loads of a padded plane, and the weight gradient is a dot product
 //   of an output-gradient row with a shifted input row per tap, summed in float along the row and
 //   in double across rows.
 // - conv_transpose is conv run backwards (Dumoulin & Visin 2016): its forward is conv's backward
@@ -44,6 +44,7 @@
 #include <climits>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "conv/conv.h"
@@ -51,6 +52,7 @@
 #include "core/gemm.h"
 #include "core/memory.h"
 #include "core/parallel.h"
+#include "core/simd.h"
 
 namespace replearn::conv {
 
@@ -665,25 +667,64 @@ void dense_backward(const Geometry& g, const T* dy, const T* x, const T* w, T* d
 
 // ----------------------------------------------------------------------------- depthwise kernels
 
+// Columns [c, c + B·L) of one output row, B vectors of L = simd::kLanes<T> values: every tap's
+// product accumulated in registers, one store per vector. Taps go in (kh, kw) order, as the scalar
+// loop adds them, so every column gets the same sum whichever block computes it.
+template <int B, class T>
+[[gnu::always_inline]] inline void taps_block(const T* __restrict__ base, int64_t in_cols, const T* __restrict__ taps,
+                                              int64_t kernel_h, int64_t kernel_w, int64_t tap_step_h,
+                                              int64_t tap_step_w, T init, int64_t c, T* __restrict__ row) {
+  using V = simd::Vec<T>;
+  constexpr int64_t L = simd::kLanes<T>;
+  V acc[B];
+  for (int b = 0; b < B; ++b) acc[b] = V{} + init;
+  for (int64_t kh = 0; kh < kernel_h; ++kh) {
+    const T* __restrict__ src_row = base + kh * tap_step_h * in_cols + c;
+    for (int64_t kw = 0; kw < kernel_w; ++kw) {
+      const T tap = taps[kh * kernel_w + kw];
+      const T* __restrict__ src = src_row + kw * tap_step_w;
+      for (int b = 0; b < B; ++b) acc[b] += tap * simd::load_unaligned(src + b * L);
+    }
+  }
+  for (int b = 0; b < B; ++b) simd::store_unaligned(row + c + b * L, acc[b]);
+}
+
 // Out (n_rows, n_cols) = Σ_{kh, kw} taps[kh, kw] · in[r·S_h + kh·D_h·sign, c·S_w + kw·D_w·sign] read from a
-// padded plane (no bounds), every tap of one output accumulated in registers: the vectorized loop
-// runs over output columns with the kH·kW taps inside it.
+// padded plane (no bounds). Stride 1 (contiguous loads, the common case): blocks of up to
+// kTapBlock vectors of output columns hold every tap's product in registers and are stored once;
+// the last vector of a row ends at its last column, overlapping the one before it (recomputing a
+// column gives the same value). kTapBlock = 8 independent sums keep both FMA pipes busy (latency
+// 4); the first version added each tap into the output row in memory, 49 read-modify-writes of
+// every output of a 7×7 kernel (bench/RESULTS.md, "depthwise").
 template <class T>
 void taps_rows(const T* __restrict__ in, int64_t in_cols, const T* __restrict__ taps, int64_t kernel_h,
                int64_t kernel_w, int64_t tap_step_h, int64_t tap_step_w, int64_t stride_h, int64_t stride_w,
                int64_t n_rows, int64_t n_cols, T init, T* __restrict__ out) {
+  constexpr int64_t L = simd::kLanes<T>;
+  constexpr int kTapBlock = 8;
   for (int64_t r = 0; r < n_rows; ++r) {
     const T* __restrict__ base = in + r * stride_h * in_cols;
     T* __restrict__ row = out + r * n_cols;
-    if (stride_w == 1) {  // contiguous loads: the common case, vectorized over c
-      std::fill(row, row + n_cols, init);
-      for (int64_t kh = 0; kh < kernel_h; ++kh)
-        for (int64_t kw = 0; kw < kernel_w; ++kw) {
-          const T tap = taps[kh * kernel_w + kw];
-          const T* __restrict__ src = base + kh * tap_step_h * in_cols + kw * tap_step_w;
-#pragma omp simd
-          for (int64_t c = 0; c < n_cols; ++c) row[c] += tap * src[c];
-        }
+    if (stride_w == 1 && n_cols >= L) {
+      auto block = [&](auto vectors, int64_t c) {
+        taps_block<decltype(vectors)::value>(base, in_cols, taps, kernel_h, kernel_w, tap_step_h, tap_step_w, init,
+                                             c, row);
+      };
+      int64_t c = 0;
+      for (; c + kTapBlock * L <= n_cols; c += kTapBlock * L) block(std::integral_constant<int, kTapBlock>{}, c);
+      const int64_t whole = (n_cols - c) / L;  // 0 … kTapBlock − 1 vectors left
+      switch (whole) {
+        case 7: block(std::integral_constant<int, 7>{}, c); break;
+        case 6: block(std::integral_constant<int, 6>{}, c); break;
+        case 5: block(std::integral_constant<int, 5>{}, c); break;
+        case 4: block(std::integral_constant<int, 4>{}, c); break;
+        case 3: block(std::integral_constant<int, 3>{}, c); break;
+        case 2: block(std::integral_constant<int, 2>{}, c); break;
+        case 1: block(std::integral_constant<int, 1>{}, c); break;
+        default: break;
+      }
+      c += whole * L;
+      if (c < n_cols) block(std::integral_constant<int, 1>{}, n_cols - L);
       continue;
     }
     for (int64_t c = 0; c < n_cols; ++c) {

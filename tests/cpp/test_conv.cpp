@@ -139,6 +139,10 @@ const std::vector<Case> kCases = {
     {5, 3, 3, {10}, {3}, {1}, {2}, {2}, {2}, 3, true},
     {6, 4, 5, {6, 5}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1, true},
     {2, 4, 2, {6, 5}, {3, 3}, {1, 1}, {0, 0}, {0, 0}, {1, 1}, 2, true},  // one output channel per group
+    // Depthwise rows wide enough for the register blocks of several vectors and a last vector that
+    // overlaps the one before it (70 and 45 columns), multiplier 2 and dilation 2.
+    {1, 3, 6, {3, 70}, {3, 7}, {1, 1}, {1, 3}, {1, 3}, {1, 1}, 3, true},
+    {2, 2, 2, {2, 45}, {1, 5}, {1, 1}, {0, 4}, {0, 4}, {1, 2}, 2, false},
 };
 
 // x, w, b drawn from rng for case c, y = conv_forward (with the workspace it asks for), checked
