@@ -44,10 +44,13 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;  // query rows per tile
 constexpr int64_t kColBlock = 64;  // keys per tile
-// Rows per register block: 8 × 2 accumulators fill 16 of AVX-512's 32 registers. AVX2 has 16
-// registers, where 4 rows would fit without spilling, but 8 measured faster there too (Zen 3, 2
-// threads, bench/run.py attention "vs sdpa": fwd+bwd at 1×12×2048×64 676–681 against 884–886 ms).
-constexpr int kMicroRows = 8;
+// Rows per register block. AVX-512: 8 × 2 accumulators fill 16 of its 32 registers. AVX2 and SSE2
+// have 16: 6 × 2 accumulators, the two vectors of B and the broadcast of A fill 15 of them (BLIS's
+// 6 × 16 Haswell kernel). 8 rows spilled three accumulators to the stack there, and each k step
+// waited on their store-to-load round trip (perf: a quarter of the forward's samples on one spill
+// store); 4 rows measured slower than 8 (B reloaded for every 4 rows). Zen 3, 2 threads,
+// bench/RESULTS.md ("attention on AVX2").
+constexpr int kMicroRows = simd::kVectorBytes == 64 ? 8 : 6;
 
 // Register block width: two vectors.
 template <class T>
@@ -115,7 +118,17 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
   int64_t m = 0;
   for (; m + kMicroRows <= M; m += kMicroRows)
     gemm_rows<T, kMicroRows, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
-  for (; m < M; ++m) gemm_rows<T, 1, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
+  // The rest in blocks of 4, 2 and 1 rows (a 64-row tile over blocks of 6 ends with 4): one row at a
+  // time would be a chain of dependent FMAs per accumulator.
+  if (m + 4 <= M) {
+    gemm_rows<T, 4, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
+    m += 4;
+  }
+  if (m + 2 <= M) {
+    gemm_rows<T, 2, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
+    m += 2;
+  }
+  if (m < M) gemm_rows<T, 1, kTransA, kAccumulate>(N, K, A + m * row_step, lda, B, ldb, C + m * ldc, ldc);
 }
 
 // C = A·B (overwritten) summed over K in chunks of 32 added together: a dot product rounded along one
