@@ -62,6 +62,9 @@ Backend backend_from_environment() {
 // -1: not yet decided (the environment is read on first use, so a bad value raises from a call).
 std::atomic<int> g_backend{-1};
 
+// PackedB::shape of panels packed for avx2::sgemm_packed_b (the native kernel's shapes are 0 … 3).
+constexpr int kAvx2Panels = 100;
+
 }  // namespace
 
 bool native_supported() { return native::cpu_supported(); }
@@ -166,6 +169,8 @@ int64_t packed_b_size(int64_t k, int64_t n, int64_t m_hint) {
   if constexpr (std::is_same_v<T, float>) {
     if (native::cpu_supported() && k > 0 && n > 0)
       return native::packed_b_floats(native::packed_b_shape(m_hint, n), k, n);
+    if constexpr (avx2::kCompiled)
+      if (avx2::used_for(m_hint, k, n)) return avx2::packed_floats(k, n);
   }
   return 0;
 }
@@ -179,6 +184,14 @@ PackedB<T> pack_b(Trans trans_b, int64_t k, int64_t n, const T* b, int64_t ldb, 
       packed.shape = native::packed_b_shape(m_hint, n);
       native::pack_b_panels(packed.shape, trans_b, k, n, b, ldb, buffer, omp_in_parallel() ? 1 : num_threads());
       packed.panels = buffer;
+      return packed;
+    }
+    if constexpr (avx2::kCompiled) {
+      if (!native::cpu_supported() && avx2::used_for(m_hint, k, n)) {
+        packed.shape = kAvx2Panels;
+        avx2::pack_b_panels(trans_b, k, n, b, ldb, buffer, omp_in_parallel() ? 1 : num_threads());
+        packed.panels = buffer;
+      }
     }
   }
   return packed;
@@ -188,6 +201,13 @@ template <class T>
 void gemm_packed_b(Trans trans_a, int64_t m, T alpha, const T* a, int64_t lda, const PackedB<T>& b, T beta, T* c,
                    int64_t ldc) {
   if constexpr (std::is_same_v<T, float>) {
+    if constexpr (avx2::kCompiled) {
+      if (b.panels != nullptr && m > 0 && b.shape == kAvx2Panels) {
+        avx2::sgemm_packed_b(trans_a, m, b.n, b.k, alpha, a, lda, b.panels, beta, c, ldc,
+                             omp_in_parallel() ? 1 : num_threads());
+        return;
+      }
+    }
     if (b.panels != nullptr && m > 0 && float32_backend() == Backend::Native) {
       native::sgemm_packed_b(b.shape, trans_a, m, b.n, b.k, alpha, a, lda, b.panels, beta, c, ldc,
                              omp_in_parallel() ? 1 : num_threads());

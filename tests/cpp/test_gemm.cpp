@@ -4,7 +4,9 @@
 // and inside parallel_for_gemm. float32 runs on both backends (OpenBLAS and, where the CPU has
 // AVX-512F, the native kernel of core/gemm_avx512.cpp), with shapes that cross its tile edges (14 and
 // 28 rows, 16 and 32 columns) and its cache blocks (MC = 336 rows, KC = 256/512, NC = 4096 columns),
-// and products large enough to be split over two threads along m and along n.
+// and products large enough to be split over two threads along m and along n. On AVX2 builds without
+// AVX-512 the packed cases with a row hint ≤ 256 run core/gemm_avx2.cpp's kernel instead (its 6-row
+// and 16-column edges, k passes of 256 and panels split over threads are crossed by the same cases).
 #include <gtest/gtest.h>
 
 #include <atomic>
