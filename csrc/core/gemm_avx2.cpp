@@ -12,8 +12,8 @@
 // F. Van Zee, R. van de Geijn, "BLIS: a framework for rapidly instantiating BLAS functionality",
 // ACM TOMS 41(3), 2015). op(A) is read in place (rows of a few KiB that stay in L1/L2 while the
 // panels go by), so there is no A packing: the products this serves have few rows. Loop order:
-// panel outer (one panel, ≤ k · 64 bytes, stays in L1/L2 for every row block), rows inner; threads
-// take disjoint panels. Products with many rows (the all-steps input projection, the backward's
+// panel outer, k in passes of kKC (the panel's 16 KiB slice stays in L1 for every row block), rows
+// inner; threads take disjoint panels. Products with many rows (the all-steps input projection, the backward's
 // weight gradients) keep OpenBLAS, whose blocked kernel is faster there: see kMaxRowsHint.
 //
 // Compiled only where the target has AVX2 and FMA and not AVX-512F (a native build on such a CPU):
