@@ -76,8 +76,8 @@ StoreWalk streaming_walk(std::initializer_list<const void*> stores, std::initial
 
 // Where scratch that such a loop reads and writes in step with `streams` should start within its
 // 4 KiB page: the multiple of 64 farthest (circularly) from every stream's own offset, among those
-// outside the zones of `stores` under `walk` when there are such. Offsets of null pointers are
-// ignored. An offset for the scratch the loop writes with ordinary stores, or streams from.
+// outside the zones of `stores` under `walk` when there are such (the loop reads the scratch, and
+// writes it with ordinary stores). Null pointers are ignored.
 int64_t scratch_page_offset(std::initializer_list<const void*> streams, std::initializer_list<const void*> stores,
                             StoreWalk walk);
 
