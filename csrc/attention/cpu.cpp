@@ -143,8 +143,9 @@ void gemm_chunked(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
     gemm<T, false, true>(M, N, std::min(K - k0, kChunk), A + k0, lda, B + k0 * ldb, ldb, C, ldc);
 }
 
-// e^x that `omp simd` loops vectorize (core/vmath.h); −inf (a masked score) gives exactly 0.
-using vmath::exp_approx;
+// e^x of x = s − max ≤ 0 that `omp simd` loops vectorize (core/vmath.h); −inf (a masked score)
+// gives exactly 0.
+using vmath::exp_nonpositive;
 
 // max(init, s[0..n)). GCC does not vectorize a float max reduction without -ffast-math (it keeps
 // std::max's NaN ordering), and this loop ran scalar at a quarter of the forward's softmax time;
@@ -355,13 +356,13 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
             continue;
           }
 #pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) s[j] = exp_approx(s[j] - mx);
+          for (int64_t j = 0; j < cols; ++j) s[j] = exp_nonpositive(s[j] - mx);
           std::fill(s + cols, s + kColBlock, T(0));  // a last, partial key block
           // l stays a vector of per-lane partial sums until the end: the horizontal sum of an
           // `omp simd reduction` cost 16 dependent scalar adds per row and tile.
           SumVec<T> tile_sum{};
           for (int64_t j = 0; j < kColBlock; j += SumVec<T>::kLanes) tile_sum += SumVec<T>::load(s + j);
-          const T alpha = exp_approx(running_max[r] - mx);
+          const T alpha = exp_nonpositive(running_max[r] - mx);
           row_sum[r] = row_sum[r] * alpha + tile_sum;
           running_max[r] = mx;
           if (alpha != T(1)) {
@@ -483,7 +484,7 @@ void backward_kernel(const Problem<T>& p, const T* lse, const T* dout, const T* 
                 const T l = lse[row0 + i0 + r];
                 const T m = l == neg_inf<T>() ? std::numeric_limits<T>::infinity() : l;  // no key seen: P = 0
 #pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) pr[j] = exp_approx(s[j] - m);
+                for (int64_t j = 0; j < cols; ++j) pr[j] = exp_nonpositive(s[j] - m);
               }
               gemm_chunked<T>(rows, kColBlock, d.value_dim, do_tile.data(), vpad, vt_head.data() + jb * vt_block,
                               kColBlock, dP.data() + j0, tk_pad);
