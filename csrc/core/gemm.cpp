@@ -203,6 +203,8 @@ void gemm_packed_b(Trans trans_a, int64_t m, T alpha, const T* a, int64_t lda, c
   if constexpr (std::is_same_v<T, float>) {
     if constexpr (avx2::kCompiled) {
       if (b.panels != nullptr && m > 0 && b.shape == kAvx2Panels) {
+        // alpha = 0: C = beta·C, A and B not read (BLAS), as gemm() does for k = 0.
+        if (alpha == 0.f) return gemm<T>(trans_a, Trans::No, m, b.n, 0, alpha, a, lda, nullptr, b.n, beta, c, ldc);
         avx2::sgemm_packed_b(trans_a, m, b.n, b.k, alpha, a, lda, b.panels, beta, c, ldc,
                              omp_in_parallel() ? 1 : num_threads());
         return;

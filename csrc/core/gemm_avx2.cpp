@@ -129,11 +129,6 @@ void pack_b_panels(Trans trans_b, int64_t k, int64_t n, const float* b, int64_t 
 
 void sgemm_packed_b(Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                     const float* panels, float beta, float* c, int64_t ldc, int threads) {
-  if (alpha == 0.f) {  // C = beta·C (BLAS: A and B are not read)
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
-    return;
-  }
   const int64_t row_step = trans_a == Trans::No ? lda : 1, k_step = trans_a == Trans::No ? 1 : lda;
   auto run = [&](int, int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {

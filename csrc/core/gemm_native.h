@@ -55,8 +55,9 @@ bool used_for(int64_t m_hint, int64_t k, int64_t n);
 // Floats of the panels of a (k, n) op(B): ceil(n / 16) panels of k × 16, k-major, zero-padded.
 int64_t packed_floats(int64_t k, int64_t n);
 void pack_b_panels(Trans trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, float* panels, int threads);
-// C = alpha·op(A)·op(B) + beta·C with op(B) from the panels (64-byte aligned); `threads` as in
-// native::sgemm (the slabs are panels of C's columns).
+// C = alpha·op(A)·op(B) + beta·C with op(B) from the panels (64-byte aligned), alpha ≠ 0 (the
+// caller scales C itself otherwise); `threads` as in native::sgemm (the slabs are panels of C's
+// columns).
 void sgemm_packed_b(Trans trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                     const float* panels, float beta, float* c, int64_t ldc, int threads);
 

@@ -69,18 +69,11 @@ inline float exp_saturating(float x) {
   return expf_reduced(r) * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
 }
 
-// e^x for softmax terms, x = s − max ≤ 0 (valid up to x ≤ 88): 0 below −87.3, where e^x would be
-// subnormal (so a masked score, −inf, gives exactly 0), and one exponent-field factor above it, which
-// is exact there; the clamps at the top and the two-factor scaling of exp_approx go. Same polynomial,
-// same ≤ 2 ulp where the result is normal; NaN passes through. Attention's forward and backward.
-inline float exp_nonpositive(float x) {
-  const bool underflow = x < -87.3f;  // NaN fails the comparison and stays NaN
-  const float clamped = underflow ? -87.3f : x;
-  const float k = clamped != clamped ? 0.0f : std::nearbyint(clamped * kLog2e);
-  const float r = (clamped - k * kLn2Hi) - k * kLn2Lo;
-  const float e = expf_reduced(r) * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
-  return underflow ? 0.0f : e;
-}
+// e^x for softmax terms, x = s − max ≤ 0 (valid up to 88): exp_saturating, and 0 below −87, where
+// it would pin the result at e^−87 ≈ 1.6e−38 (so a masked score, −inf, gives exactly 0). Without
+// exp_approx's two-factor scaling, which only matters for subnormal results. NaN passes through.
+// Attention's forward and backward.
+inline float exp_nonpositive(float x) { return x < -87.0f ? 0.0f : exp_saturating(x); }
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
 // log(2^e · (1 + x)) for 1 + x ∈ [√½, √2) (Cephes logf's polynomial); V is float or a float vector type.
