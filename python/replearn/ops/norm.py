@@ -20,7 +20,6 @@ into the caller's buffers), because torch only accepts autograd formulas for fun
 
 from __future__ import annotations
 
-import functools
 from typing import Iterable, Sequence
 
 import torch
@@ -155,13 +154,17 @@ def _layer_norm_grad(ctx, grad_y, *_stats_grad):
     return dx, None, dw, db, None
 
 
+def _layer_norm_inference(x, normalized_shape, weight, bias, eps):
+    return _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=False)
+
+
 _layer_norm = define(
     "layer_norm(Tensor x, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)",
     _layer_norm_impl,
     _layer_norm_fake,
     backward=_layer_norm_grad,
     setup_context=_layer_norm_setup,
-    inference=functools.partial(_layer_norm_impl, stats=False),
+    inference=_layer_norm_inference,
     differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
@@ -325,13 +328,17 @@ def _rms_norm_grad(ctx, grad_y, *_rstd_grad):
     return dx, None, dw, None
 
 
+def _rms_norm_inference(x, normalized_shape, weight, eps):
+    return _rms_norm_impl(x, normalized_shape, weight, eps, stats=False)
+
+
 _rms_norm = define(
     "rms_norm(Tensor x, SymInt[] normalized_shape, Tensor? weight, float? eps) -> (Tensor, Tensor)",
     _rms_norm_impl,
     _rms_norm_fake,
     backward=_rms_norm_grad,
     setup_context=_rms_norm_setup,
-    inference=functools.partial(_rms_norm_impl, stats=False),
+    inference=_rms_norm_inference,
     differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
@@ -651,13 +658,17 @@ def _group_norm_grad(ctx, grad_y, *_stats_grad):
     return dx, None, dw, db, None
 
 
+def _group_norm_inference(x, num_groups, weight, bias, eps):
+    return _group_norm_impl(x, num_groups, weight, bias, eps, stats=False)
+
+
 _group_norm = define(
     "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)",
     _group_norm_impl,
     _group_norm_fake,
     backward=_group_norm_grad,
     setup_context=_group_norm_setup,
-    inference=functools.partial(_group_norm_impl, stats=False),
+    inference=_group_norm_inference,
     differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
@@ -831,6 +842,10 @@ def _instance_norm_grad(ctx, grad_y, *_stat_grads):
     return dx, dw, db, None, None, None, None, None
 
 
+def _instance_norm_inference(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+    return _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats=False)
+
+
 _instance_norm = define(
     "instance_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
     "bool use_input_stats, float momentum, float eps) -> (Tensor, Tensor, Tensor?, Tensor?)",
@@ -838,7 +853,7 @@ _instance_norm = define(
     _instance_norm_fake,
     backward=_instance_norm_grad,
     setup_context=_instance_norm_setup,
-    inference=functools.partial(_instance_norm_in_place, stats=False),
+    inference=_instance_norm_inference,
     eager=_instance_norm_launch,  # (y, saved): the Function returns y, and setup_context reads saved
     differentiable_outputs=1,  # the rest: saved statistics, updated running averages
 )

@@ -161,6 +161,10 @@ def _define_max_pool(n: int) -> tuple[NativeOp, NativeOp]:
     """max_pool{n}d: the op, called for values only, and the same op called when indices are wanted."""
     fn = f"max_pool{n}d"
     impl = functools.partial(_max_pool_impl, fn)
+
+    def inference(x, kernel_size, stride, padding, dilation, ceil_mode):  # without indices: a third of the bytes
+        return _max_pool_impl(fn, x, kernel_size, stride, padding, dilation, ceil_mode, indices=False)
+
     values = define(
         f"{fn}(Tensor x, int[{n}] kernel_size, int[{n}] stride, int[{n}] padding, int[{n}] dilation, "
         "bool ceil_mode) -> (Tensor, Tensor)",
@@ -168,7 +172,7 @@ def _define_max_pool(n: int) -> tuple[NativeOp, NativeOp]:
         functools.partial(_max_pool_fake, fn),
         backward=_max_pool_grad,
         setup_context=_max_pool_setup,
-        inference=functools.partial(impl, indices=False),  # inference without indices writes a third of the bytes
+        inference=inference,
     )
     with_indices = NativeOp(fn, values.overload, impl, _max_pool_setup, _max_pool_grad)
     return values, with_indices
