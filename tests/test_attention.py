@@ -293,6 +293,49 @@ def test_multihead_attention_matches_torch(ctor, call):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("ctor", [{"add_bias_kv": True}, {"add_zero_attn": True}, {"add_bias_kv": True, "add_zero_attn": True}, {}],
+                         ids=["bias_kv", "zero_attn", "both", "plain"])
+@pytest.mark.parametrize("lengths", [(6, 6), (4, 7)], ids=["L=S", "L<S"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_attention_causal_hint_equals_the_masked_call(ctor, lengths, need_weights):
+    """is_causal=True with its attn_mask: the same result as the masked call without the hint (torch's
+    masked path), with appended key positions visible to every query and no query seeing a later key."""
+    E, H, N = 8, 2, 2
+    L, S = lengths
+    theirs, ours = _pair(embed_dim=E, num_heads=H, batch_first=True, **ctor)
+    gen = torch.Generator().manual_seed(11)
+    query = torch.randn(N, L, E, generator=gen, dtype=torch.float64)
+    memory = torch.randn(N, S, E, generator=gen, dtype=torch.float64)
+    mask = torch.ones(L, S, dtype=torch.bool).triu(1)  # top-left causal, as torch builds it
+    results = []
+    for module, hint in ((theirs, False), (ours, True)):
+        inputs = [query.clone().requires_grad_(True), memory.clone().requires_grad_(True)]
+        out, _ = module(inputs[0], inputs[1], inputs[1], attn_mask=mask, is_causal=hint, need_weights=need_weights)
+        grads = torch.autograd.grad((out * out).sum(), inputs + list(module.parameters()))
+        results.append((out, grads))
+    (out_t, g_t), (out_o, g_o) = results
+    torch.testing.assert_close(out_o, out_t, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_o, g_t):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    if L == S:  # no query depends on a later token
+        later = memory.clone()
+        later[:, 2] += 1.0
+        changed, _ = ours(later, later, later, attn_mask=mask, is_causal=True, need_weights=need_weights)
+        first, _ = ours(memory, memory, memory, attn_mask=mask, is_causal=True, need_weights=need_weights)
+        torch.testing.assert_close(changed[:, :2], first[:, :2], rtol=0, atol=1e-12)
+        assert not torch.allclose(changed[:, 2:], first[:, 2:])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+@pytest.mark.parametrize("which", ["attn_mask", "key_padding_mask"])
+def test_multihead_attention_rejects_integer_masks(which, dtype):
+    mha = replearn.nn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(1, 5, 8)
+    mask = torch.zeros(5, 5) if which == "attn_mask" else torch.zeros(1, 5)
+    with pytest.raises(TypeError, match=which):
+        mha(x, x, x, **{which: mask.to(dtype)})
+
+
 def test_multihead_attention_unbatched_and_dropout_in_training_only():
     theirs, ours = _pair(embed_dim=8, num_heads=2, dropout=0.5)
     x = torch.randn(5, 8, dtype=torch.float64)

@@ -12,7 +12,12 @@ Differences from torch, on purpose:
   builds), with the same dropout mask; the output still comes from the fused kernel. Pass
   need_weights=False to keep memory O(L) per head.
 - `is_causal=True` uses the kernel's causal mask (aligned to the bottom-right corner when L < S) and
-  needs no attn_mask; an attn_mask given with it is ignored, as torch's fast path does.
+  needs no attn_mask; an attn_mask given with it is ignored, as torch's fast path does, when L = S
+  and no key positions are appended. With add_bias_kv or add_zero_attn the appended positions are
+  visible to every query, and with L ≠ S a given attn_mask is applied: the result of the same call
+  without the hint. (torch's own fast path, taken with need_weights=False and no key_padding_mask,
+  hides the appended positions from every query and aligns L ≠ S top-left; its need_weights=True
+  path shows them, as here.)
 - forward takes an optional `kv_cache`: the new keys and values are appended to it and the queries
   attend over everything cached (decoding one token, or a chunk with is_causal=True).
 """
@@ -63,11 +68,27 @@ class KVCache:
         self.length = 0
 
 
+def _check_mask(name: str, mask: Tensor | None) -> None:
+    """TypeError naming the argument unless the mask is bool or floating (as torch: an integer mask
+    would otherwise be added to the logits, raising the weight of the keys it means to hide)."""
+    if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"MultiheadAttention: argument '{name}' expected a bool or floating mask but got {mask.dtype}")
+
+
 def _mask_to_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """A boolean mask (True = not allowed) as an additive bias; a float mask is already one."""
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
     return mask.to(dtype)
+
+
+def _causal_bias(length: int, keys: int, pad: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(L, keys + pad) additive bias: query i sees the keys j ≤ i + keys − L (the kernel's causal mask,
+    aligned to the bottom-right corner) and every one of the `pad` positions appended after them."""
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(keys + pad, device=device)[None, :]
+    blocked = (j > i + (keys - length)) & (j < keys)
+    return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill(blocked, float("-inf"))
 
 
 class MultiheadAttention(Module):
@@ -177,6 +198,8 @@ class MultiheadAttention(Module):
         Returns:
             (output shaped like query, weights (N, L, S) / (N, H, L, S), or None).
         """
+        _check_mask("attn_mask", attn_mask)
+        _check_mask("key_padding_mask", key_padding_mask)
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -198,8 +221,18 @@ class MultiheadAttention(Module):
             v = torch.cat([v, v.new_zeros(n, self.num_heads, 1, self.head_dim)], dim=2)
             pad += 1
 
+        keys = k.shape[2] - pad  # the masks' S columns
         bias = None
-        if attn_mask is not None and not is_causal:
+        causal = is_causal
+        if is_causal and (pad or (attn_mask is not None and length != keys)):
+            # The kernel's causal mask spans every key, appended ones included, aligned to the
+            # bottom-right corner. Appended positions must stay visible to every query (as in the
+            # masked call without the hint), and with L ≠ S the given attn_mask is the truth: so
+            # the mask is spelled out here (module docstring).
+            causal = False
+            if attn_mask is None:
+                bias = _causal_bias(length, keys, pad, q.dtype, q.device)
+        if attn_mask is not None and not causal:
             bias = _mask_to_bias(attn_mask, q.dtype)
             if bias.dim() == 3:  # (N·H, L, S) -> (N, H, L, S)
                 bias = bias.reshape(n, self.num_heads, bias.shape[-2], bias.shape[-1])
@@ -217,7 +250,7 @@ class MultiheadAttention(Module):
                 bias = padding_bias if bias is None else bias + padding_bias
         dropout_p = self.dropout if self.training else 0.0
         seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64).item()) if dropout_p > 0 else 0
-        options = {"causal": is_causal, "key_padding_mask": padding, "attn_bias": bias, "dropout_p": dropout_p,
+        options = {"causal": causal, "key_padding_mask": padding, "attn_bias": bias, "dropout_p": dropout_p,
                    "seed": seed}  # fmt: skip
         out = ops.attention(q, k, v, **options)  # (N, H, L, head_dim)
         out = self.out_proj(out.transpose(1, 2).reshape(n, length, self.embed_dim))
