@@ -128,6 +128,30 @@ def test_estimator_is_differentiable_in_training():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters() if p.requires_grad)
 
 
+def test_logdet_gradient_through_native_convolutions_matches_torch_layers():
+    """The log-determinant is differentiated through create_graph=True products, so its parameter
+    gradient needs the convolution's double backward (conv_backward's own formula)."""
+    import replearn
+
+    torch.manual_seed(6)
+    ours = replearn.nn.Conv2d(2, 3, 3, padding=1, dtype=torch.float64)
+    theirs = torch.nn.Conv2d(2, 3, 3, padding=1, dtype=torch.float64)
+    back = torch.nn.Conv2d(3, 2, 1, dtype=torch.float64)
+    with torch.no_grad():
+        ours.weight.mul_(0.3)
+        back.weight.mul_(0.3)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    grads = []
+    for conv in (ours, theirs):
+        block = InvertibleResBlock(g=torch.nn.Sequential(conv, torch.nn.ELU(), back), exact_logdet=True)
+        _, logdet = block(x)
+        grads.append(torch.autograd.grad(logdet.sum(), [conv.weight, conv.bias, back.weight]))
+    assert grads[1][0].abs().max() > 1e-3  # the log-determinant depends on the weight
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'coeff'"):
         InvertibleResBlock(dim=2, coeff=1.0)

@@ -12,6 +12,7 @@ For each registered op, on every device and dtype it supports:
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import pytest
@@ -182,6 +183,40 @@ def test_compile(name, device, gen):
                            + [args[i] for i in _present(args, info.mutated_args)])  # fmt: skip
         for eager, comp in zip(*results):
             torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6, msg=f"{name} {sample}")
+
+
+@pytest.mark.parametrize("through_dispatcher", [False, True], ids=["direct", "dispatcher"])
+@pytest.mark.parametrize("name", OPS)
+def test_double_backward(name, through_dispatcher, gen):
+    """Ops declaring double_backward pass gradgradcheck in float64. For the others (backward kernels
+    without derivatives) a gradient taken with create_graph=True cannot be differentiated again: the
+    second differentiation raises, naming the op, instead of returning zeros. Both call paths."""
+    info = replearn.ops.op_info(name)
+    samples = list(info.gradcheck_samples(torch.device("cpu"), gen))
+    with RecordReplearnOps() if through_dispatcher else contextlib.nullcontext():
+        for sample in samples if info.double_backward else samples[:1]:
+            args, kwargs = clone_args(sample.args, sample.kwargs)
+            positions = _present(args, info.differentiable_args)
+            args = list(args)
+            for i in positions:
+                args[i] = args[i].detach().requires_grad_(True)
+            inputs = [args[i] for i in positions]
+            if info.double_backward:
+
+                def fn(*diff):
+                    call = list(args)
+                    for i, t in zip(positions, diff):
+                        call[i] = t
+                    return info.public(*call, **kwargs)
+
+                assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4), f"{name} {sample}"
+                continue
+            outputs = [o for o in as_tuple(info.public(*args, **kwargs)) if o is not None and o.requires_grad]
+            # Σ out³: the incoming gradients depend on the inputs too, as in a gradient penalty.
+            first = torch.autograd.grad(sum((o**3).sum() for o in outputs), inputs, create_graph=True, allow_unused=True)
+            penalty = sum((g * g).sum() for g in first if g is not None)
+            with pytest.raises(RuntimeError, match=f"replearn::{name}: .*double backward is not supported"):
+                torch.autograd.grad(penalty, inputs, allow_unused=True)
 
 
 @pytest.mark.parametrize("through_dispatcher", [False, True], ids=["direct", "dispatcher"])

@@ -69,6 +69,8 @@ class OpInfo:
         mutated_args: positions of tensor arguments the public op updates in place (running stats),
             compared after each call like outputs.
         backward_ops: the `torch.ops.replearn` ops its autograd formula calls (checked to exist).
+        double_backward: its gradients can be differentiated again (`define(differentiable_backward=True)`):
+            the tests run gradgradcheck; without it, they check that a second differentiation raises.
     """
 
     name: str
@@ -81,6 +83,7 @@ class OpInfo:
     gradcheck_samples: Callable[[torch.device, torch.Generator], Iterable[Sample]] | None = None
     mutated_args: Sequence[int] = ()
     backward_ops: Sequence[str] = ()
+    double_backward: bool = False
 
 
 _dispatch_stack_len = torch._C._len_torch_dispatch_stack
@@ -97,6 +100,49 @@ _route = _C.route
 _ROUTE_KERNEL, _ROUTE_DISPATCHER = _C.ROUTE_KERNEL, _C.ROUTE_DISPATCHER
 _is_compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
+
+
+_DelayedError = torch._C._functions.DelayedError
+
+
+def first_order_only(name: str, backward: Callable) -> Callable:
+    """The autograd formula `backward` of op `name`, made to refuse a second differentiation.
+
+    Backward formulas run native backward kernels, which have no derivatives of their own. Under
+    `create_graph=True` (grad mode on during backward) their results would carry no graph, and
+    differentiating them again (double backward: a gradient penalty, MAML) would silently give
+    zeros. Each result then comes out of a node that raises, naming the op, when it is differentiated.
+    This is torch's `once_differentiable`, except that torch attaches the node only when an incoming
+    gradient requires grad, and to nothing else: differentiating for an input of the op (which the
+    gradient depends on through the saved tensors) never reaches it. A plain
+    backward (grad mode off) calls `backward` directly: nothing added to a training step.
+    """
+    message = (
+        f"replearn::{name}: its gradient was computed by native kernels that have no derivative of their own, "
+        "so it cannot be differentiated again (double backward is not supported)"
+    ).encode()
+
+    @functools.wraps(backward)
+    def formula(ctx, *grads):
+        if not _grad_enabled():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            result = backward(ctx, *grads)
+        single = not isinstance(result, tuple)
+        results = [result] if single else list(result)
+        present = [i for i, g in enumerate(results) if isinstance(g, torch.Tensor)]
+        if not present:
+            return result
+        # The node's inputs: the results, and whatever they depend on that requires grad (the incoming
+        # gradients, the saved inputs), so that differentiating a result reaches the node and raises.
+        links = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+        detached = [results[i].detach().requires_grad_(True) for i in present]
+        refusing = _DelayedError(message, len(detached) + len(links))(*detached, *links)
+        for i, g in zip(present, refusing if isinstance(refusing, tuple) else (refusing,)):
+            results[i] = g
+        return results[0] if single else tuple(results)
+
+    return formula
 
 
 def _is_tensor_type(t) -> bool:
@@ -138,6 +184,7 @@ class NativeOp:
         inference=None,
         eager=None,
         differentiable_outputs=None,
+        differentiable_backward=False,
     ):
         self.name = name
         self.overload = overload
@@ -157,6 +204,8 @@ class NativeOp:
         self._single = k == 1
         self._padding = () if k is None else (None,) * (len(overload._schema.returns) - k)
         if backward is not None:
+            if not differentiable_backward:
+                backward = first_order_only(name, backward)
             eager_impl = eager or impl
 
             if k is None:
@@ -236,6 +285,7 @@ def define(
     inference: Callable | None = None,
     eager: Callable | None = None,
     differentiable_outputs: int | None = None,
+    differentiable_backward: bool = False,
 ) -> NativeOp:
     """Registers `replearn::<schema>` with one implementation for CPU and CUDA, a fake, and autograd.
 
@@ -244,8 +294,11 @@ def define(
     when given, replaces `impl` in eager calls that need no gradient: it may leave outputs that only
     backward uses (saved statistics) as None; write it as a plain function, not a `functools.partial`
     with keywords, which builds a dict on every call (~0.3 µs). `eager`, when given, replaces `impl`
-    in eager calls that record the autograd graph. `differentiable_outputs=k` declares that only the first k outputs have
-    gradients (see `NativeOp`). Returns the `NativeOp` that public functions and backward formulas call.
+    in eager calls that record the autograd graph. `differentiable_outputs=k` declares that only the
+    first k outputs have gradients (see `NativeOp`). `differentiable_backward=True` declares that
+    the backward ops `backward` calls have autograd formulas of their own, so that a gradient taken
+    with create_graph=True can be differentiated again; otherwise that raises (`first_order_only`).
+    Returns the `NativeOp` that public functions and backward formulas call.
     """
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
@@ -256,9 +309,12 @@ def define(
         dispatcher_setup = setup_context
         if differentiable_outputs is not None:
             dispatcher_setup = functools.partial(_setup_marking, setup_context, differentiable_outputs)
-        torch.library.register_autograd(f"replearn::{name}", backward, setup_context=dispatcher_setup, lib=LIBRARY)
+        formula = backward if differentiable_backward else first_order_only(name, backward)
+        torch.library.register_autograd(f"replearn::{name}", formula, setup_context=dispatcher_setup, lib=LIBRARY)
     overload = getattr(torch.ops.replearn, name).default
-    return NativeOp(name, overload, impl, setup_context, backward, inference, eager, differentiable_outputs)
+    return NativeOp(
+        name, overload, impl, setup_context, backward, inference, eager, differentiable_outputs, differentiable_backward
+    )
 
 
 def _setup_marking(setup_context, differentiable_outputs, ctx, inputs, output):

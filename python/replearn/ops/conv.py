@@ -169,11 +169,45 @@ def _conv_backward_fake(grad_y, x, weight, stride, padding_begin, padding_end, d
     return _empty_or_none(mask[0], x), _empty_or_none(mask[1], weight), _empty_or_none(mask[2], x, [weight.shape[0]])
 
 
+def _conv_backward_setup(ctx, inputs, output):
+    grad_y, x, weight, *geometry, _mask = inputs
+    ctx.geometry = geometry
+    ctx.save_for_backward(grad_y, x, weight)
+
+
+def _conv_backward_grad(ctx, grad_dx, grad_dw, grad_db):
+    """Double backward. Of (dx, dw, db) = conv_backward(dy, x, w), dx is linear in dy and in w, dw in dy
+    and in x, db = Σ dy: their adjoints are convolutions again, run by the same native ops,
+
+        ∂/∂dy = conv(g_dx, w) + conv(x, g_dw) + g_db (broadcast),
+        ∂/∂x  = conv_backward(dy, x, g_dw).dx,        ∂/∂w = conv_backward(dy, g_dx, w).dw,
+
+    which is what a gradient penalty or i-ResNet's differentiable log-determinant needs."""
+    grad_y, x, weight = ctx.saved_tensors
+    conv = _conv1d if x.dim() == 3 else _conv2d
+    need = ctx.needs_input_grad  # (grad_y, x, weight, stride, padding_begin, padding_end, dilation, groups, mask)
+    d_grad_y = d_x = d_weight = None
+    if need[0]:
+        terms = [conv(grad_dx, weight, None, *ctx.geometry)] if grad_dx is not None else []
+        if grad_dw is not None:
+            terms.append(conv(x, grad_dw, None, *ctx.geometry))
+        if grad_db is not None:
+            terms.append(grad_db.reshape(1, -1, *[1] * (x.dim() - 2)).expand_as(grad_y))
+        d_grad_y = sum(terms[1:], terms[0]) if terms else None
+    if need[1] and grad_dw is not None:
+        d_x = _conv_backward(grad_y, x, grad_dw, *ctx.geometry, [True, False, False])[0]
+    if need[2] and grad_dx is not None:
+        d_weight = _conv_backward(grad_y, grad_dx, weight, *ctx.geometry, [False, True, False])[1]
+    return d_grad_y, d_x, d_weight, None, None, None, None, None, None
+
+
 _conv_backward = define(
     "conv_backward(Tensor grad_y, Tensor x, Tensor weight, int[] stride, int[] padding_begin, int[] padding_end, "
     "int[] dilation, int groups, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
     _conv_backward_impl,
     _conv_backward_fake,
+    backward=_conv_backward_grad,
+    setup_context=_conv_backward_setup,
 )
 
 
@@ -194,7 +228,7 @@ _CONV_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] pad
                 "int[] dilation, int groups) -> Tensor")  # fmt: skip
 _conv1d, _conv2d = (
     define(name + _CONV_SCHEMA, functools.partial(_conv_impl, name), functools.partial(_conv_fake, name),
-           backward=_conv_grad, setup_context=_conv_setup)  # fmt: skip
+           backward=_conv_grad, setup_context=_conv_setup, differentiable_backward=True)  # fmt: skip
     for name in ("conv1d", "conv2d")
 )
 
@@ -298,6 +332,7 @@ _causal_conv1d = define(
     _causal_fake,
     backward=_causal_grad,
     setup_context=_causal_setup,
+    differentiable_backward=True,
 )
 
 
@@ -701,6 +736,7 @@ def _register_conv(name, public, spatial, cases, grad_cases, torch_counterpart):
                 _conv_sample(spatial, c, torch.float64, device, gen) for c in grad_cases
             ),
             backward_ops=("conv_backward",),
+            double_backward=True,
         )
     )
 
@@ -719,6 +755,7 @@ register_info(
         differentiable_args=(0, 1, 2),
         gradcheck_samples=lambda device, gen: (_causal_sample(c, torch.float64, device, gen) for c in _CAUSAL_GRAD_CASES),
         backward_ops=("conv_backward",),
+        double_backward=True,
     )
 )
 
