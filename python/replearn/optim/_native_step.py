@@ -18,7 +18,7 @@ import torch
 
 from .. import _native
 
-__all__ = ["NativeCall", "NativeStep", "as_float", "host_step", "new_step"]
+__all__ = ["NativeCall", "NativeStep", "as_float", "host_step", "new_step", "row_major_lists"]
 
 
 def as_float(value: Any, name: str) -> float:
@@ -55,6 +55,50 @@ def host_step(state: dict) -> torch.Tensor:
         dtype = step.dtype if step.dtype in (torch.float32, torch.float64) else torch.float32
         step = state["step"] = step.detach().to("cpu", dtype).reshape(())
     return step
+
+
+def _is_dense(t: torch.Tensor, order: list[int]) -> bool:
+    """Whether t's elements fill its memory without gaps or overlaps when its dims are taken in `order`."""
+    expected = 1
+    for d in reversed(order):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
+def row_major_lists(tensor_lists: list[list[torch.Tensor]], read_only: tuple[int, ...] = ()) -> tuple[list, list]:
+    """The kernels' elementwise updates want every tensor contiguous. A parameter that is not (a
+    channels-last convolution's weight, a transposed matrix) but is dense is seen, with its gradient
+    and state, through one permutation of the dims that makes it contiguous (dims by decreasing
+    stride): the same memory, element for element. A tensor that is still not contiguous through it
+    (a gradient expanded from a smaller one, a state loaded in another layout, a parameter with gaps)
+    is replaced by a contiguous copy, copied back after the call unless its list is in `read_only`.
+
+    Returns (lists for the kernel, [(destination, copy)] to copy back after it).
+    """
+    if all(t.is_contiguous() for tensors in tensor_lists for t in tensors):  # the common case: nothing to do
+        return tensor_lists, []
+    lists = [list(tensors) for tensors in tensor_lists]
+    write_back = []
+    for i, p in enumerate(tensor_lists[0]):
+        column = [tensors[i] for tensors in tensor_lists if i < len(tensors)]
+        if all(t.is_contiguous() for t in column):
+            continue
+        order = sorted(range(p.dim()), key=lambda d: -p.stride(d))
+        if not _is_dense(p, order):
+            order = list(range(p.dim()))
+        for list_index, tensors in enumerate(tensor_lists):
+            if i >= len(tensors):
+                continue
+            view = tensors[i].permute(order)
+            if not view.is_contiguous():
+                copy = view.contiguous()
+                if list_index not in read_only:
+                    write_back.append((view, copy))
+                view = copy
+            lists[list_index][i] = view
+    return lists, write_back
 
 
 class NativeCall:
@@ -145,7 +189,10 @@ class NativeStep:
             for call in calls:
                 check_lists(type(self).__name__, call.tensor_lists)
         for call in calls:
-            _native.launch(call.name, call.tensor_lists[0][0], *call.tensor_lists, *call.rest)
+            lists, write_back = row_major_lists(call.tensor_lists, read_only=(1,))  # the gradients are only read
+            _native.launch(call.name, call.tensor_lists[0][0], *lists, *call.rest)
+            for destination, copy in write_back:
+                destination.copy_(copy)
             if call.after is not None:
                 call.after()
         return loss
@@ -153,7 +200,7 @@ class NativeStep:
 
 def check_lists(name: str, tensor_lists: list[list[torch.Tensor]]) -> None:
     """What the native validation checks of a bucket's tensors: shape, dtype and device as the
-    parameter's, contiguous."""
+    parameter's (layouts are made contiguous by `row_major_lists`)."""
     params = tensor_lists[0]
     for list_index, tensors in enumerate(tensor_lists):
         for i, t in enumerate(tensors):
@@ -164,6 +211,3 @@ def check_lists(name: str, tensor_lists: list[list[torch.Tensor]]) -> None:
             if t.dtype != p.dtype or t.device != p.device:
                 raise TypeError(f"replearn.optim.{name}: tensor {i} of list {list_index} is {t.dtype} on "
                                 f"{t.device} but its parameter is {p.dtype} on {p.device}")
-            if not t.is_contiguous():
-                raise ValueError(f"replearn.optim.{name}: tensor {i} of list {list_index} (shape "
-                                 f"{tuple(t.shape)}) is not contiguous")

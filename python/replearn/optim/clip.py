@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from .. import _native
+from ._native_step import row_major_lists
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -34,6 +35,14 @@ def _grads_by_bucket(parameters: _Params, name: str) -> list[list[torch.Tensor]]
             raise TypeError(f"replearn.optim.{name} does not support complex gradients ({g.dtype})")
         buckets.setdefault((g.device, g.dtype), []).append(g)
     return list(buckets.values())
+
+
+def _launch_in_place(name: str, grads: list[torch.Tensor], *rest) -> None:
+    """Kernel `name` updating `grads` in place, whatever their layouts (`row_major_lists`)."""
+    lists, write_back = row_major_lists([grads])
+    _native.launch(name, grads[0], lists[0], *rest)
+    for destination, copy in write_back:
+        destination.copy_(copy)
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -65,8 +74,9 @@ def clip_grad_norm_(parameters: _Params, max_norm: float, norm_type: float | str
     norms = []
     for grads in buckets:
         norm = torch.empty((), dtype=_stats_dtype(grads[0].dtype), device=grads[0].device)
-        workspace = _native.workspace("grad_norm", grads[0], grads)
-        _native.launch("grad_norm", grads[0], grads, norm_type, norm, workspace)
+        views = row_major_lists([grads], read_only=(0,))[0][0]  # only read
+        workspace = _native.workspace("grad_norm", grads[0], views)
+        _native.launch("grad_norm", grads[0], views, norm_type, norm, workspace)
         norms.append(norm)
     first = buckets[0][0]
     if len(norms) == 1:
@@ -82,7 +92,7 @@ def clip_grad_norm_(parameters: _Params, max_norm: float, norm_type: float | str
     for grads, norm in zip(buckets, norms):
         if len(norms) > 1:
             norm = total_norm.to(norm.device, norm.dtype)
-        _native.launch("clip_grads_by_norm", grads[0], grads, norm, max_norm)
+        _launch_in_place("clip_grads_by_norm", grads, norm, max_norm)
     return total_norm.to(functools.reduce(torch.promote_types, [grads[0].dtype for grads in buckets]))
 
 
@@ -96,4 +106,4 @@ def clip_grad_value_(parameters: _Params, clip_value: float, foreach: bool | Non
     """
     clip_value = float(clip_value)
     for grads in _grads_by_bucket(parameters, "clip_grad_value_"):
-        _native.launch("clip_grads_by_value", grads[0], grads, clip_value)
+        _launch_in_place("clip_grads_by_value", grads, clip_value)
