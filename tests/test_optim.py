@@ -465,15 +465,16 @@ def test_clip_grad_norm_nonfinite():
         ro.clip_grad_norm_(params, 1.0, norm_type=0)
 
 
+@pytest.mark.parametrize("clip_value", [0.7, -0.7], ids=["positive", "negative"])  # negative: torch's clamp gives -0.7
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
-def test_clip_grad_value_matches_torch(device, dtype):
+def test_clip_grad_value_matches_torch(device, dtype, clip_value):
     ours = _params_with_grads(dtype, device, scale=2.0)
     ours[0].grad[0, 0] = float("nan")
     theirs = [p.detach().clone().requires_grad_() for p in ours]
     for p, q in zip(ours, theirs):
         q.grad = p.grad.clone()
-    ro.clip_grad_value_(ours, 0.7)
-    torch.nn.utils.clip_grad_value_(theirs, 0.7)
+    ro.clip_grad_value_(ours, clip_value)
+    torch.nn.utils.clip_grad_value_(theirs, clip_value)
     for p, q in zip(ours, theirs):
         assert torch.equal(p.grad.isnan(), q.grad.isnan())
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, equal_nan=True)

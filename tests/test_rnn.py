@@ -172,6 +172,16 @@ def test_state_dict_keys_and_shapes_match_torch():
     assert all(p.abs().max() <= bound for p in ours.parameters())
 
 
+@pytest.mark.parametrize("kwargs", [{"bias": False, "bidirectional": True}, {"proj_size": 2}, {}])
+def test_all_weights_and_flatten_parameters_as_torch(kwargs):
+    theirs = torch.nn.LSTM(3, 5, num_layers=2, **kwargs)
+    ours = replearn.nn.LSTM(3, 5, num_layers=2, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    ours.flatten_parameters()  # code written for torch calls it; nothing to do here
+    assert [[w.shape for w in layer] for layer in ours.all_weights] == [[w.shape for w in layer] for layer in theirs.all_weights]
+    assert all(torch.equal(a, b) for la, lb in zip(ours.all_weights, theirs.all_weights) for a, b in zip(la, lb))
+
+
 @pytest.mark.parametrize("bias,bidirectional", [(True, False), (False, True)])
 def test_projection_state_dict_matches_torch(bias, bidirectional):
     theirs = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, bias=bias, proj_size=2)

@@ -45,10 +45,11 @@ REPLEARN_RULE S nan_max(S a, S b) {
   return (a > b || a != a) ? a : b;
 }
 
-// torch.clamp(x, lo, hi) = min(max(x, lo), hi), NaN kept.
+// torch.clamp(x, lo, hi) = min(max(x, lo), hi), NaN kept; hi wins where lo > hi (a negative clip value).
 template <class S>
 REPLEARN_RULE S clamp(S x, S lo, S hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
+  const S raised = x < lo ? lo : x;
+  return raised > hi ? hi : raised;
 }
 
 template <class S>

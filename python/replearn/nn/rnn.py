@@ -126,6 +126,17 @@ class RNNBase(nn.Module):
                 if name.startswith("weight_hh"):
                     _init_recurrent(param, self.hidden_size, self.recurrent_init)
 
+    def flatten_parameters(self) -> None:
+        """Does nothing: torch's repacks the weights into one buffer for cuDNN; the native kernels read
+        each parameter where it is. Kept so that code written for torch.nn.RNNBase runs unchanged."""
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction, in torch's order (w_ih, w_hh, b_ih, b_hh, w_hr)."""
+        per_direction = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
+        names = self._flat_weights_names
+        return [[getattr(self, n) for n in names[i : i + per_direction]] for i in range(0, len(names), per_direction)]
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
