@@ -219,6 +219,25 @@ def test_double_backward(name, through_dispatcher, gen):
                 torch.autograd.grad(penalty, inputs, allow_unused=True)
 
 
+@pytest.mark.parametrize("transform", ["forward_ad", "jvp"])
+@pytest.mark.parametrize("name", OPS)
+def test_forward_mode_ad_raises_instead_of_dropping_tangents(name, transform, gen):
+    info = replearn.ops.op_info(name)
+    sample = next(iter(info.gradcheck_samples(torch.device("cpu"), gen)))
+    args, kwargs = clone_args(sample.args, sample.kwargs)
+    i = _present(args, info.differentiable_args)[0]
+
+    def with_primal(primal):
+        return info.public(*args[:i], primal, *args[i + 1 :], **kwargs)
+
+    with pytest.raises(NotImplementedError, match=f"replearn::{name}: forward-mode AD"):
+        if transform == "jvp":
+            torch.func.jvp(with_primal, (args[i],), (torch.ones_like(args[i]),))
+        else:
+            with torch.autograd.forward_ad.dual_level():
+                with_primal(torch.autograd.forward_ad.make_dual(args[i], torch.ones_like(args[i])))
+
+
 @pytest.mark.parametrize("through_dispatcher", [False, True], ids=["direct", "dispatcher"])
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", OPS)

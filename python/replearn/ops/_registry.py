@@ -18,6 +18,7 @@ import functools
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from .._native import _C
 
@@ -237,6 +238,8 @@ class NativeOp:
             self._apply = _function_apply.__get__(None, self.function)
 
     def __call__(self, *args):
+        if _forward_ad._current_level >= 0:  # forward-mode AD is on (torch.autograd.forward_ad, torch.func.jvp)
+            self._refuse_tangents(args)
         if _is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
             return self.overload(*args)
         # The schema's Tensor and Tensor? arguments (positions read once at definition), in C
@@ -262,6 +265,15 @@ class NativeOp:
         if self._single:
             return (output, *self._padding)
         return output if not self._padding else (*output, *self._padding)
+
+    def _refuse_tangents(self, args) -> None:
+        """NotImplementedError when an argument carries a forward-mode tangent: the ops have no
+        forward-mode formula, and torch would drop the tangent silently (a zero derivative)."""
+        if any(isinstance(a, torch.Tensor) and _forward_ad.unpack_dual(a).tangent is not None for a in args):
+            raise NotImplementedError(
+                f"replearn::{self.name}: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) is not "
+                "supported: the op has no forward-mode formula, and its tangent would be lost"
+            )
 
     def _check_tensors(self, args) -> None:
         """TypeError naming the argument where the schema wants a Tensor (or None) and got something else.
