@@ -239,6 +239,29 @@ def test_row_norms_any_leading_shape(cls: str, shape: tuple, gen: torch.Generato
     torch.testing.assert_close(ours(x), theirs(x))
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda: tnn.BatchNorm2d(3), (0, 3, 4, 4)),
+    (lambda: tnn.BatchNorm1d(3), (0, 3)),
+    (lambda: tnn.BatchNorm1d(3), (2, 3, 0)),
+    (lambda: tnn.InstanceNorm1d(3, track_running_stats=True), (0, 3, 5)),
+], ids=["bn2d-batch0", "bn1d-batch0", "bn1d-length0", "instancenorm-batch0"])  # fmt: skip
+def test_empty_inputs_in_evaluation(make, shape) -> None:
+    """Evaluation normalizes with the running statistics, so an empty input is fine, as in torch
+    (the kernel once read its first value anyway)."""
+    theirs = make().eval()
+    ours = getattr(rnn, type(theirs).__name__)(3, track_running_stats=True).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    results = []
+    for module in (theirs, ours):
+        y = module(x)
+        params = [p for p in module.parameters()]
+        results.append((y, torch.autograd.grad(y.sum(), [x, *params], allow_unused=True)))
+    (y_t, g_t), (y_o, g_o) = results
+    assert y_o.shape == y_t.shape
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g_o, g_t))
+
+
 @pytest.mark.parametrize(
     "layer, shape, match",
     [

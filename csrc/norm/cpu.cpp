@@ -446,8 +446,9 @@ struct ChannelBlock {
   int64_t c = 0, k = 0;
   double shift[kForwardBlock] = {}, sum[kForwardBlock] = {}, sum_sq[kForwardBlock] = {};
 
+  // x null: an empty input (batch or spatial size 0, evaluation only), nothing to read.
   ChannelBlock(const T* x, int64_t c_, int64_t k_, int64_t S) : c(c_), k(k_) {
-    for (int64_t i = 0; i < k; ++i) shift[i] = x[(c + i) * S];
+    for (int64_t i = 0; i < k; ++i) shift[i] = x ? x[(c + i) * S] : T(0);
   }
   // Channel c + i's run of sample n; `also(j, V*)` runs beside each term (the fused output pass).
   template <class Also>
@@ -501,7 +502,8 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
     return f;
   };
   parallel_for(C, channel_grain(d), [&](int, int64_t c0, int64_t c1) {
-    auto block_at = [&](int64_t cb) { return ChannelBlock<T>(x, cb, std::min(kForwardBlock, c1 - cb), S); };
+    const T* source = d.batch * S > 0 ? x : nullptr;
+    auto block_at = [&](int64_t cb) { return ChannelBlock<T>(source, cb, std::min(kForwardBlock, c1 - cb), S); };
     auto statistics = [&](ChannelBlock<T>& block) {
       for (int64_t n = 0; n < d.batch; ++n)
         for (int64_t i = 0; i < block.k; ++i) block.accumulate(x, d, n, i, Nothing{});
