@@ -351,6 +351,29 @@ def test_weight_norm_parity(make: Callable, input_shape: tuple, dim: int | None,
     _assert_same_state(theirs, ours, tol)
 
 
+@pytest.mark.parametrize("make,name,input_shape", [
+    (lambda: tnn.Linear(7, 5), "bias", (3, 7)),
+    (lambda: tnn.PReLU(5), "weight", (3, 5)),
+    (lambda: tnn.LayerNorm(5), "weight", (3, 5)),
+], ids=["linear-bias", "prelu", "layernorm"])  # fmt: skip
+def test_weight_norm_of_a_vector(make, name, input_shape, gen) -> None:
+    """A 1-D parameter with dim=0 gets one magnitude per element, g = |v| (torch.norm_except_dim)."""
+    theirs, ours = make().double(), make().double()
+    ours.load_state_dict(theirs.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tnn.utils.weight_norm(theirs, name)
+    replearn.nn.utils.weight_norm(ours, name)
+    assert getattr(ours, name + "_g").shape == getattr(theirs, name + "_g").shape
+    x = torch.randn(input_shape, generator=gen, dtype=torch.float64)
+    outs = [module(x) for module in (theirs, ours)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad((out**2).sum(), [getattr(m, name + "_g"), getattr(m, name + "_v")])
+             for out, m in zip(outs, (theirs, ours))]  # fmt: skip
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_weight_norm_state_dict_round_trip(gen: torch.Generator) -> None:
     """A torch weight-normed module's state_dict loads into ours (strict) and ours into torch's."""
     theirs = _torch_weight_norm(tnn.Conv2d(3, 4, 3))

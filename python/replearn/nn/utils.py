@@ -40,6 +40,8 @@ def _magnitude(v: torch.Tensor, dim: int) -> torch.Tensor:
     if dim == -1:
         return torch.linalg.vector_norm(v)
     reduce = [d for d in range(v.dim()) if d != dim]
+    if not reduce:  # a 1-D v, one magnitude per element (vector_norm would read [] as every dim)
+        return v.abs()
     return torch.linalg.vector_norm(v, dim=reduce, keepdim=True)
 
 
