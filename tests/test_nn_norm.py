@@ -262,6 +262,36 @@ def test_empty_inputs_in_evaluation(make, shape) -> None:
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g_o, g_t))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("make", [
+    lambda ns: ns.BatchNorm2d(3),
+    lambda ns: ns.InstanceNorm2d(3, track_running_stats=True),
+    lambda ns: ns.GroupNorm(3, 3),
+], ids=["batchnorm", "instancenorm", "groupnorm"])  # fmt: skip
+def test_non_finite_input_reaches_outputs_and_running_stats(make, bad) -> None:
+    """A NaN or inf in a training batch makes its channel's statistics NaN, in the outputs and the
+    running variance as in torch (a variance clamp once turned NaN into 0: finite running_var, -inf y)."""
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    x[2, 1, 0, 0] = bad
+    theirs, ours = make(tnn), make(rnn)
+    y_t, y_o = theirs(x), ours(x)
+    assert torch.equal(y_o.isnan(), y_t.isnan())
+    torch.testing.assert_close(y_o.nan_to_num(), y_t.nan_to_num())
+    for name in ("running_mean", "running_var"):
+        if getattr(theirs, name, None) is not None:
+            torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), equal_nan=True)
+
+
+def test_momentum_as_torch_takes_it() -> None:
+    """Unused in evaluation, so any value passes there; the functional ops want a number, as torch's."""
+    x, mean, var = torch.randn(4, 3), torch.zeros(3), torch.ones(3)
+    ours = rnn.BatchNorm1d(3, momentum=1.5).eval()
+    torch.testing.assert_close(ours(x), tnn.BatchNorm1d(3, momentum=1.5).eval()(x))
+    for fn in (replearn.ops.batch_norm, replearn.ops.instance_norm):
+        with pytest.raises(TypeError, match="'momentum'"):
+            fn(x.reshape(4, 3, 1).expand(4, 3, 2), mean, var, momentum=None)
+
+
 @pytest.mark.parametrize(
     "layer, shape, match",
     [

@@ -71,7 +71,7 @@ struct Moments {
 };
 Moments moments_from_shifted(double shift, double sum, double sum_sq, double count, double eps) {
   const double centered_mean = sum / count;
-  const double var = std::max(0.0, sum_sq / count - centered_mean * centered_mean);
+  const double var = clamp_nonnegative(sum_sq / count - centered_mean * centered_mean);
   return {shift + centered_mean, var, 1.0 / std::sqrt(var + eps)};
 }
 
@@ -448,7 +448,7 @@ struct ChannelBlock {
 
   // x null: an empty input (batch or spatial size 0, evaluation only), nothing to read.
   ChannelBlock(const T* x, int64_t c_, int64_t k_, int64_t S) : c(c_), k(k_) {
-    for (int64_t i = 0; i < k; ++i) shift[i] = x ? x[(c + i) * S] : T(0);
+    for (int64_t i = 0; i < k; ++i) shift[i] = x ? finite_shift<double>(x[(c + i) * S]) : 0.0;
   }
   // Channel c + i's run of sample n; `also(j, V*)` runs beside each term (the fused output pass).
   template <class Also>
@@ -596,7 +596,7 @@ void group_norm_forward_kernel(const T* __restrict__ x, int64_t G, const T* w, c
                  for (int64_t ng = s0; ng < s1; ++ng) {
                    const T* xs = x + ng * slab;
                    double sum = 0, sum_sq = 0;
-                   const double shift = slab > 0 ? static_cast<double>(xs[0]) : 0.0;
+                   const double shift = slab > 0 ? finite_shift<double>(xs[0]) : 0.0;
                    shifted_sums(xs, slab, shift, sum, sum_sq);
                    const Moments m = moments_from_shifted(shift, sum, sum_sq, static_cast<double>(slab), eps);
                    if (mean_out) mean_out[ng] = static_cast<T>(m.mean);
@@ -696,7 +696,7 @@ void running_stats_update_kernel(const T* mean, const T* rstd, ChannelDims d, do
     for (int64_t n = 0; n < d.batch; ++n) {
       const double rs = rstd[n * d.channels + c];
       sum_mean += mean[n * d.channels + c];
-      sum_var += std::max(0.0, 1.0 / (rs * rs) - eps) * S / (S - 1);
+      sum_var += clamp_nonnegative(1.0 / (rs * rs) - eps) * S / (S - 1);
     }
     running_mean[c] = static_cast<T>((1 - momentum) * running_mean[c] + momentum * sum_mean / d.batch);
     running_var[c] = static_cast<T>((1 - momentum) * running_var[c] + momentum * sum_var / d.batch);

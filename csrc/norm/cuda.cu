@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
   __shared__ float scratch[32];
   const int64_t count = d.batch * d.spatial;
   for (int64_t c = blockIdx.x; c < d.channels; c += gridDim.x) {
-    const float shift = to_float(x[c * d.spatial]);  // K: the channel's first value
+    const float shift = finite_shift(to_float(x[c * d.spatial]));  // K: the channel's first value
     float sum = 0.f, sum_sq = 0.f;
     IndexWalk ns(threadIdx.x, blockDim.x, d.spatial, kNoWrap);  // (n, s)
     for (int64_t i = threadIdx.x; i < count; i += blockDim.x, ns.advance()) {
@@ -313,7 +313,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
     sum_sq = block_total(sum_sq, scratch);
     if (threadIdx.x == 0) {
       const float centered_mean = sum * inv_count;
-      const float var = fmaxf(0.f, sum_sq * inv_count - centered_mean * centered_mean);  // biased
+      const float var = clamp_nonnegative(sum_sq * inv_count - centered_mean * centered_mean);  // biased
       const float mean = shift + centered_mean;
       save_mean[c] = mean;
       save_rstd[c] = rsqrtf(var + eps);
@@ -410,7 +410,7 @@ __global__ void running_stats_update_kernel(const float* __restrict__ mean, cons
     for (int64_t n = 0; n < d.batch; ++n) {
       const double rs = rstd[n * d.channels + c];
       sum_mean += mean[n * d.channels + c];
-      sum_var += fmax(0.0, 1.0 / (rs * rs) - eps) * S / (S - 1);
+      sum_var += clamp_nonnegative(1.0 / (rs * rs) - eps) * S / (S - 1);
     }
     const double rm = (1 - momentum) * to_float(running_mean[c]) + momentum * sum_mean / d.batch;
     const double rv = (1 - momentum) * to_float(running_var[c]) + momentum * sum_var / d.batch;

@@ -24,9 +24,26 @@
 #include <cstdint>
 #include <optional>
 
+#include "core/host_device.h"
 #include "core/tensor_view.h"
 
 namespace replearn::norm {
+
+// max(v, 0) that keeps NaN. A variance computed as E[x²] − E[x]² (or 1/rstd² − ε) can round below
+// zero and is clamped; a NaN (from a NaN or ±inf input) must reach the outputs and the running
+// statistics, as torch's do (std::max(0.0, NaN) and fmax(0, NaN) would return 0).
+template <class S>
+REPLEARN_HD S clamp_nonnegative(S v) {
+  return v < S(0) ? S(0) : v;
+}
+
+// The shift K of shifted sums Σ(x − K), Σ(x − K)² (one value of the data, so that |mean| ≫ std loses
+// nothing): 0 when that value is ±inf or NaN, which would turn an inf elsewhere into inf − inf = NaN
+// and lose torch's inf mean. (v − v is 0 exactly for finite v.)
+template <class S>
+REPLEARN_HD S finite_shift(S v) {
+  return v - v == S(0) ? v : S(0);
+}
 
 using OptView = std::optional<TensorView>;
 

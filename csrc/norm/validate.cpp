@@ -144,7 +144,8 @@ ChannelDims check_batch_norm_forward(DeviceType device, const TensorView& x, con
   const int64_t per_channel = dims.batch * dims.spatial;
   REPLEARN_CHECK(!training || per_channel > 1, Value, "batch_norm_forward: argument 'x' expected more than 1 value "
                  "per channel when training but got shape ", x.shape_string());
-  check.value(momentum >= 0 && momentum <= 1, "momentum", "a number in [0, 1]", momentum);
+  if (training && running_mean)  // only then is it used (torch checks it never)
+    check.value(momentum >= 0 && momentum <= 1, "momentum", "a number in [0, 1]", momentum);
   check_eps(check, eps);
   check_like(check, "y", y, x);
   check.buffer("save_mean", save_mean, stats_dtype(x.dtype), dims.channels);

@@ -73,6 +73,13 @@ def _check_devices(fn: str, x: torch.Tensor, **others: torch.Tensor | None) -> N
             raise ValueError(f"{fn}: argument '{arg}' expected a tensor on {x.device} like 'x' but got one on {t.device}")
 
 
+def _check_momentum(fn: str, momentum) -> None:
+    """TypeError unless momentum is a number, as torch.nn.functional (None is the modules' cumulative
+    average, which they turn into a number per step themselves)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"{fn}: argument 'momentum' expected a float but got {type(momentum).__name__}")
+
+
 def _as_shape(normalized_shape: int | Sequence[int]) -> list[int]:
     return [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
 
@@ -514,7 +521,7 @@ def batch_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    momentum = 0.0 if momentum is None else momentum
+    _check_momentum("batch_norm", momentum)
     y, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     _copy_running(running_mean, new_mean)  # only the dispatcher's functional path returns copies
     _copy_running(running_var, new_var)
@@ -886,7 +893,7 @@ def instance_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    momentum = 0.0 if momentum is None else momentum
+    _check_momentum("instance_norm", momentum)
     y, _, new_mean, new_var = _instance_norm(
         x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
     )
