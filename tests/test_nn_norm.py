@@ -239,18 +239,24 @@ def test_row_norms_any_leading_shape(cls: str, shape: tuple, gen: torch.Generato
     torch.testing.assert_close(ours(x), theirs(x))
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("make,shape", [
     (lambda: tnn.BatchNorm2d(3), (0, 3, 4, 4)),
     (lambda: tnn.BatchNorm1d(3), (0, 3)),
     (lambda: tnn.BatchNorm1d(3), (2, 3, 0)),
     (lambda: tnn.InstanceNorm1d(3, track_running_stats=True), (0, 3, 5)),
 ], ids=["bn2d-batch0", "bn1d-batch0", "bn1d-length0", "instancenorm-batch0"])  # fmt: skip
-def test_empty_inputs_in_evaluation(make, shape) -> None:
-    """Evaluation normalizes with the running statistics, so an empty input is fine, as in torch
-    (the kernel once read its first value anyway)."""
-    theirs = make().eval()
-    ours = getattr(rnn, type(theirs).__name__)(3, track_running_stats=True).eval()
+def test_empty_inputs(make, shape, training) -> None:
+    """An empty input gives an empty output, as in torch: evaluation normalizes with the running
+    statistics (the kernel once read x's first value anyway), and batch norm's training leaves them
+    alone (there are none to take); zero gradients for the parameters."""
+    theirs = make().train(training)
+    ours = getattr(rnn, type(theirs).__name__)(3, track_running_stats=True).train(training)
     ours.load_state_dict(theirs.state_dict())
+    if training and isinstance(theirs, tnn.InstanceNorm1d):  # torch fills the running statistics with NaN
+        with pytest.raises(ValueError, match="'batch, channels'"):
+            ours(torch.randn(shape))
+        return
     x = torch.randn(shape, requires_grad=True)
     results = []
     for module in (theirs, ours):
@@ -260,6 +266,7 @@ def test_empty_inputs_in_evaluation(make, shape) -> None:
     (y_t, g_t), (y_o, g_o) = results
     assert y_o.shape == y_t.shape
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g_o, g_t))
+    assert all(torch.equal(a, b) for a, b in zip(ours.buffers(), theirs.buffers()))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])

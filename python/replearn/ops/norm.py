@@ -508,7 +508,8 @@ def batch_norm(
     Training uses the batch statistics (biased variance) and, when running averages are given,
     updates them in place: r ← (1 − momentum)·r + momentum·s, with the unbiased variance for
     running_var. Evaluation normalizes with the running averages. Same signature and result as
-    `torch.nn.functional.batch_norm`.
+    `torch.nn.functional.batch_norm`, also for an empty x (batch or spatial size 0): an empty
+    output, running averages unchanged.
 
     Args:
         x: input of shape (N, C, *).
@@ -522,6 +523,14 @@ def batch_norm(
         The normalized tensor, shaped like x.
     """
     _check_momentum("batch_norm", momentum)
+    if training and isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] > 0 and x.numel() == 0:
+        # An empty batch: nothing to normalize and no statistics, so the running averages stay as
+        # they are. torch returns an empty output chained to weight and bias (their gradients come
+        # out as zeros); so does this, with no kernel to run.
+        y = x.clone()
+        if weight is not None:
+            y = y * weight[0]
+        return y if bias is None else y + bias[0]
     y, _, new_mean, new_var = _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     _copy_running(running_mean, new_mean)  # only the dispatcher's functional path returns copies
     _copy_running(running_var, new_var)
