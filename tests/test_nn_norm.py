@@ -289,6 +289,21 @@ def test_non_finite_input_reaches_outputs_and_running_stats(make, bad) -> None:
             torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), equal_nan=True)
 
 
+def test_evaluation_gradient_does_not_read_x() -> None:
+    """In evaluation dx = γ·rstd·dy: a NaN in x stays out of the other elements' and its own dx."""
+    x = torch.randn(4, 3, 5)
+    x[1, 2, 3] = float("nan")
+    grads = []
+    for ns in (tnn, rnn):
+        module = ns.BatchNorm1d(3).eval()
+        with torch.no_grad():
+            module.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(3))
+        inp = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(module(inp).sum(), inp)[0])
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_momentum_as_torch_takes_it() -> None:
     """Unused in evaluation, so any value passes there; the functional ops want a number, as torch's."""
     x, mean, var = torch.randn(4, 3), torch.zeros(3), torch.ones(3)

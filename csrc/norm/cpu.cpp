@@ -565,7 +565,8 @@ void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
       if (dw) dw[c] = static_cast<T>(sum_dy_xc * rs);
       if (!dx) continue;
       // training: dx = γ·rstd·(dy − mean(dy) − (x − μ)·rstd²·mean(dy·(x − μ)));
-      // evaluation: the statistics are constants, dx = γ·rstd·dy.
+      // evaluation: the statistics are constants, dx = γ·rstd·dy, with no term in x (0·(x − μ)
+      // would turn a NaN in x into a NaN in dx, where torch's is finite).
       const double gamma = w ? static_cast<double>(w[c]) : 1.0, a = gamma * rs;
       const T ta = static_cast<T>(a);
       const T tb = static_cast<T>(training ? -a * rs * rs * sum_dy_xc / count : 0.0);
@@ -575,7 +576,8 @@ void batch_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ 
         const T* dys = dy + (n * C + c) * S;
         simd::store_lanes(dx + (n * C + c) * S, S, stream, [&](int64_t j, auto* type) {
           using V = std::remove_pointer_t<decltype(type)>;
-          return ta * load<V>(dys + j) + tb * (load<V>(xs + j) - mu) + tc;
+          const V scaled = ta * load<V>(dys + j);
+          return training ? scaled + tb * (load<V>(xs + j) - mu) + tc : scaled;
         });
       }
     }

@@ -392,7 +392,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
     IndexWalk ns(threadIdx.x, blockDim.x, d.spatial, kNoWrap);
     for (int64_t i = threadIdx.x; i < count; i += blockDim.x, ns.advance()) {
       const int64_t at = (ns.outer * d.channels + c) * d.spatial + ns.inner;
-      dx[at] = from_float<T>(a * to_float(dy[at]) + bx * (to_float(x[at]) - mu) + c0);
+      const float scaled = a * to_float(dy[at]);  // evaluation: no term in x (a NaN there stays out of dx)
+      dx[at] = from_float<T>(training ? scaled + bx * (to_float(x[at]) - mu) + c0 : scaled);
     }
   }
 }
