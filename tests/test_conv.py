@@ -338,3 +338,21 @@ def test_implicit_gemm_float32_matches_float64(batch, cin, cout, h, w, kernel, s
     dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
     for ours, want in ((y, y64), (dx, dx64), (dw, dw64)):
         torch.testing.assert_close(ours.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_integer_like_arguments_as_torch_takes_them():
+    """numpy integers (sizes computed with numpy) count as ints, as in torch.nn.functional; floats
+    and bools do not."""
+    import numpy as np
+
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
+    torch.testing.assert_close(replearn.ops.conv2d(x, w, stride=np.int64(2), padding=(np.int32(1), 1)),
+                               torch.nn.functional.conv2d(x, w, stride=2, padding=1))  # fmt: skip
+    torch.testing.assert_close(replearn.ops.avg_pool2d(x, (np.int64(2), 2)), torch.nn.functional.avg_pool2d(x, 2))
+    torch.testing.assert_close(replearn.ops.max_pool2d(x, np.int64(3), stride=np.int16(2)),
+                               torch.nn.functional.max_pool2d(x, 3, stride=2))  # fmt: skip
+    for bad in (2.0, True, (1.5, 1)):
+        with pytest.raises((TypeError, ValueError), match="'stride'"):
+            replearn.ops.conv2d(x, w, stride=bad)
+        with pytest.raises(ValueError, match="'kernel_size'"):
+            replearn.ops.max_pool2d(x, bad)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -351,6 +352,19 @@ def op_info(name: str) -> OpInfo:
         return _OPS[name]
     except KeyError:
         raise ValueError(f"no replearn op named {name!r}; registered: {', '.join(list_ops())}") from None
+
+
+def as_int(value: Any) -> int | None:
+    """`value` as an int if it is one for Python's indexing (an int, a numpy integer, a 0-dim integer
+    tensor: what torch.nn.functional takes for sizes), else None. bool is not an int here."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def check_tensor(fn: str, arg: str, value: Any, optional: bool = False) -> None:

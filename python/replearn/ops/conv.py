@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native
-from ._registry import BadInput, OpInfo, Sample, check_tensor, define, register_info
+from ._registry import BadInput, OpInfo, Sample, as_int, check_tensor, define, register_info
 from .norm import _check_devices, _contiguous, _empty_or_none, _randn
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "dilated_causal_conv1d"]
@@ -40,12 +40,13 @@ _IntOrSeq = int | Sequence[int]
 
 def _ints(fn: str, arg: str, value, spatial: int, minimum: int) -> list[int]:
     """An int or a sequence of `spatial` ints (or one, repeated), each at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, tuple, list, torch.Size)):
+    single = as_int(value)
+    if single is None and not isinstance(value, (tuple, list, torch.Size)):
         raise TypeError(f"{fn}: argument '{arg}' expected an int or a tuple of {spatial} ints but got {value!r}")
-    values = [value] * spatial if isinstance(value, int) else list(value)
+    values = [single] * spatial if single is not None else [as_int(v) for v in value]
     if len(values) == 1:
         values = values * spatial
-    if len(values) != spatial or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if len(values) != spatial or any(v is None for v in values):
         raise ValueError(f"{fn}: argument '{arg}' expected an int or {spatial} ints but got {value!r}")
     if any(v < minimum for v in values):
         expected = "positive values" if minimum == 1 else "non-negative values"

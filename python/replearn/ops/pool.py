@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .. import _native
-from ._registry import BadInput, NativeOp, OpInfo, Sample, check_tensor, define, register_info
+from ._registry import BadInput, NativeOp, OpInfo, Sample, as_int, check_tensor, define, register_info
 
 __all__ = [
     "max_pool1d",
@@ -47,10 +47,11 @@ def _ints(fn: str, arg: str, value, n: int, minimum: int) -> list[int]:
     """`value` as n ints (an int is repeated), each ≥ minimum; ValueError naming `arg` otherwise."""
     if type(value) is int and value >= minimum:  # the common case, first: this runs on every call
         return [value] * n
-    values = [value] * n if isinstance(value, int) else list(value) if isinstance(value, (tuple, list)) else [None]
+    single = as_int(value)
+    values = [single] * n if single is not None else [as_int(v) for v in value] if isinstance(value, (tuple, list)) else [None]
     if len(values) == 1 and n == 2:
         values = values * 2
-    if len(values) != n or not all(isinstance(v, int) and v >= minimum for v in values):
+    if len(values) != n or not all(v is not None and v >= minimum for v in values):
         bound = "≥ 0" if minimum == 0 else "> 0"
         raise ValueError(f"{fn}: argument '{arg}' expected {n} integer(s) {bound} but got {value!r}")
     return values
@@ -82,7 +83,8 @@ def _pooled_size(size, kernel: int, stride: int, pad: int, dilation: int, ceil_m
 def _normalize(fn: str, n: int, kernel_size, stride, padding, dilation=1) -> tuple:
     """Normalized (kernel, stride, padding, dilation) lists of n ints, validated as torch does."""
     kernel = _ints(fn, "kernel_size", kernel_size, n, 1)
-    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _ints(fn, "stride", stride, n, 1)
+    unset = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)  # torch's default: the kernel
+    stride = kernel if unset else _ints(fn, "stride", stride, n, 1)
     padding = _ints(fn, "padding", padding, n, 0)
     dilation = _ints(fn, "dilation", dilation, n, 1)
     if any(p > k // 2 for p, k in zip(padding, kernel)):
