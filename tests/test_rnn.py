@@ -172,6 +172,27 @@ def test_state_dict_keys_and_shapes_match_torch():
     assert all(p.abs().max() <= bound for p in ours.parameters())
 
 
+@pytest.mark.parametrize("mode,kwargs", [("LSTM", {}), ("GRU", {"bidirectional": True, "num_layers": 2}),
+                                         ("RNN", {"nonlinearity": "relu"}), ("LSTM", {"proj_size": 2})])  # fmt: skip
+def test_empty_batch_as_torch(mode, kwargs):
+    """A batch of no sequences: empty outputs and states, zero parameter gradients, as torch."""
+    theirs = getattr(torch.nn, mode)(3, 4, **kwargs)
+    ours = getattr(replearn.nn, mode)(3, 4, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    results = []
+    for module in (theirs, ours):
+        y, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        grads = torch.autograd.grad(y.sum() + sum(s.sum() for s in states), [x, *module.parameters()])
+        results.append(([y.shape, *(s.shape for s in states)], grads))
+    assert results[1][0] == results[0][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[1][1], results[0][1]))
+    cell = replearn.nn.LSTMCell(3, 4)
+    h, c = cell(torch.randn(0, 3))
+    assert h.shape == c.shape == (0, 4)
+
+
 @pytest.mark.parametrize("kwargs", [{"bias": False, "bidirectional": True}, {"proj_size": 2}, {}])
 def test_all_weights_and_flatten_parameters_as_torch(kwargs):
     theirs = torch.nn.LSTM(3, 5, num_layers=2, **kwargs)

@@ -563,6 +563,7 @@ void rnn_forward<DeviceType::CPU>(int cell, const TensorView& x, const TensorVie
                                   const TensorView& reserve, const OptView& workspace, std::uintptr_t) {
   const LayerDims d = check_forward(DeviceType::CPU, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n,
                                     c_n, reserve, workspace);
+  if (d.batch == 0) return;  // every output is empty
   prefer_huge_pages(y);
   prefer_huge_pages(reserve);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
@@ -623,6 +624,11 @@ void rnn_backward<DeviceType::CPU>(int cell, const TensorView& grad_y, const Ten
   const LayerDims d = check_backward(DeviceType::CPU, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths,
                                      reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih,
                                      grad_b_hh, workspace);
+  if (d.batch == 0) {  // the input and state gradients are empty; no sequence contributes to the others
+    for (const OptView* g : {&grad_w_ih, &grad_w_hh, &grad_w_hr, &grad_b_ih, &grad_b_hh})
+      if (*g) std::memset((*g)->data, 0, (*g)->numel() * dtype_size((*g)->dtype));
+    return;
+  }
   prefer_huge_pages(grad_x);
   dispatch_cpu_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -347,6 +347,7 @@ void rnn_forward<DeviceType::CUDA>(int cell, const TensorView& x, const TensorVi
                                    std::uintptr_t stream_handle) {
   const LayerDims d = check_forward(DeviceType::CUDA, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, y, h_n,
                                     c_n, reserve, workspace);
+  if (d.batch == 0) return;  // every output is empty
   dispatch_cuda_floating(x.dtype, [&](auto tag) {
     forward<typename decltype(tag)::type>(d, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, y, h_n, c_n,
                                           reserve, *workspace, as_stream(stream_handle));
@@ -365,6 +366,12 @@ void rnn_backward<DeviceType::CUDA>(int cell, const TensorView& grad_y, const Te
   const LayerDims d = check_backward(DeviceType::CUDA, cell, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths,
                                      reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih,
                                      grad_b_hh, workspace);
+  if (d.batch == 0) {  // the input and state gradients are empty; no sequence contributes to the others
+    for (const OptView* g : {&grad_w_ih, &grad_w_hh, &grad_w_hr, &grad_b_ih, &grad_b_hh})
+      if (*g) REPLEARN_CUDA_CHECK(cudaMemsetAsync((*g)->data, 0, (*g)->numel() * dtype_size((*g)->dtype),
+                                                  as_stream(stream_handle)));
+    return;
+  }
   dispatch_cuda_floating(x.dtype, [&](auto tag) {
     backward<typename decltype(tag)::type>(d, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, lengths, reverse,
                                            reserve, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr,

@@ -35,6 +35,8 @@
 //   torch's packed sequences. `reverse` runs from t = T − 1 down to 0, so each sequence's reverse pass
 //   starts at its own last step, as in a bidirectional torch RNN.
 // - Every backward gradient output is optional; grad_y, grad_h_n (and grad_c_n for the LSTM) are not.
+// - A batch of 0 sequences (B = 0) is valid, as in torch: forward writes nothing (every output is
+//   empty), backward zeroes the parameter gradients.
 // - CPU: float32/float64. CUDA: float32 only (docs/design.md, "Recurrent family").
 #pragma once
 

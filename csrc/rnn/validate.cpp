@@ -60,7 +60,8 @@ LayerDims layer_dims(Checker& check, int cell, const TensorView& x, const Tensor
   d.steps = x.size(0);
   d.batch = x.size(1);
   d.input = x.size(2);
-  check.value(d.steps >= 1 && d.batch >= 1, "x", "at least one step and one sequence", x.shape_string());
+  // As torch: a batch of no sequences is fine (every output empty, zero parameter gradients).
+  check.value(d.steps >= 1 && d.batch >= 0, "x", "at least one step", x.shape_string());
   check.floating("w_hh", w_hh);
   check.same_dtype("w_hh", w_hh, "x", x);
   if (w_hr) {

@@ -253,6 +253,35 @@ TEST(RnnBackward, MatchesFiniteDifferences) {
   }
 }
 
+// A batch of no sequences, as torch allows: forward has nothing to write, backward zeroes every
+// parameter gradient (sentinels before) and touches nothing else.
+TEST(RnnBackward, EmptyBatchZeroesParameterGradients) {
+  for (const Config& config : {Config{Cell::Tanh, 3, 0, 4, 5, {}, false, true}, Config{Cell::Gru, 2, 0, 3, 4, {}, true, true},
+                               Config{Cell::Lstm, 3, 0, 4, 6, {}, false, true, 2}}) {
+    SCOPED_TRACE(config_name(config));
+    const Problem p(config, DType::Float32, 5);
+    const Outputs o = run_forward(p);
+    const int64_t G = gate_count(config.cell) * config.hidden;
+    Buffer gy(DType::Float32, {config.steps, 0, config.state()}), gh(DType::Float32, {0, config.state()}),
+        gc(DType::Float32, {0, config.hidden});
+    Buffer dw_ih = test::sentinel_buffer(DType::Float32, p.w_ih.sizes()),
+           dw_hh = test::sentinel_buffer(DType::Float32, p.w_hh.sizes()),
+           dw_hr = test::sentinel_buffer(DType::Float32, p.w_hr.sizes()),
+           db_ih = test::sentinel_buffer(DType::Float32, {G}), db_hh = test::sentinel_buffer(DType::Float32, {G});
+    const int cell = static_cast<int>(config.cell);
+    Buffer ws(DType::UInt8, {std::max<int64_t>(1, rnn_backward_workspace_size<CPU>(cell, p.x.view(), p.w_hh.view(),
+                                                                                    p.w_hr_view()))});
+    rnn_backward<CPU>(cell, gy.view(), gh.view(), p.lstm() ? gc.opt() : std::nullopt, p.x.view(), p.w_ih.view(),
+                      p.w_hh.view(), p.w_hr_view(), std::nullopt, config.reverse, o.reserve.view(), std::nullopt,
+                      std::nullopt, std::nullopt, dw_ih.opt(), dw_hh.opt(), config.proj ? dw_hr.opt() : std::nullopt,
+                      db_ih.opt(), db_hh.opt(), ws.opt());
+    for (const Buffer* g : {&dw_ih, &dw_hh, &db_ih, &db_hh})
+      for (double v : g->values()) EXPECT_EQ(v, 0.0);
+    if (config.proj)
+      for (double v : dw_hr.values()) EXPECT_EQ(v, 0.0);
+  }
+}
+
 // float32's forward and backward (the vectorized LSTM cells, both step splits) against float64's
 // on the same inputs, which the finite differences above check.
 TEST(RnnBackward, Float32MatchesFloat64) {
