@@ -300,11 +300,27 @@ def _avg_pool_backward_impl(grad_y, input_shape, kernel_size, stride, padding, c
     return grad_x
 
 
+def _avg_pool_backward_setup(ctx, inputs, output):
+    ctx.geometry = inputs[2:]  # kernel, stride, padding, ceil_mode, count_include_pad, divisor
+
+
+def _avg_pool_backward_grad(ctx, grad_grad_x):
+    """Double backward: grad_x = Aᵀ·grad_y for the linear map A = avg_pool, so ∂/∂grad_y = A·g."""
+    kernel, stride, padding, ceil_mode, count_include_pad, divisor = ctx.geometry
+    if len(kernel) == 1:
+        grad_grad_y = _avg_pool1d(grad_grad_x, kernel, stride, padding, ceil_mode, count_include_pad)
+    else:
+        grad_grad_y = _avg_pool2d(grad_grad_x, kernel, stride, padding, ceil_mode, count_include_pad, divisor)
+    return (grad_grad_y,) + (None,) * 7
+
+
 _avg_pool_backward = define(
     "avg_pool_backward(Tensor grad_y, SymInt[] input_shape, int[] kernel_size, int[] stride, int[] padding, "
     "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor",
     _avg_pool_backward_impl,
     lambda grad_y, input_shape, *_: grad_y.new_empty(input_shape),
+    backward=_avg_pool_backward_grad,
+    setup_context=_avg_pool_backward_setup,
 )
 
 
@@ -331,6 +347,7 @@ _avg_pool1d = define(
     functools.partial(_avg_pool_fake, "avg_pool1d"),
     backward=_avg_pool_grad,
     setup_context=_avg_pool_setup,
+    differentiable_backward=True,
 )
 _avg_pool2d = define(
     "avg_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
@@ -339,6 +356,7 @@ _avg_pool2d = define(
     functools.partial(_avg_pool_fake, "avg_pool2d"),
     backward=_avg_pool_grad,
     setup_context=_avg_pool_setup,
+    differentiable_backward=True,
 )
 
 
@@ -437,10 +455,23 @@ def _adaptive_backward_impl(grad_y, input_shape, spatial_ndim):
     return grad_x
 
 
+def _adaptive_backward_setup(ctx, inputs, output):
+    grad_y, _input_shape, spatial_ndim = inputs
+    ctx.output_size = list(grad_y.shape[grad_y.dim() - spatial_ndim :])
+
+
+def _adaptive_backward_grad(ctx, grad_grad_x):
+    """Double backward: the backward is the transpose of the (linear) pooling, so ∂/∂grad_y = pool(g)."""
+    pool = _adaptive_avg_pool1d if len(ctx.output_size) == 1 else _adaptive_avg_pool2d
+    return pool(grad_grad_x, ctx.output_size), None, None
+
+
 _adaptive_avg_pool_backward = define(
     "adaptive_avg_pool_backward(Tensor grad_y, SymInt[] input_shape, int spatial_ndim) -> Tensor",
     _adaptive_backward_impl,
     lambda grad_y, input_shape, spatial_ndim: grad_y.new_empty(input_shape),
+    backward=_adaptive_backward_grad,
+    setup_context=_adaptive_backward_setup,
 )
 
 
@@ -462,6 +493,7 @@ def _define_adaptive(n: int) -> NativeOp:
         lambda x, output_size: x.new_empty(_adaptive_output_shape(fn, x, output_size)),
         backward=_adaptive_grad,
         setup_context=_adaptive_setup,
+        differentiable_backward=True,
     )
 
 
@@ -643,6 +675,7 @@ for _n, _cases in ((1, _AVG1D_CASES), (2, _AVG2D_CASES)):
                 lambda cases, device, gen: _avg_samples(cases, device, torch.float64, gen), _cases
             ),
             backward_ops=("avg_pool_backward",),
+            double_backward=True,
         )
     )
 
@@ -660,5 +693,6 @@ for _n, _cases in ((1, _ADAPTIVE1D_CASES), (2, _ADAPTIVE2D_CASES)):
                 lambda cases, device, gen: _adaptive_samples(cases, device, torch.float64, gen), _cases
             ),
             backward_ops=("adaptive_avg_pool_backward",),
+            double_backward=True,
         )
     )
