@@ -176,30 +176,40 @@ def _conv_backward_setup(ctx, inputs, output):
     ctx.save_for_backward(grad_y, x, weight)
 
 
-def _conv_backward_grad(ctx, grad_dx, grad_dw, grad_db):
-    """Double backward. Of (dx, dw, db) = conv_backward(dy, x, w), dx is linear in dy and in w, dw in dy
-    and in x, db = Σ dy: their adjoints are convolutions again, run by the same native ops,
+def _bilinear_double_backward(ctx, grad_dx, grad_dw, grad_db, forward, backward):
+    """Double backward of a convolution-like y = T(x, w) + b, T bilinear, from its first backward
+    (dx, dw, db) = (T_xᵀ dy, T_wᵀ dy, Σ dy): dx is linear in dy and in w, dw in dy and in x, so
 
-        ∂/∂dy = conv(g_dx, w) + conv(x, g_dw) + g_db (broadcast),
-        ∂/∂x  = conv_backward(dy, x, g_dw).dx,        ∂/∂w = conv_backward(dy, g_dx, w).dw,
+        ∂/∂dy = T(g_dx, w) + T(x, g_dw) + g_db (broadcast),
+        ∂/∂x  = backward(dy, x, g_dw).dx,        ∂/∂w = backward(dy, g_dx, w).dw,
 
-    which is what a gradient penalty or i-ResNet's differentiable log-determinant needs."""
+    with `forward(x, w)` = T and `backward(dy, x, w, mask)` the native ops: what a gradient penalty
+    or i-ResNet's differentiable log-determinant needs. ctx saved (dy, x, w)."""
     grad_y, x, weight = ctx.saved_tensors
-    conv = _conv1d if x.dim() == 3 else _conv2d
-    need = ctx.needs_input_grad  # (grad_y, x, weight, stride, padding_begin, padding_end, dilation, groups, mask)
+    need = ctx.needs_input_grad  # (grad_y, x, weight, ...)
     d_grad_y = d_x = d_weight = None
     if need[0]:
-        terms = [conv(grad_dx, weight, None, *ctx.geometry)] if grad_dx is not None else []
+        terms = [forward(grad_dx, weight)] if grad_dx is not None else []
         if grad_dw is not None:
-            terms.append(conv(x, grad_dw, None, *ctx.geometry))
+            terms.append(forward(x, grad_dw))
         if grad_db is not None:
             terms.append(grad_db.reshape(1, -1, *[1] * (x.dim() - 2)).expand_as(grad_y))
         d_grad_y = sum(terms[1:], terms[0]) if terms else None
     if need[1] and grad_dw is not None:
-        d_x = _conv_backward(grad_y, x, grad_dw, *ctx.geometry, [True, False, False])[0]
+        d_x = backward(grad_y, x, grad_dw, [True, False, False])[0]
     if need[2] and grad_dx is not None:
-        d_weight = _conv_backward(grad_y, grad_dx, weight, *ctx.geometry, [False, True, False])[1]
-    return d_grad_y, d_x, d_weight, None, None, None, None, None, None
+        d_weight = backward(grad_y, grad_dx, weight, [False, True, False])[1]
+    return d_grad_y, d_x, d_weight
+
+
+def _conv_backward_grad(ctx, grad_dx, grad_dw, grad_db):
+    conv = _conv1d if ctx.saved_tensors[1].dim() == 3 else _conv2d
+    grads = _bilinear_double_backward(
+        ctx, grad_dx, grad_dw, grad_db,
+        lambda x, w: conv(x, w, None, *ctx.geometry),
+        lambda dy, x, w, mask: _conv_backward(dy, x, w, *ctx.geometry, mask),
+    )  # fmt: skip
+    return grads + (None,) * 6
 
 
 _conv_backward = define(
@@ -407,11 +417,29 @@ def _conv_transpose_backward_fake(grad_y, x, weight, stride, padding, dilation, 
     return _empty_or_none(mask[0], x), _empty_or_none(mask[1], weight), db
 
 
+def _conv_transpose_backward_grad(ctx, grad_dx, grad_dw, grad_db):
+    grad_y, x, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.geometry
+    transpose = _conv_transpose1d if x.dim() == 3 else _conv_transpose2d
+    # T(·, w) must give grad_y's size: the output padding the forward had, recovered from the shapes.
+    output_padding = [grad_y.shape[2 + d] - ((x.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
+                                             + dilation[d] * (weight.shape[2 + d] - 1) + 1)
+                      for d in range(x.dim() - 2)]  # fmt: skip
+    grads = _bilinear_double_backward(
+        ctx, grad_dx, grad_dw, grad_db,
+        lambda a, w: transpose(a, w, None, stride, padding, output_padding, dilation, groups),
+        lambda dy, a, w, mask: _conv_transpose_backward(dy, a, w, *ctx.geometry, mask),
+    )  # fmt: skip
+    return grads + (None,) * 5
+
+
 _conv_transpose_backward = define(
     "conv_transpose_backward(Tensor grad_y, Tensor x, Tensor weight, int[] stride, int[] padding, int[] dilation, "
     "int groups, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)",
     _conv_transpose_backward_impl,
     _conv_transpose_backward_fake,
+    backward=_conv_transpose_backward_grad,
+    setup_context=_conv_backward_setup,
 )
 
 
@@ -433,7 +461,7 @@ _TRANSPOSE_SCHEMA = ("(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[
 _conv_transpose1d, _conv_transpose2d = (
     define(name + _TRANSPOSE_SCHEMA, functools.partial(_conv_transpose_impl, name),
            functools.partial(_conv_transpose_fake, name), backward=_conv_transpose_grad,
-           setup_context=_conv_transpose_setup)  # fmt: skip
+           setup_context=_conv_transpose_setup, differentiable_backward=True)  # fmt: skip
     for name in ("conv_transpose1d", "conv_transpose2d")
 )
 
@@ -775,6 +803,7 @@ def _register_transpose(name, public, spatial, cases, grad_cases, torch_counterp
                 _transpose_sample(spatial, c, torch.float64, device, gen) for c in grad_cases
             ),
             backward_ops=("conv_transpose_backward",),
+            double_backward=True,
         )
     )
 
