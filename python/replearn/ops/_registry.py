@@ -116,8 +116,8 @@ def first_order_only(name: str, backward: Callable) -> Callable:
     zeros. Each result then comes out of a node that raises, naming the op, when it is differentiated.
     This is torch's `once_differentiable`, except that torch attaches the node only when an incoming
     gradient requires grad, and to nothing else: differentiating for an input of the op (which the
-    gradient depends on through the saved tensors) never reaches it. A plain
-    backward (grad mode off) calls `backward` directly: nothing added to a training step.
+    gradient depends on through the saved tensors) never reaches it. A plain backward (grad mode
+    off) calls `backward` directly: nothing added to a training step.
     """
     message = (
         f"replearn::{name}: its gradient was computed by native kernels that have no derivative of their own, "
