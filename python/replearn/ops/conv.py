@@ -422,9 +422,10 @@ def _conv_transpose_backward_grad(ctx, grad_dx, grad_dw, grad_db):
     stride, padding, dilation, groups = ctx.geometry
     transpose = _conv_transpose1d if x.dim() == 3 else _conv_transpose2d
     # T(·, w) must give grad_y's size: the output padding the forward had, recovered from the shapes.
-    output_padding = [grad_y.shape[2 + d] - ((x.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
-                                             + dilation[d] * (weight.shape[2 + d] - 1) + 1)
-                      for d in range(x.dim() - 2)]  # fmt: skip
+    spatial = x.dim() - 2
+    unpadded = _transpose_output_shape("conv_transpose_backward", x, weight, stride, padding, [0] * spatial, dilation,
+                                       groups)  # fmt: skip
+    output_padding = [size - natural for size, natural in zip(grad_y.shape[2:], unpadded[2:])]
     grads = _bilinear_double_backward(
         ctx, grad_dx, grad_dw, grad_db,
         lambda a, w: transpose(a, w, None, stride, padding, output_padding, dilation, groups),

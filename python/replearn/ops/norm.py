@@ -859,7 +859,9 @@ def _instance_norm_grad(ctx, grad_y, *_stat_grads):
 
 
 def _instance_norm_inference(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    return _instance_norm_in_place(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats=False)
+    return _instance_norm_in_place(
+        x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, stats=False
+    )
 
 
 _instance_norm = define(

@@ -48,7 +48,10 @@ def _ints(fn: str, arg: str, value, n: int, minimum: int) -> list[int]:
     if type(value) is int and value >= minimum:  # the common case, first: this runs on every call
         return [value] * n
     single = as_int(value)
-    values = [single] * n if single is not None else [as_int(v) for v in value] if isinstance(value, (tuple, list)) else [None]
+    if single is not None:
+        values = [single] * n
+    else:
+        values = [as_int(v) for v in value] if isinstance(value, (tuple, list)) else [None]
     if len(values) == 1 and n == 2:
         values = values * 2
     if len(values) != n or not all(v is not None and v >= minimum for v in values):
