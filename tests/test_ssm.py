@@ -152,3 +152,30 @@ def test_fft_conv_equals_the_direct_causal_convolution(gen):
         torch.testing.assert_close(replearn.ops.fft_conv(u, K, D), direct + D[:, None] * u, rtol=1e-10, atol=1e-10)
     args = (u.requires_grad_(), K.requires_grad_(), D.requires_grad_())
     assert torch.autograd.gradcheck(replearn.ops.fft_conv, args)
+
+
+def test_empty_batch_and_float64_modules_and_strided_initial_state():
+    """Edge cases a fuzzer found: a batch of 0 sequences (the forward divided by it), a float64
+    SelectiveSSM (A was cast to float32), a non-contiguous initial_state that needs a gradient (its
+    gradient was allocated in its layout, which the kernel refuses)."""
+    u = torch.randn(0, 2, 5)
+    out = replearn.ops.selective_scan(u, u, -torch.ones(2, 3), torch.randn(2, 3), torch.randn(2, 3))
+    assert out.shape == (0, 2, 5)
+
+    torch.manual_seed(0)
+    layer = replearn.nn.SelectiveSSM(8).double()
+    x = torch.randn(1, 4, 8, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    y = y[0] if isinstance(y, tuple) else y
+    assert y.dtype == torch.float64
+    torch.autograd.grad(y.sum(), x)
+
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    strided = torch.randn(2, 3, 5, dtype=torch.float64).transpose(1, 2).requires_grad_()  # (2, 5, 3)
+    grads = []
+    for initial in (strided, strided.detach().contiguous().requires_grad_()):
+        out = replearn.ops.causal_conv1d(x, weight, initial_state=initial)
+        grads.append(torch.autograd.grad(out.square().sum(), [x, weight, initial]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -69,7 +69,8 @@ constexpr int64_t kScanSpan = 16 * kScanChunk;
 // many items as threads even for one batch and one group.
 int64_t desired_slices(const ScanDims& d) {
   const int64_t per_group = d.dim / d.groups;
-  const int64_t by_threads = (num_threads() + d.batch * d.groups - 1) / (d.batch * d.groups);
+  const int64_t items = std::max<int64_t>(1, d.batch * d.groups);  // empty inputs never get here; no 0 / 0
+  const int64_t by_threads = (num_threads() + items - 1) / items;
   return std::max<int64_t>(1, std::min(per_group, by_threads));
 }
 
@@ -812,6 +813,7 @@ void selective_scan_forward<DeviceType::CPU>(const TensorView& u, const TensorVi
                                              const TensorView& out, const OptView& checkpoints, std::uintptr_t) {
   const ScanDims d =
       check_selective_scan_forward(DeviceType::CPU, u, delta, A, B, C, D_skip, z, delta_bias, out, checkpoints);
+  if (d.batch * d.dim == 0 || d.length == 0) return;  // nothing to write (as on CUDA)
   prefer_huge_pages(out);
   dispatch_cpu_floating(u.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

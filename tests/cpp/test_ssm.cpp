@@ -183,6 +183,21 @@ TEST(SelectiveScan, RejectsBadShapesBeforeWriting) {
   EXPECT_TRUE(y.unchanged_since_snapshot());
 }
 
+// A batch of 0 sequences (and an empty length): nothing to write, no division by the item count
+// (the forward's slice count once divided by batch · groups, a SIGFPE).
+TEST(SelectiveScan, EmptyInputsWriteNothing) {
+  const DType dt = DType::Float32;
+  for (const auto [batch, L] : {std::pair<int64_t, int64_t>{0, 8}, {2, 0}}) {
+    SCOPED_TRACE("batch " + std::to_string(batch) + ", L " + std::to_string(L));
+    Buffer u(dt, {batch, 4, L}), A(dt, {4, 3}), B(dt, {batch, 2, 3, L}), y(dt, {batch, 4, L});
+    TensorView u_view = u.view(), B_view = B.view(), y_view = y.view();
+    u_view.data = B_view.data = y_view.data = nullptr;  // as torch hands over empty tensors
+    EXPECT_NO_THROW(ssm::selective_scan_forward<DeviceType::CPU>(u_view, u_view, A.view(), B_view, B_view,
+                                                                 std::nullopt, std::nullopt, std::nullopt, true,
+                                                                 y_view, std::nullopt));
+  }
+}
+
 TEST(CausalConv1d, ForwardMatchesNaiveLoopAndBackwardMatchesFiniteDifferences) {
   const DType dt = DType::Float64;
   Random rng(3);

@@ -179,7 +179,7 @@ class SelectiveSSM(nn.Module):
         delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, d_inner, L); bias goes in the scan
         B = B.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L)
         C = C.transpose(1, 2).unsqueeze(1)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))  # float32 at least
         y = ops.selective_scan(u, delta, A, B, C, self.D, z, self.dt_proj.bias, True)
         return self.out_proj(y.transpose(1, 2)), None
 

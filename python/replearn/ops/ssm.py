@@ -307,8 +307,9 @@ def _conv_backward_impl(grad_y, grad_final_state, x, weight, bias, initial_state
     x = x.contiguous()
     weight = weight.contiguous()
     dx, dw = torch.empty_like(x), torch.empty_like(weight)
-    dbias = None if bias is None else torch.empty_like(bias)
-    dinit = None if initial_state is None else torch.empty_like(initial_state)
+    # new_empty, not empty_like: the kernel writes row-major gradients whatever the inputs' layouts.
+    dbias = None if bias is None else bias.new_empty(bias.shape)
+    dinit = None if initial_state is None else initial_state.new_empty(initial_state.shape)
     ws = _native.workspace("causal_conv1d_backward", x, x, weight)
     _native.launch("causal_conv1d_backward", x, grad_y.contiguous(), x, weight, _contiguous(bias),
                    _contiguous(initial_state), activation, _contiguous(grad_final_state), dx, dw, dbias, dinit, ws)  # fmt: skip
