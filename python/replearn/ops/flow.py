@@ -39,7 +39,9 @@ def _scale_code(fn: str, scale: str) -> int:
 
 
 def _logdet_like(x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[0])  # an int, not x.shape[:1]: half the cost with cold caches
+    # An int, not x.shape[:1]: half the cost with cold caches. A 0-d x gets a placeholder, so that the
+    # kernel's validation names 'x' (rather than an IndexError here).
+    return x.new_empty(x.shape[0] if x.dim() else 0)
 
 
 def _sum_per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -328,6 +330,9 @@ def _coupling_bad_inputs(device) -> Iterable[BadInput]:
     yield BadInput((x, t, s, mask), {"scale": "softplus"}, ValueError, "'scale'", "unknown scale")
     yield BadInput((x.long(), t, s, mask), {}, TypeError, "'x'", "integer x")
     yield BadInput((x, [1.0], s, mask), {}, TypeError, "'shift'", "shift not a tensor")
+    scalar = torch.randn((), device=device)
+    yield BadInput((scalar, scalar.clone(), scalar.clone(), torch.ones((), device=device)), {}, ValueError, "'x'",
+                   "0-d x")  # fmt: skip
 
 
 register_info(
@@ -477,6 +482,7 @@ def _actnorm_bad_inputs(device) -> Iterable[BadInput]:
                    ValueError, "'x'", "1-D x")  # fmt: skip
     yield BadInput((x.long(), scale, bias), {}, TypeError, "'x'", "integer x")
     yield BadInput((x, 1.0, bias), {}, TypeError, "'scale'", "scale not a tensor")
+    yield BadInput((torch.randn((), device=device), scale, bias), {}, ValueError, "'x'", "0-d x")
 
 
 register_info(

@@ -526,7 +526,7 @@ def s4d_kernel(
     """
     for arg, value in (("log_dt", log_dt), ("A_real", A_real), ("A_imag", A_imag), ("C_real", C_real), ("C_imag", C_imag)):
         check_tensor("s4d_kernel", arg, value)
-    if not isinstance(length, int) or length < 0:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"s4d_kernel: argument 'length' expected a non-negative int but got {length!r}")
     return _s4d_kernel(log_dt, A_real, A_imag, C_real, C_imag, length)
 
@@ -586,6 +586,7 @@ def _s4d_bad_inputs(device) -> Iterable[BadInput]:
     yield BadInput((p[0], p[1][:, :2], *p[2:], 8), {}, ValueError, "'A_imag'", "A_imag shape")
     yield BadInput((p[0], *p[1:4], p[4][:1], 8), {}, ValueError, "'C_imag'", "C_imag shape")
     yield BadInput((*p, -1), {}, ValueError, "'length'", "negative length")
+    yield BadInput((*p, True), {}, ValueError, "'length'", "bool length")
     yield BadInput((p[0], p[1].double(), *p[2:], 8), {}, TypeError, "'A_real'", "A_real dtype")
 
 
