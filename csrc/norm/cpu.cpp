@@ -121,7 +121,7 @@ void layer_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
       });
       const double mean = static_cast<double>(first_t) + dev / N;
       const double var = sq / N - (dev / N) * (dev / N);  // ≥ 0 up to rounding; NaN for N = 0, as before
-      const double rstd = 1.0 / std::sqrt((var < 0 ? 0.0 : var) + eps);
+      const double rstd = 1.0 / std::sqrt(clamp_nonnegative(var) + eps);
       if (mean_out) mean_out[r] = static_cast<T>(mean);
       if (rstd_out) rstd_out[r] = static_cast<T>(rstd);
       const T a = static_cast<T>(rstd), m = static_cast<T>(mean);

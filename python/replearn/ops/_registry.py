@@ -239,7 +239,9 @@ class NativeOp:
             self._apply = _function_apply.__get__(None, self.function)
 
     def __call__(self, *args):
-        if _forward_ad._current_level >= 0:  # forward-mode AD is on (torch.autograd.forward_ad, torch.func.jvp)
+        # Forward-mode AD is on (torch.autograd.forward_ad, torch.func.jvp). A private attribute of
+        # torch's: if a version lacks it, every call checks for tangents (slower, never wrong).
+        if getattr(_forward_ad, "_current_level", 0) >= 0:
             self._refuse_tangents(args)
         if _is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
             return self.overload(*args)
