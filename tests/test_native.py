@@ -58,6 +58,56 @@ def test_torch_tensor_strides_read_only_when_not_contiguous():
     assert _C.describe(odd)["data_ptr"] == odd.data_ptr()
 
 
+class _Subclass(torch.Tensor):
+    pass
+
+
+_LAYOUTS = {
+    "contiguous": lambda: torch.randn(4, 6, 5),
+    "transposed": lambda: torch.randn(4, 6, 5).transpose(0, 2),
+    "sliced with an offset": lambda: torch.randn(4, 6, 5)[1:, 2:, ::2],
+    "expanded": lambda: torch.randn(1, 6, 1).expand(3, 6, 4),
+    "size-1 dim with an odd stride": lambda: torch.randn(4, 3).as_strided((4, 1), (1, 7)),
+    "unsqueezed": lambda: torch.randn(3, 5)[:, None],
+    "channels_last": lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+    "0-d": lambda: torch.tensor(2.5),
+    "empty": lambda: torch.empty(0, 3),
+    "requires_grad": lambda: torch.randn(4, 3, requires_grad=True),
+    "non-leaf": lambda: torch.randn(4, 3, requires_grad=True) * 2,
+    "Parameter": lambda: torch.nn.Parameter(torch.randn(5)),
+    "subclass": lambda: torch.randn(2, 3).as_subclass(_Subclass),
+    "float64": lambda: torch.randn(3, 2, dtype=torch.float64).t(),
+    "bfloat16": lambda: torch.randn(3, 2).to(torch.bfloat16),
+    "int64": lambda: torch.arange(6).reshape(2, 3),
+    "bool": lambda: torch.ones(4, dtype=torch.bool),
+}
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_exchange_and_attribute_paths_describe_tensors_alike(layout):
+    """DLPack's C exchange table and torch's attributes give the same view, stride for stride."""
+    t = _LAYOUTS[layout]()
+    if not _C.uses_tensor_exchange(t):
+        pytest.skip("this torch publishes no DLPack C exchange table")
+    through_exchange = _C.describe(t)
+    previous = _C.set_tensor_exchange(False)
+    try:
+        assert not _C.uses_tensor_exchange(t)
+        through_attributes = _C.describe(t)
+    finally:
+        _C.set_tensor_exchange(previous)
+    assert through_exchange == through_attributes
+    assert through_exchange["data_ptr"] == t.data_ptr()
+
+
+def test_exchange_is_used_wherever_torch_publishes_it():
+    """The fast path is taken, not silently skipped, on a torch that has the table (torch ≥ 2.10)."""
+    published = hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
+    assert _C.uses_tensor_exchange(torch.empty(1)) == published
+    assert _C.uses_tensor_exchange(torch.nn.Parameter(torch.empty(1))) == published
+    assert not _C.uses_tensor_exchange(np.zeros(1)) or hasattr(np.ndarray, "__dlpack_c_exchange_api__")
+
+
 def test_dlpack_capsule():
     t = torch.randn(2, 3)
     d = _C.describe(torch.utils.dlpack.to_dlpack(t))

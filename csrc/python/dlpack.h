@@ -1,5 +1,5 @@
-// The DLPack C ABI (https://dmlc.github.io/dlpack/latest/c_api.html), version 0.8 layout: the
-// structures a producer's __dlpack__() capsule points to. Declared here from the published
+// The DLPack C ABI (https://dmlc.github.io/dlpack/latest/c_api.html): the version 0.8 structures a
+// producer's __dlpack__() capsule points to, and the 1.3 C exchange table. Declared here from the published
 // specification so the core needs no third-party header.
 #pragma once
 
@@ -48,6 +48,34 @@ struct DLManagedTensor {
   DLTensor dl_tensor;
   void* manager_ctx;
   void (*deleter)(DLManagedTensor* self);
+};
+
+// The C exchange table of DLPack 1.3 (`type(tensor).__dlpack_c_exchange_api__`, a capsule named
+// "dlpack_exchange_api"): function pointers a producer publishes so that a consumer describes its
+// tensors from C, with no Python call per attribute. Only the header (stable across versions) and
+// the entry this package calls are typed; the other producer functions are declared as opaque
+// pointers to keep the layout.
+struct DLPackVersion {
+  uint32_t major;
+  uint32_t minor;
+};
+
+struct DLPackExchangeAPIHeader {
+  DLPackVersion version;
+  DLPackExchangeAPIHeader* prev_api;  // an older table in the chain, or NULL
+};
+
+// Fills `out` with a non-owning description of `py_object` (shape and strides point into the
+// producer's tensor, valid while it lives and is not resized). 0, or -1 with a Python error set.
+typedef int (*DLPackDLTensorFromPyObjectNoSync)(void* py_object, DLTensor* out);
+
+struct DLPackExchangeAPI {
+  DLPackExchangeAPIHeader header;
+  void* managed_tensor_allocator;
+  void* managed_tensor_from_py_object_no_sync;
+  void* managed_tensor_to_py_object_no_sync;
+  DLPackDLTensorFromPyObjectNoSync dltensor_from_py_object_no_sync;  // may be NULL
+  void* current_work_stream;
 };
 
 }  // extern "C"

@@ -39,6 +39,10 @@ PYBIND11_MODULE(_C, m) {
                     py::arg("device") = replearn::device_name(t.device), py::arg("shape") = py::tuple(sizes),
                     py::arg("strides") = py::tuple(strides));
   }, py::arg("tensor"));
+  m.def("uses_tensor_exchange", &replearn::python::uses_tensor_exchange, py::arg("tensor"),
+        "Whether tensors of this type are read through DLPack's C exchange table.");
+  m.def("set_tensor_exchange", &replearn::python::set_tensor_exchange, py::arg("enabled"),
+        "Turns the C exchange path off or on (tests compare it with the attribute path); returns the previous setting.");
   replearn::python::bind_route(m);
   replearn::python::bind_norm<replearn::DeviceType::CPU>(m);
   replearn::python::bind_pool<replearn::DeviceType::CPU>(m);

@@ -127,13 +127,10 @@ bool from_torch_like(py::handle obj, TensorView& view) {
   return true;
 }
 
-bool from_dlpack_capsule(py::handle capsule, TensorView& view) {
-  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
-  if (!managed) {
-    PyErr_Clear();
-    throw py::value_error("replearn: this DLPack capsule was already consumed (its name is not 'dltensor')");
-  }
-  const DLTensor& t = managed->dl_tensor;
+// Copies a DLTensor's description into `view` (sizes and strides by value: the producer's arrays
+// need not outlive the call). Contiguous tensors get row-major strides, as on the attribute path:
+// torch leaves the strides of size-1 dimensions arbitrary.
+void describe_dltensor(const DLTensor& t, TensorView& view) {
   if (t.ndim > TensorView::kMaxDims)
     throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
                                       " dimensions, got " + std::to_string(t.ndim));
@@ -145,12 +142,75 @@ bool from_dlpack_capsule(py::handle capsule, TensorView& view) {
     default: view.device = {DeviceType::Other, 0};
   }
   view.ndim = t.ndim;
-  int64_t stride = 1;
+  int64_t row_major = 1;
   for (int d = t.ndim - 1; d >= 0; --d) {
     view.sizes[d] = t.shape[d];
-    view.strides[d] = t.strides ? t.strides[d] : stride;
-    stride *= t.shape[d];
+    view.strides[d] = t.strides ? t.strides[d] : row_major;
+    row_major *= t.shape[d];
   }
+  if (t.strides && view.is_contiguous()) {
+    row_major = 1;
+    for (int d = t.ndim - 1; d >= 0; --d) {
+      view.strides[d] = row_major;
+      row_major *= t.shape[d];
+    }
+  }
+}
+
+bool from_dlpack_capsule(py::handle capsule, TensorView& view) {
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (!managed) {
+    PyErr_Clear();
+    throw py::value_error("replearn: this DLPack capsule was already consumed (its name is not 'dltensor')");
+  }
+  describe_dltensor(managed->dl_tensor, view);
+  return true;
+}
+
+bool exchange_enabled = true;  // set_tensor_exchange(False) forces the attribute path (tests)
+
+// The DLPack C exchange function of `type` (torch publishes one on torch.Tensor since 2.10,
+// pytorch/pytorch#169724), or nullptr.
+// Looked up once per type and kept in a small cache of strong references, so a cached type is never
+// freed and its address never reused. Types without the table are not cached (numpy arrays, wrong
+// arguments: they pay the failed lookup); types beyond the cache's capacity take the attribute path.
+DLPackDLTensorFromPyObjectNoSync exchange_function(PyTypeObject* type) {
+  struct Entry {
+    PyTypeObject* type;
+    DLPackDLTensorFromPyObjectNoSync function;
+  };
+  static Entry cache[8];  // guarded by the GIL
+  static int cached = 0;
+  for (int i = 0; i < cached; ++i)
+    if (cache[i].type == type) return cache[i].function;
+  if (cached == 8) return nullptr;
+  static PyObject* const api_name = PyUnicode_InternFromString("__dlpack_c_exchange_api__");
+  PyObject* capsule = PyObject_GetAttr(reinterpret_cast<PyObject*>(type), api_name);
+  DLPackDLTensorFromPyObjectNoSync function = nullptr;
+  if (capsule) {
+    const auto* api = static_cast<const DLPackExchangeAPI*>(PyCapsule_GetPointer(capsule, "dlpack_exchange_api"));
+    // The table outlives the process's use of it (the specification's promise), not only the capsule.
+    if (api && api->header.version.major == 1 && api->header.version.minor >= 3)
+      function = api->dltensor_from_py_object_no_sync;
+    Py_DECREF(capsule);
+  }
+  PyErr_Clear();
+  if (!function) return nullptr;
+  Py_INCREF(type);
+  cache[cached++] = {type, function};
+  return function;
+}
+
+// torch tensors through the C exchange table: one C call, no Python attribute read. False when the
+// producer cannot describe the tensor (meta, sparse, a tensor without storage): the attribute path
+// then reports it as it always has.
+bool from_exchange(py::handle obj, DLPackDLTensorFromPyObjectNoSync function, TensorView& view) {
+  DLTensor t;
+  if (function(obj.ptr(), &t) != 0) {
+    PyErr_Clear();
+    return false;
+  }
+  describe_dltensor(t, view);
   return true;
 }
 
@@ -161,12 +221,24 @@ bool to_tensor_view(py::handle obj, TensorView& view, py::object& keep_alive) {
     keep_alive = py::reinterpret_borrow<py::object>(obj);
     return from_dlpack_capsule(obj, view);
   }
+  const auto exchange = exchange_enabled ? exchange_function(Py_TYPE(obj.ptr())) : nullptr;
+  if (exchange && from_exchange(obj, exchange, view)) return true;
   if (from_torch_like(obj, view)) return true;
   if (!py::hasattr(obj, "__dlpack__")) return false;
   // The capsule stays unconsumed: its destructor returns the memory to the producer when the
   // caster (and so keep_alive) goes away after the call.
   keep_alive = obj.attr("__dlpack__")();
   return from_dlpack_capsule(keep_alive, view);
+}
+
+bool uses_tensor_exchange(py::handle obj) {
+  return exchange_enabled && exchange_function(Py_TYPE(obj.ptr())) != nullptr;
+}
+
+bool set_tensor_exchange(bool enabled) {
+  const bool previous = exchange_enabled;
+  exchange_enabled = enabled;
+  return previous;
 }
 
 void register_error_translator() {

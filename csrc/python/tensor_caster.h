@@ -1,12 +1,15 @@
 // pybind11 conversion of Python tensors to replearn::TensorView, without copying.
 //
-// Two ways in, one result:
-// - any DLPack producer (an object with __dlpack__, e.g. a numpy array or a torch tensor) or a
-//   "dltensor" capsule: the general, library-neutral path;
-// - a fast path for objects that expose torch's tensor attributes (data_ptr(), shape, stride(),
-//   dtype, get_device()). Read through the Python C API, without linking torch, it costs well under
-//   a microsecond per tensor where a __dlpack__ export costs about two (docs/design.md, "per-call
-//   overhead"), and it also accepts tensors that require grad, which __dlpack__ refuses.
+// Three ways in, one result, tried in this order:
+// - DLPack's C exchange table (`type(t).__dlpack_c_exchange_api__`, DLPack 1.3), which torch
+//   publishes since 2.10: one C call per tensor, no Python attribute read, about 1.9k instructions
+//   per tensor argument where the attribute path costs 5.9k (docs/design.md, "per-call overhead");
+// - objects that expose torch's tensor attributes (data_ptr(), shape, stride(), dtype, is_cpu):
+//   read through the Python C API, without linking torch. Older torch takes this path, and so do
+//   tensors the exchange cannot describe (meta), which it reports on a device validation refuses.
+//   Both torch paths accept tensors that require grad, which __dlpack__ refuses;
+// - any DLPack producer (an object with __dlpack__, e.g. a numpy array) or a "dltensor" capsule:
+//   the general, library-neutral path.
 // Conversion never fails on dtype, device or strides: it describes what it was given, and the
 // entry point's validation rejects what it cannot take, naming the argument.
 #pragma once
@@ -20,6 +23,14 @@ namespace replearn::python {
 // Fills `view`; returns false when `obj` is not a tensor at all. `keep_alive` receives the capsule
 // whose memory the view points into (DLPack path) and must outlive every use of the view.
 bool to_tensor_view(pybind11::handle obj, TensorView& view, pybind11::object& keep_alive);
+
+// Whether tensors of obj's type are read through the C exchange table (false on a torch without
+// one, or after set_tensor_exchange(false)).
+bool uses_tensor_exchange(pybind11::handle obj);
+
+// Turns the exchange path off (false) or on; returns the previous setting. For tests that compare
+// the two paths.
+bool set_tensor_exchange(bool enabled);
 
 // Translates replearn::Error into TypeError / ValueError / RuntimeError.
 void register_error_translator();
