@@ -238,6 +238,34 @@ def test_forward_mode_ad_raises_instead_of_dropping_tangents(name, transform, ge
                 with_primal(torch.autograd.forward_ad.make_dual(args[i], torch.ones_like(args[i])))
 
 
+@pytest.mark.parametrize("name", OPS)
+def test_open_forward_ad_level_without_tangents_changes_nothing(name, gen):
+    """Under an open forward-AD level, a call whose arguments carry no tangent takes the dispatcher
+    (the route cannot tell without looking) and gives the same outputs and gradients."""
+    info = replearn.ops.op_info(name)
+    sample = next(iter(info.gradcheck_samples(torch.device("cpu"), gen)))
+    if not _present(sample.args, info.differentiable_args):
+        pytest.skip(f"{name} takes no gradient")
+
+    def run():
+        args, kwargs = clone_args(sample.args, sample.kwargs)
+        args = list(args)
+        for i in _present(args, info.differentiable_args):
+            args[i] = args[i].detach().requires_grad_(True)
+        inputs = [args[i] for i in _present(args, info.differentiable_args)]
+        outputs = [o for o in as_tuple(info.public(*args, **kwargs)) if isinstance(o, torch.Tensor)]
+        grads = torch.autograd.grad(sum(o.sum() for o in outputs if o.requires_grad), inputs, allow_unused=True)
+        return outputs, grads
+
+    expected_outputs, expected_grads = run()
+    with torch.autograd.forward_ad.dual_level():
+        outputs, grads = run()
+    for got, want in zip(outputs + list(grads), expected_outputs + list(expected_grads)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("through_dispatcher", [False, True], ids=["direct", "dispatcher"])
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", OPS)

@@ -6,11 +6,40 @@ namespace replearn::python {
 
 namespace {
 
-enum Route : long { kRouteKernel = 0, kRouteFunction = 1, kRouteDispatcher = 2 };
+enum Route : long { kRouteKernel = 0, kRouteFunction = 1, kRouteDispatcher = 2, kRouteForwardAD = 3 };
 
 // Set once by configure_route; owned references, kept for the life of the process.
 PyObject* tensor_type = nullptr;
 PyObject* parameter_type = nullptr;
+PyObject* dispatcher_conditions = nullptr;  // tuple of callables: any true sends the call to the dispatcher
+PyObject* grad_enabled = nullptr;           // torch.is_grad_enabled
+PyObject* forward_ad = nullptr;             // torch.autograd.forward_ad: _current_level >= 0 while a level is open
+
+// 1 when calling `fn` returns something true, 0 when false, -1 with a Python error set.
+int call_is_true(PyObject* fn) {
+  PyObject* value = PyObject_CallNoArgs(fn);
+  if (!value) return -1;
+  const int truth = PyObject_IsTrue(value);
+  Py_DECREF(value);
+  return truth;
+}
+
+// 1 while a forward-AD level is open, 0 otherwise, -1 with a Python error set. The level is a
+// private attribute of torch's: on a version without it, every call counts as under forward AD, so
+// NativeOp looks for tangents each time (slower, never wrong).
+int forward_ad_active() {
+  static PyObject* const current_level = PyUnicode_InternFromString("_current_level");
+  PyObject* level = PyObject_GetAttr(forward_ad, current_level);
+  if (!level) {
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+    PyErr_Clear();
+    return 1;
+  }
+  const long value = PyLong_AsLong(level);
+  Py_DECREF(level);
+  if (value == -1 && PyErr_Occurred()) return -1;
+  return value >= 0;
+}
 
 // 1 when attribute `name` of `obj` is true, 0 when false, -1 with a Python error set.
 int attribute_is_true(PyObject* obj, PyObject* name) {
@@ -25,17 +54,24 @@ PyObject* route(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   static PyObject* const is_cpu = PyUnicode_InternFromString("is_cpu");
   static PyObject* const is_cuda = PyUnicode_InternFromString("is_cuda");
   static PyObject* const requires_grad = PyUnicode_InternFromString("requires_grad");
-  if (argc != 3 || !PyTuple_Check(argv[0]) || !PyTuple_Check(argv[1])) {
-    PyErr_SetString(PyExc_TypeError, "route(args: tuple, tensor_positions: tuple, grad_enabled: bool)");
+  if (argc != 2 || !PyTuple_Check(argv[0]) || !PyTuple_Check(argv[1])) {
+    PyErr_SetString(PyExc_TypeError, "route(args: tuple, tensor_positions: tuple)");
     return nullptr;
   }
   if (!tensor_type) {
     PyErr_SetString(PyExc_RuntimeError, "route: configure_route was not called");
     return nullptr;
   }
+  // The global states first, each a C call to torch (a Python-level check costs several times more).
+  const int forward = forward_ad_active();
+  if (forward != 0) return forward < 0 ? nullptr : PyLong_FromLong(kRouteForwardAD);
+  for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(dispatcher_conditions); ++c) {
+    const int on = call_is_true(PyTuple_GET_ITEM(dispatcher_conditions, c));
+    if (on != 0) return on < 0 ? nullptr : PyLong_FromLong(kRouteDispatcher);
+  }
   PyObject* args = argv[0];
   PyObject* positions = argv[1];
-  const int grad = PyObject_IsTrue(argv[2]);
+  const int grad = call_is_true(grad_enabled);
   if (grad < 0) return nullptr;
   bool needs_grad = false, device_read = false;
   const Py_ssize_t nargs = PyTuple_GET_SIZE(args);
@@ -72,27 +108,38 @@ PyObject* route(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
 
 PyMethodDef route_def = {"route", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&route)),
                          METH_FASTCALL,
-                         "route(args, tensor_positions, grad_enabled) -> 0 kernel, 1 autograd.Function, "
-                         "2 torch's dispatcher"};
+                         "route(args, tensor_positions) -> 0 kernel, 1 autograd.Function, 2 torch's dispatcher, "
+                         "3 forward-mode AD is on"};
+
+void keep(PyObject*& slot, py::object value) {
+  Py_XDECREF(slot);
+  slot = value.release().ptr();
+}
 
 }  // namespace
 
 void bind_route(py::module_& m) {
   m.def(
       "configure_route",
-      [](py::object tensor, py::object parameter) {
-        Py_XDECREF(tensor_type);
-        Py_XDECREF(parameter_type);
-        tensor_type = tensor.release().ptr();
-        parameter_type = parameter.release().ptr();
+      [](py::object tensor, py::object parameter, py::tuple conditions, py::object is_grad_enabled,
+         py::object forward_ad_module) {
+        keep(tensor_type, tensor);
+        keep(parameter_type, parameter);
+        keep(dispatcher_conditions, conditions);
+        keep(grad_enabled, is_grad_enabled);
+        keep(forward_ad, forward_ad_module);
       },
-      py::arg("tensor_type"), py::arg("parameter_type"));
-  PyObject* function = PyCFunction_NewEx(&route_def, nullptr, m.ptr());
+      py::arg("tensor_type"), py::arg("parameter_type"), py::arg("dispatcher_conditions"), py::arg("grad_enabled"),
+      py::arg("forward_ad"));
+  // The function's __module__ is the module's name, as for any builtin (torch.compile reads it).
+  py::object module_name = m.attr("__name__");
+  PyObject* function = PyCFunction_NewEx(&route_def, nullptr, module_name.ptr());
   if (!function) throw py::error_already_set();
   m.add_object("route", py::reinterpret_steal<py::object>(function));
   m.attr("ROUTE_KERNEL") = static_cast<long>(kRouteKernel);
   m.attr("ROUTE_FUNCTION") = static_cast<long>(kRouteFunction);
   m.attr("ROUTE_DISPATCHER") = static_cast<long>(kRouteDispatcher);
+  m.attr("ROUTE_FORWARD_AD") = static_cast<long>(kRouteForwardAD);
 }
 
 }  // namespace replearn::python

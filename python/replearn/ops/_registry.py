@@ -88,20 +88,43 @@ class OpInfo:
     double_backward: bool = False
 
 
-_dispatch_stack_len = torch._C._len_torch_dispatch_stack
-_function_mode_on = torch._C._is_torch_function_mode_enabled
-_functorch_on = torch._C._are_functorch_transforms_active
-# The C++ entry point under `torch.autograd.Function.apply`. The Python classmethod above it binds
+# The C entry point under `torch.autograd.Function.apply`. The Python classmethod above it binds
 # default arguments (only for Functions with a separate setup_context; ours have none) and unwraps
 # dead functorch wrappers (only possible for wrapped tensors, which take the Python path); calling
-# the C++ entry directly saves ~1 µs per call.
+# the C entry directly saves ~1 µs per call.
 _function_apply = torch._C._FunctionBase.__dict__["apply"]
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-_C.configure_route(torch.Tensor, torch.nn.Parameter)
+# Per-call routing in C (csrc/python/route.h): forward-mode AD, then the states that need torch's
+# dispatcher (a dispatch or torch-function mode, a functorch transform), then the arguments.
+_C.configure_route(
+    torch.Tensor,
+    torch.nn.Parameter,
+    (
+        torch._C._len_torch_dispatch_stack,
+        torch._C._is_torch_function_mode_enabled,
+        torch._C._are_functorch_transforms_active,
+    ),
+    torch.is_grad_enabled,
+    _forward_ad,
+)
 _route = _C.route
-_ROUTE_KERNEL, _ROUTE_DISPATCHER = _C.ROUTE_KERNEL, _C.ROUTE_DISPATCHER
+_ROUTE_KERNEL, _ROUTE_FUNCTION, _ROUTE_FORWARD_AD = _C.ROUTE_KERNEL, _C.ROUTE_FUNCTION, _C.ROUTE_FORWARD_AD
+_ROUTE_DISPATCHER = _C.ROUTE_DISPATCHER
 _is_compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
+
+_substitute_in_graph = getattr(torch.compiler, "substitute_in_graph", None)
+if _substitute_in_graph is not None:  # torch >= 2.5
+
+    @_substitute_in_graph(_route, skip_signature_check=True)
+    def _route_while_tracing(args, tensor_positions):
+        """What torch.compile and export see of `route`: every call goes to the dispatcher, so the
+        graph holds `torch.ops.replearn.<name>` with its fake implementation and autograd formula.
+        Eager calls never run this: they call the C function."""
+        return _ROUTE_DISPATCHER
+
+# Without the substitution, NativeOp asks torch.compiler.is_compiling() first (~1.4k instructions).
+_CHECK_COMPILING = _substitute_in_graph is None
 
 
 _DelayedError = torch._C._functions.DelayedError
@@ -239,35 +262,33 @@ class NativeOp:
             self._apply = _function_apply.__get__(None, self.function)
 
     def __call__(self, *args):
-        # Forward-mode AD is on (torch.autograd.forward_ad, torch.func.jvp). A private attribute of
-        # torch's: if a version lacks it, every call checks for tangents (slower, never wrong).
-        if getattr(_forward_ad, "_current_level", 0) >= 0:
-            self._refuse_tangents(args)
-        if _is_compiling() or _dispatch_stack_len() or _function_mode_on() or _functorch_on():
+        if _CHECK_COMPILING and _is_compiling():
             return self.overload(*args)
-        # The schema's Tensor and Tensor? arguments (positions read once at definition), in C
-        # (csrc/python/route.h): plain cpu/cuda Tensors and Parameters, or None, stay on the fast
-        # paths; whether one needs a gradient picks the kernel or the autograd.Function.
-        route = _route(args, self._tensor_args, _grad_enabled())
+        # In C (csrc/python/route.h): forward AD, modes and transforms, then the schema's Tensor and
+        # Tensor? arguments (positions read once at definition): plain cpu/cuda Tensors and
+        # Parameters, or None, stay on the fast paths; whether one needs a gradient picks the kernel
+        # or the autograd.Function. Under torch.compile, `_route_while_tracing` answers instead.
+        route = _route(args, self._tensor_args)
         if route == _ROUTE_KERNEL:
             return self.inference(*args)
-        if route == _ROUTE_DISPATCHER:
+        if route == _ROUTE_FUNCTION and self.function is not None:
+            try:
+                output = self._apply(*args)
+            except Exception:
+                # A functorch wrapper that outlived its transform (it has no storage, so the kernel's
+                # tensor conversion refuses it before anything runs): the Python Function.apply unwraps
+                # it. Looked for only here, on failure: a check per tensor would cost every call.
+                if not any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor)):
+                    raise
+                output = self.function.apply(*args)
+            if self._single:
+                return (output, *self._padding)
+            return output if not self._padding else (*output, *self._padding)
+        if route == _ROUTE_FORWARD_AD:
+            self._refuse_tangents(args)
+        if route != _ROUTE_FUNCTION:  # a Function-less op needing a gradient: torch's own error
             self._check_tensors(args)
-            return self.overload(*args)
-        if self.function is None:  # no formula: the dispatcher raises torch's own error
-            return self.overload(*args)
-        try:
-            output = self._apply(*args)
-        except Exception:
-            # A functorch wrapper that outlived its transform (it has no storage, so the kernel's
-            # tensor conversion refuses it before anything runs): the Python Function.apply unwraps
-            # it. Looked for only here, on failure: a check per tensor would cost every call.
-            if not any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor)):
-                raise
-            output = self.function.apply(*args)
-        if self._single:
-            return (output, *self._padding)
-        return output if not self._padding else (*output, *self._padding)
+        return self.overload(*args)
 
     def _refuse_tangents(self, args) -> None:
         """NotImplementedError when an argument carries a forward-mode tangent: the ops have no
