@@ -20,6 +20,7 @@ into the caller's buffers), because torch only accepts autograd formulas for fun
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -53,13 +54,19 @@ def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _normalized_ndim(fn: str, x: torch.Tensor, normalized_shape: Sequence[int]) -> int:
+    return _normalized_rows(fn, x, normalized_shape)[0]
+
+
+def _normalized_rows(fn: str, x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, int]:
+    """(k, rows): the number of normalized trailing dims, and of rows, the product of the others."""
     k = len(normalized_shape)
-    shape = x.shape
+    shape = x.shape  # read once: each read builds a torch.Size (~1k instructions)
+    ndim = len(shape)
     if k == 1:  # the common case, on the per-call overhead path: one size to compare
-        if len(shape) >= 1 and shape[-1] == normalized_shape[0]:
-            return 1
-    elif 0 < k <= len(shape) and tuple(shape[len(shape) - k :]) == tuple(normalized_shape):
-        return k
+        if ndim >= 1 and shape[-1] == normalized_shape[0]:
+            return 1, shape[0] if ndim == 2 else math.prod(shape[: ndim - 1])
+    elif 0 < k <= ndim and tuple(shape[ndim - k :]) == tuple(normalized_shape):
+        return k, math.prod(shape[: ndim - k])
     raise ValueError(
         f"{fn}: argument 'normalized_shape' expected the trailing dimensions of x "
         f"(shape {tuple(shape)}) but got {list(normalized_shape)}"
@@ -106,13 +113,38 @@ def _randn(shape, dtype, device, generator, scale=1.0, offset=0.0) -> torch.Tens
 # ==================================================================================== layer_norm
 
 
-def _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=True):
-    k = _normalized_ndim("layer_norm", x, normalized_shape)
+# What a row norm's forward allocates for the statistics backward reads: nothing (inference), one
+# flat (count, rows) tensor (the eager autograd.Function: ~5k instructions cheaper than reading the
+# leading shape), or (count, *leading shape) (the dispatcher: what the fake implementation says).
+_NO_STATS, _FLAT_STATS, _SHAPED_STATS = 0, 1, 2
+
+
+def _row_stats(x: torch.Tensor, k: int, rows: int, count: int | None, stats: int) -> torch.Tensor | None:
+    """Uninitialized statistics for a row norm: (count, ...) — 2 for mean and rstd — or, with count
+    None, rstd alone shaped like the rows."""
+    if stats == _NO_STATS:
+        return None
+    leading = (rows,) if stats == _FLAT_STATS else tuple(x.shape[: x.dim() - k])
+    return _new_stats(x, *leading) if count is None else _new_stats(x, count, *leading)
+
+
+def _layer_norm_run(x, normalized_shape, weight, bias, eps, stats):
+    k, rows = _normalized_rows("layer_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    saved = _new_stats(x, 2, *x.shape[:-k]) if stats else None  # mean, rstd; inference skips them
-    _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, saved)
+    saved = _row_stats(x, k, rows, 2, stats)  # mean, rstd
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    _native.launch("layer_norm_forward", x, x, k, weight, bias, eps, y, saved)
     return y, saved
+
+
+def _layer_norm_impl(x, normalized_shape, weight, bias, eps):
+    return _layer_norm_run(x, normalized_shape, weight, bias, eps, _SHAPED_STATS)
+
+
+def _layer_norm_eager(x, normalized_shape, weight, bias, eps):
+    return _layer_norm_run(x, normalized_shape, weight, bias, eps, _FLAT_STATS)
 
 
 def _layer_norm_fake(x, normalized_shape, weight, bias, eps):
@@ -162,7 +194,7 @@ def _layer_norm_grad(ctx, grad_y, *_stats_grad):
 
 
 def _layer_norm_inference(x, normalized_shape, weight, bias, eps):
-    return _layer_norm_impl(x, normalized_shape, weight, bias, eps, stats=False)
+    return _layer_norm_run(x, normalized_shape, weight, bias, eps, _NO_STATS)
 
 
 _layer_norm = define(
@@ -172,6 +204,7 @@ _layer_norm = define(
     backward=_layer_norm_grad,
     setup_context=_layer_norm_setup,
     inference=_layer_norm_inference,
+    eager=_layer_norm_eager,
     differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
@@ -297,13 +330,22 @@ def _default_rms_eps(dtype: torch.dtype) -> float:
     return torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype).eps
 
 
-def _rms_norm_impl(x, normalized_shape, weight, eps, stats=True):
-    k = _normalized_ndim("rms_norm", x, normalized_shape)
+def _rms_norm_run(x, normalized_shape, weight, eps, stats):
+    k, rows = _normalized_rows("rms_norm", x, normalized_shape)
     x = x.contiguous()
     y = torch.empty_like(x)
-    rstd = _new_stats(x, *x.shape[:-k]) if stats else None
-    _native.launch("rms_norm_forward", x, x, k, _contiguous(weight), _rms_eps(x, eps), y, rstd)
+    rstd = _row_stats(x, k, rows, None, stats)
+    weight = None if weight is None else weight.contiguous()
+    _native.launch("rms_norm_forward", x, x, k, weight, _rms_eps(x, eps), y, rstd)
     return y, rstd
+
+
+def _rms_norm_impl(x, normalized_shape, weight, eps):
+    return _rms_norm_run(x, normalized_shape, weight, eps, _SHAPED_STATS)
+
+
+def _rms_norm_eager(x, normalized_shape, weight, eps):
+    return _rms_norm_run(x, normalized_shape, weight, eps, _FLAT_STATS)
 
 
 def _rms_norm_fake(x, normalized_shape, weight, eps):
@@ -336,7 +378,7 @@ def _rms_norm_grad(ctx, grad_y, *_rstd_grad):
 
 
 def _rms_norm_inference(x, normalized_shape, weight, eps):
-    return _rms_norm_impl(x, normalized_shape, weight, eps, stats=False)
+    return _rms_norm_run(x, normalized_shape, weight, eps, _NO_STATS)
 
 
 _rms_norm = define(
@@ -346,6 +388,7 @@ _rms_norm = define(
     backward=_rms_norm_grad,
     setup_context=_rms_norm_setup,
     inference=_rms_norm_inference,
+    eager=_rms_norm_eager,
     differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
@@ -405,9 +448,10 @@ def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, mom
     x = x.contiguous()
     y = torch.empty_like(x)
     saved = _new_stats(x, 2, x.shape[1] if x.dim() >= 2 else 0)
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     _native.launch(
-        "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
-        training, momentum, eps, y, saved,
+        "batch_norm_forward", x, x, weight, bias, running_mean, running_var, training, momentum, eps, y, saved
     )  # fmt: skip
     return y, saved
 
@@ -523,7 +567,7 @@ def batch_norm(
         The normalized tensor, shaped like x.
     """
     _check_momentum("batch_norm", momentum)
-    if training and isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] > 0 and x.numel() == 0:
+    if training and isinstance(x, torch.Tensor) and x.numel() == 0 and x.dim() >= 2 and x.shape[1] > 0:
         # An empty batch: nothing to normalize and no statistics, so the running averages stay as
         # they are. torch returns an empty output chained to weight and bias (their gradients come
         # out as zeros); so does this, with no kernel to run.
@@ -631,7 +675,9 @@ def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True, batch=None):
         if batch is None:
             batch = x.shape[0] if x.dim() >= 1 else 0
         saved = _new_stats(x, 2, batch, num_groups)
-    _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, saved)
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    _native.launch("group_norm_forward", x, x, num_groups, weight, bias, eps, y, saved)
     return y, saved
 
 
@@ -675,7 +721,7 @@ def _group_norm_grad(ctx, grad_y, *_stats_grad):
 
 
 def _group_norm_inference(x, num_groups, weight, bias, eps):
-    return _group_norm_impl(x, num_groups, weight, bias, eps, stats=False)
+    return _group_norm_impl(x, num_groups, weight, bias, eps, False)
 
 
 _group_norm = define(
@@ -996,22 +1042,30 @@ def _weight_norm_dim(v: torch.Tensor, dim: int | None) -> int:
     # torch's convention (torch.nn.utils.weight_norm): None or -1 normalize over the whole tensor.
     if dim is None or dim == -1:
         return -1
-    if not -v.dim() <= dim < v.dim():
-        raise ValueError(f"weight_norm: argument 'dim' expected None, -1 or a dimension of v (rank {v.dim()}) but got {dim}")
-    return dim + v.dim() if dim < 0 else dim
+    rank = v.dim()
+    if not -rank <= dim < rank:
+        raise ValueError(f"weight_norm: argument 'dim' expected None, -1 or a dimension of v (rank {rank}) but got {dim}")
+    return dim + rank if dim < 0 else dim
 
 
 def _weight_norm_impl(v, g, dim):
     dim = _weight_norm_dim(v, dim)
     v = v.contiguous()
     w = torch.empty_like(v)
-    norm = g.new_empty(g.shape, dtype=_stats_dtype(v))
+    # The norms, shaped like g in the statistics dtype. empty_like: a shape argument costs ~8k
+    # instructions more per call (the per-call overhead row).
+    dtype = _stats_dtype(v)
+    if g.dtype == dtype:
+        norm = torch.empty_like(g, memory_format=torch.contiguous_format)
+    else:
+        norm = torch.empty_like(g, dtype=dtype, memory_format=torch.contiguous_format)
     _native.launch("weight_norm_forward", v, v, g.contiguous(), dim, w, norm)
     return w, norm
 
 
 def _weight_norm_fake(v, g, dim):
     _check_devices("weight_norm", v, g=g)
+    _weight_norm_dim(v, dim)
     return v.new_empty(v.shape), g.new_empty(g.shape, dtype=_stats_dtype(v))
 
 
@@ -1067,10 +1121,8 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.
     Returns:
         w, shaped like v.
     """
-    check_tensor("weight_norm", "v", v)
-    check_tensor("weight_norm", "g", g)
-    dim = _weight_norm_dim(v, dim)
-    return _weight_norm(v, g, dim)[0]
+    # The op checks dim against v's rank (its implementations and its fake) and names a non-tensor.
+    return _weight_norm(v, g, -1 if dim is None else dim)[0]
 
 
 def weight_norm_reference(v, g, dim=0):
