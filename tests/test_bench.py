@@ -97,3 +97,21 @@ def test_quick_conv_rows_report_gflops(tmp_path):
     benchmarked = {row["op"].split()[0] for row in rows}
     assert {"conv2d", "conv_transpose2d", "dilated_causal_conv1d"} <= benchmarked
     assert "GEMM rate: cpu median" in stdout and "% of GEMM" in stdout
+
+
+def test_instruction_count_program_runs_every_call():
+    """bench/instructions.py's program (the one valgrind runs) executes, and each pair of calls gives
+    the same values from torch and replearn, so the counts compare like with like."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_instructions", BENCH.parent / "instructions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    namespace: dict = {}
+    exec(module.SETUP, namespace)
+    for name, torch_call, ours in module.CALLS:
+        expected, got = eval(torch_call, namespace), eval(ours, namespace)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=name)
+    compile(module._program([c for _, t, o in module.CALLS for c in (t, o)]), "program", "exec")
