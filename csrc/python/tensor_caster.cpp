@@ -51,6 +51,15 @@ DType dtype_from_dlpack(const DLDataType& t) {
   }
 }
 
+// The strides of a row-major (C-contiguous) tensor of view's sizes.
+void set_row_major_strides(TensorView& view) {
+  int64_t stride = 1;
+  for (int d = view.ndim - 1; d >= 0; --d) {
+    view.strides[d] = stride;
+    stride *= view.sizes[d];
+  }
+}
+
 // Sizes and strides from tuples of ints; without `strides`, row-major ones (torch's is_contiguous()
 // said so: size-1 dimensions, whose strides torch leaves arbitrary, get the canonical ones, which
 // address the same elements).
@@ -61,13 +70,12 @@ void fill_sizes(TensorView& view, const py::handle& sizes, const py::handle& str
     throw Error(ErrorKind::Value, "replearn supports tensors of at most " + std::to_string(TensorView::kMaxDims) +
                                       " dimensions, got " + std::to_string(ndim));
   view.ndim = static_cast<int>(ndim);
-  int64_t row_major = 1;
-  for (int d = view.ndim - 1; d >= 0; --d) {
+  for (int d = 0; d < view.ndim; ++d) {
     view.sizes[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes.ptr(), d));
-    view.strides[d] = strides ? PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), d)) : row_major;
-    row_major *= view.sizes[d];
+    if (strides) view.strides[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), d));
   }
   if (PyErr_Occurred()) throw py::error_already_set();
+  if (!strides) set_row_major_strides(view);
 }
 
 // torch.Tensor and anything shaped like it. Returns false when `obj` lacks the attributes.
@@ -142,19 +150,11 @@ void describe_dltensor(const DLTensor& t, TensorView& view) {
     default: view.device = {DeviceType::Other, 0};
   }
   view.ndim = t.ndim;
-  int64_t row_major = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
+  for (int d = 0; d < t.ndim; ++d) {
     view.sizes[d] = t.shape[d];
-    view.strides[d] = t.strides ? t.strides[d] : row_major;
-    row_major *= t.shape[d];
+    if (t.strides) view.strides[d] = t.strides[d];
   }
-  if (t.strides && view.is_contiguous()) {
-    row_major = 1;
-    for (int d = t.ndim - 1; d >= 0; --d) {
-      view.strides[d] = row_major;
-      row_major *= t.shape[d];
-    }
-  }
+  if (!t.strides || view.is_contiguous()) set_row_major_strides(view);  // NULL strides: row-major
 }
 
 bool from_dlpack_capsule(py::handle capsule, TensorView& view) {

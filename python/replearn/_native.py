@@ -50,10 +50,7 @@ def launch(name: str, like: torch.Tensor, *args) -> None:
     current stream, so they order correctly with every torch op around them.
     """
     if like.is_cpu:  # the common case first: one attribute read, no torch.device object
-        n = _get_num_threads()  # inlined _sync_threads: a Python call costs as much as the read
-        if n != _threads[0]:
-            _C.set_num_threads(n)
-            _threads[0] = n
+        _sync_threads()
         getattr(_C, name)(*args)
         return
     if like.is_cuda:

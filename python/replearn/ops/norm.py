@@ -135,9 +135,7 @@ def _layer_norm_run(x, normalized_shape, weight, bias, eps, stats=_NO_STATS):
     x = x.contiguous()
     y = torch.empty_like(x)
     saved = _row_stats(x, k, rows, 2, stats)  # mean, rstd
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    _native.launch("layer_norm_forward", x, x, k, weight, bias, eps, y, saved)
+    _native.launch("layer_norm_forward", x, x, k, _contiguous(weight), _contiguous(bias), eps, y, saved)
     return y, saved
 
 
@@ -229,8 +227,7 @@ def layer_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)  # _as_shape without a call
-    return _layer_norm(x, shape, weight, bias, eps)[0]
+    return _layer_norm(x, _as_shape(normalized_shape), weight, bias, eps)[0]
 
 
 def _mean(x, dims, keepdim=False):
@@ -335,8 +332,7 @@ def _rms_norm_run(x, normalized_shape, weight, eps, stats=_NO_STATS):
     x = x.contiguous()
     y = torch.empty_like(x)
     rstd = _row_stats(x, k, rows, None, stats)
-    weight = None if weight is None else weight.contiguous()
-    _native.launch("rms_norm_forward", x, x, k, weight, _rms_eps(x, eps), y, rstd)
+    _native.launch("rms_norm_forward", x, x, k, _contiguous(weight), _rms_eps(x, eps), y, rstd)
     return y, rstd
 
 
@@ -409,8 +405,7 @@ def rms_norm(
     Returns:
         The normalized tensor, shaped like x.
     """
-    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)  # _as_shape without a call
-    return _rms_norm(x, shape, weight, eps)[0]
+    return _rms_norm(x, _as_shape(normalized_shape), weight, eps)[0]
 
 
 def rms_norm_reference(x, normalized_shape, weight=None, eps=None):
@@ -445,10 +440,9 @@ def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, mom
     x = x.contiguous()
     y = torch.empty_like(x)
     saved = _new_stats(x, 2, x.shape[1] if x.dim() >= 2 else 0)
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
     _native.launch(
-        "batch_norm_forward", x, x, weight, bias, running_mean, running_var, training, momentum, eps, y, saved
+        "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
+        training, momentum, eps, y, saved,
     )  # fmt: skip
     return y, saved
 
@@ -674,9 +668,7 @@ def _group_norm_impl(x, num_groups, weight, bias, eps, stats=True, batch=None):
         if batch is None:
             batch = x.shape[0] if x.dim() >= 1 else 0
         saved = _new_stats(x, 2, batch, num_groups)
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    _native.launch("group_norm_forward", x, x, num_groups, weight, bias, eps, y, saved)
+    _native.launch("group_norm_forward", x, x, num_groups, _contiguous(weight), _contiguous(bias), eps, y, saved)
     return y, saved
 
 
