@@ -80,6 +80,8 @@ _LAYOUTS = {
     "bfloat16": lambda: torch.randn(3, 2).to(torch.bfloat16),
     "int64": lambda: torch.arange(6).reshape(2, 3),
     "bool": lambda: torch.ones(4, dtype=torch.bool),
+    "negative bit": lambda: torch._neg_view(torch.randn(4, 3)),
+    "negative bit from conj().imag": lambda: torch.randn(3, dtype=torch.complex64).conj().imag,
 }
 
 
@@ -98,6 +100,22 @@ def test_exchange_and_attribute_paths_describe_tensors_alike(layout):
         _C.set_tensor_exchange(previous)
     assert through_exchange == through_attributes
     assert through_exchange["data_ptr"] == t.data_ptr()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "attributes"])
+def test_negative_bit_is_reported_on_both_paths(exchange):
+    """The memory of a tensor with torch's negative bit holds −value: both paths say so, and validation
+    refuses it by name (tests/test_ops.py checks every op)."""
+    previous = _C.set_tensor_exchange(exchange)
+    try:
+        assert _C.describe(torch._neg_view(torch.randn(3)))["negated"]
+        assert not _C.describe(torch._neg_view(torch.randn(3)).resolve_neg())["negated"]
+        assert not _C.describe(torch.randn(3))["negated"]
+        x = torch._neg_view(torch.randn(2, 8))
+        with pytest.raises(ValueError, match="layer_norm_forward: argument 'x' has torch's negative bit set"):
+            _C.layer_norm_forward(x, 1, None, None, 1e-5, torch.empty(2, 8), None)
+    finally:
+        _C.set_tensor_exchange(previous)
 
 
 def test_exchange_is_used_wherever_torch_publishes_it():

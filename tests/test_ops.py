@@ -88,15 +88,18 @@ def _check_parity(name, device, dtype, contiguous, gen):
         def cotangents(outputs):
             return [torch.randn(o.shape, generator=cot_seed, dtype=torch.float64).to(o.device) for o in outputs]
 
-        def run(fn, cast=None):
+        def run(fn, cast=None, positions=grad_positions):
             cot_seed.manual_seed(7)
             args, kwargs = clone_args(sample.args, sample.kwargs, cast)
-            return _run(fn, args, kwargs, info, grad_positions, cotangents)
+            return _run(fn, args, kwargs, info, positions, cotangents)
 
         ours = run(info.public)
+        # The same call recording no graph takes the inference path (its own allocation of statistics).
+        inference = run(info.public, positions=[])
         theirs = run(info.torch_counterpart)
         reference = run(info.reference, torch.float64)
-        for kind, mine, torch_values, ref_values in zip(("output", "running", "grad"), ours, theirs, reference):
+        kinds = ("output", "running", "grad", "inference output", "inference running")
+        for kind, mine, torch_values, ref_values in zip(kinds, ours + inference[:2], theirs + theirs[:2], reference + reference[:2]):
             assert len(mine) == len(ref_values), f"{name} {sample}: {kind} count"
             for k, (m, t, r) in enumerate(zip(mine, torch_values, ref_values)):
                 assert m.shape == r.shape and m.dtype == t.dtype, f"{name} {sample}: {kind} {k} shape/dtype"
@@ -264,6 +267,32 @@ def test_open_forward_ad_level_without_tangents_changes_nothing(name, gen):
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_negative_bit_is_refused_or_resolved(name, gen):
+    """A tensor with torch's negative bit (its memory holds −value) either raises, naming the bit, or
+    is read as its value: never read as its memory (which gives −value silently)."""
+    info = replearn.ops.op_info(name)
+    sample = next(iter(info.samples(torch.device("cpu"), torch.float64, gen)))
+    tensors = [i for i, a in enumerate(sample.args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    args, kwargs = clone_args(sample.args, sample.kwargs)
+    expected = as_tuple(info.public(*args, **kwargs))
+    expected_mutated = [args[i] for i in _present(args, info.mutated_args)]
+    for i in tensors:
+        args, kwargs = clone_args(sample.args, sample.kwargs)
+        args = list(args)
+        args[i] = torch._neg_view(-args[i])  # the same values, negated memory
+        try:
+            outputs = as_tuple(info.public(*args, **kwargs))
+        except ValueError as error:
+            assert "negative bit" in str(error), error
+            continue
+        for got, want in zip(outputs, expected):
+            if isinstance(want, torch.Tensor):
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"{name}: argument {i}")
+        for got, want in zip([args[j] for j in _present(args, info.mutated_args)], expected_mutated):
+            torch.testing.assert_close(got.resolve_neg(), want, rtol=1e-12, atol=1e-12, msg=f"{name}: argument {i}")
 
 
 @pytest.mark.parametrize("through_dispatcher", [False, True], ids=["direct", "dispatcher"])

@@ -20,6 +20,9 @@ void Checker::on_device(const char* arg, const TensorView& v) {
   REPLEARN_CHECK(v.device.type == device_, Value, function_, ": argument '", arg, "' expected a ",
                  device_ == DeviceType::CPU ? "cpu" : "cuda", " tensor but got one on ",
                  device_name(v.device));
+  REPLEARN_CHECK(!v.negated, Value, function_, ": argument '", arg,
+                 "' has torch's negative bit set (a lazy negation, from torch._neg_view or .conj().imag): its memory "
+                 "holds the negated values; pass it through .resolve_neg() first");
   if (!have_device_) {
     have_device_ = true;
     first_device_ = v.device;

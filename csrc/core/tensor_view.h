@@ -40,6 +40,9 @@ struct TensorView {
   int ndim = 0;
   int64_t sizes[kMaxDims] = {};
   int64_t strides[kMaxDims] = {};  // in elements
+  // torch's negative bit (torch._neg_view, a contiguous .conj().imag): the memory holds the negated
+  // values. The caster reports it; Checker::on_device, which sees every tensor argument, refuses it.
+  bool negated = false;
 
   int64_t size(int dim) const { return sizes[dim < 0 ? dim + ndim : dim]; }
   int64_t stride(int dim) const { return strides[dim < 0 ? dim + ndim : dim]; }

@@ -23,6 +23,7 @@ namespace gemm_detail {
 inline int64_t leading_dim(const TensorView& t, const char* name) {
   REPLEARN_CHECK(t.device.type == DeviceType::CPU, Value, "gemm: ", name, " must be on the CPU");
   REPLEARN_CHECK(t.ndim == 2, Value, "gemm: ", name, " must be 2-D, got ", t.ndim, "-D");
+  REPLEARN_CHECK(!t.negated, Value, "gemm: ", name, " has torch's negative bit set; pass it through .resolve_neg()");
   REPLEARN_CHECK(t.size(1) <= 1 || t.stride(1) == 1, Value, "gemm: ", name, " needs unit column stride");
   return std::max<int64_t>({t.stride(0), t.size(1), 1});
 }

@@ -37,7 +37,7 @@ PYBIND11_MODULE(_C, m) {
     return py::dict(py::arg("data_ptr") = reinterpret_cast<std::uintptr_t>(t.data),
                     py::arg("dtype") = replearn::dtype_name(t.dtype),
                     py::arg("device") = replearn::device_name(t.device), py::arg("shape") = py::tuple(sizes),
-                    py::arg("strides") = py::tuple(strides));
+                    py::arg("strides") = py::tuple(strides), py::arg("negated") = t.negated);
   }, py::arg("tensor"));
   m.def("uses_tensor_exchange", &replearn::python::uses_tensor_exchange, py::arg("tensor"),
         "Whether tensors of this type are read through DLPack's C exchange table.");

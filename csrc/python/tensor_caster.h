@@ -11,7 +11,8 @@
 // - any DLPack producer (an object with __dlpack__, e.g. a numpy array) or a "dltensor" capsule:
 //   the general, library-neutral path.
 // Conversion never fails on dtype, device or strides: it describes what it was given, and the
-// entry point's validation rejects what it cannot take, naming the argument.
+// entry point's validation rejects what it cannot take, naming the argument. That includes torch's
+// negative bit (TensorView::negated), which both torch paths ask for with is_neg().
 #pragma once
 
 #include <pybind11/pybind11.h>

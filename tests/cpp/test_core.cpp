@@ -196,6 +196,27 @@ TEST(Error, CheckerNamesFunctionAndArgument) {
   }
 }
 
+TEST(Error, CheckerRefusesNegatedMemory) {
+  // torch's negative bit: the memory holds −value, which no kernel reads correctly.
+  float storage[6];
+  TensorView negated = TensorView::contiguous(storage, DType::Float32, test::kCpu, {2, 3});
+  negated.negated = true;
+  for (const bool as_buffer : {false, true}) {
+    Checker check("some_op", DeviceType::CPU);
+    try {
+      if (as_buffer)
+        check.buffer("stats", negated, DType::Float32, 6);
+      else
+        check.floating("stats", negated);
+      FAIL() << "a negated view passed";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Value);
+      EXPECT_NE(std::string(e.what()).find("some_op: argument 'stats' has torch's negative bit set"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 // ----------------------------------------------------------------------------- parallel_for
 
 TEST(Parallel, SetNumThreads) {
