@@ -493,8 +493,10 @@ void batch_norm_forward_kernel(const T* __restrict__ x, const T* w, const T* b, 
         mean = running_mean[c];
         rstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
       }
-      save_mean[c] = static_cast<T>(mean);
-      save_rstd[c] = static_cast<T>(rstd);
+      if (save_mean) {
+        save_mean[c] = static_cast<T>(mean);
+        save_rstd[c] = static_cast<T>(rstd);
+      }
       f.a[i] = static_cast<T>(rstd * (w ? static_cast<double>(w[c]) : 1.0));
       f.m[i] = static_cast<T>(mean);
       f.s[i] = b ? b[c] : T(0);
@@ -767,7 +769,7 @@ void weight_norm_rows_kernel(const T* __restrict__ v, const T* __restrict__ g, c
           const V x = load<V>(vs + i);
           t[0] = x * x;
         })[0]);
-        norm_out[k] = static_cast<T>(norm);
+        if (norm_out) norm_out[k] = static_cast<T>(norm);
         const T a = static_cast<T>(g[k] / norm);
         simd::store_lanes(os, n, stream, [&](int64_t i, auto* type) {
           using V = std::remove_pointer_t<decltype(type)>;
@@ -997,7 +999,7 @@ void rms_norm_backward<DeviceType::CPU>(const TensorView& dy, const TensorView& 
 template <>
 void batch_norm_forward<DeviceType::CPU>(const TensorView& x, const OptView& weight, const OptView& bias, const OptView& running_mean,
                         const OptView& running_var, bool training, double momentum, double eps, const TensorView& y,
-                        const TensorView& save_mean, const TensorView& save_rstd, std::uintptr_t) {
+                        const OptView& save_mean, const OptView& save_rstd, std::uintptr_t) {
   const ChannelDims d = check_batch_norm_forward(DeviceType::CPU, x, weight, bias, running_mean, running_var, training,
                                                  momentum, eps, y, save_mean, save_rstd);
   prefer_huge_pages(y);
@@ -1006,7 +1008,7 @@ void batch_norm_forward<DeviceType::CPU>(const TensorView& x, const OptView& wei
     batch_norm_forward_kernel<T>(x.data_as<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias),
                                  running_mean ? running_mean->data_as<T>() : nullptr,
                                  running_var ? running_var->data_as<T>() : nullptr, training, momentum, eps, d,
-                                 y.data_as<T>(), save_mean.data_as<T>(), save_rstd.data_as<T>());
+                                 y.data_as<T>(), ptr_or_null<T>(save_mean), ptr_or_null<T>(save_rstd));
   });
 }
 
@@ -1070,23 +1072,23 @@ void running_stats_update<DeviceType::CPU>(const TensorView& mean, const TensorV
 
 template <>
 void weight_norm_forward<DeviceType::CPU>(const TensorView& v, const TensorView& g, int dim, const TensorView& w,
-                         const TensorView& norm, std::uintptr_t) {
+                         const OptView& norm, std::uintptr_t) {
   const SliceDims d = check_weight_norm_forward(DeviceType::CPU, v, g, dim, w, norm);
   prefer_huge_pages(w);
   dispatch_cpu_floating(v.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (d.outer == 1) {
-      weight_norm_rows_kernel<T>(v.data_as<T>(), g.data_as<T>(), nullptr, d, w.data_as<T>(), norm.data_as<T>(),
+      weight_norm_rows_kernel<T>(v.data_as<T>(), g.data_as<T>(), nullptr, d, w.data_as<T>(), ptr_or_null<T>(norm),
                                  nullptr);
       return;
     }
     std::vector<double> sq(d.slices), alpha(d.slices);
     slice_dot<T>(v.data_as<T>(), v.data_as<T>(), d, sq.data());
-    T* norm_out = norm.data_as<T>();
+    T* norm_out = ptr_or_null<T>(norm);
     const T* gp = g.data_as<T>();
     for (int64_t k = 0; k < d.slices; ++k) {
       const double n = std::sqrt(sq[k]);
-      norm_out[k] = static_cast<T>(n);
+      if (norm_out) norm_out[k] = static_cast<T>(n);
       alpha[k] = gp[k] / n;
     }
     slice_combine<T>(v.data_as<T>(), alpha.data(), nullptr, nullptr, d, w.data_as<T>());

@@ -437,7 +437,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
       sq += value * value;
     }
     const float n = sqrtf(block_total(sq, scratch));
-    if (threadIdx.x == 0) norm[k] = n;
+    if (threadIdx.x == 0 && norm) norm[k] = n;
     const float alpha = to_float(g[k]) / n;
     oi = IndexWalk(threadIdx.x, blockDim.x, d.inner, kNoWrap);
     for (int64_t j = threadIdx.x; j < per_slice; j += blockDim.x, oi.advance()) {
@@ -804,7 +804,7 @@ template <>
 void batch_norm_forward<DeviceType::CUDA>(const TensorView& x, const OptView& weight, const OptView& bias,
                                           const OptView& running_mean, const OptView& running_var, bool training,
                                           double momentum, double eps, const TensorView& y,
-                                          const TensorView& save_mean, const TensorView& save_rstd,
+                                          const OptView& save_mean, const OptView& save_rstd,
                                           std::uintptr_t stream) {
   const ChannelDims d = check_batch_norm_forward(DeviceType::CUDA, x, weight, bias, running_mean, running_var,
                                                  training, momentum, eps, y, save_mean, save_rstd);
@@ -813,8 +813,8 @@ void batch_norm_forward<DeviceType::CUDA>(const TensorView& x, const OptView& we
   dispatch_cuda_floating(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const cudaStream_t s = as_stream(stream);
-    float* mean = save_mean.data_as<float>();
-    float* rstd = save_rstd.data_as<float>();
+    float* mean = save_mean->data_as<float>();  // required on CUDA (validated)
+    float* rstd = save_rstd->data_as<float>();
     if (training) {
       batch_norm_stats_kernel<T><<<grid_for(d.channels), block_threads_for(count), 0, s>>>(
           x.data_as<T>(), d, inverse(count),
@@ -936,13 +936,13 @@ void running_stats_update<DeviceType::CUDA>(const TensorView& mean, const Tensor
 
 template <>
 void weight_norm_forward<DeviceType::CUDA>(const TensorView& v, const TensorView& g, int dim, const TensorView& w,
-                                           const TensorView& norm, std::uintptr_t stream) {
+                                           const OptView& norm, std::uintptr_t stream) {
   const SliceDims d = check_weight_norm_forward(DeviceType::CUDA, v, g, dim, w, norm);
   if (d.slices == 0) return;
   dispatch_cuda_floating(v.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     weight_norm_forward_kernel<T><<<grid_for(d.slices), block_threads_for(d.outer * d.inner), 0, as_stream(stream)>>>(
-        v.data_as<T>(), g.data_as<T>(), d, w.data_as<T>(), norm.data_as<float>());
+        v.data_as<T>(), g.data_as<T>(), d, w.data_as<T>(), norm ? norm->data_as<float>() : nullptr);
     REPLEARN_CUDA_LAUNCH_CHECK();
   });
 }

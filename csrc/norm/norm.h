@@ -77,7 +77,7 @@ RowDims check_rms_norm_backward(DeviceType device, const TensorView& dy, const T
 ChannelDims check_batch_norm_forward(DeviceType device, const TensorView& x, const OptView& weight,
                                      const OptView& bias, const OptView& running_mean, const OptView& running_var,
                                      bool training, double momentum, double eps, const TensorView& y,
-                                     const TensorView& save_mean, const TensorView& save_rstd);
+                                     const OptView& save_mean, const OptView& save_rstd);
 ChannelDims check_batch_norm_backward(DeviceType device, const TensorView& dy, const TensorView& x,
                                       const TensorView& save_mean, const TensorView& save_rstd,
                                       const OptView& weight, const OptView& dx, const OptView& dweight,
@@ -93,7 +93,7 @@ ChannelDims check_running_stats_update(DeviceType device, const TensorView& mean
                                        int64_t batch, int64_t channels, int64_t spatial, double momentum, double eps,
                                        const TensorView& running_mean, const TensorView& running_var);
 SliceDims check_weight_norm_forward(DeviceType device, const TensorView& v, const TensorView& g, int dim,
-                                    const TensorView& w, const TensorView& norm);
+                                    const TensorView& w, const OptView& norm);
 SliceDims check_weight_norm_backward(DeviceType device, const TensorView& dw, const TensorView& v,
                                      const TensorView& g, const TensorView& norm, int dim, const OptView& dv,
                                      const OptView& dg);
@@ -138,10 +138,13 @@ void rms_norm_backward(const TensorView& dy, const TensorView& x, int normalized
 // x (N, C, *). training: batch statistics into save_mean/save_rstd (C) and, when given, running
 // averages updated in place: r = (1 − momentum)·r + momentum·s, with the unbiased variance.
 // Evaluation: normalizes with the running averages, which are then required, and saves them.
+// save_mean/save_rstd are what backward reads: optional on the CPU (a call that records no graph
+// needs none; the kernel keeps each channel block's statistics itself), required on CUDA, whose
+// kernels pass them from the statistics launch to the normalization launch.
 template <DeviceType D>
 void batch_norm_forward(const TensorView& x, const OptView& weight, const OptView& bias,
                         const OptView& running_mean, const OptView& running_var, bool training, double momentum,
-                        double eps, const TensorView& y, const TensorView& save_mean, const TensorView& save_rstd,
+                        double eps, const TensorView& y, const OptView& save_mean, const OptView& save_rstd,
                         std::uintptr_t stream = 0);
 // training=false treats the saved statistics as constants (evaluation mode).
 template <DeviceType D>
@@ -170,10 +173,10 @@ void running_stats_update(const TensorView& mean, const TensorView& rstd, int64_
                           const TensorView& running_var, std::uintptr_t stream = 0);
 
 // w = g · v / ‖v‖ with ‖·‖ over every dim but `dim` (dim = -1: over all of v, g has one element);
-// g has v.size(dim) elements; norm has as many, dtype stats_dtype(v).
+// g has v.size(dim) elements; norm (optional: what backward reads) has as many, dtype stats_dtype(v).
 template <DeviceType D>
 void weight_norm_forward(const TensorView& v, const TensorView& g, int dim, const TensorView& w,
-                         const TensorView& norm, std::uintptr_t stream = 0);
+                         const OptView& norm, std::uintptr_t stream = 0);
 template <DeviceType D>
 void weight_norm_backward(const TensorView& dw, const TensorView& v, const TensorView& g, const TensorView& norm,
                           int dim, const OptView& dv, const OptView& dg, std::uintptr_t stream = 0);

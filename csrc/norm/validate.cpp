@@ -128,7 +128,7 @@ RowDims check_rms_norm_backward(DeviceType device, const TensorView& dy, const T
 ChannelDims check_batch_norm_forward(DeviceType device, const TensorView& x, const OptView& weight,
                                      const OptView& bias, const OptView& running_mean, const OptView& running_var,
                                      bool training, double momentum, double eps, const TensorView& y,
-                                     const TensorView& save_mean, const TensorView& save_rstd) {
+                                     const OptView& save_mean, const OptView& save_rstd) {
   Checker check("batch_norm_forward", device);
   ChannelDims dims = channel_dims(check, x);
   check_param(check, "weight", weight, x, dims.channels);
@@ -148,8 +148,13 @@ ChannelDims check_batch_norm_forward(DeviceType device, const TensorView& x, con
     check.value(momentum >= 0 && momentum <= 1, "momentum", "a number in [0, 1]", momentum);
   check_eps(check, eps);
   check_like(check, "y", y, x);
-  check.buffer("save_mean", save_mean, stats_dtype(x.dtype), dims.channels);
-  check.buffer("save_rstd", save_rstd, stats_dtype(x.dtype), dims.channels);
+  REPLEARN_CHECK(save_mean.has_value() == save_rstd.has_value(), Value,
+                 "batch_norm_forward: arguments 'save_mean' and 'save_rstd' expected both or neither");
+  REPLEARN_CHECK(save_mean || device == DeviceType::CPU, Value,
+                 "batch_norm_forward: argument 'stats' expected a (2, C) tensor on CUDA (its kernels pass the "
+                 "statistics between launches) but got none");
+  check_stats(check, "save_mean", save_mean, x, dims.channels);
+  check_stats(check, "save_rstd", save_rstd, x, dims.channels);
   return dims;
 }
 
@@ -247,14 +252,14 @@ SliceDims slice_dims(Checker& check, const TensorView& v, const TensorView& g, i
 }  // namespace
 
 SliceDims check_weight_norm_forward(DeviceType device, const TensorView& v, const TensorView& g, int dim,
-                                    const TensorView& w, const TensorView& norm) {
+                                    const TensorView& w, const OptView& norm) {
   Checker check("weight_norm_forward", device);
   SliceDims dims = slice_dims(check, v, g, dim);
   check.floating("w", w);
   check.same_dtype("w", w, "v", v);
   check.same_shape("w", w, "v", v);
   check.contiguous("w", w);
-  check.buffer("norm", norm, stats_dtype(v.dtype), dims.slices);
+  if (norm) check.buffer("norm", *norm, stats_dtype(v.dtype), dims.slices);
   return dims;
 }
 

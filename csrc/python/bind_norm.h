@@ -106,14 +106,14 @@ void bind_norm(pybind11::module_& m) {
       "batch_norm_forward",
       [](const TensorView& x, const OptView& weight, const OptView& bias, const OptView& running_mean,
          const OptView& running_var, bool training, double momentum, double eps, const TensorView& y,
-         const TensorView& stats, std::uintptr_t stream) {
+         const OptView& stats, std::uintptr_t stream) {
         const auto [mean, rstd] = split_stats("batch_norm_forward", stats);
-        batch_norm_forward<D>(x, weight, bias, running_mean, running_var, training, momentum, eps, y, *mean, *rstd,
+        batch_norm_forward<D>(x, weight, bias, running_mean, running_var, training, momentum, eps, y, mean, rstd,
                               stream);
       },
       arg("x"), arg("weight").none(true), arg("bias").none(true), arg("running_mean").none(true),
-      arg("running_var").none(true), arg("training"), arg("momentum"), arg("eps"), arg("y"), arg("stats"), stream,
-      nogil);
+      arg("running_var").none(true), arg("training"), arg("momentum"), arg("eps"), arg("y"), arg("stats").none(true),
+      stream, nogil);
   m.def(
       "batch_norm_backward",
       [](const TensorView& dy, const TensorView& x, const TensorView& stats, const OptView& weight, bool training,
@@ -139,8 +139,8 @@ void bind_norm(pybind11::module_& m) {
       arg("stats"), arg("batch"), arg("channels"), arg("spatial"), arg("momentum"), arg("eps"), arg("running_mean"),
       arg("running_var"), stream, nogil);
 
-  m.def("weight_norm_forward", &weight_norm_forward<D>, arg("v"), arg("g"), arg("dim"), arg("w"), arg("norm"),
-        stream, nogil);
+  m.def("weight_norm_forward", &weight_norm_forward<D>, arg("v"), arg("g"), arg("dim"), arg("w"),
+        arg("norm").none(true), stream, nogil);
   m.def("weight_norm_backward", &weight_norm_backward<D>, arg("grad_w"), arg("v"), arg("g"), arg("norm"), arg("dim"),
         arg("grad_v").none(true), arg("grad_g").none(true), stream, nogil);
 

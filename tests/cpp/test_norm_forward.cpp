@@ -235,17 +235,28 @@ TEST_P(NormForward, BatchNorm) {
             auto running_var = maybe_random(with_running, rng, dtype, {C}, 0.5, 2);
             const ChannelReference ref = batch_norm_reference(x, N, C, S, weight, bias, running_mean, running_var,
                                                               training, momentum, 1e-5);
+            // The same call without saved statistics (a call that records no graph), on copies.
+            auto unsaved_mean = running_mean, unsaved_var = running_var;
+            Buffer unsaved_y = sentinel_buffer(dtype, sizes);
             if (running_mean) {
               running_mean->snapshot();
               running_var->snapshot();
             }
             Buffer y = sentinel_buffer(dtype, sizes), save_mean = sentinel_buffer(dtype, {C}),
                    save_rstd = sentinel_buffer(dtype, {C});
-            TensorView x_view = x.view(), y_view = y.view();
-            if (N * S == 0) x_view.data = y_view.data = nullptr;  // as torch hands over an empty tensor
+            TensorView x_view = x.view(), y_view = y.view(), unsaved_y_view = unsaved_y.view();
+            if (N * S == 0) x_view.data = y_view.data = unsaved_y_view.data = nullptr;  // as torch hands over an empty tensor
             batch_norm_forward<CPU>(x_view, view_of(weight), view_of(bias), view_of(running_mean),
                                     view_of(running_var), training, momentum, 1e-5, y_view, save_mean.view(),
                                     save_rstd.view());
+            batch_norm_forward<CPU>(x_view, view_of(weight), view_of(bias), view_of(unsaved_mean),
+                                    view_of(unsaved_var), training, momentum, 1e-5, unsaved_y_view, std::nullopt,
+                                    std::nullopt);
+            EXPECT_EQ(unsaved_y.values(), y.values()) << "y without saved statistics";
+            if (running_mean) {
+              EXPECT_EQ(unsaved_mean->values(), running_mean->values()) << "running_mean without saved statistics";
+              EXPECT_EQ(unsaved_var->values(), running_var->values()) << "running_var without saved statistics";
+            }
             EXPECT_TRUE(AllClose(y.values(), ref.y, tol)) << "y";
             EXPECT_TRUE(AllClose(save_mean.values(), ref.save_mean, tol)) << "save_mean";
             EXPECT_TRUE(AllClose(save_rstd.values(), ref.save_rstd, tol)) << "save_rstd";
@@ -477,6 +488,9 @@ TEST_P(NormForward, WeightNorm) {
       const Buffer g = random_buffer(rng, dtype, {slices}, 0.5, 2);
       Buffer w = sentinel_buffer(dtype, shape.sizes), norm = sentinel_buffer(dtype, {slices});
       weight_norm_forward<CPU>(v.view(), g.view(), dim, w.view(), norm.view());
+      Buffer unsaved_w = sentinel_buffer(dtype, shape.sizes);  // without the norms backward reads
+      weight_norm_forward<CPU>(v.view(), g.view(), dim, unsaved_w.view(), std::nullopt);
+      EXPECT_EQ(unsaved_w.values(), w.values()) << "w without norms";
       const WeightNormReference ref = weight_norm_reference(v, g, dim);
       EXPECT_TRUE(AllClose(w.values(), ref.w, tol)) << "w";
       EXPECT_TRUE(AllClose(norm.values(), ref.norm, tol)) << "norm";

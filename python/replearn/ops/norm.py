@@ -434,12 +434,12 @@ register_info(
 # ==================================================================================== batch_norm
 
 
-def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps):
+def _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps, stats=True):
     """Runs the kernel; updates running_mean/running_var in place when training. Returns y and the
-    statistics saved for backward, (2, C): the means and rstds used."""
+    statistics saved for backward, (2, C): the means and rstds used (None without `stats`)."""
     x = x.contiguous()
     y = torch.empty_like(x)
-    saved = _new_stats(x, 2, x.shape[1] if x.dim() >= 2 else 0)
+    saved = _new_stats(x, 2, x.shape[1] if x.dim() >= 2 else 0) if stats else None
     _native.launch(
         "batch_norm_forward", x, x, _contiguous(weight), _contiguous(bias), running_mean, running_var,
         training, momentum, eps, y, saved,
@@ -460,8 +460,11 @@ def _batch_norm_impl(x, weight, bias, running_mean, running_var, training, momen
 
 
 def _batch_norm_in_place(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    # Eager calls update the caller's running averages directly: no copies.
-    return (*_batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps), None, None)
+    # Eager calls that record no graph update the caller's running averages directly (no copies) and
+    # keep no statistics: backward reads them, and the CPU kernel needs none (CUDA's kernels pass them
+    # between launches). One allocation and one tensor conversion less, ~12k instructions.
+    y, saved = _batch_norm_launch(x, weight, bias, running_mean, running_var, training, momentum, eps, x.is_cuda)
+    return y, saved, None, None
 
 
 def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -1041,19 +1044,26 @@ def _weight_norm_dim(v: torch.Tensor, dim: int | None) -> int:
     return dim + rank if dim < 0 else dim
 
 
-def _weight_norm_impl(v, g, dim):
+def _weight_norm_impl(v, g, dim, stats=True):
+    """The forward; with stats=False, the inference path, which keeps no norms (backward's)."""
     dim = _weight_norm_dim(v, dim)
     v = v.contiguous()
     w = torch.empty_like(v)
-    # The norms, shaped like g in the statistics dtype. empty_like: a shape argument costs ~8k
-    # instructions more per call (the per-call overhead row).
-    dtype = _stats_dtype(v)
-    if g.dtype == dtype:
-        norm = torch.empty_like(g, memory_format=torch.contiguous_format)
-    else:
-        norm = torch.empty_like(g, dtype=dtype, memory_format=torch.contiguous_format)
+    norm = None
+    if stats:
+        # The norms, shaped like g in the statistics dtype. empty_like: a shape argument costs ~8k
+        # instructions more per call (the per-call overhead row).
+        dtype = _stats_dtype(v)
+        if g.dtype == dtype:
+            norm = torch.empty_like(g, memory_format=torch.contiguous_format)
+        else:
+            norm = torch.empty_like(g, dtype=dtype, memory_format=torch.contiguous_format)
     _native.launch("weight_norm_forward", v, v, g.contiguous(), dim, w, norm)
     return w, norm
+
+
+def _weight_norm_inference(v, g, dim):
+    return _weight_norm_impl(v, g, dim, False)
 
 
 def _weight_norm_fake(v, g, dim):
@@ -1095,6 +1105,7 @@ _weight_norm = define(
     _weight_norm_fake,
     backward=_weight_norm_grad,
     setup_context=_weight_norm_setup,
+    inference=_weight_norm_inference,
     differentiable_outputs=1,  # the rest: statistics saved for backward
 )
 
