@@ -27,6 +27,15 @@ destination line before writing it (read for ownership); replearn's CPU kernels 
 least the last-level cache's size with streaming stores, which do not (core/memory.h), so a kernel
 can exceed 100% of this limit: the fraction says how close a kernel comes to a plain copy, not to
 the memory's raw rate.
+The scale of the overhead rows. The issue states its per-call goal (10 µs) on a machine where "a torch
+op costs about 2 µs". A shared machine's speed at tiny calls moves by 2× with its neighbours' load
+(medians of torch's own tiny calls at twice their minima, for minutes at a time), and moves torch's
+calls and ours alike. So every overhead row also times `TorchOpReference`, torch.add of two 4×8
+float32 tensors, in its alternation, and the goal is judged on the issue's scale: replearn's time
+× TORCH_OP_US / that torch op's time, where TORCH_OP_US = 2 µs. The ratio is taken round by round
+(each round's replearn sample over the torch op's sample of the same round, which ran within a
+few tens of milliseconds of it) and its median reported as `scaled_us`: a slow phase then falls on
+both sides of each ratio. The row keeps the raw medians as well (`torch_op_ms` beside `replearn_ms`).
 The copy is timed inside every case's alternation rather than once per run because on a shared
 virtual machine the rate moves by ±20% from one second to the next (36 to 48 GB/s measured back to
 back on the 2-core machine), and some hosts switch between two memory phases for minutes at a time
@@ -76,7 +85,8 @@ class Case:
         min_speedup: goal, with memory reuse: torch time / replearn time at least this.
         min_fraction_of_limit: goal, with memory reuse: achieved GB/s at least this fraction of the
             measured copy bandwidth.
-        max_overhead_us: goal for overhead rows: replearn microseconds per call at most this.
+        max_overhead_us: goal for overhead rows: replearn microseconds per call at most this, on the
+            issue's scale (a tiny torch op = TORCH_OP_US; module docstring).
     """
 
     op: str
@@ -138,6 +148,14 @@ def _inner_count(run: Runner, sync: Callable[[], None], min_sample_s: float) -> 
 
 def time_alternating(runs: Sequence[Runner], device: str, repeat: int, warmup: int, min_sample_s: float) -> list[float]:
     """Median seconds per call of each run, measured in rotating order (see the module docstring)."""
+    return [statistics.median(s) for s in sample_alternating(runs, device, repeat, warmup, min_sample_s)]
+
+
+def sample_alternating(
+    runs: Sequence[Runner], device: str, repeat: int, warmup: int, min_sample_s: float
+) -> list[list[float]]:
+    """Seconds per call of each run, one sample per round; round i's samples of every run were taken
+    together, in rotating order."""
     sync = _synchronizer(device)
     for _ in range(warmup):
         for run in runs:
@@ -154,7 +172,7 @@ def time_alternating(runs: Sequence[Runner], device: str, repeat: int, warmup: i
                 samples[j].append(_sample(runs[j], inner[j], sync))
     finally:
         gc.enable()
-    return [statistics.median(s) for s in samples]
+    return samples
 
 
 class CopyReference:
@@ -168,6 +186,24 @@ class CopyReference:
 
     def __call__(self) -> None:
         self.dst.copy_(self.src)
+
+
+# What "a torch op" costs on the machine the issue's overhead goal was stated for (issue 2).
+TORCH_OP_US = 2.0
+
+
+class TorchOpReference:
+    """A tiny torch op, torch.add of two 4×8 float32 tensors: what "a torch op" costs right now, timed
+    beside every per-call overhead row (module docstring). On the quiet 2-core host it runs 11.1k
+    instructions (bench/instructions.py), ~1.9 µs."""
+
+    def __init__(self, device: str):
+        generator = torch.Generator().manual_seed(0)
+        self.a = torch.randn(4, 8, generator=generator).to(device)
+        self.b = torch.randn(4, 8, generator=generator).to(device)
+
+    def __call__(self) -> torch.Tensor:
+        return torch.add(self.a, self.b)
 
 
 class GemmReference:
@@ -257,6 +293,7 @@ def check_agree(op: str, theirs, ours, dtype: torch.dtype) -> None:
 
 
 _references: dict[tuple[str, bool, bool], CopyReference | GemmReference] = {}
+_torch_ops: dict[str, TorchOpReference] = {}
 
 
 def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, quick: bool) -> dict:
@@ -271,9 +308,11 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
     check_agree(case.op, torch_run(), replearn_run(), case.dtype)
     # Overhead rows loop their tiny call; bandwidth rows time single calls (module docstring).
     min_sample_s = (0.002 if quick else 0.02) if case.overhead else 0.0
-    torch_s, replearn_s, copy_s = time_alternating(
-        (torch_run, replearn_run, reference), case.device, repeat, warmup, min_sample_s
-    )
+    runs = [torch_run, replearn_run, reference]
+    if case.overhead:  # and the scale of the issue's per-call goal (module docstring)
+        runs.append(_torch_ops.setdefault(case.device, TorchOpReference(case.device)))
+    samples = sample_alternating(runs, case.device, repeat, warmup, min_sample_s)
+    torch_s, replearn_s, copy_s, *torch_op_s = [statistics.median(s) for s in samples]
     achieved = None
     if case.bytes_moved is not None:
         achieved = case.bytes_moved(shape, torch.empty((), dtype=case.dtype).element_size()) / replearn_s / 1e9
@@ -285,7 +324,7 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
             "achieved_gflops": case.flops(shape) / replearn_s / 1e9, "limit_gflops": reference.flops / copy_s / 1e9,
             "torch_gflops": case.flops(shape) / torch_s / 1e9, "malloc": malloc,
         }  # fmt: skip
-    return {
+    row = {
         "family": family,
         "op": case.op,
         "shape": list(shape),
@@ -298,6 +337,11 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
         "limit_gbps": reference.bytes_moved / copy_s / 1e9,
         "malloc": malloc,
     }
+    if torch_op_s:  # the issue's scale, round by round (module docstring)
+        row["torch_op_ms"] = torch_op_s[0] * 1e3
+        ratios = [ours / op for ours, op in zip(samples[1], samples[3])]
+        row["scaled_us"] = statistics.median(ratios) * TORCH_OP_US
+    return row
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -322,6 +366,9 @@ def markdown_table(rows: list[dict]) -> str:
         if "achieved_gflops" in row:  # compute-bound: GFLOP/s (torch's in brackets) against the GEMM rate
             gbps = f"{row['achieved_gflops']:.1f} GFLOP/s [{row['torch_gflops']:.1f}]"
             fraction = f"{100 * row['achieved_gflops'] / row['limit_gflops']:.0f}% of GEMM"
+        elif overhead and "torch_op_ms" in row:  # the torch op beside it, and the issue's scale
+            gbps = f"torch op {row['torch_op_ms'] * 1e3:.2f} µs"
+            fraction = f"{row['scaled_us']:.2f} µs at a {TORCH_OP_US:g}-µs torch op"
         else:
             gbps = "—" if overhead else f"{row['achieved_gbps']:.1f} GB/s"
             fraction = "—" if overhead else f"{100 * row['achieved_gbps'] / row['limit_gbps']:.0f}% of copy"
@@ -351,8 +398,12 @@ def goals_table(rows: list[dict], cases: dict[tuple[str, str, str, str], Case]) 
             continue
         if case.overhead:
             if case.max_overhead_us is not None:
-                us = row["replearn_ms"] * 1e3
-                add(f"≤ {case.max_overhead_us:g} µs per call", row, f"{us:.2f} µs", us <= case.max_overhead_us)
+                us, scaled = row["replearn_ms"] * 1e3, row["scaled_us"]
+                add(
+                    f"≤ {case.max_overhead_us:g} µs per call at a {TORCH_OP_US:g}-µs torch op", row,
+                    f"{scaled:.2f} µs ({us:.2f} µs beside a {row['torch_op_ms'] * 1e3:.2f}-µs torch op)",
+                    scaled <= case.max_overhead_us,
+                )  # fmt: skip
             continue
         if row["malloc"] == "default":
             add("not slower than torch", row, f"{row['speedup']:.2f}×", row["speedup"] >= 1.0)

@@ -25,7 +25,9 @@ Output. A markdown table per malloc setting on stdout (progress on stderr); then
 goals each case declares, met or not. `--json PATH` writes one JSON row per measurement with the
 fields family, op, shape, dtype, device, torch_ms, replearn_ms, speedup (torch_ms / replearn_ms),
 achieved_gbps (null on per-call overhead rows), limit_gbps, achieved_gflops and torch_gflops (null
-except on compute-bound rows that declare their arithmetic), and malloc ("default" or "reuse").
+except on compute-bound rows that declare their arithmetic), torch_op_ms and scaled_us (overhead rows
+only: a tiny torch.add timed beside them, and replearn's µs per call on the issue's scale, where that
+op costs 2 µs; bench/_harness.py) and malloc ("default" or "reuse").
 Benchmarks report; they never fail on a slow number (only on a wrong result).
 """
 
@@ -109,7 +111,8 @@ def preamble(args: argparse.Namespace, argv: list[str]) -> str:
         f"- software: torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `python bench/run.py {shlex.join(argv)}`",
         f"- method: median of {args.repeat or settings['repeat']} samples after {settings['warmup']} warm-up calls, "
-        "torch, replearn and a large copy alternating in one process; limit = that copy's rate (bench/_harness.py)",
+        "torch, replearn and a large copy alternating in one process (overhead rows: and a tiny torch op); "
+        "limit = that copy's rate (bench/_harness.py)",
         "",
     ])  # fmt: skip
 

@@ -17,7 +17,7 @@ import replearn.ops.norm
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 REQUIRED = {"family", "op", "shape", "dtype", "device", "torch_ms", "replearn_ms", "speedup", "achieved_gbps", "limit_gbps"}
-EXTRA = {"malloc"}
+EXTRA = {"malloc", "torch_op_ms", "scaled_us"}  # overhead rows: the tiny torch op beside them, the goal's scale
 COMPUTE = {"achieved_gflops", "limit_gflops", "torch_gflops"}  # compute-bound rows (conv): GFLOP/s, no GB/s
 
 
@@ -46,6 +46,9 @@ def _check_row(row: dict) -> None:
         assert row["limit_gbps"] > 0, row
     assert abs(row["speedup"] - row["torch_ms"] / row["replearn_ms"]) <= 1e-9 * row["speedup"], row
     assert row["achieved_gbps"] is None or row["achieved_gbps"] > 0, row
+    overhead = row["achieved_gbps"] is None and not compute_bound
+    assert ("torch_op_ms" in row) == ("scaled_us" in row) == overhead, row
+    assert not overhead or (row["torch_op_ms"] > 0 and row["scaled_us"] > 0), row
     assert all(isinstance(s, int) and s > 0 for s in row["shape"]), row
 
 
