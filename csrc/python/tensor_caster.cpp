@@ -216,8 +216,9 @@ bool from_exchange(py::handle obj, DLPackDLTensorFromPyObjectNoSync function, Te
 
 // Whether torch's negative bit is set on `obj` (torch._neg_view, a contiguous .conj().imag): its
 // memory then holds the negated values. Neither the exchange table nor the attributes above say so
-// (only __dlpack__ refuses such tensors), so it is asked: is_neg() through the C API, ~0.3k
-// instructions. Objects without is_neg (torch-like objects, older torch) have no such bit.
+// (only __dlpack__ refuses such tensors), so it is asked: is_neg() through the C API, ~0.9k
+// instructions per tensor (torch's method sets up its warning handler on every call; callgrind,
+// bench/instructions.py). Objects without is_neg (torch-like objects) have no such bit.
 bool negative_bit(py::handle obj) {
   static PyObject* const is_neg_name = PyUnicode_InternFromString("is_neg");
   PyObject* result = PyObject_CallMethodNoArgs(obj.ptr(), is_neg_name);

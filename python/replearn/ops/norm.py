@@ -836,7 +836,7 @@ def _instance_norm_launch(x, weight, bias, running_mean, running_var, use_input_
     shape = x.shape
     if len(shape) < 2:
         raise ValueError(f"instance_norm: argument 'x' expected at least 2 dimensions (N, C, *) but got shape {tuple(shape)}")
-    if not use_input_stats:  # CUDA's batch-norm kernels need the statistics buffer (ops/norm.py: batch_norm)
+    if not use_input_stats:  # CUDA's batch-norm kernels need the statistics buffer (_batch_norm_in_place)
         return _batch_norm_launch(x, weight, bias, running_mean, running_var, False, momentum, eps, stats or x.is_cuda)
     instances, numel = shape[0] * shape[1], x.numel()
     spatial = numel // instances if instances > 0 else 0
