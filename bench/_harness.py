@@ -310,7 +310,9 @@ def run_case(family: str, case: Case, malloc: str, repeat: int, warmup: int, qui
     min_sample_s = (0.002 if quick else 0.02) if case.overhead else 0.0
     runs = [torch_run, replearn_run, reference]
     if case.overhead:  # and the scale of the per-call goal (module docstring)
-        runs.append(_torch_ops.setdefault(case.device, TorchOpReference(case.device)))
+        if case.device not in _torch_ops:
+            _torch_ops[case.device] = TorchOpReference(case.device)
+        runs.append(_torch_ops[case.device])
     samples = sample_alternating(runs, case.device, repeat, warmup, min_sample_s)
     torch_s, replearn_s, copy_s, *torch_op_s = [statistics.median(s) for s in samples]
     achieved = None
