@@ -241,6 +241,75 @@ def test_forward_mode_ad_raises_instead_of_dropping_tangents(name, transform, ge
                 with_primal(torch.autograd.forward_ad.make_dual(args[i], torch.ones_like(args[i])))
 
 
+def _func_case(name, gen):
+    """(x, loss): an op's first differentiable argument in its first gradcheck sample, and a scalar
+    function of it, Σ out·cotangent over the op's floating outputs (fixed cotangents)."""
+    info = replearn.ops.op_info(name)
+    sample = next(iter(info.gradcheck_samples(torch.device("cpu"), gen)))
+    args, kwargs = clone_args(sample.args, sample.kwargs)
+    present = _present(args, info.differentiable_args)
+    if not present:
+        pytest.skip(f"{name} takes no gradient")
+    i = present[0]
+
+    def outputs(primal):
+        out = as_tuple(info.public(*args[:i], primal, *args[i + 1 :], **kwargs))
+        return [o for o in out if isinstance(o, torch.Tensor) and o.is_floating_point()]
+
+    cot_gen = torch.Generator().manual_seed(11)
+    cotangents = [torch.randn(o.shape, generator=cot_gen, dtype=o.dtype) for o in outputs(args[i].detach())]
+
+    def loss(primal):
+        return sum((o * c).sum() for o, c in zip(outputs(primal), cotangents))
+
+    return args[i].detach(), outputs, cotangents, loss
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_torch_func_grad_and_vjp_agree_with_autograd(name, gen):
+    """torch.func.grad and vjp run every op (torch refuses its own Library ops' autograd there)."""
+    x, outputs, cotangents, loss = _func_case(name, gen)
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(loss(leaf), [leaf])
+    torch.testing.assert_close(torch.func.grad(loss)(x), expected, rtol=1e-10, atol=1e-12)
+    _, vjp_fn = torch.func.vjp(lambda p: tuple(outputs(p)), x)
+    torch.testing.assert_close(vjp_fn(tuple(cotangents))[0], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_torch_func_vmap_of_grad_gives_per_sample_gradients(name, gen):
+    """vmap(grad(f)) over a stack of two inputs equals grad(f) of each: per-sample gradients."""
+    x, _, _, loss = _func_case(name, gen)
+    other = x + 0.25 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    expected = torch.stack([torch.func.grad(loss)(x), torch.func.grad(loss)(other)])
+    got = torch.func.vmap(torch.func.grad(loss))(torch.stack([x, other]))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_torch_func_second_order_is_exact_or_refused(name, gen):
+    """grad of grad: the ops whose backward is differentiable give torch.autograd's double backward;
+    the others raise, never a silent zero."""
+    info = replearn.ops.op_info(name)
+    x, outputs, cotangents, _ = _func_case(name, gen)
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+
+    def loss(p):  # Σ out³·c: curved even where the op is linear
+        return sum((o**3 * c).sum() for o, c in zip(outputs(p), cotangents))
+
+    def directional(p):  # ⟨∇loss(p), direction⟩
+        return (torch.func.grad(loss)(p) * direction).sum()
+
+    if not info.double_backward:
+        with pytest.raises(NotImplementedError, match=f"replearn::{name}: nested torch.func differentiation"):
+            torch.func.grad(directional)(x)
+        return
+    leaf = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(leaf), [leaf], create_graph=True)
+    (expected,) = torch.autograd.grad((g * direction).sum(), [leaf])
+    torch.testing.assert_close(torch.func.grad(directional)(x), expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", OPS)
 def test_open_forward_ad_level_without_tangents_changes_nothing(name, gen):
     """Under an open forward-AD level, a call whose arguments carry no tangent takes the dispatcher

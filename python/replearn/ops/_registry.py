@@ -94,6 +94,7 @@ class OpInfo:
 # the C entry directly saves ~1 µs per call.
 _function_apply = torch._C._FunctionBase.__dict__["apply"]
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
 # Per-call routing in C (csrc/python/route.h): forward-mode AD, then the states that need torch's
 # dispatcher (a dispatch or torch-function mode, a functorch transform), then the arguments.
 _C.configure_route(
@@ -112,6 +113,9 @@ _ROUTE_KERNEL, _ROUTE_FUNCTION, _ROUTE_FORWARD_AD = _C.ROUTE_KERNEL, _C.ROUTE_FU
 _ROUTE_DISPATCHER = _C.ROUTE_DISPATCHER
 _is_compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
+_functorch_active = torch._C._are_functorch_transforms_active
+_dispatch_stack_length = torch._C._len_torch_dispatch_stack
+_torch_function_mode = torch._C._is_torch_function_mode_enabled
 
 _substitute_in_graph = getattr(torch.compiler, "substitute_in_graph", None)
 if _substitute_in_graph is not None:  # torch >= 2.5
@@ -181,9 +185,10 @@ class NativeOp:
     """A registered op and the three ways of calling it, chosen per call (docs/design.md).
 
     - `torch.ops.replearn.<name>` (the dispatcher) whenever torch.compile is tracing, a dispatch
-      or torch-function mode or a functorch transform is active, or an argument is not a plain
-      cpu/cuda Tensor (subclasses, fake and meta tensors): torch then sees a real op, with its fake
-      implementation and autograd formula.
+      or torch-function mode is active, or an argument is not a plain cpu/cuda Tensor (subclasses,
+      fake and meta tensors): torch then sees a real op, with its fake implementation and autograd
+      formula. Under a torch.func transform alone, the op's `transformable` Function, which calls
+      the dispatcher from its forward (`_transformable`: torch's own Function refuses transforms).
     - In plain eager mode, the implementation directly when no argument needs a gradient, and an
       `autograd.Function` built from the same `setup_context` and `backward` otherwise. The
       dispatcher adds ~6 µs to every call and torch's `register_autograd` path ~15 µs more, which
@@ -217,6 +222,8 @@ class NativeOp:
         self.inference = inference or impl
         self.function = None
         self._apply = None
+        self.transformable = None  # set by define(): the op's Function for torch.func transforms
+        self.differentiable_backward = differentiable_backward
         # The schema's Tensor arguments (index i) and Tensor? arguments (~i), for route.
         schema_args = overload._schema.arguments
         self._tensor_args = tuple(
@@ -270,7 +277,14 @@ class NativeOp:
         # or the autograd.Function. Under torch.compile, `_route_while_tracing` answers instead.
         route = _route(args, self._tensor_args)
         if route == _ROUTE_KERNEL:
-            return self.inference(*args)
+            try:
+                return self.inference(*args)
+            except Exception:
+                # A functorch wrapper that outlived its transform, e.g. a tensor saved for backward
+                # by torch.func.vjp, whose vjp_fn runs outside it: as below, looked for on failure only.
+                if not any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor)):
+                    raise
+                return self.inference(*_unwrap_dead_wrappers(args))
         if route == _ROUTE_FUNCTION and self.function is not None:
             try:
                 output = self._apply(*args)
@@ -288,7 +302,30 @@ class NativeOp:
             self._refuse_tangents(args)
         if route != _ROUTE_FUNCTION:  # a Function-less op needing a gradient: torch's own error
             self._check_tensors(args)
+        if self.transformable is not None and self._under_functorch():
+            return self._transformed(args)
         return self.overload(*args)
+
+    def _under_functorch(self) -> bool:
+        """A torch.func transform (grad, vjp, vmap, jacrev, ...) is active, and nothing else that
+        needs the dispatcher (a mode, torch.compile tracing)."""
+        return (  # is_compiling first: dynamo reads it as a constant
+            not _is_compiling()
+            and _functorch_active()
+            and not _dispatch_stack_length()
+            and not _torch_function_mode()
+        )
+
+    def _transformed(self, args):
+        """The op under torch.func: `transformable`, a Function with the setup_context and vmap rule
+        that torch.func needs (torch's own Function for Library ops has neither, and refuses)."""
+        if not self.differentiable_backward and _levels_that_may_differentiate() > 1:
+            raise NotImplementedError(
+                f"replearn::{self.name}: nested torch.func differentiation (grad of grad, hessian, jacfwd of "
+                "jacrev) is not supported: its gradient is computed by native kernels that have no derivative "
+                "of their own (double backward is not supported)"
+            )
+        return self.transformable.apply(*args)
 
     def _refuse_tangents(self, args) -> None:
         """NotImplementedError when an argument carries a forward-mode tangent: the ops have no
@@ -348,8 +385,96 @@ def define(
         formula = backward if differentiable_backward else first_order_only(name, backward)
         torch.library.register_autograd(f"replearn::{name}", formula, setup_context=dispatcher_setup, lib=LIBRARY)
     overload = getattr(torch.ops.replearn, name).default
-    return NativeOp(
+    op = NativeOp(
         name, overload, impl, setup_context, backward, inference, eager, differentiable_outputs, differentiable_backward
+    )
+    torch.library.register_vmap(f"replearn::{name}", _vmap_by_samples(overload), lib=LIBRARY)
+    if backward is not None:
+        # torch.func runs backward with grad mode on whatever the nesting; nesting is refused before
+        # (NativeOp._transformed), so first_order_only's guard is not needed there (and its
+        # requires_grad_ is refused under a transform).
+        transformed_backward = backward if differentiable_backward else _without_grad(backward)
+        op.transformable = _transformable(name, overload, dispatcher_setup, transformed_backward)
+    return op
+
+
+def _without_grad(backward: Callable) -> Callable:
+    @functools.wraps(backward)
+    def formula(ctx, *grads):
+        with torch.no_grad():
+            return backward(ctx, *grads)
+
+    return formula
+
+
+_DIFFERENTIATING = {torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp}
+_current_graph_task_id = torch._C._current_graph_task_id  # -1 outside a backward pass
+
+
+def _levels_that_may_differentiate() -> int:
+    """How many active torch.func levels may differentiate what an op returns now: the transforms
+    that differentiate (grad, vjp, jacrev: Grad; jvp, jacfwd: Jvp), less the innermost when the op
+    runs inside its backward pass (that level is computing its gradient, and will not differentiate
+    it again). An op whose gradient is first-order only (first_order_only) allows one; this is the
+    same rule torch.func nesting gets as create_graph=True gets in eager mode."""
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    levels = sum(1 for interpreter in stack if interpreter.key() in _DIFFERENTIATING)
+    return levels - 1 if levels and _current_graph_task_id() != -1 else levels
+
+
+def _vmap_by_samples(overload) -> Callable:
+    """The op's vmap rule: the op once per sample, the results stacked along dim 0.
+
+    torch's own fallback does the same but cannot for ops that return optional tensors (the backward
+    ops), so every op registers this instead (`torch.library.register_vmap`). Per-sample calls of
+    the native kernels: correct, not fast.
+    """
+
+    def select(arg, dim, b):  # in_dims mirror the arguments: an int, None, or a list for a list
+        if dim is None:
+            return arg
+        if isinstance(dim, int):
+            return arg.select(dim, b)
+        return type(arg)(select(a, d, b) for a, d in zip(arg, dim))
+
+    def rule(info, in_dims, *args):
+        samples = [overload(*(select(a, d, b) for a, d in zip(args, in_dims))) for b in range(info.batch_size)]
+        if not samples:
+            raise ValueError(f"{overload}: vmap over a batch of size 0 is not supported")
+        if not isinstance(samples[0], tuple):
+            return torch.stack(samples), 0
+        outputs = tuple(
+            None if samples[0][k] is None else torch.stack([s[k] for s in samples]) for k in range(len(samples[0]))
+        )
+        return outputs, tuple(None if o is None else 0 for o in outputs)
+
+    return rule
+
+
+def _transformable(name: str, overload, setup_context: Callable, formula: Callable) -> type:
+    """The op as an autograd.Function that torch.func transforms accept (NativeOp._transformed).
+
+    torch.func (grad, vjp, jacrev, vmap over them: per-sample gradients) runs an autograd.Function
+    only when it has a separate setup_context and a vmap rule; the Function torch generates for
+    `register_autograd` has neither, so torch's own Library and custom ops raise under them (torch
+    2.13). This one: forward calls the op through the dispatcher (below the transform's level, where
+    vmap batches it with torch's per-sample fallback), setup_context and backward are the op's own
+    (the dispatcher's: one gradient per output, the non-differentiable ones marked), and vmap's rule
+    is generated from them (`generate_vmap_rule`).
+    """
+
+    def forward(*args):
+        return overload(*args)
+
+    return type(
+        f"{name}_transformable",
+        (torch.autograd.Function,),
+        {
+            "generate_vmap_rule": True,
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(formula),
+        },
     )
 
 
