@@ -451,3 +451,39 @@ def test_weight_norm_errors() -> None:
         replearn.nn.utils.weight_norm(tnn.Linear(3, 2), name="kernel")
     with pytest.raises(ValueError, match="'dim'"):
         replearn.nn.utils.weight_norm(tnn.Linear(3, 2), dim=2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda nn: nn.LayerNorm(8), lambda nn: nn.RMSNorm(8), lambda nn: nn.GroupNorm(2, 8)],
+    ids=["LayerNorm", "RMSNorm", "GroupNorm"],
+)
+def test_per_sample_gradients_with_torch_func(make) -> None:
+    """The per-sample gradient recipe (functional_call, vmap of grad) through our norm layers gives
+    torch's layers' per-sample gradients; torch refuses its own custom ops there."""
+    generator = torch.Generator().manual_seed(0)
+
+    def network(nn):
+        return tnn.Sequential(tnn.Linear(6, 8), make(nn), tnn.ReLU(), tnn.Linear(8, 3)).double()
+
+    ours, theirs = network(rnn), network(tnn)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,), generator=generator)
+
+    def per_sample(model):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+
+        def loss(p, xi, yi):
+            return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (xi[None],)), yi[None])
+
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+    got, expected = per_sample(ours), per_sample(theirs)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert got[k].shape == (5, *dict(ours.named_parameters())[k].shape)
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-10, atol=1e-12, msg=k)
