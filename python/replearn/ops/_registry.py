@@ -388,8 +388,9 @@ def define(
     op = NativeOp(
         name, overload, impl, setup_context, backward, inference, eager, differentiable_outputs, differentiable_backward
     )
-    torch.library.register_vmap(f"replearn::{name}", _vmap_by_samples(overload), lib=LIBRARY)
-    if backward is not None:
+    if _register_vmap is not None:  # torch >= 2.4
+        _register_vmap(f"replearn::{name}", _vmap_by_samples(overload), lib=LIBRARY)
+    if backward is not None and _FUNCTORCH_STACK is not None:
         # torch.func runs backward with grad mode on whatever the nesting; nesting is refused before
         # (NativeOp._transformed), so first_order_only's guard is not needed there (and its
         # requires_grad_ is refused under a transform).
@@ -407,8 +408,14 @@ def _without_grad(backward: Callable) -> Callable:
     return formula
 
 
+_register_vmap = getattr(torch.library, "register_vmap", None)
+# What the nesting rule reads (torch's private functorch API; without it, ops under torch.func take
+# the dispatcher as before and raise torch's own error).
+_FUNCTORCH_STACK = getattr(torch._C._functorch, "get_interpreter_stack", None)
+_current_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside a backward pass
+if _current_graph_task_id is None:
+    _FUNCTORCH_STACK = None
 _DIFFERENTIATING = {torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp}
-_current_graph_task_id = torch._C._current_graph_task_id  # -1 outside a backward pass
 
 
 def _levels_that_may_differentiate() -> int:
@@ -417,7 +424,7 @@ def _levels_that_may_differentiate() -> int:
     runs inside its backward pass (that level is computing its gradient, and will not differentiate
     it again). An op whose gradient is first-order only (first_order_only) allows one; this is the
     same rule torch.func nesting gets as create_graph=True gets in eager mode."""
-    stack = torch._C._functorch.get_interpreter_stack() or ()
+    stack = _FUNCTORCH_STACK() or ()
     levels = sum(1 for interpreter in stack if interpreter.key() in _DIFFERENTIATING)
     return levels - 1 if levels and _current_graph_task_id() != -1 else levels
 
@@ -458,7 +465,7 @@ def _transformable(name: str, overload, setup_context: Callable, formula: Callab
     only when it has a separate setup_context and a vmap rule; the Function torch generates for
     `register_autograd` has neither, so torch's own Library and custom ops raise under them (torch
     2.13). This one: forward calls the op through the dispatcher (below the transform's level, where
-    vmap batches it with torch's per-sample fallback), setup_context and backward are the op's own
+    vmap batches it with `_vmap_by_samples`), setup_context and backward are the op's own
     (the dispatcher's: one gradient per output, the non-differentiable ones marked), and vmap's rule
     is generated from them (`generate_vmap_rule`).
     """
