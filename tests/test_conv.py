@@ -356,3 +356,24 @@ def test_integer_like_arguments_as_torch_takes_them():
             replearn.ops.conv2d(x, w, stride=bad)
         with pytest.raises(ValueError, match="'kernel_size'"):
             replearn.ops.max_pool2d(x, bad)
+
+
+@pytest.mark.parametrize("name", ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"])
+def test_third_derivative_matches_torch(name):
+    """The backward ops' formulas are made of differentiable ops again, so the convolutions
+    differentiate to any order: a third derivative, against torch's."""
+    generator = torch.Generator().manual_seed(0)
+    spatial = (5,) if name.endswith("1d") else (5, 4)
+    x = torch.randn(2, 3, *spatial, generator=generator, dtype=torch.float64)
+    w_shape = (3, 2, *(3,) * len(spatial)) if "transpose" in name else (2, 3, *(3,) * len(spatial))
+    w = torch.randn(w_shape, generator=generator, dtype=torch.float64)
+
+    def third(conv):
+        inputs = [x.clone().requires_grad_(True), w.clone().requires_grad_(True)]
+        y = conv(*inputs)
+        first = torch.autograd.grad((y**3).sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum((g**3).sum() for g in first), inputs, create_graph=True)
+        return torch.autograd.grad(sum((h**2).sum() for h in second), inputs)
+
+    for ours, theirs in zip(third(getattr(replearn.ops, name)), third(getattr(torch.nn.functional, name))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)

@@ -219,6 +219,8 @@ _conv_backward = define(
     _conv_backward_fake,
     backward=_conv_backward_grad,
     setup_context=_conv_backward_setup,
+    # Its formula is made of conv and conv_backward again, both differentiable: any order.
+    differentiable_backward=True,
 )
 
 
@@ -441,6 +443,8 @@ _conv_transpose_backward = define(
     _conv_transpose_backward_fake,
     backward=_conv_transpose_backward_grad,
     setup_context=_conv_backward_setup,
+    # Its formula is made of the transposed convolution and conv_transpose_backward again: any order.
+    differentiable_backward=True,
 )
 
 
