@@ -242,8 +242,9 @@ def test_forward_mode_ad_raises_instead_of_dropping_tangents(name, transform, ge
 
 
 def _func_case(name, gen):
-    """(x, loss): an op's first differentiable argument in its first gradcheck sample, and a scalar
-    function of it, Σ out·cotangent over the op's floating outputs (fixed cotangents)."""
+    """(x, outputs, cotangents, loss): an op's first differentiable argument in its first gradcheck
+    sample; the op's floating outputs as a function of it; fixed cotangents for them; and the scalar
+    Σ out·cotangent."""
     info = replearn.ops.op_info(name)
     sample = next(iter(info.gradcheck_samples(torch.device("cpu"), gen)))
     args, kwargs = clone_args(sample.args, sample.kwargs)

@@ -95,27 +95,29 @@ class OpInfo:
 _function_apply = torch._C._FunctionBase.__dict__["apply"]
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
+
+
+def _has_functorch_wrapper(args) -> bool:
+    return any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor))
+
+
 # Per-call routing in C (csrc/python/route.h): forward-mode AD, then the states that need torch's
 # dispatcher (a dispatch or torch-function mode, a functorch transform), then the arguments.
+_functorch_active = torch._C._are_functorch_transforms_active
+_dispatch_stack_length = torch._C._len_torch_dispatch_stack
+_torch_function_mode = torch._C._is_torch_function_mode_enabled
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
 _C.configure_route(
     torch.Tensor,
     torch.nn.Parameter,
-    (
-        torch._C._len_torch_dispatch_stack,
-        torch._C._is_torch_function_mode_enabled,
-        torch._C._are_functorch_transforms_active,
-    ),
-    torch.is_grad_enabled,
+    (_dispatch_stack_length, _torch_function_mode, _functorch_active),
+    _grad_enabled,
     _forward_ad,
 )
 _route = _C.route
 _ROUTE_KERNEL, _ROUTE_FUNCTION, _ROUTE_FORWARD_AD = _C.ROUTE_KERNEL, _C.ROUTE_FUNCTION, _C.ROUTE_FORWARD_AD
 _ROUTE_DISPATCHER = _C.ROUTE_DISPATCHER
-_is_compiling = torch.compiler.is_compiling
-_grad_enabled = torch.is_grad_enabled
-_functorch_active = torch._C._are_functorch_transforms_active
-_dispatch_stack_length = torch._C._len_torch_dispatch_stack
-_torch_function_mode = torch._C._is_torch_function_mode_enabled
 
 _substitute_in_graph = getattr(torch.compiler, "substitute_in_graph", None)
 if _substitute_in_graph is not None:  # torch >= 2.5
@@ -282,7 +284,7 @@ class NativeOp:
             except Exception:
                 # A functorch wrapper that outlived its transform, e.g. a tensor saved for backward
                 # by torch.func.vjp, whose vjp_fn runs outside it: as below, looked for on failure only.
-                if not any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor)):
+                if not _has_functorch_wrapper(args):
                     raise
                 return self.inference(*_unwrap_dead_wrappers(args))
         if route == _ROUTE_FUNCTION and self.function is not None:
@@ -292,7 +294,7 @@ class NativeOp:
                 # A functorch wrapper that outlived its transform (it has no storage, so the kernel's
                 # tensor conversion refuses it before anything runs): the Python Function.apply unwraps
                 # it. Looked for only here, on failure: a check per tensor would cost every call.
-                if not any(_functorch_wrapped(a) for a in args if isinstance(a, torch.Tensor)):
+                if not _has_functorch_wrapper(args):
                     raise
                 output = self.function.apply(*args)
             if self._single:
